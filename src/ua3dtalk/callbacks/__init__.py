@@ -1,0 +1,1 @@
+"""ua3dtalk.callbacks (DESIGN §3)."""

@@ -1,0 +1,1 @@
+"""ua3dtalk.cli (DESIGN §3)."""

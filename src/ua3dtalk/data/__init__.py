@@ -1,0 +1,1 @@
+"""ua3dtalk.data (DESIGN §3)."""

@@ -1,0 +1,1 @@
+"""ua3dtalk.metrics (DESIGN §3)."""

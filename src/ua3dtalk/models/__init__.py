@@ -1,0 +1,1 @@
+"""ua3dtalk.models (DESIGN §3)."""

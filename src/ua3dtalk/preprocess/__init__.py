@@ -1,0 +1,1 @@
+"""ua3dtalk.preprocess (DESIGN §3)."""
