@@ -1,0 +1,273 @@
+"""Shared test configuration: offline environment, the ``gpu`` marker, random Gaussian scenes.
+
+Scenes are generated in camera space (so that their screen-space layout is controlled: pixel
+footprints from sub-pixel to larger than the image, positions crossing the image and tile borders,
+depths in front of and behind the camera) and then moved to world space with a random rigid camera.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field, replace
+
+import pytest
+import torch
+
+# Nothing may reach the network from the test suite (DESIGN §10).
+for _k, _v in {
+    "WANDB_MODE": "offline",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+}.items():
+    os.environ[_k] = _v
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (torch.cuda.is_available() is False)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _offline_env(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+# --------------------------------------------------------------------------------------------------
+# Random scenes
+# --------------------------------------------------------------------------------------------------
+
+GRAD_NAMES = ("means", "quats", "scales", "opacities", "colors", "background", "viewmat", "K")
+
+
+@dataclass
+class Scene:
+    """Inputs of :func:`ua3dtalk.render.rasterize` for one camera."""
+
+    means: torch.Tensor
+    quats: torch.Tensor
+    scales: torch.Tensor
+    opacities: torch.Tensor
+    colors: torch.Tensor
+    viewmat: torch.Tensor
+    K: torch.Tensor
+    width: int
+    height: int
+    background: torch.Tensor | None = None
+    sh_degree: int | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return self.means.shape[0]
+
+    def tensors(self) -> dict:
+        d = {k: getattr(self, k) for k in ("means", "quats", "scales", "opacities", "colors", "viewmat", "K")}
+        if self.background is not None:
+            d["background"] = self.background
+        return d
+
+    def to(self, dtype=None, device=None) -> "Scene":
+        conv = {k: v.to(dtype=dtype, device=device) for k, v in self.tensors().items()}
+        return replace(self, **conv)
+
+    def leaves(self, grad_wrt=GRAD_NAMES) -> dict:
+        """Fresh leaf copies of the tensors; those named in ``grad_wrt`` require grad."""
+        out = {}
+        for k, v in self.tensors().items():
+            t = v.detach().clone()
+            if k in grad_wrt:
+                t.requires_grad_(True)
+            out[k] = t
+        return out
+
+    def render(self, backend: str, leaves: dict | None = None, **kw):
+        from ua3dtalk.render import rasterize
+
+        t = self.tensors() if leaves is None else leaves
+        args = dict(
+            width=self.width, height=self.height, background=t.get("background"), sh_degree=self.sh_degree,
+            backend=backend,
+        )
+        args.update(kw)
+        return rasterize(t["means"], t["quats"], t["scales"], t["opacities"], t["colors"], t["viewmat"], t["K"],
+                         **args)
+
+
+def random_rotation(gen: torch.Generator, dtype=torch.float64, max_angle: float = math.pi) -> torch.Tensor:
+    axis = torch.randn(3, generator=gen, dtype=dtype)
+    axis = axis / axis.norm()
+    ang = (torch.rand((), generator=gen, dtype=dtype) * 2 - 1) * max_angle
+    Kx = torch.tensor([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]], dtype=dtype)
+    return torch.eye(3, dtype=dtype) + torch.sin(ang) * Kx + (1 - torch.cos(ang)) * Kx @ Kx
+
+
+def make_scene(
+    seed: int = 0,
+    n: int = 50,
+    width: int = 70,
+    height: int = 45,
+    *,
+    dtype=torch.float32,
+    sh_degree: int | None = None,
+    sh_coeffs: int | None = None,
+    background: bool = True,
+    depth_range=(1.5, 8.0),
+    behind: float = 0.0,
+    sigma_px=(0.05, 150.0),
+    aniso: float = 0.7,
+    opacity_range=(0.02, 1.0),
+    clamp_frac: float = 0.1,
+    tiny_opacity_frac: float = 0.03,
+    border: float = 0.3,
+    focal: float | None = None,
+    camera_angle: float = math.pi,
+) -> Scene:
+    """A random scene (generated in float64, then cast to ``dtype``).
+
+    * screen positions uniform over the image enlarged by ``border`` on each side (so Gaussians cross
+      image and tile borders, some centres lie outside the image);
+    * view-space depths uniform in ``depth_range``; a fraction ``behind`` is put behind the camera
+      (z in [-4, 0.005], i.e. also just in front of the camera but before the default near plane);
+    * pixel footprints σ log-uniform in ``sigma_px`` (sub-pixel to larger than the image), with a
+      per-axis anisotropy factor exp(±aniso) and a random rotation;
+    * opacities uniform in ``opacity_range``, a fraction ``clamp_frac`` in [0.99, 1] (alpha clamping)
+      and a fraction ``tiny_opacity_frac`` below 1/255 (never drawn);
+    * colours RGB in [0,1], or SH coefficients [N,K,3] when ``sh_degree`` is given (some colours
+      are clamped at 0);
+    * a random rigid camera (rotation up to ``camera_angle``) and intrinsics with fx ≠ fy and an
+      off-centre principal point.
+    """
+    g = torch.Generator().manual_seed(seed)
+    f64 = torch.float64
+
+    def U(lo, hi, *shape):
+        return lo + (hi - lo) * torch.rand(*shape, generator=g, dtype=f64)
+
+    f = float(focal) if focal is not None else 0.9 * max(width, height)
+    fx, fy = f * float(U(0.9, 1.1, ())), f * float(U(0.9, 1.1, ()))
+    cx, cy = width / 2 + float(U(-3, 3, ())), height / 2 + float(U(-3, 3, ()))
+    K = torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], dtype=f64)
+
+    u = U(-border * width, (1 + border) * width, n)
+    v = U(-border * height, (1 + border) * height, n)
+    z = U(depth_range[0], depth_range[1], n)
+    nb = int(round(behind * n))
+    if nb:
+        idx = torch.randperm(n, generator=g)[:nb]
+        z[idx] = U(-4.0, 0.005, nb)
+    zz = torch.where(z.abs() < 1e-3, torch.full_like(z, 1e-3), z)
+    x = (u - cx) / fx * zz
+    y = (v - cy) / fy * zz
+    p_cam = torch.stack([x, y, z], -1)
+
+    sig = torch.exp(U(math.log(sigma_px[0]), math.log(sigma_px[1]), n))  # pixels
+    scales = (sig * zz.abs() / f)[:, None] * torch.exp(U(-aniso, aniso, n, 3))
+    quats = torch.randn(n, 4, generator=g, dtype=f64) * 1.5
+
+    opac = U(opacity_range[0], opacity_range[1], n)
+    r = torch.rand(n, generator=g, dtype=f64)
+    opac = torch.where(r < clamp_frac, U(0.99, 1.0, n), opac)
+    opac = torch.where(r > 1 - tiny_opacity_frac, U(0.0, 0.99 / 255, n), opac)
+
+    if sh_degree is None:
+        colors = U(0.0, 1.0, n, 3)
+    else:
+        k = sh_coeffs if sh_coeffs is not None else (sh_degree + 1) ** 2
+        colors = torch.randn(n, k, 3, generator=g, dtype=f64) * 0.35
+        colors[:, 0] = U(-1.6, 1.4, n, 3)
+
+    R = random_rotation(g, max_angle=camera_angle)
+    t = torch.randn(3, generator=g, dtype=f64) * 2.0
+    viewmat = torch.eye(4, dtype=f64)
+    viewmat[:3, :3], viewmat[:3, 3] = R, t
+    means = (p_cam - t) @ R  # R^T (p - t), row-vector form
+    bg = U(0.0, 1.0, 3) if background else None
+
+    sc = Scene(means=means, quats=quats, scales=scales, opacities=opac, colors=colors, viewmat=viewmat, K=K,
+               width=width, height=height, background=bg, sh_degree=sh_degree,
+               meta=dict(seed=seed, p_cam=p_cam))
+    return sc.to(dtype=dtype)
+
+
+@pytest.fixture
+def scene_factory():
+    """``scene_factory(seed, n, width, height, **options)`` → :class:`Scene` (see :func:`make_scene`)."""
+    return make_scene
+
+
+# --------------------------------------------------------------------------------------------------
+# Backends and comparisons
+# --------------------------------------------------------------------------------------------------
+
+
+def require_backend(name: str) -> str:
+    """Fail (never skip) when the C++ kernel is missing: CI always has a compiler."""
+    if name == "cpu":
+        from ua3dtalk.render import cpu_backend_available, cpu_backend_status
+
+        assert cpu_backend_available(), f"the C++ cpu backend is not available: {cpu_backend_status()}"
+    return name
+
+
+@pytest.fixture(params=["torch", "cpu"])
+def backend(request):
+    """The CPU compositing backends under test (compared against ``dense``)."""
+    return require_backend(request.param)
+
+
+def loss_weights(height: int, width: int, dtype, seed: int = 1234, device="cpu") -> dict:
+    """Random weights for a scalar loss touching image, alpha and depth (so every output is tested)."""
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        image=torch.randn(height, width, 3, generator=g, dtype=torch.float64).to(dtype=dtype, device=device),
+        alpha=torch.randn(height, width, 1, generator=g, dtype=torch.float64).to(dtype=dtype, device=device),
+        depth=0.1 * torch.randn(height, width, 1, generator=g, dtype=torch.float64).to(dtype=dtype, device=device),
+    )
+
+
+def weighted_loss(out, w: dict) -> torch.Tensor:
+    return (out.image * w["image"]).sum() + (out.alpha * w["alpha"]).sum() + (out.depth * w["depth"]).sum()
+
+
+def render_with_grads(scene: Scene, backend: str, grad_wrt=GRAD_NAMES, seed: int = 1234, **kw):
+    """Render, backpropagate a random weighted loss; return (output, {name: grad})."""
+    leaves = scene.leaves(grad_wrt)
+    out = scene.render(backend, leaves, **kw)
+    w = loss_weights(scene.height, scene.width, scene.means.dtype, seed, device=scene.means.device)
+    weighted_loss(out, w).backward()
+    grads = {k: v.grad for k, v in leaves.items() if v.requires_grad}
+    return out, grads
+
+
+def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, floor: float, what: str):
+    """|a - e| ≤ rtol·max|e| + floor elementwise (the reference's scale sets the tolerance)."""
+    assert actual is not None, f"{what}: gradient is None"
+    assert expected is not None, f"{what}: reference gradient is None"
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert bool(torch.isfinite(actual).all()), f"{what}: non-finite values"
+    if expected.numel() == 0:
+        return
+    scale = float(expected.abs().max())
+    err = float((actual - expected).abs().max())
+    tol = rtol * scale + floor
+    assert err <= tol, f"{what}: max abs error {err:.3e} > tol {tol:.3e} (reference max-abs {scale:.3e})"
+
+
+@pytest.fixture
+def helpers():
+    """Namespace with the comparison helpers, for test modules."""
+
+    class H:
+        pass
+
+    for fn in (make_scene, require_backend, loss_weights, weighted_loss, render_with_grads, assert_rel_close):
+        setattr(H, fn.__name__, staticmethod(fn))
+    H.GRAD_NAMES = GRAD_NAMES
+    H.Scene = Scene
+    return H
