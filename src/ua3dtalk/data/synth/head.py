@@ -98,6 +98,11 @@ class ProceduralHead:
         r = 1 - (x / self.rx) ** 2 - (y / self.ry) ** 2
         return -self.rz * np.sqrt(np.clip(r, 1e-4, None))
 
+    def _front_z(self, x, y):
+        """z for mouth parts: in front of the skin splats whose centres lie above them (Gaussians are
+        sorted by centre depth, and the face surface recedes towards the chin)."""
+        return np.minimum(self._surface_z(x, y), self._surface_z(x, y - 0.018)) - 0.001
+
     def _build(self, rng, n):
         parts, means, normals, sc, cols, ops = [], [], [], [], [], []
 
@@ -120,7 +125,7 @@ class ProceduralHead:
         shade = 0.72 + 0.28 * np.clip(-nrm[:, 2], 0, 1)[:, None]
         skin_c = self.skin_rgb * shade + rng.normal(0, 0.015, (ns, 3))
         hair_c = self.hair_rgb * (0.8 + 0.4 * rng.random((ns, 1)))
-        s_skin = np.array([1.1 * spacing, 1.1 * spacing, 0.15 * spacing])
+        s_skin = np.array([0.75 * spacing, 0.75 * spacing, 0.12 * spacing])
         add("skin", m[~hair], nrm[~hair], s_skin, skin_c[~hair], 0.97)
         hm = m[hair] * 1.04
         add("hair", hm, nrm[hair], s_skin * np.array([1.3, 1.3, 2.0]), hair_c[hair], 0.98)
@@ -220,7 +225,7 @@ class ProceduralHead:
         bow = 0.0035 * (1 - u**2)
         y = np.where(upper, my - 0.5 * op - bow, my + 0.5 * op + bow) - lift * corner - smirk
         y = y - 0.003 * e[EXPR["cheek"]] * upper
-        z = self._surface_z(x, y) - 0.006 * (1 - u**2) - 0.002 - 0.004 * e[EXPR["lip_round"]]
+        z = self._front_z(x, y) - 0.002 - 0.003 * (1 - u**2) - 0.004 * e[EXPR["lip_round"]]
         return np.stack([x, y, z], -1)
 
     def deform(self, expr) -> HeadGaussians:
@@ -256,12 +261,12 @@ class ProceduralHead:
         uv = self._mouth_uv
         ry = 0.5 * op + 0.0005
         x, y = uv[:, 0] * hw * 0.9, my + uv[:, 1] * ry
-        m[sel] = np.stack([x, y, self._surface_z(x, y) - 0.0012], -1)  # over the skin, under the lips
+        m[sel] = np.stack([x, y, self._front_z(x, y)], -1)  # over the skin, under the lips
         s[sel, 1] = np.minimum(s[sel, 1], 0.25 * ry + 1e-5)
         sel = p == PART["teeth"]
         x = self._teeth_u * hw * 0.8
         y = np.full_like(x, my - 0.5 * op + 0.0025 + 0.0015 * min(op / 0.01, 1))
-        m[sel] = np.stack([x, y, self._surface_z(x, y) - 0.0016], -1)
+        m[sel] = np.stack([x, y, self._front_z(x, y) - 0.0005], -1)
         s[sel, 1] = min(0.002, 0.25 * ry + 1e-5)
         return HeadGaussians(
             means=torch.from_numpy(m).float(), quats=self._quats, scales=torch.from_numpy(s).float(),
