@@ -62,6 +62,8 @@ def validate_inputs(means, quats, scales, opacities, colors, viewmat, K, width, 
     if means.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"rasterize: `means` must be float32 or float64, got {means.dtype}")
     dt, dev = means.dtype, means.device
+    if dev.type == "meta":  # no data: the value checks below could not run
+        raise ValueError("rasterize: `means` is on the 'meta' device; rasterize needs tensors with data")
     _check("means", means, (None, 3), dt, dev)
     n = means.shape[0]
     _check("quats", quats, (n, 4), dt, dev)
@@ -80,7 +82,7 @@ def validate_inputs(means, quats, scales, opacities, colors, viewmat, K, width, 
         o = opacities.detach()
         if bool(((o < 0) | (o > 1)).any()):
             raise ValueError("rasterize: `opacities` must lie in [0,1] (pass activated opacities, e.g. sigmoid)")
-    if float(K[0, 0]) <= 0 or float(K[1, 1]) <= 0:
+    if float(K[0, 0].detach()) <= 0 or float(K[1, 1].detach()) <= 0:
         raise ValueError("rasterize: `K` must have positive focal lengths K[0,0] and K[1,1]")
     if not (isinstance(near, (int, float)) and isinstance(far, (int, float)) and 0 < near < far):
         raise ValueError(f"rasterize: need 0 < near < far, got near={near!r}, far={far!r}")
@@ -196,6 +198,8 @@ def rasterize(
         else:
             from .torch_backend import composite_torch as composite
 
+            _warn_once("rasterize: the C++ cpu kernel is unavailable; using the 'torch' backend instead "
+                       "(see ua3dtalk.render.cpu_backend_status())")
             name = "torch"
     feat, T = composite(proj.means2d, proj.conics, features, opacities, proj.depths, proj.extents, proj.visible,
                         width, height)

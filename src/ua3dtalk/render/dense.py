@@ -62,9 +62,8 @@ def composite_dense(means2d, conics, features, opacities, depths, extents, visib
     order = depth_order(depths, visible)
     C = features.shape[-1]
     pix = pixel_centers(width, height, means2d.dtype, means2d.device)
-    if order.numel() == 0:
-        out = features.new_zeros(height, width, C) + 0.0 * features.sum()
-        return out, means2d.new_ones(height, width)
+    # No early exit when nothing is visible: the empty lists below keep every input in the graph, so
+    # all gradients (means2d.grad included) come out as zeros rather than None.
     m, q, f, o = means2d[order][None], conics[order][None], features[order][None], opacities[order][None]
     v = torch.ones_like(o, dtype=torch.bool)
     outs, Ts = [], []

@@ -28,9 +28,13 @@ def rasterize_gsplat(means, quats, scales, opacities, colors, viewmat, K, width,
         near_plane=near, far_plane=far, sh_degree=sh_degree, render_mode="RGB+D", eps2d=0.3, packed=False,
         rasterize_mode="classic",
     )
-    means2d = meta["means2d"]
-    if means2d.requires_grad:
-        means2d.retain_grad()
+    g_means2d = meta["means2d"]  # [1,N,2], pixels
+    means2d = g_means2d[0].detach().clone().requires_grad_(g_means2d.requires_grad)
+    if g_means2d.requires_grad:  # expose the gradient on the [N,2] leaf we return
+        def _copy_grad(g):
+            means2d.grad = g[0].detach().clone()
+
+        g_means2d.register_hook(_copy_grad)
     radii = meta["radii"][0]
     if radii.dim() == 2:  # newer gsplat: per-axis radii
         radii = radii.max(-1).values
@@ -39,4 +43,4 @@ def rasterize_gsplat(means, quats, scales, opacities, colors, viewmat, K, width,
     if background is not None:
         image = image + (1.0 - alpha) * background
     return RenderOutput(image=image, alpha=alpha, depth=colors_out[0, ..., 3:4], radii=radii.to(torch.int32),
-                        means2d=means2d[0], backend="gsplat")
+                        means2d=means2d, backend="gsplat")

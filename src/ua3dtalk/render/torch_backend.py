@@ -47,8 +47,11 @@ def composite_torch(means2d, conics, features, opacities, depths, extents, visib
     n_tiles, tp = ntx * nty, tile_size * tile_size
     tile, gid, counts = bin_gaussians(means2d, extents, depths, visible, width, height, tile_size)
 
-    out_tiles = features.new_zeros(n_tiles, tp, C) + 0.0 * features.sum()  # keep the graph for N>0 scenes
-    T_tiles = means2d.new_ones(n_tiles, tp)
+    # Exact zeros that keep every input in the graph (empty slices), so that gradients are zeros, not
+    # None, even when no Gaussian is visible.
+    zero = means2d[:0].sum() + conics[:0].sum() + features[:0].sum() + opacities[:0].sum()
+    out_tiles = features.new_zeros(n_tiles, tp, C) + zero
+    T_tiles = means2d.new_ones(n_tiles, tp) + zero
     if gid.numel():
         offsets = torch.cumsum(counts, 0) - counts
         pos = torch.arange(gid.numel(), device=dev) - offsets[tile]
