@@ -1,0 +1,86 @@
+"""EmotionField (DESIGN §4): "4D Gaussian encoding" — a spatial plane field modulated by an emotion
+embedding through multi-resolution codebooks.
+
+For scale ``i`` (factor ``s_i`` of ``scales``):
+
+* ``plane_i(xyz)`` ∈ R^C — the product of the three bilinearly sampled planes of a
+  :class:`~ua3dtalk.models.fields.PlaneField` (C = ``channels`` = 64, resolution ``resolution·s_i``);
+* ``K_i`` ∈ R^{(codebook_base·s_i) × C} — a learnable codebook (64, 128, 256 entries);
+* ``q = Linear(e)`` ∈ R^C (one query shared by the scales);
+* ``code_i = softmax(q·K_iᵀ / √C) · K_i`` ∈ R^C — an attention read of the codebook;
+* ``f_emotion = concat_i(code_i ⊙ plane_i(xyz))`` ∈ R^{C·len(scales)} = R^192 per Gaussian.
+
+Shapes: ``forward(xyz [N,3], e [B,emotion_dim]) → [B,N,C·len(scales)]``.
+
+Initialisation: the planes start at ≈ 1 (see :mod:`ua3dtalk.models.fields`), the codebook entries at
+N(0, 1), so the initial output is the emotion code broadcast over space with small spatial noise.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..fields import PlaneField
+from ..prior.checks import expect
+
+__all__ = ["EmotionField"]
+
+
+class EmotionField(nn.Module):
+    """Emotion-conditioned multi-resolution plane field (see the module docstring).
+
+    Args:
+        bounds_min, bounds_max: the box of the canonical Gaussians mapped onto the planes
+            (:meth:`set_bounds` changes it later; saved in checkpoints).
+        emotion_dim: size of the emotion embedding ``e`` (128).
+        channels: plane channels = codebook entry size = query size C (64).
+        scales: resolution factors of the planes; also multiply the codebook sizes (1, 2, 4).
+        codebook_base: entries of the codebook at factor 1 (64; scale ``s`` has ``64·s``).
+        resolution: base plane resolution (64).
+    """
+
+    def __init__(self, bounds_min: Sequence[float] = (-1.0, -1.0, -1.0), bounds_max: Sequence[float] = (1.0, 1.0, 1.0),
+                 emotion_dim: int = 128, channels: int = 64, scales: Sequence[int] = (1, 2, 4),
+                 codebook_base: int = 64, resolution: int = 64):
+        super().__init__()
+        scales = tuple(int(s) for s in scales)
+        if emotion_dim < 1 or codebook_base < 1:
+            raise ValueError("emotion_dim and codebook_base must be positive")
+        self.emotion_dim, self.channels, self.scales = int(emotion_dim), int(channels), scales
+        self.planes = PlaneField(bounds_min, bounds_max, resolution=resolution, scales=scales, channels=channels)
+        self.query = nn.Linear(self.emotion_dim, self.channels)
+        self.codebooks = nn.ParameterList(nn.Parameter(torch.randn(codebook_base * s, self.channels)) for s in scales)
+
+    @property
+    def out_dim(self) -> int:
+        """``channels · len(scales)`` (192 with the defaults)."""
+        return self.channels * len(self.scales)
+
+    def set_bounds(self, bounds_min, bounds_max) -> None:
+        self.planes.set_bounds(bounds_min, bounds_max)
+
+    def codes(self, e: torch.Tensor, return_attention: bool = False):
+        """Emotion codes: ``e`` [B,emotion_dim] → list over scales of ``code_i`` [B,C] (and, with
+        ``return_attention``, the attention weights [B,entries_i] of each scale)."""
+        expect(e, "emotion embedding e", ("B", self.emotion_dim))
+        q = self.query(e)  # [B,C]
+        codes, atts = [], []
+        for k in self.codebooks:
+            a = torch.softmax(q @ k.t() / math.sqrt(self.channels), dim=-1)  # [B,M_i]
+            codes.append(a @ k)
+            atts.append(a)
+        return (codes, atts) if return_attention else codes
+
+    def forward(self, xyz: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """``xyz`` [N,3], ``e`` [B,emotion_dim] → ``f_emotion`` [B,N,C·len(scales)]."""
+        n = expect(xyz, "xyz", ("N", 3))["N"]
+        b = expect(e, "emotion embedding e", ("B", self.emotion_dim))["B"]
+        planes = self.planes.per_scale(xyz)  # list of [N,C]
+        codes = self.codes(e)
+        out = torch.cat([c[:, None, :] * p[None] for c, p in zip(codes, planes)], dim=-1)
+        if out.shape != (b, n, self.out_dim):
+            raise RuntimeError(f"EmotionField output {list(out.shape)} != {[b, n, self.out_dim]}")
+        return out
