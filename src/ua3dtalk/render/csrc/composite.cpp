@@ -10,19 +10,21 @@
 //
 // Layout of the work:
 //   * binning: every visible Gaussian goes to the tiles touched by its pixel-centre box
-//     [m - e, m + e] (exactly projection.tile_ranges); tile lists keep one global stable depth
-//     order (stable sort, then a bucket fill by tile).
-//   * forward/backward: parallel over tiles (dynamic scheduling, largest lists first); within a tile
-//     the per-pixel state is structure-of-arrays and the loop over the columns of a tile row is
-//     branch-free (selects only) so that GCC vectorises it. A Gaussian only touches the tile rows
-//     its box covers (pixels outside the box have alpha < 1/255 by construction of the extents,
-//     and forward and backward use the very same row ranges, so they are always consistent).
-//   * backward: no atomics. Each (tile, Gaussian) pair writes its partial gradients to its own row
-//     of a buffer laid out Gaussian-major; a second pass sums each Gaussian's rows in a fixed order.
-//     Results are therefore bitwise independent of the number of threads.
+//     [m - e, m + e] (exactly projection.tile_ranges); one global stable sort by depth gives each
+//     binned Gaussian a rank, its data is packed by rank, and a bucket fill by tile (in rank order)
+//     gives tile lists that are front to back and stream through the packed records.
+//   * forward/backward: parallel over tiles (at::parallel_for; dynamic scheduling, longest lists
+//     first); within a tile the per-pixel state is structure-of-arrays and the loop over the
+//     columns of a tile row is branch-free (selects only) so that GCC vectorises it. A Gaussian only
+//     touches the tile rows its box covers (pixels outside the box have alpha < 1/255 by
+//     construction of the extents; forward and backward use the very same rows, so they agree).
+//   * backward: no atomics. Each (tile, Gaussian) pair writes its partial gradients (a fixed-order
+//     sum over the tile's pixels) to its own row of a buffer; a second pass sums each Gaussian's
+//     rows in a fixed order. Results are therefore bitwise independent of the number of threads.
 //
-// Floating point: compiled with -ffp-contract=off so forward and backward evaluate alpha bitwise
-// identically; fused multiply-adds are only used explicitly (FMA macro) when the target has them.
+// Floating point: no -ffast-math. Compiled with -ffp-contract=off so forward and backward evaluate
+// alpha bitwise identically; fused multiply-adds are only used explicitly (UA_FMA) when the target
+// has them. float uses a vectorisable exp (ua_exp); double uses std::exp.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -78,6 +80,27 @@ inline float ua_exp(float x) {
 
 inline double ua_exp(double x) { return std::exp(x); }
 
+// Sum of n lanes in a fixed pairwise-tree order (vectorisable, deterministic). n is a power of
+// two when it is the compile-time tile size; otherwise a plain left-to-right sum.
+template <int TS, typename scalar_t>
+inline scalar_t lane_sum(const scalar_t* UA_RESTRICT x, int64_t n) {
+  if constexpr (TS > 0 && (TS & (TS - 1)) == 0) {
+    alignas(64) scalar_t t[TS];
+    for (int c = 0; c < TS; ++c) t[c] = x[c];
+    for (int w = TS / 2; w >= 1; w /= 2)
+      for (int c = 0; c < w; ++c) t[c] = t[c] + t[c + w];
+    return t[0];
+  } else {
+    scalar_t s = 0;
+    for (int64_t c = 0; c < n; ++c) s += x[c];
+    return s;
+  }
+}
+
+// Loops cheaper than this many elements run on one thread: a fork/join costs more than it saves
+// (and on a busy machine a join can wait for a descheduled thread).
+constexpr int64_t kSmallGrain = 32768;
+
 template <typename scalar_t>
 struct MaskInt {
   using type = int32_t;
@@ -86,37 +109,34 @@ template <>
 struct MaskInt<double> {
   using type = int64_t;
 };
-
-// Per-Gaussian integer data saved for the backward pass (int32 [N, 8]).
-enum GInfo { G_CLO = 0, G_CHI, G_RLO, G_RHI, G_TX0, G_TX1, G_TY0, G_TY1, G_NINFO };
-
 // ---------------------------------------------------------------------------------------------
-// Binning
+// Binning. Binned Gaussians are renumbered by their rank in the global front-to-back order and
+// their data is packed by rank, so every tile list (increasing ranks) streams through memory.
 // ---------------------------------------------------------------------------------------------
+// float record per rank: [mx, my, a, b, c, o, first row, last row, f_0 .. f_{C-1}]
+enum Rec { R_MX = 0, R_MY, R_A, R_B, R_C, R_O, R_RLO, R_RHI, R_F };
+// int32 record per rank: [tx0, tx1, ty0, Gaussian index]
+enum IRec { I_TX0 = 0, I_TX1, I_TY0, I_G, I_N };
+
 struct Binning {
-  at::Tensor ginfo;         // int32 [N, 8] pixel range (clamped) and tile range; tx1 < tx0 if not binned
-  at::Tensor gstart;        // int64 [N+1] start of each Gaussian's pair rows (Gaussian-major layout)
+  at::Tensor recs;          // scalar [M, 8 + C]
+  at::Tensor irecs;         // int32 [M, 4]
+  at::Tensor pstart;        // int64 [M+1] first (tile, Gaussian) pair row of each rank (rank-major)
   at::Tensor tile_offsets;  // int64 [ntiles+1]
-  at::Tensor tile_gids;     // int32 [P] Gaussian ids per tile, front to back
+  at::Tensor tile_ranks;    // int32 [P] ranks per tile, increasing (= front to back)
+  at::Tensor pair_slot;     // int32 [P] rank-major pair (rank m, j-th tile of its box) -> slot in tile_ranks
 };
 
 template <typename scalar_t>
-Binning bin_gaussians(const scalar_t* means2d, const scalar_t* extents, const scalar_t* depths,
-                      const bool* visible, int64_t N, int64_t W, int64_t H, int64_t ts) {
+Binning bin_gaussians(const scalar_t* means2d, const scalar_t* conics, const scalar_t* features,
+                      const scalar_t* opacities, const scalar_t* extents, const scalar_t* depths,
+                      const bool* visible, int64_t N, int64_t C, int64_t W, int64_t H, int64_t ts) {
   const int64_t ntx = (W + ts - 1) / ts, nty = (H + ts - 1) / ts, ntiles = ntx * nty;
-  Binning B;
-  B.ginfo = at::empty({N, G_NINFO}, at::kInt);
-  B.gstart = at::empty({N + 1}, at::kLong);
-  int32_t* gi = B.ginfo.data_ptr<int32_t>();
-  int64_t* gstart = B.gstart.data_ptr<int64_t>();
-  std::vector<int64_t> cnt(N);
+  std::vector<int32_t> box(4 * N);  // clamped pixel rows r0, r1 and tiles ty0 ... per Gaussian
+  std::vector<uint8_t> binned(N, 0);
 
-  at::parallel_for(0, N, 2048, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, N, kSmallGrain, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
-      int32_t* g = gi + i * G_NINFO;
-      g[G_CLO] = 0; g[G_CHI] = -1; g[G_RLO] = 0; g[G_RHI] = -1;
-      g[G_TX0] = 0; g[G_TX1] = -1; g[G_TY0] = 0; g[G_TY1] = -1;
-      cnt[i] = 0;
       if (!visible[i]) continue;
       const scalar_t mx = means2d[2 * i], my = means2d[2 * i + 1];
       const scalar_t ex = extents[2 * i], ey = extents[2 * i + 1];
@@ -132,46 +152,90 @@ Binning bin_gaussians(const scalar_t* means2d, const scalar_t* extents, const sc
       const int64_t c1 = chi > scalar_t(W - 1) ? W - 1 : static_cast<int64_t>(chi);
       const int64_t r0 = rlo < 0 ? 0 : static_cast<int64_t>(rlo);
       const int64_t r1 = rhi > scalar_t(H - 1) ? H - 1 : static_cast<int64_t>(rhi);
-      g[G_CLO] = static_cast<int32_t>(c0); g[G_CHI] = static_cast<int32_t>(c1);
-      g[G_RLO] = static_cast<int32_t>(r0); g[G_RHI] = static_cast<int32_t>(r1);
-      g[G_TX0] = static_cast<int32_t>(c0 / ts); g[G_TX1] = static_cast<int32_t>(c1 / ts);
-      g[G_TY0] = static_cast<int32_t>(r0 / ts); g[G_TY1] = static_cast<int32_t>(r1 / ts);
-      cnt[i] = int64_t(g[G_TX1] - g[G_TX0] + 1) * int64_t(g[G_TY1] - g[G_TY0] + 1);
+      box[4 * i + 0] = static_cast<int32_t>(c0);
+      box[4 * i + 1] = static_cast<int32_t>(c1);
+      box[4 * i + 2] = static_cast<int32_t>(r0);
+      box[4 * i + 3] = static_cast<int32_t>(r1);
+      binned[i] = 1;
     }
   });
 
-  gstart[0] = 0;
   std::vector<int32_t> order;
   order.reserve(N);
-  for (int64_t i = 0; i < N; ++i) {
-    gstart[i + 1] = gstart[i] + cnt[i];
-    if (cnt[i] > 0) order.push_back(static_cast<int32_t>(i));
-  }
-  const int64_t P = gstart[N];
-  TORCH_CHECK(P < std::numeric_limits<int32_t>::max(), "composite_cpu: too many tile-Gaussian pairs (", P, ")");
-
+  for (int64_t i = 0; i < N; ++i)
+    if (binned[i]) order.push_back(static_cast<int32_t>(i));
   // one global stable sort by depth (NaN last, like torch.sort), ties keep index order
   std::stable_sort(order.begin(), order.end(), [depths](int32_t a, int32_t b) {
     const scalar_t da = depths[a], db = depths[b];
     return da < db || (!std::isnan(da) && std::isnan(db));
   });
+  const int64_t M = static_cast<int64_t>(order.size()), RS = R_F + C;
 
+  Binning B;
+  B.recs = at::empty({M, RS}, at::CPU(c10::CppTypeToScalarType<scalar_t>::value));
+  B.irecs = at::empty({M, I_N}, at::kInt);
+  B.pstart = at::empty({M + 1}, at::kLong);
+  scalar_t* recs = B.recs.data_ptr<scalar_t>();
+  int32_t* irecs = B.irecs.data_ptr<int32_t>();
+  int64_t* pstart = B.pstart.data_ptr<int64_t>();
+  at::parallel_for(0, M, kSmallGrain, [&](int64_t b, int64_t e) {
+    for (int64_t m = b; m < e; ++m) {
+      const int64_t i = order[m];
+      scalar_t* r = recs + m * RS;
+      r[R_MX] = means2d[2 * i]; r[R_MY] = means2d[2 * i + 1];
+      r[R_A] = conics[3 * i]; r[R_B] = conics[3 * i + 1]; r[R_C] = conics[3 * i + 2];
+      r[R_O] = opacities[i];
+      r[R_RLO] = scalar_t(box[4 * i + 2]); r[R_RHI] = scalar_t(box[4 * i + 3]);
+      for (int64_t ch = 0; ch < C; ++ch) r[R_F + ch] = features[i * C + ch];
+      int32_t* q = irecs + m * I_N;
+      q[I_TX0] = box[4 * i + 0] / ts; q[I_TX1] = box[4 * i + 1] / ts; q[I_TY0] = box[4 * i + 2] / ts;
+      q[I_G] = static_cast<int32_t>(i);
+    }
+  });
+
+  // Pair counts and the bucket fill are split over bands of tile rows: every band scans all ranks
+  // in order and only touches its own tiles, so the lists are the same for any number of threads.
+  std::vector<int32_t> ty1s(M);
+  for (int64_t m = 0; m < M; ++m) ty1s[m] = box[4 * order[m] + 3] / ts;
+  pstart[0] = 0;
+  for (int64_t m = 0; m < M; ++m) {
+    const int32_t* q = irecs + m * I_N;
+    pstart[m + 1] = pstart[m] + int64_t(ty1s[m] - q[I_TY0] + 1) * (q[I_TX1] - q[I_TX0] + 1);
+  }
+  const int64_t P = pstart[M];
+  TORCH_CHECK(P < std::numeric_limits<int32_t>::max(), "composite_cpu: too many tile-Gaussian pairs (", P, ")");
+  const int64_t band_grain = P < kSmallGrain * 8 ? nty : 1;  // small scenes: one band, no fork/join
   B.tile_offsets = at::zeros({ntiles + 1}, at::kLong);
   int64_t* toff = B.tile_offsets.data_ptr<int64_t>();
-  for (int32_t i : order) {
-    const int32_t* g = gi + int64_t(i) * G_NINFO;
-    for (int64_t ty = g[G_TY0]; ty <= g[G_TY1]; ++ty)
-      for (int64_t tx = g[G_TX0]; tx <= g[G_TX1]; ++tx) ++toff[ty * ntx + tx + 1];
-  }
+  at::parallel_for(0, nty, band_grain, [&](int64_t tb, int64_t te) {
+    for (int64_t m = 0; m < M; ++m) {
+      const int32_t* q = irecs + m * I_N;
+      const int64_t ya = std::max<int64_t>(q[I_TY0], tb), yb = std::min<int64_t>(ty1s[m], te - 1);
+      for (int64_t ty = ya; ty <= yb; ++ty)
+        for (int64_t tx = q[I_TX0]; tx <= q[I_TX1]; ++tx) ++toff[ty * ntx + tx + 1];
+    }
+  });
   for (int64_t t = 0; t < ntiles; ++t) toff[t + 1] += toff[t];
-  B.tile_gids = at::empty({P}, at::kInt);
-  int32_t* gids = B.tile_gids.data_ptr<int32_t>();
-  std::vector<int64_t> cursor(toff, toff + ntiles);
-  for (int32_t i : order) {  // bucket fill in depth order keeps every tile list front to back
-    const int32_t* g = gi + int64_t(i) * G_NINFO;
-    for (int64_t ty = g[G_TY0]; ty <= g[G_TY1]; ++ty)
-      for (int64_t tx = g[G_TX0]; tx <= g[G_TX1]; ++tx) gids[cursor[ty * ntx + tx]++] = i;
-  }
+  B.tile_ranks = at::empty({P}, at::kInt);
+  B.pair_slot = at::empty({P}, at::kInt);
+  int32_t* ranks = B.tile_ranks.data_ptr<int32_t>();
+  int32_t* slot = B.pair_slot.data_ptr<int32_t>();
+  at::parallel_for(0, nty, band_grain, [&](int64_t tb, int64_t te) {
+    std::vector<int64_t> cursor(toff + tb * ntx, toff + te * ntx);  // next free slot of the band's tiles
+    for (int64_t m = 0; m < M; ++m) {  // rank order keeps every tile list front to back
+      const int32_t* q = irecs + m * I_N;
+      const int64_t ya = std::max<int64_t>(q[I_TY0], tb), yb = std::min<int64_t>(ty1s[m], te - 1);
+      const int64_t wx = q[I_TX1] - q[I_TX0] + 1;
+      for (int64_t ty = ya; ty <= yb; ++ty) {
+        int64_t j = pstart[m] + (ty - q[I_TY0]) * wx;
+        for (int64_t tx = q[I_TX0]; tx <= q[I_TX1]; ++tx) {
+          const int64_t sl = cursor[(ty - tb) * ntx + tx]++;
+          ranks[sl] = static_cast<int32_t>(m);
+          slot[j++] = static_cast<int32_t>(sl);
+        }
+      }
+    }
+  });
   return B;
 }
 
@@ -186,7 +250,7 @@ std::vector<int64_t> tile_schedule(const int64_t* toff, int64_t ntiles) {
 }
 
 template <typename F>
-void for_each_tile(const std::vector<int64_t>& sched, F&& fn) {
+void for_each_tile(const std::vector<int64_t>& sched, const F& fn) {
   const int64_t n = static_cast<int64_t>(sched.size());
   if (n == 0) return;
   const int64_t nthreads = std::min<int64_t>(at::get_num_threads(), n);
@@ -204,16 +268,15 @@ void for_each_tile(const std::vector<int64_t>& sched, F&& fn) {
 // ---------------------------------------------------------------------------------------------
 template <typename scalar_t>
 struct Params {
-  const scalar_t* means2d;
-  const scalar_t* conics;
-  const scalar_t* features;
-  const scalar_t* opacities;
-  const int32_t* ginfo;
-  const int64_t* gstart;
+  const scalar_t* recs;
+  const int32_t* irecs;
+  const int64_t* pstart;
   const int64_t* toff;
-  const int32_t* gids;
+  const int32_t* ranks;
   int64_t W, H, C, ts, ntx;
 };
+
+constexpr int kRowCheck = 8;  // forward: look for finished rows every this many Gaussians
 
 template <typename scalar_t, int TS, int CT>
 struct ForwardTile {
@@ -237,7 +300,7 @@ struct ForwardTile {
 
   void operator()(State& st, int64_t tile) const {
     constexpr scalar_t kAlphaMax = scalar_t(0.99), kAlphaMin = scalar_t(1.0 / 255.0), kTMin = scalar_t(1e-4);
-    const int64_t ts = TS > 0 ? TS : p.ts, C = CT > 0 ? CT : p.C, tp = ts * ts;
+    const int64_t ts = TS > 0 ? TS : p.ts, C = CT > 0 ? CT : p.C, tp = ts * ts, RS = R_F + C;
     const int64_t W = p.W, H = p.H;
     const int64_t tyi = tile / p.ntx, txi = tile % p.ntx;
     const int64_t x0 = txi * ts, y0 = tyi * ts;
@@ -258,14 +321,12 @@ struct ForwardTile {
     int64_t rows_left = nrows;
 
     const int64_t begin = p.toff[tile], end = p.toff[tile + 1];
-    for (int64_t k = begin; k < end && rows_left > 0; ++k) {
-      const int64_t g = p.gids[k];
-      const int32_t* gi = p.ginfo + g * G_NINFO;
-      const int64_t r0 = std::max<int64_t>(gi[G_RLO] - y0, 0), r1 = std::min<int64_t>(gi[G_RHI] - y0, nrows - 1);
-      const scalar_t mx = p.means2d[2 * g], my = p.means2d[2 * g + 1];
-      const scalar_t ca = p.conics[3 * g], cb = p.conics[3 * g + 1], cc = p.conics[3 * g + 2];
-      const scalar_t op = p.opacities[g];
-      const scalar_t* UA_RESTRICT f = p.features + g * C;
+    for (int64_t k = begin; k < end; ++k) {
+      const scalar_t* UA_RESTRICT rec = p.recs + int64_t(p.ranks[k]) * RS;
+      const int64_t r0 = std::max<int64_t>(int64_t(rec[R_RLO]) - y0, 0);
+      const int64_t r1 = std::min<int64_t>(int64_t(rec[R_RHI]) - y0, nrows - 1);
+      const scalar_t mx = rec[R_MX], my = rec[R_MY], ca = rec[R_A], cb = rec[R_B], cc = rec[R_C], op = rec[R_O];
+      const scalar_t* UA_RESTRICT f = rec + R_F;
       const scalar_t kf = scalar_t(k - begin + 1);
       for (int64_t r = r0; r <= r1; ++r) {
         if (!row_alive[r]) continue;
@@ -275,26 +336,35 @@ struct ForwardTile {
         scalar_t* UA_RESTRICT last = lastb + r * ts;
         mask_t* UA_RESTRICT al = alive + r * ts;
         scalar_t* UA_RESTRICT o0 = outb + r * ts;
-        mask_t any = 0;
+#pragma omp simd
         for (int64_t c = 0; c < ts; ++c) {
           const scalar_t dx = pxs[c] - mx;
           const scalar_t power = scalar_t(-0.5) * ((ca * dx) * dx + cdy2) - (cb * dx) * dy;
           const scalar_t alpha_raw = op * ua_exp(power);
-          const scalar_t alpha = alpha_raw < kAlphaMax ? alpha_raw : kAlphaMax;
+          const scalar_t alpha = alpha_raw > kAlphaMax ? kAlphaMax : alpha_raw;  // NaN stays NaN
           const scalar_t Ti = T[c];
           const scalar_t Tn = Ti * (scalar_t(1) - alpha);
-          const bool ok = (power <= scalar_t(0)) & (alpha >= kAlphaMin) & (al[c] != 0);
+          // alpha >= 1/255 <=> alpha_raw >= 1/255 (the clamp value is above the threshold)
+          const bool ok = (power <= scalar_t(0)) & (alpha_raw >= kAlphaMin) & (al[c] != 0);
           const bool stop = ok & (Tn < kTMin);
           const bool contrib = ok & !stop;
           const scalar_t w = contrib ? alpha * Ti : scalar_t(0);
           for (int64_t ch = 0; ch < C; ++ch) o0[ch * tp + c] += w * f[ch];
           T[c] = contrib ? Tn : Ti;
           last[c] = contrib ? kf : last[c];
-          const mask_t a2 = stop ? mask_t(0) : al[c];
-          al[c] = a2;
-          any |= a2;
+          al[c] = stop ? mask_t(0) : al[c];
         }
-        if (!any) { row_alive[r] = 0; --rows_left; }
+      }
+      if ((k - begin) % kRowCheck == kRowCheck - 1 || k + 1 == end) {  // retire finished rows
+        for (int64_t r = 0; r < nrows; ++r) {
+          if (!row_alive[r]) continue;
+          mask_t any = 0;
+          const mask_t* UA_RESTRICT al = alive + r * ts;
+#pragma omp simd reduction(| : any)
+          for (int64_t c = 0; c < ts; ++c) any |= al[c];
+          if (!any) { row_alive[r] = 0; --rows_left; }
+        }
+        if (rows_left == 0) break;  // every pixel of the tile is done
       }
     }
 
@@ -316,7 +386,8 @@ struct BackwardTile {
   const scalar_t* gT_img;    // [H,W]
   const scalar_t* T_img;     // [H,W]
   const int32_t* last_img;   // [H,W]
-  scalar_t* pair_grads;      // [P, 6 + C] Gaussian-major rows
+  scalar_t* pair_grads;      // [P, 6 + C] rows in tile-list (slot) order; rows >= tile_maxlast are not written
+  int64_t* tile_maxlast;     // [ntiles] number of leading list entries that reach some pixel of the tile
 
   struct State {
     std::vector<scalar_t> buf;
@@ -332,12 +403,13 @@ struct BackwardTile {
 
   void operator()(State& st, int64_t tile) const {
     constexpr scalar_t kAlphaMax = scalar_t(0.99), kAlphaMin = scalar_t(1.0 / 255.0);
-    const int64_t ts = TS > 0 ? TS : p.ts, C = CT > 0 ? CT : p.C, tp = ts * ts;
+    const int64_t ts = TS > 0 ? TS : p.ts, C = CT > 0 ? CT : p.C, tp = ts * ts, RS = R_F + C;
     const int64_t W = p.W, H = p.H, NG = 6 + C;
     const int64_t tyi = tile / p.ntx, txi = tile % p.ntx;
     const int64_t x0 = txi * ts, y0 = tyi * ts;
     const int64_t nrows = std::min(ts, H - y0), ncols = std::min(ts, W - x0);
     const int64_t begin = p.toff[tile], end = p.toff[tile + 1];
+    tile_maxlast[tile] = 0;
     if (begin == end) return;
     scalar_t* UA_RESTRICT Tb = st.buf.data();
     scalar_t* UA_RESTRICT lastb = Tb + tp;
@@ -369,6 +441,7 @@ struct BackwardTile {
       }
       maxlast = std::max(maxlast, rowmax[r]);
     }
+    tile_maxlast[tile] = maxlast;
     for (int64_t c = 0; c < ts; ++c) pxs[c] = scalar_t(x0 + c) + scalar_t(0.5);
 
     scalar_t* UA_RESTRICT Lmx = lanes;
@@ -380,67 +453,64 @@ struct BackwardTile {
     scalar_t* UA_RESTRICT Lf = lanes + 6 * ts;  // [C][ts]
 
     for (int64_t kk = maxlast - 1; kk >= 0; --kk) {
-      const int64_t k = begin + kk;
-      const int64_t g = p.gids[k];
-      const int32_t* gi = p.ginfo + g * G_NINFO;
-      const int64_t r0 = std::max<int64_t>(gi[G_RLO] - y0, 0), r1 = std::min<int64_t>(gi[G_RHI] - y0, nrows - 1);
-      const scalar_t mx = p.means2d[2 * g], my = p.means2d[2 * g + 1];
-      const scalar_t ca = p.conics[3 * g], cb = p.conics[3 * g + 1], cc = p.conics[3 * g + 2];
-      const scalar_t op = p.opacities[g];
-      const scalar_t* UA_RESTRICT f = p.features + g * C;
-      const scalar_t kf = scalar_t(kk);
+      const int64_t m = p.ranks[begin + kk];
+      scalar_t* UA_RESTRICT dst = pair_grads + (begin + kk) * NG;
       bool touched = false;
-      for (int64_t r = r0; r <= r1; ++r) {
-        if (rowmax[r] <= kk) continue;
-        if (!touched) {
-          for (int64_t i = 0; i < NG * ts; ++i) lanes[i] = 0;
-          touched = true;
-        }
-        const scalar_t dy = (scalar_t(y0 + r) + scalar_t(0.5)) - my;
-        const scalar_t cdy2 = (cc * dy) * dy;
-        const scalar_t mhdy2 = scalar_t(-0.5) * dy * dy;
-        scalar_t* UA_RESTRICT T = Tb + r * ts;
-        const scalar_t* UA_RESTRICT last = lastb + r * ts;
-        scalar_t* UA_RESTRICT acc = accb + r * ts;
-        const scalar_t* UA_RESTRICT cT = cTb + r * ts;
-        const scalar_t* UA_RESTRICT g0 = gb + r * ts;
-        for (int64_t c = 0; c < ts; ++c) {
-          const scalar_t dx = pxs[c] - mx;
-          const scalar_t power = scalar_t(-0.5) * ((ca * dx) * dx + cdy2) - (cb * dx) * dy;
-          const scalar_t G = ua_exp(power);
-          const scalar_t alpha_raw = op * G;
-          const scalar_t alpha = alpha_raw < kAlphaMax ? alpha_raw : kAlphaMax;
-          const bool act = (kf < last[c]) & (power <= scalar_t(0)) & (alpha >= kAlphaMin);
-          const scalar_t al = act ? alpha : scalar_t(0);
-          const scalar_t inv = scalar_t(1) / (scalar_t(1) - al);
-          const scalar_t Ti = T[c] * inv;  // transmittance in front of this Gaussian
-          scalar_t gf = 0;
-          for (int64_t ch = 0; ch < C; ++ch) gf += g0[ch * tp + c] * f[ch];
-          const scalar_t wT = al * Ti;
-          // dL/dalpha = T_i sum_c g_c f_c - (sum_{j behind} g.f_j alpha_j T_j + gT T_final) / (1 - alpha)
-          const scalar_t dal = Ti * gf - (acc[c] + cT[c]) * inv;
-          acc[c] = act ? acc[c] + gf * wT : acc[c];
-          T[c] = act ? Ti : T[c];
-          for (int64_t ch = 0; ch < C; ++ch) Lf[ch * ts + c] += act ? g0[ch * tp + c] * wT : scalar_t(0);
-          const bool unc = act & (alpha_raw <= kAlphaMax);  // the clamp at 0.99 blocks the gradient
-          const scalar_t dpow = unc ? dal * alpha_raw : scalar_t(0);
-          Lo[c] += unc ? dal * G : scalar_t(0);
-          La[c] += dpow * (scalar_t(-0.5) * dx * dx);
-          Lb[c] += dpow * (-(dx * dy));
-          Lc[c] += dpow * mhdy2;
-          Lmx[c] += dpow * (ca * dx + cb * dy);
-          Lmy[c] += dpow * (cb * dx + cc * dy);
+      {
+        const scalar_t* UA_RESTRICT rec = p.recs + m * RS;
+        const int64_t r0 = std::max<int64_t>(int64_t(rec[R_RLO]) - y0, 0);
+        const int64_t r1 = std::min<int64_t>(int64_t(rec[R_RHI]) - y0, nrows - 1);
+        const scalar_t mx = rec[R_MX], my = rec[R_MY], ca = rec[R_A], cb = rec[R_B], cc = rec[R_C], op = rec[R_O];
+        const scalar_t* UA_RESTRICT f = rec + R_F;
+        const scalar_t kf = scalar_t(kk);
+        for (int64_t r = r0; r <= r1; ++r) {
+          if (rowmax[r] <= kk) continue;
+          if (!touched) {
+            for (int64_t i = 0; i < NG * ts; ++i) lanes[i] = 0;
+            touched = true;
+          }
+          const scalar_t dy = (scalar_t(y0 + r) + scalar_t(0.5)) - my;
+          const scalar_t cdy2 = (cc * dy) * dy;
+          const scalar_t mhdy2 = scalar_t(-0.5) * dy * dy;
+          scalar_t* UA_RESTRICT T = Tb + r * ts;
+          const scalar_t* UA_RESTRICT last = lastb + r * ts;
+          scalar_t* UA_RESTRICT acc = accb + r * ts;
+          const scalar_t* UA_RESTRICT cT = cTb + r * ts;
+          const scalar_t* UA_RESTRICT g0 = gb + r * ts;
+#pragma omp simd
+          for (int64_t c = 0; c < ts; ++c) {
+            const scalar_t dx = pxs[c] - mx;
+            const scalar_t power = scalar_t(-0.5) * ((ca * dx) * dx + cdy2) - (cb * dx) * dy;
+            const scalar_t G = ua_exp(power);
+            const scalar_t alpha_raw = op * G;
+            const scalar_t alpha = alpha_raw > kAlphaMax ? kAlphaMax : alpha_raw;
+            const bool act = (kf < last[c]) & (power <= scalar_t(0)) & (alpha_raw >= kAlphaMin);
+            const scalar_t al = act ? alpha : scalar_t(0);
+            const scalar_t inv = scalar_t(1) / (scalar_t(1) - al);
+            const scalar_t Ti = T[c] * inv;  // transmittance in front of this Gaussian
+            scalar_t gf = 0;
+            for (int64_t ch = 0; ch < C; ++ch) gf += g0[ch * tp + c] * f[ch];
+            const scalar_t wT = al * Ti;
+            // dL/dalpha = T_i sum_c g_c f_c - (sum_{j behind} g.f_j alpha_j T_j + gT T_final) / (1 - alpha)
+            const scalar_t dal = Ti * gf - (acc[c] + cT[c]) * inv;
+            acc[c] = act ? acc[c] + gf * wT : acc[c];
+            T[c] = act ? Ti : T[c];
+            for (int64_t ch = 0; ch < C; ++ch) Lf[ch * ts + c] += act ? g0[ch * tp + c] * wT : scalar_t(0);
+            const bool unc = act & (alpha_raw <= kAlphaMax);  // the clamp at 0.99 blocks the gradient
+            const scalar_t dpow = unc ? dal * alpha_raw : scalar_t(0);
+            Lo[c] += unc ? dal * G : scalar_t(0);
+            La[c] += dpow * (scalar_t(-0.5) * dx * dx);
+            Lb[c] += dpow * (-(dx * dy));
+            Lc[c] += dpow * mhdy2;
+            Lmx[c] += dpow * (ca * dx + cb * dy);
+            Lmy[c] += dpow * (cb * dx + cc * dy);
+          }
         }
       }
       if (touched) {
-        const int64_t wx = gi[G_TX1] - gi[G_TX0] + 1;
-        const int64_t row = p.gstart[g] + (tyi - gi[G_TY0]) * wx + (txi - gi[G_TX0]);
-        scalar_t* UA_RESTRICT dst = pair_grads + row * NG;
-        for (int64_t q = 0; q < NG; ++q) {
-          scalar_t s = 0;
-          for (int64_t c = 0; c < ts; ++c) s += lanes[q * ts + c];
-          dst[q] = s;
-        }
+        for (int64_t qq = 0; qq < NG; ++qq) dst[qq] = lane_sum<TS>(lanes + qq * ts, ts);
+      } else {
+        for (int64_t qq = 0; qq < NG; ++qq) dst[qq] = 0;
       }
     }
   }
@@ -462,21 +532,10 @@ void check_tensor(const at::Tensor& t, const char* name, at::ScalarType dtype, s
   TORCH_CHECK(t.is_contiguous(), "composite_cpu: `", name, "` must be contiguous");
 }
 
-void check_common(const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& features,
-                  const at::Tensor& opacities, int64_t width, int64_t height, int64_t tile_size) {
-  TORCH_CHECK(means2d.defined() && (means2d.scalar_type() == at::kFloat || means2d.scalar_type() == at::kDouble),
-              "composite_cpu: `means2d` must be float32 or float64");
+void check_size(int64_t width, int64_t height, int64_t tile_size) {
   TORCH_CHECK(width > 0 && height > 0, "composite_cpu: width and height must be > 0, got ", width, "x", height);
   TORCH_CHECK(width < (1 << 24) && height < (1 << 24), "composite_cpu: image too large");
   TORCH_CHECK(tile_size >= 1 && tile_size <= 64, "composite_cpu: tile_size must be in [1, 64], got ", tile_size);
-  const auto dt = means2d.scalar_type();
-  check_tensor(means2d, "means2d", dt, {-1, 2});
-  const int64_t N = means2d.size(0);
-  TORCH_CHECK(N < std::numeric_limits<int32_t>::max(), "composite_cpu: too many Gaussians");
-  check_tensor(conics, "conics", dt, {N, 3});
-  check_tensor(features, "features", dt, {N, -1});
-  TORCH_CHECK(features.size(1) >= 1, "composite_cpu: `features` needs at least one channel");
-  check_tensor(opacities, "opacities", dt, {N});
 }
 
 template <typename scalar_t, typename Fn>
@@ -501,9 +560,18 @@ std::vector<at::Tensor> composite_forward(const at::Tensor& means2d, const at::T
                                           const at::Tensor& depths, const at::Tensor& extents,
                                           const at::Tensor& visible, int64_t width, int64_t height,
                                           int64_t tile_size) {
-  check_common(means2d, conics, features, opacities, width, height, tile_size);
+  TORCH_CHECK(means2d.defined() && (means2d.scalar_type() == at::kFloat || means2d.scalar_type() == at::kDouble),
+              "composite_cpu: `means2d` must be float32 or float64");
+  check_size(width, height, tile_size);
   const auto dt = means2d.scalar_type();
-  const int64_t N = means2d.size(0), C = features.size(1);
+  check_tensor(means2d, "means2d", dt, {-1, 2});
+  const int64_t N = means2d.size(0);
+  TORCH_CHECK(N < std::numeric_limits<int32_t>::max(), "composite_cpu: too many Gaussians");
+  check_tensor(conics, "conics", dt, {N, 3});
+  check_tensor(features, "features", dt, {N, -1});
+  const int64_t C = features.size(1);
+  TORCH_CHECK(C >= 1, "composite_cpu: `features` needs at least one channel");
+  check_tensor(opacities, "opacities", dt, {N});
   check_tensor(depths, "depths", dt, {N});
   check_tensor(extents, "extents", dt, {N, 2});
   check_tensor(visible, "visible", at::kBool, {N});
@@ -514,11 +582,12 @@ std::vector<at::Tensor> composite_forward(const at::Tensor& means2d, const at::T
   at::Tensor last = at::empty({height, width}, means2d.options().dtype(at::kInt));
   Binning B;
   AT_DISPATCH_FLOATING_TYPES(dt, "ua3dtalk_composite_forward", [&] {
-    B = bin_gaussians<scalar_t>(means2d.data_ptr<scalar_t>(), extents.data_ptr<scalar_t>(),
-                                depths.data_ptr<scalar_t>(), visible.data_ptr<bool>(), N, width, height, ts);
-    Params<scalar_t> prm{means2d.data_ptr<scalar_t>(), conics.data_ptr<scalar_t>(), features.data_ptr<scalar_t>(),
-                         opacities.data_ptr<scalar_t>(), B.ginfo.data_ptr<int32_t>(), B.gstart.data_ptr<int64_t>(),
-                         B.tile_offsets.data_ptr<int64_t>(), B.tile_gids.data_ptr<int32_t>(),
+    B = bin_gaussians<scalar_t>(means2d.data_ptr<scalar_t>(), conics.data_ptr<scalar_t>(),
+                                features.data_ptr<scalar_t>(), opacities.data_ptr<scalar_t>(),
+                                extents.data_ptr<scalar_t>(), depths.data_ptr<scalar_t>(), visible.data_ptr<bool>(),
+                                N, C, width, height, ts);
+    Params<scalar_t> prm{B.recs.data_ptr<scalar_t>(), B.irecs.data_ptr<int32_t>(), B.pstart.data_ptr<int64_t>(),
+                         B.tile_offsets.data_ptr<int64_t>(), B.tile_ranks.data_ptr<int32_t>(),
                          width, height, C, ts, ntx};
     const std::vector<int64_t> sched = tile_schedule(prm.toff, ntx * nty);
     dispatch_shape<scalar_t>(ts, C, [&](auto TSc, auto CTc) {
@@ -527,64 +596,81 @@ std::vector<at::Tensor> composite_forward(const at::Tensor& means2d, const at::T
       for_each_tile(sched, fw);
     });
   });
-  return {out, T, last, B.tile_offsets, B.tile_gids, B.ginfo, B.gstart};
+  return {out, T, last, B.tile_offsets, B.tile_ranks, B.recs, B.irecs, B.pstart, B.pair_slot};
 }
 
-std::vector<at::Tensor> composite_backward(const at::Tensor& grad_out, const at::Tensor& grad_T,
-                                           const at::Tensor& means2d, const at::Tensor& conics,
-                                           const at::Tensor& features, const at::Tensor& opacities,
+std::vector<at::Tensor> composite_backward(const at::Tensor& grad_out, const at::Tensor& grad_T, int64_t num_gaussians,
                                            const at::Tensor& T, const at::Tensor& last,
-                                           const at::Tensor& tile_offsets, const at::Tensor& tile_gids,
-                                           const at::Tensor& ginfo, const at::Tensor& gstart, int64_t width,
-                                           int64_t height, int64_t tile_size) {
-  check_common(means2d, conics, features, opacities, width, height, tile_size);
-  const auto dt = means2d.scalar_type();
-  const int64_t N = means2d.size(0), C = features.size(1);
+                                           const at::Tensor& tile_offsets, const at::Tensor& tile_ranks,
+                                           const at::Tensor& recs, const at::Tensor& irecs, const at::Tensor& pstart,
+                                           const at::Tensor& pair_slot, int64_t width, int64_t height, int64_t tile_size) {
+  TORCH_CHECK(recs.defined() && (recs.scalar_type() == at::kFloat || recs.scalar_type() == at::kDouble),
+              "composite_cpu: saved records must be float32 or float64");
+  check_size(width, height, tile_size);
+  const auto dt = recs.scalar_type();
+  const int64_t N = num_gaussians;
+  TORCH_CHECK(N >= 0, "composite_cpu: negative number of Gaussians");
+  TORCH_CHECK(recs.dim() == 2 && recs.size(1) > R_F, "composite_cpu: bad saved records");
+  const int64_t M = recs.size(0), C = recs.size(1) - R_F;
   const int64_t ts = tile_size, ntx = (width + ts - 1) / ts, nty = (height + ts - 1) / ts;
+  check_tensor(recs, "recs", dt, {M, R_F + C});
   check_tensor(grad_out, "grad_out", dt, {height, width, C});
   check_tensor(grad_T, "grad_T", dt, {height, width});
   check_tensor(T, "T", dt, {height, width});
   check_tensor(last, "last", at::kInt, {height, width});
   check_tensor(tile_offsets, "tile_offsets", at::kLong, {ntx * nty + 1});
-  check_tensor(tile_gids, "tile_gids", at::kInt, {-1});
-  check_tensor(ginfo, "ginfo", at::kInt, {N, G_NINFO});
-  check_tensor(gstart, "gstart", at::kLong, {N + 1});
-  const int64_t P = tile_gids.size(0);
-  TORCH_CHECK(tile_offsets[ntx * nty].item<int64_t>() == P && gstart[N].item<int64_t>() == P,
+  check_tensor(tile_ranks, "tile_ranks", at::kInt, {-1});
+  check_tensor(irecs, "irecs", at::kInt, {M, I_N});
+  check_tensor(pstart, "pstart", at::kLong, {M + 1});
+  const int64_t P = tile_ranks.size(0);
+  check_tensor(pair_slot, "pair_slot", at::kInt, {P});
+  TORCH_CHECK(tile_offsets.data_ptr<int64_t>()[ntx * nty] == P && pstart.data_ptr<int64_t>()[M] == P,
               "composite_cpu: inconsistent saved binning state");
+  const int32_t* iq = irecs.data_ptr<int32_t>();
+  for (int64_t m = 0; m < M; ++m)
+    TORCH_CHECK(iq[m * I_N + I_G] >= 0 && iq[m * I_N + I_G] < N, "composite_cpu: saved state does not match N");
 
   const int64_t NG = 6 + C;
-  at::Tensor pair = at::zeros({P, NG}, means2d.options());
-  at::Tensor g_means = at::zeros({N, 2}, means2d.options());
-  at::Tensor g_conics = at::zeros({N, 3}, means2d.options());
-  at::Tensor g_feat = at::zeros({N, C}, means2d.options());
-  at::Tensor g_op = at::zeros({N}, means2d.options());
+  at::Tensor pair = at::empty({P, NG}, recs.options());  // rows are only read where written (slot < maxlast)
+  std::vector<int64_t> tile_maxlast(ntx * nty, 0);
+  at::Tensor g_means = at::zeros({N, 2}, recs.options());
+  at::Tensor g_conics = at::zeros({N, 3}, recs.options());
+  at::Tensor g_feat = at::zeros({N, C}, recs.options());
+  at::Tensor g_op = at::zeros({N}, recs.options());
   AT_DISPATCH_FLOATING_TYPES(dt, "ua3dtalk_composite_backward", [&] {
-    Params<scalar_t> prm{means2d.data_ptr<scalar_t>(), conics.data_ptr<scalar_t>(), features.data_ptr<scalar_t>(),
-                         opacities.data_ptr<scalar_t>(), ginfo.data_ptr<int32_t>(), gstart.data_ptr<int64_t>(),
-                         tile_offsets.data_ptr<int64_t>(), tile_gids.data_ptr<int32_t>(),
+    Params<scalar_t> prm{recs.data_ptr<scalar_t>(), irecs.data_ptr<int32_t>(), pstart.data_ptr<int64_t>(),
+                         tile_offsets.data_ptr<int64_t>(), tile_ranks.data_ptr<int32_t>(),
                          width, height, C, ts, ntx};
     const std::vector<int64_t> sched = tile_schedule(prm.toff, ntx * nty);
     scalar_t* pg = pair.data_ptr<scalar_t>();
     dispatch_shape<scalar_t>(ts, C, [&](auto TSc, auto CTc) {
       BackwardTile<scalar_t, decltype(TSc)::value, decltype(CTc)::value> bw{
           prm, grad_out.data_ptr<scalar_t>(), grad_T.data_ptr<scalar_t>(), T.data_ptr<scalar_t>(),
-          last.data_ptr<int32_t>(), pg};
+          last.data_ptr<int32_t>(), pg, tile_maxlast.data()};
       for_each_tile(sched, bw);
     });
     // deterministic reduction: each Gaussian sums its own pair rows in a fixed order
-    const int64_t* gs = prm.gstart;
+    const int64_t* ps = prm.pstart;
+    const int64_t* toff = prm.toff;
+    const int32_t* slot = pair_slot.data_ptr<int32_t>();
     scalar_t* gm = g_means.data_ptr<scalar_t>();
     scalar_t* gc = g_conics.data_ptr<scalar_t>();
     scalar_t* gf = g_feat.data_ptr<scalar_t>();
     scalar_t* go = g_op.data_ptr<scalar_t>();
-    at::parallel_for(0, N, 256, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, M, P < kSmallGrain * 8 ? M : 1024, [&](int64_t b, int64_t e) {
       std::vector<scalar_t> s(NG);
-      for (int64_t i = b; i < e; ++i) {
-        if (gs[i + 1] == gs[i]) continue;
+      for (int64_t m = b; m < e; ++m) {
         std::fill(s.begin(), s.end(), scalar_t(0));
-        for (int64_t j = gs[i]; j < gs[i + 1]; ++j)
-          for (int64_t q = 0; q < NG; ++q) s[q] += pg[j * NG + q];
+        const int32_t* qm = iq + m * I_N;
+        const int64_t wx = qm[I_TX1] - qm[I_TX0] + 1;
+        for (int64_t j = ps[m]; j < ps[m + 1]; ++j) {
+          const int64_t jj = j - ps[m];
+          const int64_t t = (qm[I_TY0] + jj / wx) * ntx + qm[I_TX0] + jj % wx;
+          const int64_t sl = slot[j];
+          if (sl - toff[t] >= tile_maxlast[t]) continue;  // behind every pixel's last contributor: zero
+          for (int64_t q = 0; q < NG; ++q) s[q] += pg[sl * NG + q];
+        }
+        const int64_t i = qm[I_G];
         gm[2 * i] = s[0]; gm[2 * i + 1] = s[1];
         gc[3 * i] = s[2]; gc[3 * i + 1] = s[3]; gc[3 * i + 2] = s[4];
         go[i] = s[5];
@@ -600,12 +686,14 @@ std::vector<at::Tensor> composite_backward(const at::Tensor& grad_out, const at:
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &composite_forward,
         "Tile-binned front-to-back compositing. Returns (out [H,W,C], T [H,W], last [H,W] int32, "
-        "tile_offsets [ntiles+1] int64, tile_gids [P] int32, ginfo [N,8] int32, gstart [N+1] int64).",
+        "tile_offsets [ntiles+1] int64, tile_ranks [P] int32, recs [M,8+C], irecs [M,4] int32, "
+        "pstart [M+1] int64, pair_slot [P] int32); everything after T is the state the backward pass needs.",
         py::arg("means2d"), py::arg("conics"), py::arg("features"), py::arg("opacities"), py::arg("depths"),
         py::arg("extents"), py::arg("visible"), py::arg("width"), py::arg("height"), py::arg("tile_size") = 16);
   m.def("backward", &composite_backward,
-        "Gradients (means2d [N,2], conics [N,3], features [N,C], opacities [N]) of the forward outputs.",
-        py::arg("grad_out"), py::arg("grad_T"), py::arg("means2d"), py::arg("conics"), py::arg("features"),
-        py::arg("opacities"), py::arg("T"), py::arg("last"), py::arg("tile_offsets"), py::arg("tile_gids"),
-        py::arg("ginfo"), py::arg("gstart"), py::arg("width"), py::arg("height"), py::arg("tile_size") = 16);
+        "Gradients (means2d [N,2], conics [N,3], features [N,C], opacities [N]) from grad_out [H,W,C] and "
+        "grad_T [H,W], given the forward's T and saved state.",
+        py::arg("grad_out"), py::arg("grad_T"), py::arg("num_gaussians"), py::arg("T"), py::arg("last"),
+        py::arg("tile_offsets"), py::arg("tile_ranks"), py::arg("recs"), py::arg("irecs"), py::arg("pstart"),
+        py::arg("pair_slot"), py::arg("width"), py::arg("height"), py::arg("tile_size") = 16);
 }
