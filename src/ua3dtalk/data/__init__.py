@@ -1,1 +1,38 @@
-"""ua3dtalk.data (DESIGN §3)."""
+"""ua3dtalk.data (DESIGN §3, §5): the typed batch, dataset readers and validation, audio features.
+
+* :mod:`.batch` — :class:`FrameBatch` and :func:`collate`.
+* :mod:`.formats` — layouts §5.1/§5.2: :func:`load_clip`, :func:`load_emotional`, :func:`load_dataset`,
+  :class:`ClipInfo`, :class:`EmotionalData`, lazy readers (:func:`read_image`, :func:`read_parsing`, …),
+  :func:`read_frame` (one frame → FrameBatch), :class:`DatasetError`, :data:`EMOTIONS`, :data:`PALETTE`.
+* :mod:`.cameras` — OpenGL camera-to-world → OpenCV world-to-camera conversion.
+* :mod:`.validate` — the report behind ``ua3dtalk-validate``.
+* :mod:`.audio` — 16 kHz loading/resampling, wav2vec2 and log-mel extractors, windows, cache.
+"""
+from .batch import FrameBatch, collate
+from .cameras import Cameras, opengl_c2w_to_opencv_w2c
+from .formats import (
+    EMOTIONS,
+    FPS,
+    PALETTE,
+    PARTS,
+    ClipInfo,
+    DatasetError,
+    DatasetWarning,
+    EmotionalData,
+    Frame,
+    Problem,
+    load_clip,
+    load_dataset,
+    load_emotional,
+    read_frame,
+    read_image,
+    read_landmarks,
+    read_parsing,
+    validate,
+)
+
+__all__ = [
+    "FrameBatch", "collate", "Cameras", "opengl_c2w_to_opencv_w2c", "EMOTIONS", "FPS", "PALETTE", "PARTS",
+    "ClipInfo", "DatasetError", "DatasetWarning", "EmotionalData", "Frame", "Problem", "load_clip", "load_dataset",
+    "load_emotional", "read_frame", "read_image", "read_landmarks", "read_parsing", "validate",
+]

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 
-GL_FROM_CV = np.diag([1.0, -1.0, -1.0, 1.0])
+from ..cameras import opencv_w2c_to_opengl_c2w
 
 
 def intrinsics(size: int, focal_factor: float = 1.6) -> np.ndarray:
@@ -40,14 +40,7 @@ def head_viewmat(yaw=0.0, pitch=0.0, roll=0.0, shift=(0.0, 0.0, 0.0), distance: 
     return v0 @ h
 
 
-def viewmat_to_transform(viewmat: np.ndarray) -> np.ndarray:
-    """OpenCV world→camera → TalkingGaussian ``transform_matrix`` (OpenGL camera-to-world)."""
-    return np.linalg.inv(viewmat) @ GL_FROM_CV
-
-
-def transform_to_viewmat(c2w_gl: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`viewmat_to_transform`."""
-    return np.linalg.inv(c2w_gl @ GL_FROM_CV)
+viewmat_to_transform = opencv_w2c_to_opengl_c2w  # OpenCV world→camera → TalkingGaussian transform_matrix
 
 
 def as_torch(a: np.ndarray) -> torch.Tensor:

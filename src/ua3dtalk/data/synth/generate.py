@@ -10,7 +10,6 @@ emotional clips ``emotion.json``; audio features are added by :func:`ua3dtalk.da
 from __future__ import annotations
 
 import io
-import json
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -201,5 +200,19 @@ def _preset(name: str, resolution: int | None) -> Preset:
     return p
 
 
-def _json_safe(x):
-    return json.loads(json.dumps(x))
+def clip_dirs(subject: str | Path) -> list[Path]:
+    """Every clip directory (one holding ``aud.wav``) under a generated subject, sorted."""
+    subject = Path(subject)
+    if (subject / "aud.wav").is_file():
+        return [subject]
+    return sorted(p.parent for p in subject.rglob("aud.wav"))
+
+
+def cache_features(subject: str | Path, extractors=("mel",)) -> None:
+    """Compute and cache audio features (``aud_<name>.npy``) for every clip of a generated subject."""
+    from ..audio import extract_features, make_extractor
+
+    for kind in extractors:
+        ex = make_extractor(kind)
+        for clip in tqdm(clip_dirs(subject), desc=f"features {kind}", unit="clip", leave=False):
+            extract_features(clip, ex)

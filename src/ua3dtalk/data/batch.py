@@ -1,0 +1,213 @@
+"""The typed batch that every dataset of the project yields: :class:`FrameBatch` (DESIGN §2).
+
+Layout decisions (all tensors share the batch size ``B``):
+
+=================  ==================  =========  ===================================================
+field              shape               dtype      meaning
+=================  ==================  =========  ===================================================
+image              [B,3,H,W]           float32    frame in [0,1], channels first (torch/torchmetrics/
+                                                  LPIPS layout; the renderer's [H,W,3] output is
+                                                  ``out.image.permute(2,0,1)``)
+face_mask          [B,1,H,W]           bool       parsing "face" (minus teeth when a TalkingGaussian
+                                                  ``teeth_mask/`` is present)
+mouth_mask         [B,1,H,W]           bool       parsing "inside-mouth" (plus teeth)
+hair_mask          [B,1,H,W]           bool       parsing "hair"
+torso_mask         [B,1,H,W]           bool       parsing "torso" ∪ "neck" (what the torso branch of
+                                                  ER-NeRF/TalkingGaussian renders)
+background         [B,3,H,W]           float32    background the head is composited over, in [0,1]
+viewmat            [B,4,4]             float32    world→camera, OpenCV axes (x right, y down, z forward)
+K                  [B,3,3]             float32    intrinsics [[fx,0,cx],[0,fy,cy],[0,0,1]], pixel
+                                                  (r,c) centred at (c+0.5, r+0.5) (DESIGN §7)
+audio              [B,16,C]            float32    audio window of the frame (DESIGN §5.3)
+audio_neighbours   [B,8,16,C] | None   float32    windows of frames i-4 … i+3 (zeros outside the clip)
+                                                  for the temporal attention of TalkingGaussian
+blink              [B]                 float32    eye closure in [0,1] (OpenFace AU45_r clipped to
+                                                  [0,2] / 2); 0 when the dataset has no ``au.csv``
+expr               [B,K] | None        float32    per-frame expression coefficients (``expr.npy``)
+emotion            [B]                 int64      index into :data:`ua3dtalk.data.formats.EMOTIONS`,
+                                                  -1 when unknown
+intensity          [B]                 int64      emotion intensity 1..3, 0 when unknown
+frame_index        [B]                 int64      the dataset's frame number (``img_id``); indexes the
+                                                  clip's per-frame arrays (au.csv, expr.npy, features)
+clip_id            list[str] (len B)   -          which clip the frame comes from
+au                 [B,6] | None        float32    OpenFace AU01,04,05,06,07,45 intensities (AU45
+                                                  clipped to [0,2]) — TalkingGaussian's eye input
+landmarks          [B,68,2] | None     float32    68 landmarks (x = column, y = row, pixels)
+=================  ==================  =========  ===================================================
+
+Datasets return single frames as ``FrameBatch`` with ``B = 1``; :func:`collate` concatenates any
+number of batches along the batch dimension (use it as the DataLoader's ``collate_fn``). Optional
+fields must be either present in every element or absent in every element.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Optional, Sequence
+
+import torch
+
+Tensor = torch.Tensor
+
+# (name, trailing shape after B — None for "any size", expected dtype kind)
+_SPEC: dict[str, tuple[tuple, str]] = {
+    "image": ((3, "H", "W"), "float"),
+    "face_mask": ((1, "H", "W"), "bool"),
+    "mouth_mask": ((1, "H", "W"), "bool"),
+    "hair_mask": ((1, "H", "W"), "bool"),
+    "torso_mask": ((1, "H", "W"), "bool"),
+    "background": ((3, "H", "W"), "float"),
+    "viewmat": ((4, 4), "float"),
+    "K": ((3, 3), "float"),
+    "audio": ((16, "C"), "float"),
+    "blink": ((), "float"),
+    "emotion": ((), "long"),
+    "intensity": ((), "long"),
+    "frame_index": ((), "long"),
+    "audio_neighbours": ((None, 16, "C"), "float"),
+    "expr": ((None,), "float"),
+    "au": ((6,), "float"),
+    "landmarks": ((68, 2), "float"),
+}
+OPTIONAL_FIELDS = ("audio_neighbours", "expr", "au", "landmarks")
+
+
+@dataclass
+class FrameBatch:
+    """A batch of video frames with everything the model and the losses need (see the module
+    docstring for the shapes). Construction checks shapes and dtypes and raises ``ValueError``
+    naming the field."""
+
+    image: Tensor
+    face_mask: Tensor
+    mouth_mask: Tensor
+    hair_mask: Tensor
+    torso_mask: Tensor
+    background: Tensor
+    viewmat: Tensor
+    K: Tensor
+    audio: Tensor
+    blink: Tensor
+    emotion: Tensor
+    intensity: Tensor
+    frame_index: Tensor
+    clip_id: list[str]
+    audio_neighbours: Optional[Tensor] = None
+    expr: Optional[Tensor] = None
+    au: Optional[Tensor] = None
+    landmarks: Optional[Tensor] = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.clip_id, list) or not all(isinstance(c, str) for c in self.clip_id):
+            raise ValueError(f"FrameBatch: `clip_id` must be a list of str, got {self.clip_id!r}")
+        b = len(self.clip_id)
+        sizes: dict[str, int] = {}
+        for name, (trail, kind) in _SPEC.items():
+            t = getattr(self, name)
+            if t is None:
+                if name in OPTIONAL_FIELDS:
+                    continue
+                raise ValueError(f"FrameBatch: `{name}` is required")
+            if not isinstance(t, torch.Tensor):
+                raise ValueError(f"FrameBatch: `{name}` must be a torch.Tensor, got {type(t).__name__}")
+            want = "[B," + ",".join("*" if s is None else str(s) for s in trail) + "]" if trail else "[B]"
+            if t.dim() != 1 + len(trail) or t.shape[0] != b:
+                raise ValueError(f"FrameBatch: `{name}` must have shape {want} with B={b} (len(clip_id)), "
+                                 f"got {list(t.shape)}")
+            for s, d in zip(trail, t.shape[1:]):
+                if isinstance(s, int) and s != d:
+                    raise ValueError(f"FrameBatch: `{name}` must have shape {want}, got {list(t.shape)}")
+                if isinstance(s, str):
+                    if sizes.setdefault(s, d) != d:
+                        raise ValueError(f"FrameBatch: `{name}` has {s}={d}, other fields have {s}={sizes[s]}")
+            ok = {"float": t.is_floating_point(), "bool": t.dtype == torch.bool,
+                  "long": t.dtype == torch.int64}[kind]
+            if not ok:
+                raise ValueError(f"FrameBatch: `{name}` must be {kind} ({'int64' if kind == 'long' else kind}), "
+                                 f"got {t.dtype}")
+
+    # ------------------------------------------------------------------ conveniences
+    def __len__(self) -> int:
+        return len(self.clip_id)
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[-2])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[-1])
+
+    @property
+    def head_mask(self) -> Tensor:
+        """face ∪ mouth ∪ hair, [B,1,H,W] bool (the region the head Gaussians must explain)."""
+        return self.face_mask | self.mouth_mask | self.hair_mask
+
+    def tensor_fields(self) -> dict[str, Tensor]:
+        """All tensor fields that are present (optional ``None`` fields left out)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name != "clip_id" and getattr(self, f.name) is not None}
+
+    def _map(self, fn, clip_id: Optional[list[str]] = None) -> "FrameBatch":
+        kw = {f.name: getattr(self, f.name) for f in fields(self)}
+        for k, v in self.tensor_fields().items():
+            kw[k] = fn(v)
+        kw["clip_id"] = list(self.clip_id) if clip_id is None else clip_id
+        return FrameBatch(**kw)
+
+    def to(self, device, non_blocking: bool = False) -> "FrameBatch":
+        """A copy with every tensor moved to ``device`` (dtypes unchanged)."""
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> "FrameBatch":
+        """Used by ``DataLoader(pin_memory=True)``."""
+        return self._map(lambda t: t.pin_memory())
+
+    def __getitem__(self, idx) -> "FrameBatch":
+        """Select along the batch dimension: ``batch[i]`` (kept as B=1), ``batch[a:b]``, or an index tensor."""
+        ids = list(range(len(self)))
+        if isinstance(idx, int):
+            if not -len(self) <= idx < len(self):
+                raise IndexError(f"FrameBatch index {idx} out of range for batch size {len(self)}")
+            idx = [idx % len(self)]
+        if isinstance(idx, slice):
+            sel = ids[idx]
+        else:
+            sel = [int(i) for i in torch.as_tensor(idx).reshape(-1).tolist()]
+            sel = [ids[i] for i in sel]
+        index = torch.as_tensor(sel, dtype=torch.long)
+        return self._map(lambda t: t.index_select(0, index.to(t.device)), [self.clip_id[i] for i in sel])
+
+
+def collate(batches: Sequence[FrameBatch]) -> FrameBatch:
+    """Concatenate ``FrameBatch`` objects (each with any B ≥ 1) along the batch dimension.
+
+    Use as ``DataLoader(dataset, collate_fn=collate)`` for datasets whose ``__getitem__`` returns a
+    ``FrameBatch`` with B=1. Raises ``ValueError`` when an optional field is present in some
+    elements and missing in others, or when shapes disagree (e.g. different image sizes or audio
+    feature widths), naming the field.
+    """
+    batches = list(batches)
+    if not batches:
+        raise ValueError("collate: empty list of FrameBatch")
+    for i, b in enumerate(batches):
+        if not isinstance(b, FrameBatch):
+            raise ValueError(f"collate: element {i} is a {type(b).__name__}, expected FrameBatch")
+    if len(batches) == 1:
+        return batches[0]
+    kw: dict = {"clip_id": [c for b in batches for c in b.clip_id]}
+    for f in fields(FrameBatch):
+        if f.name == "clip_id":
+            continue
+        vals = [getattr(b, f.name) for b in batches]
+        present = [v is not None for v in vals]
+        if not any(present):
+            kw[f.name] = None
+            continue
+        if not all(present):
+            raise ValueError(f"collate: optional field `{f.name}` is set in some elements and None in others")
+        try:
+            kw[f.name] = torch.cat(vals, 0)
+        except RuntimeError as e:
+            shapes = sorted({tuple(v.shape[1:]) for v in vals})
+            raise ValueError(f"collate: cannot concatenate `{f.name}` with per-item shapes {shapes}: {e}") from None
+    return FrameBatch(**kw)

@@ -1,0 +1,867 @@
+"""Readers of the dataset layouts (DESIGN §5.1 regular, §5.2 emotional).
+
+Regular layout — one directory per subject (or per clip of an emotional dataset), the ER-NeRF /
+TalkingGaussian layout, read as those projects write it::
+
+    <dir>/
+      transforms_train.json, transforms_val.json   {focal_len, cx, cy, [h, w], frames: [{img_id,
+                                                   aud_id, transform_matrix}]}  (or one transforms.json)
+      ori_imgs/<img_id>.jpg, ori_imgs/<img_id>.lms  frames (25 fps) and 68 "x y" landmark lines
+      parsing/<img_id>.png                          RGB label map in the :data:`PALETTE` colours
+      gt_imgs/<img_id>.jpg        optional          frame with the background replaced by bc.jpg
+      torso_imgs/<img_id>.png     optional          RGBA torso + neck layer
+      teeth_mask/<img_id>.npy     optional          bool [H,W] (TalkingGaussian): teeth move from face to mouth
+      bc.jpg                      optional          background plate (white when absent)
+      aud.wav                     16 kHz mono (optional when an aud_*.npy feature file exists)
+      aud_*.npy, aud.npy          optional          audio features (see :mod:`ua3dtalk.data.audio`)
+      au.csv                      optional          OpenFace output; column ``AU45_r`` (header names may
+                                                    carry OpenFace's leading spaces, `` AU45_r``)
+      expr.npy                    optional          [num_frames, K] expression coefficients
+      emotion.json                emotional clips   {"emotion": one of EMOTIONS, "intensity": 1|2|3}
+
+Conventions:
+
+* **Frames.** A clip lists its frames in the ``transforms_*.json`` files. ``img_id`` is the frame
+  number: a non-negative integer naming the files (``ori_imgs/<img_id>.jpg``) and indexing every
+  per-frame array (rows of ``au.csv``, ``expr.npy`` and the audio features, as TalkingGaussian does),
+  so those arrays have ``num_frames = max(img_id) + 1`` rows. ``aud_id`` (defaults to ``img_id``) is
+  kept for ER-NeRF compatibility. Frames are held sorted by ``img_id``; *positions* ``j = 0..len-1``
+  index :meth:`ClipInfo.frame`, the cameras and the split index arrays.
+* **Splits.** ``transforms_train.json`` / ``transforms_val.json`` give the split; a single
+  ``transforms.json`` is split by the ER-NeRF default (first 10/11 of the frames train, last 1/11 val).
+* **Cameras** are converted once to the renderer's OpenCV world→camera convention, see
+  :mod:`ua3dtalk.data.cameras`.
+* **Image used for training** is ``gt_imgs/<id>.jpg`` when the clip has ``gt_imgs/`` (what ER-NeRF
+  and TalkingGaussian train on), otherwise ``ori_imgs/<id>.jpg``.
+* **Length rule.** Audio (``aud.wav``) and audio-feature files may differ from ``num_frames`` by at most
+  :data:`LENGTH_TOLERANCE` frames — the rounding slack of the ER-NeRF preprocessing — which is
+  reported as a warning and fixed when reading (zero padding at the end / trimming, see
+  :func:`ua3dtalk.data.audio.fit_length`); a larger difference is an error. Other per-frame arrays
+  (``au.csv``, ``expr.npy``) must match exactly.
+
+Validation: the checks live in :mod:`ua3dtalk.data.validate` (``inspect_clip``,
+``inspect_emotional``), which collect every :class:`Problem` (file + message) instead of stopping at
+the first; :func:`load_clip` / :func:`load_emotional` / :func:`load_dataset` run them and raise one
+:class:`DatasetError` listing all errors. ``level="quick"`` (the
+loaders' default) checks everything except the pixels: files exist, image headers and sizes, JSON,
+audio header, arrays (shapes, NaN/Inf), landmarks, symlinks. ``level="full"`` (``ua3dtalk-validate``)
+also decodes every image and checks the parsing colours; the lazy readers (:func:`read_image`,
+:func:`read_parsing`, …) raise the same :class:`DatasetError` for a file that fails at training time.
+Nothing here writes into a dataset.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, NamedTuple, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .cameras import Cameras
+
+# --------------------------------------------------------------------------------------------------
+# constants
+# --------------------------------------------------------------------------------------------------
+
+FPS = 25
+"""Video frame rate of every dataset (frames per second)."""
+
+EMOTIONS: tuple[str, ...] = ("neutral", "angry", "contempt", "disgusted", "fear", "happy", "sad", "surprised")
+"""The 8 MEAD emotions; the label id of an emotion is its index here."""
+
+INTENSITIES: tuple[int, ...] = (1, 2, 3)
+
+PARTS: tuple[str, ...] = ("background", "face", "mouth", "hair", "neck", "torso")
+"""Label ids of :func:`read_parsing` maps (index into this tuple)."""
+
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "background": (255, 255, 255),
+    "face": (0, 0, 255),
+    "mouth": (100, 100, 100),
+    "hair": (0, 0, 0),
+    "neck": (0, 255, 0),
+    "torso": (255, 0, 0),
+}
+"""RGB colour of each part in ``parsing/<id>.png`` (exact: parsing maps are lossless PNGs)."""
+
+LENGTH_TOLERANCE = 3
+"""Frames by which audio / feature lengths may differ from ``num_frames`` (warning, fixed by padding
+or trimming); beyond it the dataset is invalid."""
+
+NUM_LANDMARKS = 68
+RIGID_TOLERANCE = 1e-3
+TRANSFORM_FILES = ("transforms_train.json", "transforms_val.json")
+SINGLE_TRANSFORM_FILE = "transforms.json"
+INDEX_FILES = ("clips.json", "clips.txt")
+TG_AUS = (1, 4, 5, 6, 7, 45)  # TalkingGaussian's 6 eye/brow action units
+
+_PALETTE_CODES = np.array([(r << 16) | (g << 8) | b for (r, g, b) in (PALETTE[p] for p in PARTS)], dtype=np.int32)
+
+
+# --------------------------------------------------------------------------------------------------
+# problems
+# --------------------------------------------------------------------------------------------------
+
+
+class Problem(NamedTuple):
+    """One thing wrong with a dataset: the file concerned, what is wrong, ``error`` or ``warning``."""
+
+    path: Path
+    message: str
+    severity: str = "error"
+
+    def format(self, relative_to: Path | None = None) -> str:
+        p = self.path
+        if relative_to is not None:
+            try:
+                p = Path(os.path.relpath(p, relative_to))
+            except ValueError:
+                pass
+        tag = "" if self.severity == "error" else "warning: "
+        return f"{tag}{p}: {self.message}"
+
+
+class DatasetError(ValueError):
+    """A dataset is invalid. ``problems`` lists every error found (each with its file).
+
+    Picklable, and constructible from a plain message (what a DataLoader worker's re-raise does), so
+    an error in a worker reaches the main process as a ``DatasetError`` that still names the file.
+    """
+
+    def __init__(self, problems: Sequence[Problem] | str, root: Path | str | None = None):
+        self.root = Path(root) if root is not None else None
+        if isinstance(problems, str):
+            self.problems = [Problem(self.root or Path("."), problems)]
+            super().__init__(problems if root is None else self.problems[0].format())
+            return
+        self.problems = list(problems)
+        errs = [p for p in self.problems if p.severity == "error"] or self.problems
+        head = f"invalid dataset {self.root}" if self.root is not None else "invalid dataset file"
+        lines = [f"{head}: {len(errs)} problem{'s' if len(errs) != 1 else ''}"]
+        lines += ["  " + p.format() for p in errs]
+        super().__init__("\n".join(lines))
+
+    def __reduce__(self):
+        return (DatasetError, (self.problems, self.root))
+
+
+class DatasetWarning(UserWarning):
+    """A dataset irregularity that the readers fix (e.g. the length rule) — printed, not fatal."""
+
+
+def errors(problems: Iterable[Problem]) -> list[Problem]:
+    return [p for p in problems if p.severity == "error"]
+
+
+class _Report:
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def error(self, path: Path, msg: str) -> None:
+        self.problems.append(Problem(Path(path), msg, "error"))
+
+    def warn(self, path: Path, msg: str) -> None:
+        self.problems.append(Problem(Path(path), msg, "warning"))
+
+    @property
+    def n_errors(self) -> int:
+        return sum(p.severity == "error" for p in self.problems)
+
+
+# --------------------------------------------------------------------------------------------------
+# lazy file readers (each raises DatasetError naming the file)
+# --------------------------------------------------------------------------------------------------
+
+
+def _open_image(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        im = Image.open(path)
+        im.load()
+        return im
+    except FileNotFoundError:
+        raise DatasetError([Problem(Path(path), "missing file")]) from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+        raise DatasetError([Problem(Path(path), f"unreadable image ({e})")]) from None
+
+
+def read_image_array(path: Path | str, mode: str = "RGB") -> np.ndarray:
+    """Decode an image to a uint8 array [H,W,C] (``mode`` "RGB" → C=3, "RGBA" → C=4)."""
+    with _open_image(Path(path)) as im:
+        return np.asarray(im.convert(mode))
+
+
+def read_image(path: Path | str) -> torch.Tensor:
+    """Decode an RGB image to a float32 tensor [3,H,W] in [0,1] (grey/RGBA inputs are converted)."""
+    a = read_image_array(path, "RGB")
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).float().div_(255.0)
+
+
+def read_rgba(path: Path | str) -> torch.Tensor:
+    """Decode an image with alpha (``torso_imgs/<id>.png``) to float32 [4,H,W] in [0,1]."""
+    a = read_image_array(path, "RGBA")
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).float().div_(255.0)
+
+
+def parsing_labels(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Map an RGB parsing array [H,W,3] uint8 to labels [H,W] uint8 (index into :data:`PARTS`);
+    out-of-palette pixels get 255. Returns (labels, out_of_palette_mask)."""
+    rgb = np.asarray(rgb)
+    code = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2].astype(np.int32)
+    labels = np.full(code.shape, 255, dtype=np.uint8)
+    for i, c in enumerate(_PALETTE_CODES):
+        labels[code == c] = i
+    bad = labels == 255
+    return labels, bad
+
+
+def _describe_bad_colours(rgb: np.ndarray, bad: np.ndarray, k: int = 3) -> str:
+    cols, counts = np.unique(rgb[bad].reshape(-1, 3), axis=0, return_counts=True)
+    order = np.argsort(-counts)[:k]
+    ex = ", ".join(f"{tuple(int(v) for v in cols[i])}×{int(counts[i])}" for i in order)
+    allowed = ", ".join(f"{n} {c}" for n, c in PALETTE.items())
+    return (f"{int(bad.sum())} pixels have colours outside the parsing palette (e.g. {ex}); "
+            f"allowed: {allowed}")
+
+
+def read_parsing(path: Path | str) -> torch.Tensor:
+    """Decode ``parsing/<id>.png`` to a label map uint8 [H,W] (index into :data:`PARTS`).
+
+    Colours must match :data:`PALETTE` exactly (parsing maps are PNG); any other colour raises
+    :class:`DatasetError` with the count and the most frequent offending colours.
+    """
+    rgb = read_image_array(path, "RGB")
+    labels, bad = parsing_labels(rgb)
+    if bad.any():
+        raise DatasetError([Problem(Path(path), _describe_bad_colours(rgb, bad))])
+    return torch.from_numpy(labels)
+
+
+def parsing_masks(labels: torch.Tensor, teeth: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Masks [1,H,W] bool from a label map [H,W]: ``face``, ``mouth``, ``hair``, ``neck``, ``torso``
+    (torso ∪ neck), ``background``. A TalkingGaussian teeth mask [H,W] moves teeth pixels from the
+    face to the mouth (as TalkingGaussian does)."""
+    lab = labels.unsqueeze(0)
+    m = {p: lab == i for i, p in enumerate(PARTS)}
+    out = {
+        "face": m["face"],
+        "mouth": m["mouth"],
+        "hair": m["hair"],
+        "neck": m["neck"],
+        "torso": m["torso"] | m["neck"],
+        "background": m["background"],
+    }
+    if teeth is not None:
+        t = teeth.to(torch.bool).unsqueeze(0)
+        out["mouth"] = out["mouth"] | (t & (m["face"] | m["mouth"]))
+        out["face"] = out["face"] & ~t
+    return out
+
+
+def read_landmarks(path: Path | str) -> np.ndarray:
+    """Read a ``.lms`` file: 68 lines "x y" (x = column, y = row, pixels) → float32 [68,2]."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise DatasetError([Problem(path, "missing file")]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError([Problem(path, f"unreadable landmark file ({e})")]) from None
+    rows = [ln.split() for ln in text.splitlines() if ln.strip()]
+    if len(rows) != NUM_LANDMARKS or any(len(r) != 2 for r in rows):
+        shape = f"{len(rows)}×{'/'.join(sorted({str(len(r)) for r in rows})) or 0}"
+        raise DatasetError([Problem(path, f"landmarks must be {NUM_LANDMARKS}×2 (one 'x y' per line), got {shape}")])
+    try:
+        a = np.array(rows, dtype=np.float32)
+    except ValueError as e:
+        raise DatasetError([Problem(path, f"landmarks are not numbers ({e})")]) from None
+    if not np.isfinite(a).all():
+        raise DatasetError([Problem(path, "landmarks contain NaN or Inf")])
+    return a
+
+
+def read_teeth_mask(path: Path | str, shape: tuple[int, int] | None = None) -> torch.Tensor:
+    """Read a TalkingGaussian ``teeth_mask/<id>.npy`` → bool [H,W]."""
+    path = Path(path)
+    try:
+        a = np.load(path)
+    except FileNotFoundError:
+        raise DatasetError([Problem(path, "missing file")]) from None
+    except (OSError, ValueError) as e:
+        raise DatasetError([Problem(path, f"unreadable array ({e})")]) from None
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim != 2 or (shape is not None and tuple(a.shape) != tuple(shape)):
+        want = list(shape) if shape else "[H,W]"
+        raise DatasetError([Problem(path, f"teeth mask must be [H,W]={want}, got {list(a.shape)}")])
+    return torch.from_numpy(np.ascontiguousarray(a != 0))
+
+
+def _strict_int(v) -> Optional[int]:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return None
+
+
+def read_emotion_json(path: Path | str) -> tuple[int, int]:
+    """Read ``emotion.json`` → (label id in :data:`EMOTIONS`, intensity 1..3).
+
+    Raises :class:`DatasetError` naming the file for a missing file, bad JSON, a missing field, an
+    emotion name not in :data:`EMOTIONS` or an intensity outside 1..3.
+    """
+    path = Path(path)
+    rep = _Report()
+    out = _check_emotion_json(path, rep)
+    if out is None:
+        raise DatasetError(rep.problems)
+    return out
+
+
+def _check_emotion_json(path: Path, rep: _Report) -> Optional[tuple[int, int]]:
+    d = _load_json(path, rep)
+    if d is None:
+        return None
+    if not isinstance(d, dict):
+        rep.error(path, f"must be a JSON object {{\"emotion\": ..., \"intensity\": ...}}, got {type(d).__name__}")
+        return None
+    emo = d.get("emotion")
+    inten = d.get("intensity")
+    ok = True
+    if "emotion" not in d:
+        rep.error(path, "missing field 'emotion'")
+        ok = False
+    elif not isinstance(emo, str):
+        rep.error(path, f"field 'emotion' must be a string, got {type(emo).__name__}")
+        ok = False
+    elif emo.strip().lower() not in EMOTIONS:
+        rep.error(path, f"unknown emotion {emo!r}; expected one of {', '.join(EMOTIONS)}")
+        ok = False
+    if "intensity" not in d:
+        rep.error(path, "missing field 'intensity'")
+        ok = False
+    elif _strict_int(inten) is None:
+        rep.error(path, f"field 'intensity' must be an integer 1, 2 or 3, got {inten!r}")
+        ok = False
+    elif _strict_int(inten) not in INTENSITIES:
+        rep.error(path, f"intensity must be 1, 2 or 3, got {inten!r}")
+        ok = False
+    if not ok:
+        return None
+    return EMOTIONS.index(emo.strip().lower()), int(_strict_int(inten))
+
+
+def read_au_csv(path: Path | str) -> dict[str, np.ndarray]:
+    """Read an OpenFace ``au.csv`` → {column name with surrounding spaces stripped: float32 [rows]}."""
+    path = Path(path)
+    rep = _Report()
+    out = _check_au_csv(path, rep, None)
+    if out is None:
+        raise DatasetError(rep.problems)
+    return out
+
+
+def _check_au_csv(path: Path, rep: _Report, num_frames: Optional[int]) -> Optional[dict[str, np.ndarray]]:
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        rep.error(path, f"unreadable CSV ({e})")
+        return None
+    if not rows:
+        rep.error(path, "empty file (expected an OpenFace header with column AU45_r)")
+        return None
+    header = [h.strip() for h in rows[0]]
+    if "AU45_r" not in header:
+        rep.error(path, "missing column AU45_r (OpenFace header, e.g. 'frame, face_id, ..., AU45_r')")
+        return None
+    body = [r for r in rows[1:] if any(c.strip() for c in r)]
+    bad_rows = [i + 2 for i, r in enumerate(body) if len(r) != len(header)]
+    if bad_rows:
+        rep.error(path, f"rows with {len(header)} columns expected; wrong at line(s) {bad_rows[:5]}")
+        return None
+    try:
+        data = np.array([[float(c) for c in r] for r in body], dtype=np.float64).reshape(len(body), len(header))
+    except ValueError as e:
+        rep.error(path, f"non-numeric value ({e})")
+        return None
+    if not np.isfinite(data).all():
+        cols = sorted({header[j] for j in np.nonzero(~np.isfinite(data))[1]})
+        rep.error(path, f"NaN or Inf in column(s) {', '.join(cols[:5])}")
+        return None
+    if num_frames is not None and len(body) != num_frames:
+        rep.error(path, f"has {len(body)} rows, the dataset has {num_frames} frames (max img_id + 1)")
+        return None
+    return {h: data[:, j].astype(np.float32) for j, h in enumerate(header)}
+
+
+def _load_json(path: Path, rep: _Report):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        rep.error(path, "missing file")
+    except (OSError, UnicodeDecodeError) as e:
+        rep.error(path, f"unreadable file ({e})")
+    except json.JSONDecodeError as e:
+        rep.error(path, f"invalid JSON ({e})")
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# clip metadata
+# --------------------------------------------------------------------------------------------------
+
+# per-frame file kinds: directory, suffix
+FRAME_FILES: dict[str, tuple[str, str]] = {
+    "ori": ("ori_imgs", ".jpg"),
+    "lms": ("ori_imgs", ".lms"),
+    "parsing": ("parsing", ".png"),
+    "gt": ("gt_imgs", ".jpg"),
+    "torso": ("torso_imgs", ".png"),
+    "teeth": ("teeth_mask", ".npy"),
+}
+REQUIRED_KINDS = ("ori", "lms", "parsing")
+OPTIONAL_KINDS = ("gt", "torso", "teeth")
+
+
+class Frame(NamedTuple):
+    """One frame of a clip (see :meth:`ClipInfo.frame`)."""
+
+    position: int          # index in the clip (0..len-1, sorted by img_id)
+    img_id: int            # the dataset's frame number (file names, per-frame array rows)
+    aud_id: int            # ER-NeRF audio index (= img_id unless the json says otherwise)
+    split: str             # "train" | "val"
+    viewmat: np.ndarray    # [4,4] float32, OpenCV world→camera
+    K: np.ndarray          # [3,3] float32
+
+
+@dataclass
+class ClipInfo:
+    """Metadata of one regular directory (a subject of §5.1 or a clip of §5.2); no pixels loaded.
+
+    Attributes
+    ----------
+    root        the directory (absolute)
+    clip_id     identifier used in :class:`~ua3dtalk.data.batch.FrameBatch` (directory name, or the path
+                relative to the emotional root)
+    img_ids     int64 [L] frame numbers, sorted; position j ↔ img_ids[j]
+    aud_ids     int64 [L]
+    cameras     :class:`~ua3dtalk.data.cameras.Cameras` (viewmats [L,4,4], K, width, height)
+    splits      {"train": positions, "val": positions} (int64 arrays)
+    num_frames  rows every per-frame array has (max img_id + 1)
+    image_kind  "gt" or "ori": which directory :meth:`image_path` reads
+    available   optional items present: subset of {"gt", "torso", "teeth", "bc", "au", "expr", "wav"}
+    features    {name: path} of audio feature files (``aud_ds.npy`` → "ds", ``aud.npy`` → "aud", ...)
+    emotion     label id in :data:`EMOTIONS` or -1;  intensity 1..3 or 0
+    subject     subject name when known
+    warnings    non-fatal problems found when loading
+    """
+
+    root: Path
+    clip_id: str
+    img_ids: np.ndarray
+    aud_ids: np.ndarray
+    cameras: Cameras
+    splits: dict[str, np.ndarray]
+    num_frames: int
+    image_kind: str
+    available: frozenset
+    features: dict[str, Path]
+    emotion: int = -1
+    intensity: int = 0
+    subject: Optional[str] = None
+    warnings: list[Problem] = field(default_factory=list)
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    # ---------------------------------------------------------------- frames
+    def __len__(self) -> int:
+        return int(len(self.img_ids))
+
+    @property
+    def width(self) -> int:
+        return self.cameras.width
+
+    @property
+    def height(self) -> int:
+        return self.cameras.height
+
+    @property
+    def wav_path(self) -> Optional[Path]:
+        return self.root / "aud.wav" if "wav" in self.available else None
+
+    @property
+    def background_path(self) -> Optional[Path]:
+        return self.root / "bc.jpg" if "bc" in self.available else None
+
+    @property
+    def emotion_name(self) -> Optional[str]:
+        return EMOTIONS[self.emotion] if self.emotion >= 0 else None
+
+    def split_of(self, position: int) -> str:
+        """Name of the split holding the frame at ``position``."""
+        if "split_of" not in self._cache:
+            names = np.full(len(self), "train", dtype=object)
+            for name, pos in self.splits.items():
+                names[pos] = name
+            self._cache["split_of"] = names
+        return str(self._cache["split_of"][position])
+
+    def frame(self, position: int) -> Frame:
+        """The frame at ``position`` (0..len-1) with its camera."""
+        j = int(position)
+        if not 0 <= j < len(self):
+            raise IndexError(f"{self.clip_id}: frame position {j} out of range 0..{len(self) - 1}")
+        return Frame(j, int(self.img_ids[j]), int(self.aud_ids[j]), self.split_of(j),
+                     self.cameras.viewmats[j], self.cameras.K)
+
+    def position_of(self, img_id: int) -> int:
+        """Position of the frame with this ``img_id`` (``KeyError`` if the clip does not list it)."""
+        if "pos" not in self._cache:
+            self._cache["pos"] = {int(i): j for j, i in enumerate(self.img_ids)}
+        return self._cache["pos"][int(img_id)]
+
+    def path(self, kind: str, position: int) -> Path:
+        """Path of a per-frame file: ``kind`` in ori, gt, lms, parsing, torso, teeth, or "image"
+        (``gt`` when the clip has gt_imgs, else ``ori``)."""
+        if kind == "image":
+            kind = self.image_kind
+        d, suf = FRAME_FILES[kind]
+        return self.root / d / f"{int(self.img_ids[position])}{suf}"
+
+    def image_path(self, position: int) -> Path:
+        return self.path("image", position)
+
+    # ---------------------------------------------------------------- per-frame arrays (lazy, cached)
+    def au(self) -> Optional[dict[str, np.ndarray]]:
+        """All ``au.csv`` columns (names stripped) as float32 [num_frames], or None without au.csv."""
+        if "au" not in self.available:
+            return None
+        if "au" not in self._cache:
+            self._cache["au"] = read_au_csv(self.root / "au.csv")
+        return self._cache["au"]
+
+    def blink(self) -> np.ndarray:
+        """float32 [num_frames] eye closure in [0,1]: AU45_r clipped to [0,2] / 2 (TalkingGaussian);
+        zeros when the clip has no au.csv."""
+        if "blink" not in self._cache:
+            au = self.au()
+            self._cache["blink"] = (np.zeros(self.num_frames, np.float32) if au is None
+                                    else (np.clip(au["AU45_r"], 0.0, 2.0) / 2.0).astype(np.float32))
+        return self._cache["blink"]
+
+    def au_exp(self) -> Optional[np.ndarray]:
+        """float32 [num_frames, 6]: AU01,04,05,06,07,45 (AU45 clipped to [0,2]) — TalkingGaussian's eye
+        input — or None when au.csv lacks one of the columns."""
+        if "au_exp" not in self._cache:
+            au = self.au()
+            cols = [f"AU{k:02d}_r" for k in TG_AUS]
+            a = None
+            if au is not None and all(c in au for c in cols):
+                a = np.stack([au[c] for c in cols], 1).astype(np.float32)
+                a[:, -1] = np.clip(a[:, -1], 0.0, 2.0)
+            self._cache["au_exp"] = a
+        return self._cache["au_exp"]
+
+    def expr(self) -> Optional[np.ndarray]:
+        """``expr.npy`` [num_frames, K] as stored (memory-mapped; :func:`read_frame` casts to float32),
+        or None."""
+        if "expr" not in self.available:
+            return None
+        if "expr" not in self._cache:
+            self._cache["expr"] = np.load(self.root / "expr.npy", mmap_mode="r")
+        return self._cache["expr"]
+
+    def landmarks(self, position: int) -> np.ndarray:
+        return read_landmarks(self.path("lms", position))
+
+    def background(self) -> torch.Tensor:
+        """Background plate [3,H,W] float32: ``bc.jpg``, or white when absent."""
+        p = self.background_path
+        if p is None:
+            return torch.ones(3, self.height, self.width)
+        return read_image(p)
+
+    def __getstate__(self):  # workers get a copy without decoded caches
+        d = dict(self.__dict__)
+        d["_cache"] = {}
+        return d
+
+
+def frames_for_audio(num_samples: int, sample_rate: int = 16000) -> int:
+    """Number of 25 fps frames an audio signal spans: round(duration × 25)."""
+    return int(math.floor(num_samples * FPS / sample_rate + 0.5))
+
+
+def frames_in_sequence(t: int) -> int:
+    """Video frames (25 fps) covered by a 50 Hz feature sequence of length ``t``: ceil(t / 2)."""
+    return (int(t) + 1) // 2
+
+
+def feature_frames(shape: tuple) -> Optional[int]:
+    """Frames covered by a feature array of this shape: [M,16,C] windows or [M,2,C] 50 Hz pairs → M;
+    [T,C] 50 Hz sequence → ceil(T/2). None for unsupported shapes."""
+    if len(shape) == 3 and shape[1] in (16, 2):
+        return int(shape[0])
+    if len(shape) == 2:
+        return frames_in_sequence(shape[0])
+    return None
+
+
+def feature_files(root: Path) -> dict[str, Path]:
+    """Audio feature files of a clip: ``aud.npy`` → "aud", ``aud_<name>.npy`` → "<name>"."""
+    out = {}
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return out
+    for n in names:
+        if n == "aud.npy":
+            out["aud"] = root / n
+        elif n.startswith("aud_") and n.endswith(".npy") and not n.startswith(".") and ".tmp" not in n:
+            out[n[4:-4]] = root / n
+    return out
+
+
+def _check_array(path: Path, rep: _Report, *, mmap: bool = True) -> Optional[np.ndarray]:
+    try:
+        a = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        rep.error(path, f"unreadable .npy array ({e})")
+        return None
+    if not isinstance(a, np.ndarray) or not np.issubdtype(a.dtype, np.number):
+        rep.error(path, f"must be a numeric array, got dtype {getattr(a, 'dtype', type(a).__name__)}")
+        return None
+    if np.issubdtype(a.dtype, np.floating) and not _all_finite(a):
+        rep.error(path, "contains NaN or Inf")
+        return None
+    return a
+
+
+def _all_finite(a: np.ndarray, block: int = 1 << 22) -> bool:
+    flat = a.reshape(-1)
+    for s in range(0, flat.shape[0], block):
+        if not np.isfinite(flat[s:s + block]).all():
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------------
+# loading (the checks are in :mod:`ua3dtalk.data.validate`)
+# --------------------------------------------------------------------------------------------------
+
+
+def _raise_or_warn(root: Path, problems: list[Problem]) -> None:
+    errs = errors(problems)
+    if errs:
+        raise DatasetError(errs, root)
+    for p in problems:
+        warnings.warn(p.format(), DatasetWarning, stacklevel=3)
+
+
+def load_clip(root: Path | str, *, level: str = "quick", clip_id: Optional[str] = None) -> ClipInfo:
+    """Read and check one regular directory (§5.1); raise :class:`DatasetError` listing every error,
+    emit :class:`DatasetWarning` for the rest. See :func:`ua3dtalk.data.validate.inspect_clip`."""
+    from .validate import inspect_clip
+
+    info, problems = inspect_clip(root, level=level, clip_id=clip_id)
+    _raise_or_warn(Path(root), problems)
+    assert info is not None
+    return info
+
+
+# --------------------------------------------------------------------------------------------------
+# emotional layout
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EmotionalData:
+    """Every clip of an emotional dataset (§5.2). Clips carry ``emotion``, ``intensity``, ``subject``."""
+
+    root: Path
+    clips: list[ClipInfo]
+    warnings: list[Problem] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __iter__(self) -> Iterator[ClipInfo]:
+        return iter(self.clips)
+
+    def __getitem__(self, i: int) -> ClipInfo:
+        return self.clips[i]
+
+    @property
+    def subjects(self) -> list[str]:
+        return sorted({c.subject for c in self.clips if c.subject is not None})
+
+    def select(self, *, emotions: Optional[Iterable[str | int]] = None, intensities: Optional[Iterable[int]] = None,
+               subjects: Optional[Iterable[str]] = None) -> list[ClipInfo]:
+        """Clips matching all given filters (emotions by name or id)."""
+        emo = None if emotions is None else {EMOTIONS.index(e) if isinstance(e, str) else int(e) for e in emotions}
+        inten = None if intensities is None else {int(i) for i in intensities}
+        subj = None if subjects is None else set(subjects)
+        return [c for c in self.clips if (emo is None or c.emotion in emo) and (inten is None or c.intensity in inten)
+                and (subj is None or c.subject in subj)]
+
+
+def find_index(root: Path | str) -> Optional[Path]:
+    for n in INDEX_FILES:
+        p = Path(root) / n
+        if p.is_file():
+            return p
+    return None
+
+
+def load_emotional(root: Path | str, *, index: Path | str | None = None, level: str = "quick") -> EmotionalData:
+    """Read and check an emotional dataset; raise :class:`DatasetError` listing every error."""
+    from .validate import inspect_emotional
+
+    data, problems = inspect_emotional(root, index=index, level=level)
+    _raise_or_warn(Path(root), problems)
+    assert data is not None
+    return data
+
+
+def detect_layout(root: Path | str) -> str:
+    """"regular" when ``root`` holds transforms json files, else "emotional"."""
+    root = Path(root)
+    if any((root / n).exists() for n in TRANSFORM_FILES + (SINGLE_TRANSFORM_FILE,)):
+        return "regular"
+    return "emotional"
+
+
+def load_dataset(root: Path | str, *, level: str = "quick", index: Path | str | None = None
+                 ) -> ClipInfo | EmotionalData:
+    """Load a regular directory (→ :class:`ClipInfo`) or an emotional root (→ :class:`EmotionalData`)."""
+    from .validate import inspect_dataset
+
+    data, problems = inspect_dataset(root, level=level, index=index)
+    _raise_or_warn(Path(root), problems)
+    assert data is not None
+    return data
+
+
+def validate(root: Path | str, *, level: str = "full", index: Path | str | None = None,
+             progress=None) -> list[Problem]:
+    """Every problem (errors and warnings) of a dataset; the dataset is valid when none is an error."""
+    from .validate import inspect_dataset
+
+    return inspect_dataset(root, level=level, index=index, progress=progress)[1]
+
+
+def iter_clips(data: ClipInfo | EmotionalData) -> list[ClipInfo]:
+    """The clips of a loaded dataset (a regular directory is one clip)."""
+    return [data] if isinstance(data, ClipInfo) else list(data.clips)
+
+
+def list_clip_dirs(root: Path | str, *, index: Path | str | None = None) -> list[Path]:
+    """Clip directories of a dataset without validating them (for tools such as feature extraction):
+    ``[root]`` for a regular directory, else the clips of the index file or the directories holding an
+    ``emotion.json``. Raises :class:`DatasetError` for an unreadable index or when nothing is found."""
+    from .validate import _discover_clips, _read_index
+
+    root = Path(root).absolute()
+    if index is None and detect_layout(root) == "regular":
+        return [root]
+    rep = _Report()
+    idx = Path(index) if index is not None else find_index(root)
+    if idx is not None:
+        if not idx.is_absolute() and not idx.exists():
+            idx = root / idx
+        dirs = [p for p, _, _ in _read_index(idx, root, rep)] if idx.is_file() else []
+        if not idx.is_file():
+            rep.error(idx, "missing index file")
+    else:
+        dirs = _discover_clips(root)
+        if not dirs:
+            rep.error(root, "no clips found: not a regular dataset directory (no transforms_*.json) and no "
+                            "<subject>/<emotion>/level_<k>/<clip>/emotion.json below it")
+    if rep.n_errors:
+        raise DatasetError(errors(rep.problems), root)
+    return dirs
+
+
+# --------------------------------------------------------------------------------------------------
+# one frame → FrameBatch
+# --------------------------------------------------------------------------------------------------
+
+
+def composite(fg_rgba: torch.Tensor, bg: torch.Tensor) -> torch.Tensor:
+    """Alpha-composite [4,H,W] over [3,H,W] (both in [0,1])."""
+    a = fg_rgba[3:4]
+    return fg_rgba[:3] * a + bg * (1 - a)
+
+
+def read_frame(clip: ClipInfo, position: int, *, audio=None, neighbours: int = 0, background: str = "bc",
+               landmarks: bool = True, background_cache: Optional[dict] = None):
+    """Decode one frame into a :class:`~ua3dtalk.data.batch.FrameBatch` with B=1.
+
+    ``audio``: an :class:`~ua3dtalk.data.audio.AudioFeatures` of the clip (indexed by ``img_id``); when
+    None the audio field is a zero [1,16,1] window. ``neighbours`` > 0 also fills
+    ``audio_neighbours`` with that many windows (TalkingGaussian: 8, frames i-4..i+3).
+    ``background``: "bc" (``bc.jpg``, white when absent), "bc+torso" (torso layer composited over
+    bc.jpg — what TalkingGaussian's head stage renders over), "white" or "black".
+    ``background_cache`` (a dict) keeps the decoded ``bc.jpg`` between calls.
+    """
+    from .batch import FrameBatch
+
+    fr = clip.frame(position)
+    img = read_image(clip.image_path(position))
+    H, W = img.shape[-2:]
+    labels = read_parsing(clip.path("parsing", position))
+    teeth = read_teeth_mask(clip.path("teeth", position), (H, W)) if "teeth" in clip.available else None
+    if labels.shape != (H, W):
+        raise DatasetError([Problem(clip.path("parsing", position),
+                                    f"parsing size {tuple(labels.shape)} ≠ image size {(H, W)}")])
+    m = parsing_masks(labels, teeth)
+    if background in ("bc", "bc+torso"):
+        key = (str(clip.root), "bc")
+        bg = background_cache.get(key) if background_cache is not None else None
+        if bg is None:
+            bg = clip.background()
+            if background_cache is not None:
+                background_cache[key] = bg
+        if background == "bc+torso" and "torso" in clip.available:
+            bg = composite(read_rgba(clip.path("torso", position)), bg)
+    elif background == "white":
+        bg = torch.ones(3, H, W)
+    elif background == "black":
+        bg = torch.zeros(3, H, W)
+    else:
+        raise ValueError(f"background must be 'bc', 'bc+torso', 'white' or 'black', got {background!r}")
+    i = fr.img_id
+    if audio is not None:
+        win = torch.from_numpy(np.asarray(audio[i], dtype=np.float32))
+        nb = torch.from_numpy(audio.neighbours(i, neighbours))[None] if neighbours else None
+    else:
+        win = torch.zeros(16, 1)
+        nb = torch.zeros(1, neighbours, 16, 1) if neighbours else None
+    expr = clip.expr()
+    au = clip.au_exp()
+    return FrameBatch(
+        image=img[None], face_mask=m["face"][None], mouth_mask=m["mouth"][None], hair_mask=m["hair"][None],
+        torso_mask=m["torso"][None], background=bg[None],
+        viewmat=torch.from_numpy(np.array(fr.viewmat, dtype=np.float32))[None],
+        K=torch.from_numpy(np.array(fr.K, dtype=np.float32))[None],
+        audio=win[None], audio_neighbours=nb,
+        blink=torch.tensor([float(clip.blink()[i])], dtype=torch.float32),
+        emotion=torch.tensor([clip.emotion], dtype=torch.long),
+        intensity=torch.tensor([clip.intensity], dtype=torch.long),
+        frame_index=torch.tensor([i], dtype=torch.long), clip_id=[clip.clip_id],
+        expr=None if expr is None else torch.from_numpy(np.array(expr[i], dtype=np.float32))[None],
+        au=None if au is None else torch.from_numpy(au[i])[None],
+        landmarks=torch.from_numpy(clip.landmarks(position))[None] if landmarks else None,
+    )
+
