@@ -1,0 +1,91 @@
+"""Atomic, validated checkpoints (DESIGN §9, issue 4 "Bad input").
+
+* :class:`AtomicCheckpointIO` — Lightning ``CheckpointIO`` that writes to a temporary file in the
+  target directory, fsyncs, and ``os.replace``-s it over the old file: an interrupted write never
+  leaves a truncated checkpoint, and a checkpoint whose weights contain NaN/Inf is refused (the
+  previous good file stays). Loading uses ``torch.load(weights_only=True)``.
+* :class:`PeriodicCheckpoint` — saves ``last.ckpt`` every ``every_n_steps`` training batches and at
+  the end of training.
+* :func:`load_model_checkpoint` — weights only, with an error listing mismatched keys.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from ..utils.io import atomic_path
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is unreadable, not finite, or does not fit the model; the message names the file."""
+
+
+def _nonfinite_keys(state_dict: dict) -> list[str]:
+    return [k for k, v in state_dict.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        bad = _nonfinite_keys(checkpoint.get("state_dict", {}))
+        if bad:
+            raise CheckpointError(f"{path}: refusing to save a checkpoint with NaN/Inf in {', '.join(bad[:5])}; "
+                                  "the previous checkpoint is kept")
+        with atomic_path(path, suffix=".ckpt") as tmp:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+
+    def load_checkpoint(self, path, map_location=None, weights_only=True):
+        return read_checkpoint(path, map_location)
+
+
+def read_checkpoint(path, map_location="cpu") -> dict:
+    """``torch.load(weights_only=True)`` with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling/zip error is a bad file for the user
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})"
+                              ) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path}: not a ua3dtalk/Lightning checkpoint (no 'state_dict')")
+    bad = _nonfinite_keys(ckpt["state_dict"])
+    if bad:
+        raise CheckpointError(f"{path}: checkpoint contains NaN/Inf in {', '.join(bad[:5])}")
+    return ckpt
+
+
+def load_model_checkpoint(model, path) -> dict:
+    """Load the weights of ``path`` into ``model`` (a :class:`~ua3dtalk.models.module.UA3DTalk`)."""
+    ckpt = read_checkpoint(path)
+    try:
+        model.on_load_checkpoint(ckpt)
+        model.load_weights(ckpt["state_dict"], what=str(path))
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    return ckpt
+
+
+class PeriodicCheckpoint(L.Callback):
+    """Save ``path`` every ``every_n_steps`` training batches and when training ends."""
+
+    def __init__(self, path, every_n_steps: int = 100):
+        self.path = Path(path)
+        self.every = max(1, int(every_n_steps))
+        self._batches = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._batches += 1
+        if self._batches % self.every == 0:
+            trainer.save_checkpoint(self.path)
+
+    def on_train_end(self, trainer, pl_module):
+        trainer.save_checkpoint(self.path)

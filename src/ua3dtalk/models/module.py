@@ -1,0 +1,524 @@
+"""The ``UA3DTalk`` LightningModule: avatar + prior + emotion + uncertainty deformation (DESIGN §4).
+
+Stages (``stage=``), each resuming from the previous stage's checkpoint:
+
+==========  ===========================================  ==============================================
+stage       trains                                       batches
+==========  ===========================================  ==============================================
+``prior``   PriorExtraction (sync, mouth, recon, decor)  :class:`~ua3dtalk.data.datamodule.AudioBatch`
+``emotion`` EmotionDistillation (teacher → w2v student),  AudioBatch (emotional dataset)
+            class/intensity prototypes of EmotionControl
+``mouth``   inside-mouth Gaussians + MouthDeformation    :class:`~ua3dtalk.data.batch.FrameBatch`
+``face``    face Gaussians, DeformationNetwork,          FrameBatch
+            EmotionField (static warm-up first)
+``fuse``    face + mouth together, composited            FrameBatch
+==========  ===========================================  ==============================================
+
+Per rendering step (B frames, one camera each): the frozen prior gives f_content, f_style; the frozen
+emotion student gives e ∈ R^128 from the audio context; the EmotionField turns (xyz, e) into
+f_emotion; the DeformationNetwork fuses the views by uncertainty and decodes Δxyz, Δrot, Δscale; the
+deformed Gaussians are rendered with :func:`ua3dtalk.render.rasterize`.
+
+Losses (image stages): L1 + ``ssim_weight``·(1 − SSIM) between the render composited over the
+frame's background and the target (the frame where the branch's mask is set, the background
+elsewhere); after ``static_warmup`` steps small L1 regularisers on the offsets and an alpha-vs-mask
+L1. Manual optimisation: density control changes the Gaussian parameter set between steps.
+
+Bad input: a non-finite loss stops training with the step and the offending tensor named
+(:class:`NonFiniteLossError`); nothing is stepped, so the last checkpoint stays the last good one.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.functional.image import structural_similarity_index_measure as ssim_fn
+
+from ..render import rasterize
+from .deformation import DeformationNetwork, MouthDeformation
+from .emotion import EmotionControl, EmotionDistillation, EmotionField
+from .gaussians import DensityControl, GaussianModel, make_optimizer
+from .prior import PriorExtraction
+
+STAGES = ("prior", "emotion", "mouth", "face", "fuse")
+RENDER_STAGES = ("mouth", "face", "fuse")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a loss or an output becomes NaN/Inf; the message names the step and the tensor."""
+
+
+@dataclass
+class Conditioning:
+    """Per-frame conditioning of the deformation (``B`` frames)."""
+
+    audio: torch.Tensor  # [B,8,16,C] neighbouring windows or [B,16,C]
+    blink: torch.Tensor  # [B]
+    content: Optional[torch.Tensor]  # [B,64]
+    style: Optional[torch.Tensor]  # [B,64]
+    emotion: Optional[torch.Tensor]  # [B,128] emotion embedding e
+
+
+@dataclass
+class BranchRender:
+    """Render of one branch for one frame: image/alpha [H,W,3]/[H,W,1] and what density control needs."""
+
+    image: torch.Tensor
+    alpha: torch.Tensor
+    out: object  # RenderOutput
+    deltas: object  # Deltas
+    fusion: object  # FusionOutput
+
+
+def _check_finite(name: str, t: torch.Tensor, step: int) -> None:
+    if not bool(torch.isfinite(t.detach()).all()):
+        raise NonFiniteLossError(f"step {step}: `{name}` is not finite ({t.detach().flatten()[:4].tolist()}); "
+                                 "training stopped before the optimizer step, the last checkpoint is intact")
+
+
+class UA3DTalk(L.LightningModule):
+    """UA-3DTalk avatar (see the module docstring).
+
+    Args:
+        face: canonical Gaussians of the face/head branch.
+        mouth: canonical Gaussians of the inside-mouth branch.
+        deformation: face-branch :class:`DeformationNetwork` (its ``views`` decide which of prior /
+            emotion are used).
+        mouth_deformation: :class:`MouthDeformation` of the mouth branch.
+        prior: :class:`PriorExtraction` or None (ablation without prior: no content/style views).
+        emotion: :class:`EmotionDistillation` or None (ablation without emotion distillation).
+        emotion_field: :class:`EmotionField` (needed when the deformation has the emotion view).
+        emotion_control: :class:`EmotionControl` (prototypes for label-driven inference).
+        face_density, mouth_density: :class:`DensityControl` strategies (None = fixed set).
+        stage: one of ``prior | emotion | mouth | face | fuse``.
+        lr_gaussians: learning rates of the Gaussian parameters (means, quats, log_scales,
+            opacity_logits, sh); ``means`` decays exponentially to ``lr_means_final`` over ``max_steps``.
+        lr_net: learning rate of the networks (deformation, fields); lr_prior, lr_emotion for those stages.
+        max_steps: schedule length (steps of this stage).
+        static_warmup: face stage steps without deformation (canonical Gaussians only).
+        ssim_weight, reg_weight, alpha_weight: loss weights.
+        sh_increase_every: raise the active SH degree every this many steps.
+        backend: renderer backend (``auto``).
+        log_images_every: validation renders logged every this many validation batches (0 = never).
+    """
+
+    def __init__(
+        self,
+        face: GaussianModel,
+        mouth: GaussianModel,
+        deformation: DeformationNetwork,
+        mouth_deformation: MouthDeformation,
+        prior: Optional[PriorExtraction] = None,
+        emotion: Optional[EmotionDistillation] = None,
+        emotion_field: Optional[EmotionField] = None,
+        emotion_control: Optional[EmotionControl] = None,
+        face_density: Optional[DensityControl] = None,
+        mouth_density: Optional[DensityControl] = None,
+        stage: str = "face",
+        lr_gaussians: Optional[dict] = None,
+        lr_means_final: float = 1.6e-6,
+        lr_net: float = 5e-3,
+        lr_prior: float = 1e-3,
+        lr_emotion: float = 1e-3,
+        max_steps: int = 10000,
+        static_warmup: int = 500,
+        ssim_weight: float = 0.2,
+        reg_weight: float = 1e-3,
+        alpha_weight: float = 0.1,
+        sh_increase_every: int = 1000,
+        backend: str = "auto",
+        log_images_every: int = 1,
+    ):
+        super().__init__()
+        if stage not in STAGES:
+            raise ValueError(f"UA3DTalk: unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+        if "emotion" in deformation.views and (emotion is None or emotion_field is None):
+            raise ValueError("UA3DTalk: the deformation has the 'emotion' view but no emotion encoder/field is "
+                             "configured (use views without 'emotion' for the no-emotion ablation)")
+        if ({"content", "style"} & set(deformation.views)) and prior is None:
+            raise ValueError("UA3DTalk: the deformation has content/style views but no prior is configured")
+        self.automatic_optimization = False
+        self.face, self.mouth = face, mouth
+        self.deformation, self.mouth_deformation = deformation, mouth_deformation
+        self.prior, self.emotion = prior, emotion
+        self.emotion_field = emotion_field
+        self.emotion_control = emotion_control if emotion_control is not None else (
+            EmotionControl() if emotion is not None else None)
+        self.face_density, self.mouth_density = face_density, mouth_density
+        self.stage = stage
+        self.lr_gaussians = dict(lr_gaussians or {"means": 1.6e-4, "quats": 1e-3, "log_scales": 5e-3,
+                                                  "opacity_logits": 5e-2, "sh": 2.5e-3})
+        self.lr_means_final, self.lr_net, self.lr_prior, self.lr_emotion = lr_means_final, lr_net, lr_prior, lr_emotion
+        self.max_steps, self.static_warmup = int(max_steps), int(static_warmup)
+        self.ssim_weight, self.reg_weight, self.alpha_weight = ssim_weight, reg_weight, alpha_weight
+        self.sh_increase_every, self.backend, self.log_images_every = sh_increase_every, backend, log_images_every
+        self.val_outputs: list[dict] = []
+        self._set_bounds()
+
+    # ------------------------------------------------------------------ setup
+    def _set_bounds(self) -> None:
+        for g, net in ((self.face, self.deformation), (self.mouth, self.mouth_deformation)):
+            lo, hi = g.bounds[0].tolist(), g.bounds[1].tolist()
+            net.position_field.set_bounds(lo, hi)
+        if self.emotion_field is not None:
+            self.emotion_field.set_bounds(*(self.face.bounds[i].tolist() for i in (0, 1)))
+
+    def stage_step(self) -> int:
+        return int(self.global_step) // max(1, len(self._optimizers_for_stage()))
+
+    def _optimizers_for_stage(self):
+        return {"prior": ["prior"], "emotion": ["emotion"], "mouth": ["mouth_g", "net"], "face": ["face_g", "net"],
+                "fuse": ["face_g", "mouth_g", "net"]}[self.stage]
+
+    def configure_optimizers(self):
+        if self.stage == "prior":
+            if self.prior is None:
+                raise ValueError("stage=prior needs a prior module")
+            return [torch.optim.Adam(self.prior.parameters(), lr=self.lr_prior)]
+        if self.stage == "emotion":
+            if self.emotion is None:
+                raise ValueError("stage=emotion needs an emotion module")
+            return [torch.optim.Adam(self.emotion.parameters(), lr=self.lr_emotion)]
+        opts = {"face_g": make_optimizer(self.face, self.lr_gaussians),
+                "mouth_g": make_optimizer(self.mouth, self.lr_gaussians)}
+        nets = [self.deformation if self.stage != "mouth" else self.mouth_deformation]
+        if self.stage == "fuse":
+            nets.append(self.mouth_deformation)
+        if self.stage != "mouth" and self.emotion_field is not None:
+            nets.append(self.emotion_field)
+        opts["net"] = torch.optim.Adam([p for n in nets for p in n.parameters()], lr=self.lr_net)
+        self._opt_names = self._optimizers_for_stage()
+        return [opts[k] for k in self._opt_names]
+
+    def _decay_means_lr(self, opt, step: int) -> None:
+        t = min(step / max(self.max_steps, 1), 1.0)
+        lr0 = self.lr_gaussians.get("means", 1.6e-4)
+        lr = math.exp((1 - t) * math.log(lr0) + t * math.log(max(self.lr_means_final, 1e-12)))
+        for g in opt.param_groups:
+            if g.get("name") == "means":
+                g["lr"] = lr
+
+    # ------------------------------------------------------------------ conditioning
+    def conditioning(self, batch, emotion: Optional[torch.Tensor] = None) -> Conditioning:
+        """Prior and emotion features of a :class:`FrameBatch` (frozen modules, no grad).
+
+        ``emotion`` overrides the audio-derived embedding (label/explicit control at inference)."""
+        audio = batch.audio_neighbours if batch.audio_neighbours is not None else batch.audio
+        context = getattr(batch, "audio_context", None)
+        if context is None:
+            context = batch.audio[:, 8:10].mean(1, keepdim=True).expand(-1, 50, -1)  # degenerate: no context
+        content = style = e = None
+        with torch.no_grad():
+            if self.prior is not None:
+                p = self.prior(batch.audio, context)
+                content, style = p.content, p.style
+            if emotion is not None:
+                e = emotion.to(batch.audio).expand(batch.audio.shape[0], -1)
+            elif self.emotion is not None:
+                e = self.emotion.encoder(w2v=context).embedding
+        return Conditioning(audio=audio, blink=batch.blink, content=content, style=style, emotion=e)
+
+    # ------------------------------------------------------------------ rendering
+    def _render(self, g: GaussianModel, means, quats, log_scales, viewmat, K, width, height, opacities=None):
+        return rasterize(means, quats, torch.exp(log_scales), g.opacities if opacities is None else opacities,
+                         g.colors(), viewmat, K, width, height, sh_degree=g.active_sh_degree, backend=self.backend)
+
+    def render_face(self, cond: Conditioning, i: int, viewmat, K, width, height, deform: bool = True,
+                    step: Optional[int] = None) -> BranchRender:
+        g = self.face
+        deltas = fusion = None
+        means, quats, log_scales = g.means, g.quats, g.log_scales
+        if deform:
+            f_emo = None
+            if "emotion" in self.deformation.views:
+                f_emo = self.emotion_field(g.means.detach(), cond.emotion[i:i + 1])
+            sl = lambda t: None if t is None else t[i:i + 1]  # noqa: E731
+            d = self.deformation(g.means, audio=sl(cond.audio), blink=sl(cond.blink)[:, None],
+                                 content=sl(cond.content), style=sl(cond.style), emotion=f_emo, step=step)
+            deltas, fusion = d.deltas, d.fusion
+            means = means + deltas.xyz[0]
+            if deltas.rot is not None:
+                quats = quats + deltas.rot[0]
+            if deltas.scale is not None:
+                log_scales = log_scales + deltas.scale[0]
+        out = self._render(g, means, quats, log_scales, viewmat, K, width, height)
+        return BranchRender(out.image, out.alpha, out, deltas, fusion)
+
+    def render_mouth(self, cond: Conditioning, i: int, viewmat, K, width, height,
+                     step: Optional[int] = None) -> BranchRender:
+        g = self.mouth
+        sl = lambda t: None if t is None else t[i:i + 1]  # noqa: E731
+        content = sl(cond.content) if "content" in self.mouth_deformation.views else None
+        d = self.mouth_deformation(g.means, audio=sl(cond.audio), blink=sl(cond.blink)[:, None], content=content,
+                                   step=step)
+        out = self._render(g, g.means + d.deltas.xyz[0], g.quats, g.log_scales, viewmat, K, width, height)
+        return BranchRender(out.image, out.alpha, out, d.deltas, d.fusion)
+
+    def render_frame(self, cond: Conditioning, i: int, viewmat, K, width, height, background,
+                     step: Optional[int] = None):
+        """Full composite (face over mouth over background) of frame ``i``: (image [H,W,3], alpha, parts)."""
+        face = self.render_face(cond, i, viewmat, K, width, height, step=step)
+        mouth = self.render_mouth(cond, i, viewmat, K, width, height, step=step)
+        inner = mouth.image + (1 - mouth.alpha) * background
+        image = face.image + (1 - face.alpha) * inner
+        alpha = 1 - (1 - face.alpha) * (1 - mouth.alpha)
+        return image, alpha, face, mouth
+
+    # ------------------------------------------------------------------ losses
+    def _photometric(self, pred: torch.Tensor, target: torch.Tensor) -> dict:
+        """pred/target [H,W,3] → l1, ssim terms."""
+        l1 = (pred - target).abs().mean()
+        p, t = pred.permute(2, 0, 1)[None], target.permute(2, 0, 1)[None]
+        ssim = ssim_fn(p, t, data_range=1.0)
+        return {"l1": l1, "ssim": 1 - ssim}
+
+    def _reg(self, deltas) -> torch.Tensor:
+        if deltas is None:
+            return torch.zeros((), device=self.device)
+        terms = [d.abs().mean() for d in (deltas.xyz, deltas.rot, deltas.scale) if d is not None]
+        return sum(terms) if terms else torch.zeros((), device=self.device)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch, batch_idx):
+        opts = self.optimizers()
+        opts = opts if isinstance(opts, list) else [opts]
+        step = self.stage_step()
+        if self.stage == "prior":
+            return self._step_prior(batch, opts[0], step)
+        if self.stage == "emotion":
+            return self._step_emotion(batch, opts[0], step)
+        return self._step_render(batch, opts, step)
+
+    def _step_prior(self, batch, opt, step):
+        out = self.prior(batch.audio, batch.context)
+        losses = self.prior.losses(out, batch.expr, batch.lip)
+        _check_finite("prior/total", losses["total"], step)
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(losses["total"])
+        opt.step()
+        self.log_dict({f"train/prior/{k}": v.detach() for k, v in losses.items()}, prog_bar=False,
+                      batch_size=batch.audio.shape[0])
+        self.log("train/loss", losses["total"].detach(), prog_bar=True, batch_size=batch.audio.shape[0])
+        return losses["total"].detach()
+
+    def _step_emotion(self, batch, opt, step):
+        t_out, s_out = self.emotion(waveform=batch.waveform, w2v=batch.context)
+        losses = self.emotion.losses(t_out, s_out, batch.emotion, batch.intensity)
+        _check_finite("emotion/total", losses["total"], step)
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(losses["total"])
+        opt.step()
+        if self.emotion_control is not None:
+            self.emotion_control.update_prototypes(s_out.embedding.detach(), batch.emotion, batch.intensity)
+        b = batch.waveform.shape[0]
+        self.log_dict({f"train/emotion/{k}": v.detach() for k, v in losses.items()}, batch_size=b)
+        acc = (s_out.logits.argmax(-1) == batch.emotion).float()[batch.emotion >= 0].mean()
+        self.log("train/emotion/student_acc", acc, prog_bar=True, batch_size=b)
+        self.log("train/loss", losses["total"].detach(), prog_bar=True, batch_size=b)
+        return losses["total"].detach()
+
+    def _targets(self, batch, i):
+        img = batch.image[i].permute(1, 2, 0)
+        bg = batch.background[i].permute(1, 2, 0)
+        m = lambda name: getattr(batch, name)[i, 0][..., None].to(img.dtype)  # noqa: E731
+        return img, bg, m
+
+    def _step_render(self, batch, opts, step):
+        H, W = batch.image.shape[-2:]
+        cond = self.conditioning(batch)
+        self.face.set_active_sh_degree(step // max(self.sh_increase_every, 1))
+        self.mouth.set_active_sh_degree(step // max(self.sh_increase_every, 1))
+        total = torch.zeros((), device=self.device)
+        logs = {}
+        renders = []
+        for i in range(batch.image.shape[0]):
+            img, bg, m = self._targets(batch, i)
+            vm, K = batch.viewmat[i], batch.K[i]
+            if self.stage == "mouth":
+                r = self.render_mouth(cond, i, vm, K, W, H, step=step)
+                mask = m("mouth_mask")
+                target = img * mask + bg * (1 - mask)
+                pred = r.image + (1 - r.alpha) * bg
+                # only the inside-mouth region and the region outside the head count for the mouth branch
+                head = torch.clamp(m("face_mask") + m("hair_mask"), 0, 1) * (1 - mask)
+                w = 1 - head
+                photo = {"l1": ((pred - target).abs() * w).sum() / (w.sum() * 3).clamp_min(1)}
+                photo["ssim"] = self._photometric(pred * w + target * (1 - w), target)["ssim"]
+                alpha_l = (r.alpha * (1 - torch.clamp(mask + head, 0, 1))).mean()
+                reg = self._reg(r.deltas)
+                renders.append(("mouth", r))
+            elif self.stage == "face":
+                deform = step >= self.static_warmup
+                r = self.render_face(cond, i, vm, K, W, H, deform=deform, step=step - self.static_warmup)
+                mask = torch.clamp(m("face_mask") + m("hair_mask"), 0, 1)
+                target = img * mask + bg * (1 - mask)
+                pred = r.image + (1 - r.alpha) * bg
+                photo = self._photometric(pred, target)
+                alpha_l = (r.alpha - mask).abs().mean() if deform else torch.zeros((), device=self.device)
+                reg = self._reg(r.deltas)
+                renders.append(("face", r))
+            else:  # fuse
+                pred, alpha, rf, rm = self.render_frame(cond, i, vm, K, W, H, bg, step=step)
+                mask = torch.clamp(m("face_mask") + m("hair_mask") + m("mouth_mask"), 0, 1)
+                target = img * mask + bg * (1 - mask)
+                photo = self._photometric(pred, target)
+                alpha_l = (alpha - mask).abs().mean()
+                reg = self._reg(rf.deltas) + self._reg(rm.deltas)
+                renders += [("face", rf), ("mouth", rm)]
+            loss = photo["l1"] + self.ssim_weight * photo["ssim"] + self.alpha_weight * alpha_l + self.reg_weight * reg
+            total = total + loss / batch.image.shape[0]
+            for k, v in {**photo, "alpha": alpha_l, "reg": reg}.items():
+                logs[f"train/{k}"] = logs.get(f"train/{k}", 0) + v.detach() / batch.image.shape[0]
+        _check_finite("train/loss", total, step)
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        for _, r in renders:
+            r.out.means2d.retain_grad() if r.out.means2d.requires_grad else None
+        self.manual_backward(total)
+        for name, r in renders:
+            g, dc, opt = ((self.face, self.face_density, self._opt("face_g", opts)) if name == "face"
+                          else (self.mouth, self.mouth_density, self._opt("mouth_g", opts)))
+            if dc is not None and opt is not None:
+                info = dc.after_backward(g, opt.optimizer if hasattr(opt, "optimizer") else opt, r.out, step, W, H)
+                for k, v in info.items():
+                    logs[f"train/density_{name}/{k}"] = float(v)
+        for o in opts:
+            self._decay_means_lr(o.optimizer if hasattr(o, "optimizer") else o, step)
+            o.step()
+        logs["train/loss"] = total.detach()
+        logs["train/num_gaussians_face"] = float(len(self.face))
+        logs["train/num_gaussians_mouth"] = float(len(self.mouth))
+        for name, r in renders:
+            if r.fusion is not None:
+                for k, v in r.fusion.weights.items():
+                    logs[f"train/fusion_{name}/weight_{k}"] = v
+        self.log_dict(logs, prog_bar=False, batch_size=batch.image.shape[0])
+        self.log("loss", total.detach(), prog_bar=True, logger=False, batch_size=batch.image.shape[0])
+        return total.detach()
+
+    def _opt(self, name, opts):
+        names = getattr(self, "_opt_names", self._optimizers_for_stage())
+        return opts[names.index(name)] if name in names else None
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def render_batch(self, batch, emotion: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Render every frame of a FrameBatch as the current stage would show it → [B,3,H,W] in [0,1]."""
+        H, W = batch.image.shape[-2:]
+        cond = self.conditioning(batch, emotion)
+        out = []
+        for i in range(batch.image.shape[0]):
+            bg = batch.background[i].permute(1, 2, 0)
+            vm, K = batch.viewmat[i], batch.K[i]
+            if self.stage == "mouth":
+                r = self.render_mouth(cond, i, vm, K, W, H)
+                img = r.image + (1 - r.alpha) * bg
+            elif self.stage == "face":
+                r = self.render_face(cond, i, vm, K, W, H, deform=self.global_step >= self.static_warmup)
+                img = r.image + (1 - r.alpha) * bg
+            else:
+                img = self.render_frame(cond, i, vm, K, W, H, bg)[0]
+            out.append(img.clamp(0, 1).permute(2, 0, 1))
+        return torch.stack(out)
+
+    @torch.no_grad()
+    def render_predict(self, batch, emotion: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Render a :class:`~ua3dtalk.data.datamodule.PredictBatch` (no ground truth) → [B,3,H,W]."""
+        H, W = batch.background.shape[-2:]
+        cond = self.conditioning(batch, emotion)
+        out = []
+        for i in range(batch.background.shape[0]):
+            bg = batch.background[i].permute(1, 2, 0)
+            img = self.render_frame(cond, i, batch.viewmat[i], batch.K[i], W, H, bg)[0]
+            out.append(img.clamp(0, 1).permute(2, 0, 1))
+        return torch.stack(out)
+
+    def validation_step(self, batch, batch_idx):
+        if self.stage in ("prior", "emotion"):
+            return self._val_audio(batch)
+        pred = self.render_batch(batch)
+        img = batch.image
+        if self.stage == "mouth":
+            mask = batch.mouth_mask.to(img.dtype)
+        elif self.stage == "face":
+            mask = (batch.face_mask | batch.hair_mask).to(img.dtype)
+        else:
+            mask = (batch.face_mask | batch.hair_mask | batch.mouth_mask).to(img.dtype)
+        target = img * mask + batch.background * (1 - mask)
+        mse = ((pred - target) ** 2).flatten(1).mean(1)
+        psnr = (-10 * torch.log10(mse.clamp_min(1e-10))).mean()
+        self.log("val/psnr", psnr, prog_bar=True, batch_size=img.shape[0])
+        if self.log_images_every and batch_idx % max(self.log_images_every, 1) == 0 and len(self.val_outputs) < 8:
+            self.val_outputs.append({"pred": pred[0].cpu(), "target": target[0].cpu()})
+        return psnr
+
+    def _val_audio(self, batch):
+        b = batch.audio.shape[0]
+        if self.stage == "prior":
+            out = self.prior(batch.audio, batch.context)
+            err = F.mse_loss(out.mouth_pred, batch.expr[:, list(self.prior.mouth_dims)])
+            self.log("val/prior_mouth_mse", err, prog_bar=True, batch_size=b)
+            return err
+        s = self.emotion.encoder(w2v=batch.context)
+        acc = (s.logits.argmax(-1) == batch.emotion).float().mean()
+        self.log("val/emotion_acc", acc, prog_bar=True, batch_size=b)
+        return acc
+
+    def on_validation_epoch_start(self):
+        self.val_outputs = []
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["ua3dtalk"] = {"stage": self.stage, "num_face": len(self.face), "num_mouth": len(self.mouth),
+                                  "version": 1, "model_config": getattr(self, "model_config", None),
+                                  "data_config": getattr(self, "data_config", None)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        meta = checkpoint.get("ua3dtalk")
+        if meta is None:
+            raise ValueError("checkpoint was not written by ua3dtalk (no 'ua3dtalk' entry)")
+        if meta.get("version") != 1:
+            raise ValueError(f"checkpoint format version {meta.get('version')} is not supported (expected 1)")
+
+    def load_weights(self, state_dict: dict, strict: bool = True, what: str = "checkpoint") -> None:
+        """Load a state dict with a clear error listing mismatched keys (checkpoints of another config)."""
+        own = self.state_dict()
+        missing = sorted(k for k in own if k not in state_dict)
+        unexpected = sorted(k for k in state_dict if k not in own)
+        gaussian_keys = tuple(f"{b}.{p}" for b in ("face", "mouth") for p in
+                              ("means", "quats", "log_scales", "opacity_logits", "sh"))
+        shape = sorted(k for k in own if k in state_dict and own[k].shape != state_dict[k].shape
+                       and not k.endswith(gaussian_keys))
+        if strict and (missing or unexpected or shape):
+            lines = [f"{what} does not match this model configuration:"]
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shape)):
+                if keys:
+                    extra = f" (+{len(keys) - 8} more)" if len(keys) > 8 else ""
+                    desc = [f"{k} {list(state_dict[k].shape)} vs {list(own[k].shape)}" if label == "shape mismatch"
+                            else k for k in keys[:8]]
+                    lines.append(f"  {label}: " + ", ".join(desc) + extra)
+            raise ValueError("\n".join(lines))
+        self.load_state_dict(state_dict, strict=strict)
+
+    def trainable_summary(self) -> dict[str, int]:
+        return {n: sum(p.numel() for p in m.parameters()) for n, m in self.named_children()}
+
+
+def stage_trainable_modules(model: UA3DTalk) -> Sequence[nn.Module]:
+    """Modules whose parameters the current stage updates (for tests and documentation)."""
+    s = model.stage
+    if s == "prior":
+        return [model.prior]
+    if s == "emotion":
+        return [model.emotion]
+    mods = [model.mouth, model.mouth_deformation] if s == "mouth" else [model.face, model.deformation]
+    if s in ("face", "fuse") and model.emotion_field is not None:
+        mods.append(model.emotion_field)
+    if s == "fuse":
+        mods += [model.mouth, model.mouth_deformation]
+    return mods
