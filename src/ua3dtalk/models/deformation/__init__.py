@@ -1,0 +1,33 @@
+"""Uncertainty-based Deformation (DESIGN §4, ``models/deformation/``).
+
+Public API:
+
+* :class:`EnsembleMLP`, :class:`UncertaintyBlock`, :class:`ViewEstimate` — per-view batched ensembles
+  with aleatoric/epistemic variance (``ensemble.py``);
+* :func:`diagonal_fusion`, :func:`full_cov_fusion`, :func:`spd_inverse`, :func:`uniform_fusion`,
+  :func:`ensemble_covariance`, :class:`UncertaintyFusion`, :class:`FusionOutput` (``fusion.py``);
+* :class:`MultiHeadDecoder`, :class:`Deltas` (``decoder.py``);
+* :class:`DeformationNetwork` (face), :class:`MouthDeformation` (inside mouth), :class:`DeformationOutput`
+  (``network.py``).
+"""
+from .decoder import HEAD_DIMS, Deltas, MultiHeadDecoder
+from .ensemble import UNCERTAINTY_MODES, EnsembleMLP, UncertaintyBlock, ViewEstimate, bound_logvar
+from .fusion import (
+    FUSION_MODES,
+    FusionOutput,
+    UncertaintyFusion,
+    diagonal_fusion,
+    ensemble_covariance,
+    full_cov_fusion,
+    spd_inverse,
+    uniform_fusion,
+)
+from .network import VIEW_NAMES, DeformationNetwork, DeformationOutput, MouthDeformation
+
+__all__ = [
+    "EnsembleMLP", "UncertaintyBlock", "ViewEstimate", "bound_logvar", "UNCERTAINTY_MODES",
+    "diagonal_fusion", "full_cov_fusion", "spd_inverse", "uniform_fusion", "ensemble_covariance", "FusionOutput",
+    "UncertaintyFusion", "FUSION_MODES",
+    "MultiHeadDecoder", "Deltas", "HEAD_DIMS",
+    "DeformationNetwork", "MouthDeformation", "DeformationOutput", "VIEW_NAMES",
+]

@@ -1,0 +1,279 @@
+"""Deformation networks of the face and inside-mouth branches (DESIGN §4).
+
+:class:`DeformationNetwork` (face branch)::
+
+    xyz [N,3] ──PositionField──▶ H [N,64]
+    audio windows, blink, H ──AudioView──▶ a [B,N,38]
+    views:  audio   = [a, H]                       [B,N,38+64]
+            content = [f_content ⟶ N, H]           [B,N,64+64]
+            style   = [f_style ⟶ N, H]             [B,N,64+64]
+            emotion = f_emotion (EmotionField)     [B,N,192]
+    UncertaintyFusion(views) ──▶ μ_f [B,N,48]  ──MultiHeadDecoder([μ_f, H])──▶ Δxyz, Δrot, Δscale (…)
+
+Any subset of the views can be configured (``views=...``; e.g. without the prior or without emotion
+for ablations); only the configured views' inputs are required by :meth:`DeformationNetwork.forward`
+(the others are ignored). The emotion features are computed by the caller (the EmotionField needs
+the emotion embedding), the content/style features by the prior module.
+
+:class:`MouthDeformation` (inside-mouth branch): Δxyz only, from the audio and content views, with
+its own position field (the mouth's bounding box) and, by default, no eye input (``eye_dim=0``, so
+its audio view is 32 + 64).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..audio_view import AudioView
+from ..fields import PositionField
+from .decoder import Deltas, MultiHeadDecoder
+from .fusion import FusionOutput, UncertaintyFusion
+
+Tensor = torch.Tensor
+
+VIEW_NAMES = ("audio", "content", "style", "emotion")
+
+
+@dataclass
+class DeformationOutput:
+    """Output of the deformation networks.
+
+    Attributes:
+        deltas: :class:`Deltas` with ``[B, N, k]`` offsets.
+        fusion: :class:`FusionOutput` (fused code, variance, per-view weights and estimates).
+        h: ``[N, h_dim]`` position encoding of the Gaussians.
+    """
+
+    deltas: Deltas
+    fusion: FusionOutput
+    h: Tensor
+
+
+class DeformationNetwork(nn.Module):
+    """Uncertainty-based deformation of the face branch (see the module docstring).
+
+    Args:
+        audio_in_channels: feature size ``C`` of the audio windows.
+        bounds_min, bounds_max: box of the position field (the canonical Gaussians' bounding box; can be
+            set later with ``self.position_field.set_bounds``).
+        views: configured views, a non-empty subset of ``("audio", "content", "style", "emotion")``.
+        content_dim, style_dim, emotion_dim: sizes of the content/style prior features (64) and of the
+            emotion field features (192).
+        code_dim: size ``D`` of the fused code μ_f (48).
+        hidden: hidden width of ensemble members, concat MLP and decoder trunk (64).
+        members: ensemble size ``T`` (10).
+        fusion: ``diagonal | full_cov | uniform | concat`` (see :class:`UncertaintyFusion`).
+        uncertainty: ``both | aleatoric | epistemic``.
+        ensemble_switch: training steps of stage A (single random ensemble member).
+        heads, extra_heads, single_head, xyz_scale: decoder heads (see :class:`MultiHeadDecoder`).
+        field_resolution, field_scales, field_channels: position field (H size = channels · #scales).
+        audio_dim, eye_dim, blink_dim, audio_window, audio_seq_len: audio view (see :class:`AudioView`).
+        detach_xyz: feed ``xyz.detach()`` to the position field (default; the canonical positions are
+            then learned by the rendering loss only, not through the deformation network).
+        var_floor: variance floor of the uncertainty blocks.
+    """
+
+    def __init__(
+        self,
+        audio_in_channels: int,
+        bounds_min: Sequence[float] = (-1.0, -1.0, -1.0),
+        bounds_max: Sequence[float] = (1.0, 1.0, 1.0),
+        views: Sequence[str] = VIEW_NAMES,
+        content_dim: int = 64,
+        style_dim: int = 64,
+        emotion_dim: int = 192,
+        code_dim: int = 48,
+        hidden: int = 64,
+        members: int = 10,
+        fusion: str = "diagonal",
+        uncertainty: str = "both",
+        ensemble_switch: int = 15000,
+        heads: Sequence[str] = ("xyz", "rot", "scale"),
+        extra_heads: Sequence[str] = (),
+        single_head: bool = False,
+        xyz_scale: float = 1e-2,
+        field_resolution: int = 64,
+        field_scales: Sequence[int] = (1, 2, 4, 8),
+        field_channels: int = 16,
+        audio_dim: int = 32,
+        eye_dim: int = 6,
+        blink_dim: int = 1,
+        audio_window: int = 16,
+        audio_seq_len: int = 8,
+        detach_xyz: bool = True,
+        var_floor: float = 1e-4,
+    ) -> None:
+        super().__init__()
+        views = tuple(str(v) for v in views)
+        if not views:
+            raise ValueError("DeformationNetwork: at least one view is required")
+        for v in views:
+            if v not in VIEW_NAMES:
+                raise ValueError(f"DeformationNetwork: unknown view {v!r}; expected a subset of {VIEW_NAMES}")
+        if len(set(views)) != len(views):
+            raise ValueError(f"DeformationNetwork: duplicate views in {views}")
+        self.views = views
+        self.detach_xyz = bool(detach_xyz)
+        self.content_dim, self.style_dim, self.emotion_dim = int(content_dim), int(style_dim), int(emotion_dim)
+        self.position_field = PositionField(bounds_min, bounds_max, field_resolution, field_scales, field_channels)
+        h_dim = self.position_field.out_dim
+        self.h_dim = h_dim
+        self.audio_view: Optional[AudioView] = None
+        if "audio" in views:
+            self.audio_view = AudioView(audio_in_channels, h_dim, audio_dim, eye_dim, blink_dim, audio_window,
+                                        audio_seq_len)
+        dims = {
+            "audio": (self.audio_view.out_dim if self.audio_view is not None else 0) + h_dim,
+            "content": self.content_dim + h_dim,
+            "style": self.style_dim + h_dim,
+            "emotion": self.emotion_dim,
+        }
+        self.view_dims = {v: dims[v] for v in views}
+        self.fusion = UncertaintyFusion(self.view_dims, code_dim, hidden, members, fusion, uncertainty,
+                                        ensemble_switch, var_floor=var_floor)
+        self.decoder = MultiHeadDecoder(code_dim + h_dim, hidden, heads, extra_heads, single_head, xyz_scale)
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _frame_feature(name: str, f: Optional[Tensor], dim: int, batch: Optional[int]) -> Tensor:
+        if f is None:
+            raise ValueError(f"DeformationNetwork: the {name!r} view is configured but no {name} feature was "
+                             "given")
+        if f.dim() != 2 or f.shape[-1] != dim or (batch is not None and f.shape[0] != batch):
+            raise ValueError(f"DeformationNetwork: {name} must be [B{'=' + str(batch) if batch else ''}, {dim}], "
+                             f"got {list(f.shape)}")
+        return f
+
+    def build_views(self, xyz: Tensor, audio: Optional[Tensor] = None, blink: Optional[Tensor] = None,
+                    content: Optional[Tensor] = None, style: Optional[Tensor] = None,
+                    emotion: Optional[Tensor] = None) -> tuple[dict[str, Tensor], Tensor]:
+        """The configured views ``name → [B, N, d_v]`` and ``H [N, h_dim]`` (arguments as :meth:`forward`)."""
+        if xyz.dim() != 2 or xyz.shape[-1] != 3:
+            raise ValueError(f"DeformationNetwork: xyz must be [N, 3], got {list(xyz.shape)}")
+        n = xyz.shape[0]
+        h = self.position_field(xyz.detach() if self.detach_xyz else xyz)  # [N, h_dim]
+        out: dict[str, Tensor] = {}
+        batch: Optional[int] = None
+        if "audio" in self.views:
+            if audio is None:
+                raise ValueError("DeformationNetwork: the 'audio' view is configured but no audio was given")
+            assert self.audio_view is not None
+            a = self.audio_view(audio, blink, h)  # [B, N, 38]
+            batch = a.shape[0]
+            out["audio"] = torch.cat([a, h.unsqueeze(0).expand(batch, -1, -1)], dim=-1)
+        for name, f, dim in (("content", content, self.content_dim), ("style", style, self.style_dim)):
+            if name in self.views:
+                f = self._frame_feature(name, f, dim, batch)
+                batch = f.shape[0]
+                out[name] = torch.cat([f.unsqueeze(1).expand(-1, n, -1), h.unsqueeze(0).expand(batch, -1, -1)],
+                                      dim=-1)
+        if "emotion" in self.views:
+            if emotion is None:
+                raise ValueError("DeformationNetwork: the 'emotion' view is configured but no emotion "
+                                 "features were given")
+            if emotion.dim() != 3 or emotion.shape[1:] != (n, self.emotion_dim) or \
+                    (batch is not None and emotion.shape[0] != batch):
+                raise ValueError(f"DeformationNetwork: emotion must be [B, N={n}, {self.emotion_dim}], got "
+                                 f"{list(emotion.shape)}")
+            out["emotion"] = emotion
+        for name, t in out.items():
+            assert t.shape[1:] == (n, self.view_dims[name]), (name, t.shape)
+        return {v: out[v] for v in self.views}, h
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        xyz: Tensor,
+        audio: Optional[Tensor] = None,
+        blink: Optional[Tensor] = None,
+        content: Optional[Tensor] = None,
+        style: Optional[Tensor] = None,
+        emotion: Optional[Tensor] = None,
+        step: Optional[int] = None,
+        single_member: Optional[bool] = None,
+    ) -> DeformationOutput:
+        """Offsets of the Gaussians for ``B`` frames.
+
+        Args:
+            xyz: ``[N, 3]`` canonical Gaussian centres.
+            audio: ``[B, 8, 16, C]`` neighbouring audio windows or ``[B, 16, C]`` (required with the audio view).
+            blink: ``[B, blink_dim]`` / ``[B]`` eye input, or ``None`` (eyes open).
+            content: ``[B, content_dim]`` content prior (required with the content view).
+            style: ``[B, style_dim]`` style prior (required with the style view).
+            emotion: ``[B, N, emotion_dim]`` emotion-field features (required with the emotion view).
+            step: global training step (ensemble stage, see :class:`UncertaintyFusion`).
+            single_member: force ensemble stage A (True) / B (False).
+        Returns:
+            :class:`DeformationOutput` (``deltas`` fields ``[B, N, k]``).
+        """
+        views, h = self.build_views(xyz, audio, blink, content, style, emotion)
+        fused = self.fusion(views, step=step, single_member=single_member)
+        deltas = self.decoder(fused.mu, h)
+        return DeformationOutput(deltas=deltas, fusion=fused, h=h)
+
+
+class MouthDeformation(DeformationNetwork):
+    """Inside-mouth branch: Δxyz only, from the audio and content views (DESIGN §4).
+
+    Args: as :class:`DeformationNetwork`, restricted to ``views ⊆ ("audio", "content")`` and a single
+    ``xyz`` head; ``eye_dim`` defaults to 0 (no eye input for the oral cavity).
+    """
+
+    def __init__(
+        self,
+        audio_in_channels: int,
+        bounds_min: Sequence[float] = (-1.0, -1.0, -1.0),
+        bounds_max: Sequence[float] = (1.0, 1.0, 1.0),
+        views: Sequence[str] = ("audio", "content"),
+        content_dim: int = 64,
+        code_dim: int = 48,
+        hidden: int = 64,
+        members: int = 10,
+        fusion: str = "diagonal",
+        uncertainty: str = "both",
+        ensemble_switch: int = 15000,
+        xyz_scale: float = 1e-2,
+        field_resolution: int = 64,
+        field_scales: Sequence[int] = (1, 2, 4, 8),
+        field_channels: int = 16,
+        audio_dim: int = 32,
+        eye_dim: int = 0,
+        blink_dim: int = 1,
+        audio_window: int = 16,
+        audio_seq_len: int = 8,
+        detach_xyz: bool = True,
+        var_floor: float = 1e-4,
+    ) -> None:
+        views = tuple(str(v) for v in views)
+        bad = [v for v in views if v not in ("audio", "content")]
+        if bad:
+            raise ValueError(f"MouthDeformation: views must be a subset of ('audio', 'content'), got {views}")
+        super().__init__(
+            audio_in_channels, bounds_min, bounds_max, views=views, content_dim=content_dim, code_dim=code_dim,
+            hidden=hidden, members=members, fusion=fusion, uncertainty=uncertainty,
+            ensemble_switch=ensemble_switch, heads=("xyz",), extra_heads=(), single_head=False,
+            xyz_scale=xyz_scale, field_resolution=field_resolution, field_scales=field_scales,
+            field_channels=field_channels, audio_dim=audio_dim, eye_dim=eye_dim, blink_dim=blink_dim,
+            audio_window=audio_window, audio_seq_len=audio_seq_len, detach_xyz=detach_xyz, var_floor=var_floor,
+        )
+
+    def forward(  # type: ignore[override]
+        self,
+        xyz: Tensor,
+        audio: Optional[Tensor] = None,
+        blink: Optional[Tensor] = None,
+        content: Optional[Tensor] = None,
+        step: Optional[int] = None,
+        single_member: Optional[bool] = None,
+        **_ignored: Optional[Tensor],
+    ) -> DeformationOutput:
+        """As :meth:`DeformationNetwork.forward` with the audio/content inputs only (``style``/``emotion``
+        keyword arguments are accepted and ignored); ``deltas.xyz`` is ``[B, N, 3]``, the other fields
+        ``None``."""
+        return super().forward(xyz, audio, blink, content, None, None, step=step, single_member=single_member)
+
+
+__all__ = ["DeformationNetwork", "MouthDeformation", "DeformationOutput", "VIEW_NAMES"]

@@ -1,0 +1,209 @@
+"""Spatial plane fields (DESIGN §4 "Position field"; reused by the EmotionField).
+
+A :class:`PlaneField` is a multi-resolution *tri-plane* grid: for every resolution factor ``s`` in
+``scales`` it holds one learnable feature plane per spatial plane (``xy``, ``xz``, ``yz`` by default),
+each ``channels × (resolution·s) × (resolution·s)``. A point is encoded by
+
+1. normalising it to ``[-1, 1]³`` with the field's axis-aligned bounds (points outside the box are
+   clamped onto its surface),
+2. sampling each plane bilinearly at the point's projection (``F.grid_sample``,
+   ``align_corners=True``: −1 and +1 are the centres of the border cells, so the bounds map exactly
+   onto the outermost grid nodes),
+3. multiplying the samples of the planes channel-wise (the K-Planes/TensoRF style product, which lets
+   the three 2-D planes represent a genuinely 3-D function),
+4. concatenating the per-scale products (coarsest first): ``H ∈ R^{channels·len(scales)}``
+   (= 16·4 = 64 with the DESIGN defaults).
+
+Initialisation ★: because the planes are *multiplied*, a zero-mean initialisation would make every
+product ≈ 0 (and its gradient with respect to each plane ≈ 0 too). Every plane is therefore
+initialised to ``init_mean + init_std·N(0,1)`` (default ``1 ± 0.1``): the initial encoding is ≈ 1 with
+small spatially varying noise, and each plane receives gradients of order one from the start.
+
+Shapes (``N`` points, ``C = channels``, ``S = len(scales)``)::
+
+    xyz            [..., 3]          (world coordinates of the canonical Gaussians)
+    forward(xyz)   [..., C·S]
+    per_scale(xyz) list of S tensors [..., C]
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Tensor = torch.Tensor
+
+# plane name -> the two coordinate axes sampled as (u, v); u indexes the plane's width (last dim),
+# v its height (second-to-last dim), the grid_sample convention.
+_PLANE_AXES = {"xy": (0, 1), "xz": (0, 2), "yz": (1, 2), "yx": (1, 0), "zx": (2, 0), "zy": (2, 1)}
+
+
+def _as_vec3(v: Sequence[float] | Tensor, name: str) -> Tensor:
+    if isinstance(v, Tensor):
+        t = v.detach().to("cpu", torch.float32).reshape(-1).clone()
+    else:  # any sequence of numbers (also an OmegaConf ListConfig)
+        t = torch.tensor([float(x) for x in v], dtype=torch.float32)
+    if t.numel() != 3:
+        raise ValueError(f"{name} must have 3 entries (x, y, z), got {t.numel()}")
+    return t
+
+
+class PlaneField(nn.Module):
+    """Multi-resolution tri-plane feature grid (see the module docstring for the encoding).
+
+    Args:
+        bounds_min: lower corner (x, y, z) of the box mapped onto the grid. Set it from the canonical
+            Gaussians' bounding box (possibly via :meth:`set_bounds` after construction; the bounds are
+            buffers, so they are saved in and restored from checkpoints). Default ``(-1,-1,-1)``.
+        bounds_max: upper corner (x, y, z); must be > ``bounds_min`` on every axis. Default ``(1,1,1)``.
+        resolution: base plane resolution (cells per side at scale factor 1).
+        scales: resolution factors; plane side = ``resolution·s``.
+        channels: feature channels per plane (and per scale in the output).
+        planes: which coordinate planes to use (``"xy"``, ``"xz"``, ``"yz"``; the first letter is the
+            plane's horizontal axis). The features of all planes are multiplied.
+        init_std: standard deviation of the Gaussian noise of the initial plane values.
+        init_mean: mean of the initial plane values (1 so that the product of planes is ≈ 1).
+
+    Parameters: ``self.grids[i]`` of shape ``[P, channels, resolution·scales[i], resolution·scales[i]]``
+    (``P = len(planes)``; one tensor per scale, planes stacked so a single ``grid_sample`` call samples
+    them all).
+    """
+
+    def __init__(
+        self,
+        bounds_min: Sequence[float] = (-1.0, -1.0, -1.0),
+        bounds_max: Sequence[float] = (1.0, 1.0, 1.0),
+        resolution: int = 64,
+        scales: Sequence[int] = (1, 2, 4, 8),
+        channels: int = 16,
+        planes: Sequence[str] = ("xy", "xz", "yz"),
+        init_std: float = 0.1,
+        init_mean: float = 1.0,
+    ) -> None:
+        super().__init__()
+        scales = tuple(int(s) for s in scales)
+        planes = tuple(str(p) for p in planes)
+        if resolution < 2:
+            raise ValueError(f"resolution must be >= 2, got {resolution}")
+        if not scales or any(s < 1 for s in scales):
+            raise ValueError(f"scales must be a non-empty list of positive integers, got {scales}")
+        if channels < 1:
+            raise ValueError(f"channels must be >= 1, got {channels}")
+        if not planes:
+            raise ValueError("planes must not be empty")
+        for p in planes:
+            if p not in _PLANE_AXES:
+                raise ValueError(f"unknown plane {p!r}; expected one of {sorted(_PLANE_AXES)}")
+        self.resolution = int(resolution)
+        self.scales = scales
+        self.channels = int(channels)
+        self.planes = planes
+        self.init_std = float(init_std)
+        self.init_mean = float(init_mean)
+        self.register_buffer("bounds_min", torch.zeros(3))
+        self.register_buffer("bounds_max", torch.ones(3))
+        self.set_bounds(bounds_min, bounds_max)
+        self.register_buffer("_axes", torch.tensor([_PLANE_AXES[p] for p in planes], dtype=torch.long),
+                             persistent=False)
+        self.grids = nn.ParameterList(
+            nn.Parameter(torch.empty(len(planes), self.channels, self.resolution * s, self.resolution * s))
+            for s in scales
+        )
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ set-up
+    def reset_parameters(self) -> None:
+        """Re-draw every plane as ``init_mean + init_std·N(0,1)``."""
+        with torch.no_grad():
+            for g in self.grids:
+                g.normal_(self.init_mean, self.init_std)
+
+    @torch.no_grad()
+    def set_bounds(self, bounds_min: Sequence[float] | Tensor, bounds_max: Sequence[float] | Tensor) -> None:
+        """Set the box mapped onto ``[-1,1]³`` (e.g. the canonical Gaussians' bounding box, padded)."""
+        lo, hi = _as_vec3(bounds_min, "bounds_min"), _as_vec3(bounds_max, "bounds_max")
+        if not bool((hi > lo).all()):
+            raise ValueError(f"bounds_max must be > bounds_min on every axis, got {lo.tolist()} / {hi.tolist()}")
+        self.bounds_min.copy_(lo.to(self.bounds_min))
+        self.bounds_max.copy_(hi.to(self.bounds_max))
+
+    @property
+    def out_dim(self) -> int:
+        """Feature size of :meth:`forward`: ``channels · len(scales)``."""
+        return self.channels * len(self.scales)
+
+    def extra_repr(self) -> str:
+        return (f"resolution={self.resolution}, scales={self.scales}, channels={self.channels}, "
+                f"planes={self.planes}, out_dim={self.out_dim}")
+
+    # ------------------------------------------------------------------ encoding
+    def normalize(self, xyz: Tensor) -> Tensor:
+        """World coordinates ``[..., 3]`` → ``[-1, 1]`` box coordinates (clamped), same shape."""
+        if xyz.shape[-1] != 3:
+            raise ValueError(f"xyz must have shape [..., 3], got {list(xyz.shape)}")
+        lo = self.bounds_min.to(xyz.dtype)
+        hi = self.bounds_max.to(xyz.dtype)
+        return ((xyz - lo) / (hi - lo) * 2.0 - 1.0).clamp(-1.0, 1.0)
+
+    def per_scale(self, xyz: Tensor) -> list[Tensor]:
+        """Per-scale features: a list (coarsest first) of ``len(scales)`` tensors ``[..., channels]``,
+        each the channel-wise product of the planes' bilinear samples at ``xyz [..., 3]``."""
+        lead = xyz.shape[:-1]
+        # computed in the planes' dtype (the output has the parameters' dtype)
+        p = self.normalize(xyz.to(self.grids[0].dtype)).reshape(-1, 3)  # [N,3]
+        n = p.shape[0]
+        # [P, 1, N, 2] sampling grid: plane k samples the point's (u, v) = coordinates _axes[k]
+        grid = p[:, self._axes].permute(1, 0, 2).unsqueeze(1)  # [P,1,N,2]
+        out = []
+        for g in self.grids:
+            s = F.grid_sample(g, grid, mode="bilinear", padding_mode="border",
+                              align_corners=True)  # [P, C, 1, N]
+            feat = s.prod(dim=0).squeeze(1).transpose(0, 1)  # [N, C]
+            assert feat.shape == (n, self.channels)
+            out.append(feat.reshape(*lead, self.channels))
+        return out
+
+    def forward(self, xyz: Tensor) -> Tensor:
+        """Encode points: ``xyz [..., 3]`` → ``[..., channels·len(scales)]`` (scales concatenated,
+        coarsest first)."""
+        h = torch.cat(self.per_scale(xyz), dim=-1)
+        assert h.shape == (*xyz.shape[:-1], self.out_dim)
+        return h
+
+    # ------------------------------------------------------------------ regularisation
+    def tv_loss(self) -> Tensor:
+        """Total-variation regulariser: mean squared difference between neighbouring cells of every
+        plane along both plane axes, averaged over the planes' cells and summed over the scales
+        (a 0-dim tensor)."""
+        total = self.grids[0].new_zeros(())
+        for g in self.grids:
+            dv = (g[..., 1:, :] - g[..., :-1, :]).pow(2).mean()
+            du = (g[..., :, 1:] - g[..., :, :-1]).pow(2).mean()
+            total = total + dv + du
+        return total
+
+
+class PositionField(PlaneField):
+    """The position field of DESIGN §4: a :class:`PlaneField` with the paper's defaults — planes
+    xy/xz/yz, resolution 64, scale factors (1, 2, 4, 8), 16 channels → ``H ∈ R^64`` per Gaussian.
+
+    Args: as :class:`PlaneField` (same names and meanings, DESIGN defaults).
+    """
+
+    def __init__(
+        self,
+        bounds_min: Sequence[float] = (-1.0, -1.0, -1.0),
+        bounds_max: Sequence[float] = (1.0, 1.0, 1.0),
+        resolution: int = 64,
+        scales: Sequence[int] = (1, 2, 4, 8),
+        channels: int = 16,
+        planes: Sequence[str] = ("xy", "xz", "yz"),
+        init_std: float = 0.1,
+        init_mean: float = 1.0,
+    ) -> None:
+        super().__init__(bounds_min, bounds_max, resolution, scales, channels, planes, init_std, init_mean)
+
+
+__all__ = ["PlaneField", "PositionField"]

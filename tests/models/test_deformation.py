@@ -1,0 +1,484 @@
+"""Uncertainty-based deformation: ensembles, stages, fusion variants, decoder, full networks."""
+from __future__ import annotations
+
+
+import pytest
+import torch
+
+from ua3dtalk.models.deformation import (
+    DeformationNetwork,
+    EnsembleMLP,
+    MouthDeformation,
+    MultiHeadDecoder,
+    UncertaintyBlock,
+    UncertaintyFusion,
+    diagonal_fusion,
+    bound_logvar,
+    ensemble_covariance,
+    full_cov_fusion,
+    spd_inverse,
+    uniform_fusion,
+)
+
+
+def num(t) -> float:
+    """A Python float from a (possibly grad-requiring) 0-dim tensor."""
+    return float(t.detach()) if isinstance(t, torch.Tensor) else float(t)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """These tests run tiny tensors: one intra-op thread is fastest (and immune to oversubscription)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def random_spd(*shape_d, gen, dtype=torch.float64):
+    *lead, d = shape_d
+    a = torch.randn(*lead, d, d, generator=gen, dtype=dtype)
+    return a @ a.transpose(-1, -2) / d + 0.5 * torch.eye(d, dtype=dtype)
+
+
+def make_identical(ens: EnsembleMLP) -> None:
+    with torch.no_grad():
+        for p in (ens.w1, ens.b1, ens.w2, ens.b2):
+            p.copy_(p[:1].expand_as(p))
+
+
+def small_views(b=2, n=5, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    dims = {"audio": 7, "content": 6, "style": 5, "emotion": 9}
+    return dims, {k: torch.randn(b, n, d, generator=g, dtype=dtype) for k, d in dims.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# EnsembleMLP / UncertaintyBlock
+# --------------------------------------------------------------------------------------------------
+
+
+def test_ensemble_matches_per_member_loop():
+    torch.manual_seed(0)
+    ens = EnsembleMLP(11, hidden=16, out_dim=5, members=4).double()
+    x = torch.randn(3, 7, 11, dtype=torch.float64)
+    mu, lv = ens(x)
+    assert mu.shape == lv.shape == (4, 3, 7, 5)
+    for t in range(4):
+        h = torch.relu(x @ ens.w1[t] + ens.b1[t])
+        o = h @ ens.w2[t] + ens.b2[t]
+        torch.testing.assert_close(mu[t], o[..., :5], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(lv[t], bound_logvar(o[..., 5:], -10.0, 4.0), rtol=1e-12, atol=1e-12)
+        m_mu, m_lv = ens.forward_member(x, t)
+        torch.testing.assert_close(m_mu, mu[t], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(m_lv, lv[t], rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError):
+        ens(torch.randn(2, 10, dtype=torch.float64))
+
+
+def test_logvar_is_smoothly_bounded():
+    lo, hi = -3.0, 2.0
+    ens = EnsembleMLP(3, hidden=4, out_dim=2, members=2, logvar_min=lo, logvar_max=hi)
+    x = torch.randn(5, 3)
+    with torch.no_grad():
+        ens.b2[:, 2:] = 1e4
+        assert num(ens(x)[1].max()) <= hi
+        ens.b2[:, 2:] = -1e4
+        assert num(ens(x)[1].min()) >= lo
+    # slope 1 at the centre of the range (-3 for the default [-10, 4]), a gradient inside and just outside
+    z = torch.tensor([-12.0, -4.0, -3.0, 0.0, 6.0], requires_grad=True)
+    y = bound_logvar(z, -10.0, 4.0)
+    assert abs(num(y[2]) + 3.0) < 1e-6 and abs(num(y[1]) + 4.0) < 0.01
+    assert -10.0 < num(y.min()) and num(y.max()) < 4.0
+    y.sum().backward()
+    assert bool((z.grad > 0).all())
+
+
+def test_members_are_independent_so_epistemic_is_positive():
+    torch.manual_seed(0)
+    blk = UncertaintyBlock(8, hidden=16, out_dim=4, members=5).eval()
+    est = blk(torch.randn(2, 6, 8))
+    assert est.mu.shape == est.var.shape == est.aleatoric.shape == est.epistemic.shape == (2, 6, 4)
+    assert est.members_mu.shape == (5, 2, 6, 4) and est.member is None
+    assert num(est.epistemic.min()) > 0
+
+
+def test_identical_members_give_zero_epistemic_variance():
+    torch.manual_seed(0)
+    blk = UncertaintyBlock(8, hidden=16, out_dim=4, members=6).double().eval()
+    make_identical(blk.ensemble)
+    x = torch.randn(3, 5, 8, dtype=torch.float64)
+    est = blk(x)
+    assert num(est.epistemic.abs().max()) < 1e-12
+    mu0, lv0 = blk.ensemble.forward_member(x, 0)
+    torch.testing.assert_close(est.mu, mu0)
+    torch.testing.assert_close(est.aleatoric, lv0.exp())
+    torch.testing.assert_close(est.var, lv0.exp() + blk.var_floor)
+
+
+@pytest.mark.parametrize("mode", ["both", "aleatoric", "epistemic"])
+def test_uncertainty_mode_selects_the_variance(mode):
+    torch.manual_seed(0)
+    blk = UncertaintyBlock(8, hidden=16, out_dim=4, members=5, mode=mode, var_floor=1e-4).double().eval()
+    est = blk(torch.randn(4, 8, dtype=torch.float64))
+    expected = {"both": est.aleatoric + est.epistemic, "aleatoric": est.aleatoric,
+                "epistemic": est.epistemic}[mode] + 1e-4
+    torch.testing.assert_close(est.var, expected)
+    if mode != "epistemic":
+        assert not torch.allclose(est.var, est.epistemic + 1e-4)
+
+
+def test_stage_a_uses_one_random_member():
+    torch.manual_seed(0)
+    blk = UncertaintyBlock(8, hidden=16, out_dim=4, members=10, ensemble_switch=100).train()
+    x = torch.randn(2, 3, 8)
+    chosen = set()
+    for seed in range(12):
+        torch.manual_seed(seed)
+        est = blk(x, step=5)
+        assert est.member is not None and est.members_mu is None
+        assert torch.equal(est.epistemic, torch.zeros_like(est.epistemic))
+        mu, lv = blk.ensemble.forward_member(x, est.member)
+        torch.testing.assert_close(est.mu, mu)
+        torch.testing.assert_close(est.aleatoric, lv.exp())
+        torch.manual_seed(seed)  # same RNG state → same member
+        assert blk(x, step=5).member == est.member
+        chosen.add(est.member)
+    assert len(chosen) > 2  # the member changes with the RNG
+    # stage B after the switch, in eval mode, or when forced
+    assert blk(x, step=100).member is None
+    assert blk(x, step=None).member is None
+    assert blk(x, step=5, single_member=False).member is None
+    assert blk.eval()(x, step=5).member is None
+    assert blk(x, member=3).member == 3
+
+
+# --------------------------------------------------------------------------------------------------
+# fusion functions
+# --------------------------------------------------------------------------------------------------
+
+
+def test_diagonal_equals_full_cov_for_diagonal_covariances():
+    g = torch.Generator().manual_seed(0)
+    for d in (6, 48):
+        mus = torch.randn(4, 3, 5, d, generator=g, dtype=torch.float64)
+        vars_ = torch.rand(4, 3, 5, d, generator=g, dtype=torch.float64) * 3 + 0.01
+        mu_d, var_d, w_d = diagonal_fusion(mus, vars_)
+        mu_f, cov_f, w_f = full_cov_fusion(mus, torch.diag_embed(vars_))
+        assert mu_d.shape == (3, 5, d) and w_d.shape == (4, 3, 5, d) and w_f.shape == (4, 3, 5)
+        assert cov_f.shape == (3, 5, d, d)
+        assert num((mu_d - mu_f).abs().max()) <= 1e-5
+        assert num((var_d - cov_f.diagonal(dim1=-2, dim2=-1)).abs().max()) <= 1e-5
+        off = cov_f - torch.diag_embed(cov_f.diagonal(dim1=-2, dim2=-1))
+        assert num(off.abs().max()) <= 1e-5
+        torch.testing.assert_close(w_d.sum(0), torch.ones(3, 5, d, dtype=torch.float64))
+        torch.testing.assert_close(w_f.sum(0), torch.ones(3, 5, dtype=torch.float64))
+        torch.testing.assert_close(mu_d, (w_d * mus).sum(0))
+
+
+def test_full_cov_matches_explicit_inverse_formula():
+    g = torch.Generator().manual_seed(1)
+    mus = torch.randn(3, 4, 6, generator=g, dtype=torch.float64)
+    covs = random_spd(3, 4, 6, gen=g)
+    mu_f, cov_f, _ = full_cov_fusion(mus, covs)
+    inv = torch.linalg.inv(covs)
+    cov_ref = torch.linalg.inv(inv.sum(0))
+    mu_ref = (cov_ref @ (inv @ mus.unsqueeze(-1)).sum(0)).squeeze(-1)
+    torch.testing.assert_close(cov_f, cov_ref, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(mu_f, mu_ref, rtol=1e-9, atol=1e-10)
+    with pytest.raises(ValueError):
+        full_cov_fusion(mus, -covs)
+
+
+def test_spd_inverse_value_and_gradient():
+    g = torch.Generator().manual_seed(2)
+    a = random_spd(2, 3, 5, gen=g).requires_grad_(True)
+    torch.testing.assert_close(spd_inverse(a), torch.linalg.inv(a))
+    # gradients are those of a symmetric argument (the Cholesky reads one triangle only)
+    x = torch.randn(2, 5, 5, dtype=torch.float64, generator=g).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda m: spd_inverse(m @ m.transpose(-1, -2) + torch.eye(5)), (x,))
+    w = torch.randn(2, 3, 5, 5, dtype=torch.float64, generator=g)
+    (spd_inverse(a) * w).sum().backward()
+    b = a.detach().clone().requires_grad_(True)
+    (torch.linalg.inv(b) * w).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_uniform_is_the_mean():
+    mus = torch.randn(4, 2, 3, 8)
+    torch.testing.assert_close(uniform_fusion(mus), mus.mean(0))
+
+
+def test_precision_weighting_favours_the_confident_view():
+    mus = torch.stack([torch.full((10, 4), 1.0), torch.full((10, 4), -1.0)])
+    vars_ = torch.stack([torch.full((10, 4), 0.01), torch.full((10, 4), 1.0)])
+    mu, var, w = diagonal_fusion(mus, vars_)
+    assert num(w[0].min()) > 0.98
+    torch.testing.assert_close(mu, torch.full((10, 4), (1 / 0.01 - 1) / (1 / 0.01 + 1)))
+    assert num(var.max()) < 0.01  # fusion never increases the variance beyond the best view
+    mu_f, _, w_f = full_cov_fusion(mus, torch.diag_embed(vars_))
+    torch.testing.assert_close(mu_f, mu)
+    assert num(w_f[0].min()) > 0.98
+
+
+def test_ensemble_covariance_diagonal_is_the_view_variance():
+    torch.manual_seed(0)
+    blk = UncertaintyBlock(8, hidden=16, out_dim=6, members=5).double().eval()
+    est = blk(torch.randn(2, 3, 8, dtype=torch.float64))
+    cov = ensemble_covariance(est)
+    assert cov.shape == (2, 3, 6, 6)
+    torch.testing.assert_close(cov.diagonal(dim1=-2, dim2=-1), est.var)
+    torch.testing.assert_close(cov, cov.transpose(-1, -2))
+    assert num(torch.linalg.eigvalsh(cov).min()) > 0
+    dev = est.members_mu - est.mu
+    ref = torch.einsum("tabi,tabj->abij", dev, dev) / 5 + torch.diag_embed(est.aleatoric + blk.var_floor)
+    torch.testing.assert_close(cov, ref)
+    assert torch.equal(ensemble_covariance(est, include_epistemic=False), torch.diag_embed(est.var))
+
+
+# --------------------------------------------------------------------------------------------------
+# UncertaintyFusion
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fusion", ["diagonal", "full_cov", "uniform", "concat"])
+@pytest.mark.parametrize("uncertainty", ["both", "aleatoric", "epistemic"])
+def test_every_fusion_variant_runs_forward_and_backward(fusion, uncertainty):
+    torch.manual_seed(0)
+    dims, views = small_views()
+    fu = UncertaintyFusion(dims, out_dim=8, hidden=16, members=4, fusion=fusion, uncertainty=uncertainty,
+                           ensemble_switch=10).train()
+    for step in (0, 10):  # stage A, stage B
+        fu.zero_grad()
+        out = fu(views, step=step)
+        assert out.mu.shape == (2, 5, 8)
+        if fusion in ("diagonal", "full_cov"):
+            assert out.var.shape == (2, 5, 8) and bool((out.var > 0).all())
+            assert set(out.weights) == set(dims)
+            torch.testing.assert_close(sum(out.weights.values()), torch.tensor(1.0))
+        else:
+            assert out.var is None
+        if fusion == "full_cov":
+            assert out.cov.shape == (2, 5, 8, 8)
+        loss = out.mu.square().sum() + (out.var.sum() if out.var is not None else 0)
+        loss.backward()
+        stats = out.stats()
+        assert all(v.dim() == 0 for v in stats.values())
+        if step == 10 or fusion == "concat":
+            for name, p in fu.named_parameters():
+                assert p.grad is not None and bool(p.grad.abs().sum() > 0), (fusion, uncertainty, step, name)
+
+
+def test_stage_a_only_the_chosen_members_get_gradients():
+    torch.manual_seed(0)
+    dims, views = small_views()
+    fu = UncertaintyFusion(dims, out_dim=8, hidden=16, members=5, ensemble_switch=100).train()
+    out = fu(views, step=3)
+    (out.mu.square().sum() + out.var.sum()).backward()
+    for name, est in out.estimates.items():
+        k = est.member
+        assert k is not None
+        for pname, p in fu.blocks[name].ensemble.named_parameters():
+            assert p.grad[k].abs().sum() > 0, (name, pname)
+            others = torch.cat([p.grad[:k], p.grad[k + 1:]])
+            assert torch.equal(others, torch.zeros_like(others)), (name, pname)
+    # the members of the different views are drawn independently
+    members = []
+    for seed in range(6):
+        torch.manual_seed(seed)
+        members.append(tuple(e.member for e in fu(views, step=3).estimates.values()))
+    assert len(set(members)) > 1 and any(len(set(m)) > 1 for m in members)
+
+
+def test_fusion_module_uses_precision_weights():
+    """A view with a small predicted variance dominates the fused code."""
+    torch.manual_seed(0)
+    dims, views = small_views(dtype=torch.float64)
+    fu = UncertaintyFusion(dims, out_dim=8, hidden=16, members=4, uncertainty="aleatoric").double().eval()
+    with torch.no_grad():
+        for name, blk in fu.blocks.items():
+            blk.ensemble.w2[:, :, 8:] = 0.0
+            blk.ensemble.b2[:, 8:] = -4.0 if name == "content" else 1.0
+    out = fu(views)
+    assert num(out.weights["content"]) > 0.95
+    assert max(num(w) for k, w in out.weights.items() if k != "content") < 0.02
+    torch.testing.assert_close(out.mu, out.estimates["content"].mu, rtol=0.05, atol=0.05)
+
+
+def test_full_cov_reduces_to_diagonal_without_epistemic_covariance():
+    torch.manual_seed(0)
+    dims, views = small_views(dtype=torch.float64)
+    diag = UncertaintyFusion(dims, out_dim=8, hidden=16, members=4, uncertainty="aleatoric").double().eval()
+    full = UncertaintyFusion(dims, out_dim=8, hidden=16, members=4, fusion="full_cov",
+                             uncertainty="aleatoric").double().eval()
+    full.load_state_dict(diag.state_dict())
+    a, b = diag(views), full(views)
+    assert num((a.mu - b.mu).abs().max()) <= 1e-5
+    assert num((a.var - b.var).abs().max()) <= 1e-5
+    # with the ensemble's off-diagonal covariance (uncertainty=both) the two differ
+    diag_b = UncertaintyFusion(dims, out_dim=8, hidden=16, members=4).double().eval()
+    full_b = UncertaintyFusion(dims, out_dim=8, hidden=16, members=4, fusion="full_cov").double().eval()
+    full_b.load_state_dict(diag_b.state_dict())
+    assert num((diag_b(views).mu - full_b(views).mu).abs().max()) > 1e-6
+
+
+def test_uniform_fusion_module_is_mean_of_view_means():
+    torch.manual_seed(0)
+    dims, views = small_views()
+    fu = UncertaintyFusion(dims, out_dim=8, hidden=16, members=4, fusion="uniform").eval()
+    out = fu(views)
+    torch.testing.assert_close(out.mu, torch.stack([e.mu for e in out.estimates.values()]).mean(0))
+
+
+def test_fusion_rejects_bad_views():
+    dims, views = small_views()
+    fu = UncertaintyFusion(dims, out_dim=8, hidden=16, members=2)
+    with pytest.raises(ValueError, match="missing"):
+        fu({k: v for k, v in views.items() if k != "style"})
+    with pytest.raises(ValueError):
+        fu({**views, "audio": torch.randn(2, 5, 3)})
+    with pytest.raises(ValueError):
+        UncertaintyFusion(dims, fusion="mean")
+
+
+# --------------------------------------------------------------------------------------------------
+# decoder
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("single", [False, True])
+def test_decoder_shapes_and_near_zero_init(single):
+    torch.manual_seed(0)
+    dec = MultiHeadDecoder(in_dim=48 + 64, hidden=64, extra_heads=("opacity", "color"), single=single)
+    code, h = torch.randn(2, 30, 48), torch.randn(30, 64)
+    d = dec(code, h)
+    shapes = {k: tuple(v.shape) for k, v in d.as_dict().items()}
+    assert shapes == {"xyz": (2, 30, 3), "rot": (2, 30, 4), "scale": (2, 30, 3), "opacity": (2, 30, 1),
+                      "color": (2, 30, 3)}
+    for k, v in d.as_dict().items():
+        assert num(v.abs().max()) < 1e-2, k
+    assert num(d.xyz.abs().max()) < 1e-4
+    sum((v * torch.randn_like(v)).sum() for v in d.as_dict().values()).backward()
+    for name, p in dec.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_decoder_options():
+    dec = MultiHeadDecoder(in_dim=10, hidden=8, heads=("xyz",), xyz_scale=1.0)
+    d = dec(torch.randn(1, 4, 10))
+    assert d.xyz.shape == (1, 4, 3) and d.rot is None and d.scale is None
+    # xyz_scale multiplies the xyz head
+    dec2 = MultiHeadDecoder(in_dim=10, hidden=8, heads=("xyz",), xyz_scale=1e-2)
+    dec2.load_state_dict(dec.state_dict())
+    x = torch.randn(1, 4, 10)
+    torch.testing.assert_close(dec2(x).xyz, dec(x).xyz * 1e-2)
+    with pytest.raises(ValueError):
+        MultiHeadDecoder(heads=("xyz", "pose"))
+    with pytest.raises(ValueError):
+        dec(torch.randn(1, 4, 9))
+
+
+# --------------------------------------------------------------------------------------------------
+# full networks
+# --------------------------------------------------------------------------------------------------
+
+SMALL = dict(field_resolution=8, field_scales=(1, 2, 4, 8), field_channels=16, members=4)
+
+
+def net_inputs(b=1, n=40, c=29, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        xyz=torch.rand(n, 3, generator=g) * 2 - 1,
+        audio=torch.randn(b, 8, 16, c, generator=g),
+        blink=torch.rand(b, generator=g),
+        content=torch.randn(b, 64, generator=g),
+        style=torch.randn(b, 64, generator=g),
+        emotion=torch.randn(b, n, 192, generator=g),
+    )
+
+
+def test_deformation_network_default_dimensions():
+    net = DeformationNetwork(29, members=2)
+    assert net.h_dim == 64
+    assert net.view_dims == {"audio": 38 + 64, "content": 64 + 64, "style": 64 + 64, "emotion": 192}
+    assert net.decoder.in_dim == 48 + 64
+    out = net.eval()(**net_inputs(n=10))
+    assert out.h.shape == (10, 64) and out.fusion.mu.shape == (1, 10, 48)
+
+
+@pytest.mark.parametrize("b", [1, 2])
+def test_deformation_network_gradients_reach_every_parameter(b):
+    torch.manual_seed(0)
+    net = DeformationNetwork(29, extra_heads=("opacity", "color"), ensemble_switch=5, **SMALL).train()
+    out = net(**net_inputs(b=b), step=5)  # stage B
+    d = out.deltas
+    assert d.xyz.shape == (b, 40, 3) and d.rot.shape == (b, 40, 4) and d.scale.shape == (b, 40, 3)
+    assert d.opacity.shape == (b, 40, 1) and d.color.shape == (b, 40, 3)
+    assert num(d.xyz.abs().max()) < 1e-4  # ≈ 0 at initialisation
+    sum((v * torch.randn_like(v)).sum() for v in d.as_dict().values()).backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_deformation_network_stage_a_gradients():
+    torch.manual_seed(0)
+    net = DeformationNetwork(29, ensemble_switch=5, **SMALL).train()
+    out = net(**net_inputs(), step=0)
+    sum((v * torch.randn_like(v)).sum() for v in out.deltas.as_dict().values()).backward()
+    for name, blk in net.fusion.blocks.items():
+        k = out.fusion.estimates[name].member
+        for p in blk.ensemble.parameters():
+            mask = torch.zeros(p.shape[0], dtype=torch.bool)
+            mask[k] = True
+            assert p.grad[mask].abs().sum() > 0
+            assert torch.equal(p.grad[~mask], torch.zeros_like(p.grad[~mask]))
+    for name, p in net.named_parameters():
+        if ".ensemble." not in name:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("fusion", ["diagonal", "full_cov", "uniform", "concat"])
+def test_deformation_network_fusion_variants(fusion):
+    torch.manual_seed(0)
+    net = DeformationNetwork(29, fusion=fusion, single_head=(fusion == "concat"), **SMALL).eval()
+    out = net(**net_inputs(b=2))
+    assert out.deltas.xyz.shape == (2, 40, 3)
+    out.deltas.rot.sum().backward()
+
+
+def test_deformation_network_view_subsets():
+    torch.manual_seed(0)
+    inp = net_inputs()
+    # no prior, no emotion (TalkingGaussian-like audio only)
+    net = DeformationNetwork(29, views=("audio",), **SMALL).eval()
+    assert list(net.view_dims) == ["audio"]
+    assert net(inp["xyz"], audio=inp["audio"]).deltas.xyz.shape == (1, 40, 3)
+    # without emotion; extra inputs are ignored
+    net = DeformationNetwork(29, views=("audio", "content", "style"), **SMALL).eval()
+    assert net(**inp).deltas.scale.shape == (1, 40, 3)
+    # without audio (the audio view has no parameters then)
+    net = DeformationNetwork(29, views=("content", "emotion"), **SMALL).eval()
+    assert net.audio_view is None
+    assert net(inp["xyz"], content=inp["content"], emotion=inp["emotion"]).deltas.rot.shape == (1, 40, 4)
+    with pytest.raises(ValueError, match="emotion"):
+        net(inp["xyz"], content=inp["content"])
+    with pytest.raises(ValueError):
+        net(inp["xyz"], content=inp["content"], emotion=inp["emotion"][:, :10])
+    with pytest.raises(ValueError):
+        DeformationNetwork(29, views=("audio", "pose"))
+
+
+def test_mouth_deformation_is_xyz_only():
+    torch.manual_seed(0)
+    m = MouthDeformation(29, **SMALL).train()
+    assert m.view_dims == {"audio": 32 + 64, "content": 64 + 64}
+    inp = net_inputs(b=2)
+    out = m(inp["xyz"], audio=inp["audio"], content=inp["content"], step=20000,
+            style=inp["style"], emotion=inp["emotion"])
+    assert out.deltas.xyz.shape == (2, 40, 3)
+    assert out.deltas.rot is None and out.deltas.scale is None
+    (out.deltas.xyz * torch.randn_like(out.deltas.xyz)).sum().backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    with pytest.raises(ValueError):
+        MouthDeformation(29, views=("audio", "emotion"))
