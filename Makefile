@@ -29,7 +29,7 @@ test-fast: setup  ## run the test suite without the tests marked slow
 	$(PY) -m pytest -m "not slow"
 
 demo: setup  ## set up, then run the demo end to end and write a report with pictures to outputs/demo
-	$(PY) -m ua3dtalk.cli.render_demo --out outputs/demo
+	$(PY) -m ua3dtalk.cli.demo --out outputs/demo
 
 bench: setup  ## run the benchmarks (ratio tables, 2 threads)
 	$(PY) benchmarks/render.py

@@ -72,25 +72,43 @@ def resolve_emotion(model, emotion: str, intensity, blend):
     return torch.as_tensor(e)[None] if torch.as_tensor(e).dim() == 1 else e
 
 
+def predict_dataset(data_config: dict, audio, pose: str = "dataset", emotion: str = "audio", intensity=None):
+    """The inference frames: the training dataset's camera track (``pose=dataset``) or a pose file."""
+    from ..data import load_dataset
+    from ..data.datamodule import PredictDataset
+
+    if pose == "dataset":
+        root = data_config.get("root")
+        if not root or not Path(root).exists():
+            raise FileNotFoundError(f"pose=dataset: the training dataset {root!r} is not available; pass pose=FILE")
+        data = load_dataset(root)
+        cameras = getattr(data, "clips", [data])[0]
+        background = "bc"
+    else:
+        cameras, background = Path(pose), "white"
+    return PredictDataset(audio, features=data_config.get("feature") or "mel", cameras=cameras,
+                          emotion=emotion if emotion != "audio" else "audio",
+                          intensity=int(intensity) if intensity else None, background=background,
+                          extractor_model=data_config.get("extractor_model"),
+                          neighbours=int(data_config.get("neighbours") or 8))
+
+
 def infer(ckpt, audio, out, emotion="audio", intensity=None, blend=None, pose="dataset", backend="auto") -> dict:
     import torch
     from tqdm import tqdm
 
-    from ..data.datamodule import PredictDataset
     from ..utils.io import write_video
 
     model = load_model(ckpt, backend)
     e = resolve_emotion(model, emotion, intensity, blend)
-    dc = model.data_config
-    ds = PredictDataset.from_training_config(audio, dc, pose=pose, emotion=emotion,
-                                             intensity=int(intensity) if intensity else 0)
+    ds = predict_dataset(model.data_config, audio, pose, emotion, intensity)
     frames, t0 = [], time.perf_counter()
     with torch.no_grad():
         for i in tqdm(range(len(ds)), desc="ua3dtalk-infer", unit="frame"):
             img = model.render_predict(ds[i], emotion=e)[0]
             frames.append((img.permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype("uint8"))
     dt = time.perf_counter() - t0
-    write_video(out, frames, fps=25, audio_path=ds.wav_path)
+    write_video(out, frames, fps=25, audio_path=ds.audio_path)
     fps = len(frames) / max(dt, 1e-9)
     print(f"ua3dtalk-infer: wrote {out}: {len(frames)} frames at {fps:.1f} frames/s")
     return {"frames": len(frames), "fps": fps, "out": str(out)}
