@@ -71,7 +71,11 @@ def write_video(path, frames, fps: int = 25, audio_path=None) -> None:
         finally:
             w.close()
         if audio_path is not None:
-            with atomic_path(path, suffix=".mp4") as muxed:
+            muxed = tmp.with_name(tmp.stem + ".mux.mp4")
+            try:
                 subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(tmp), "-i",
                                 str(audio_path), "-c:v", "copy", "-c:a", "aac", "-shortest", str(muxed)], check=True)
                 os.replace(muxed, tmp)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(muxed)
