@@ -147,7 +147,9 @@ def run(cfg) -> dict:
         model.max_steps = steps
         dm.stage = stage
         n_opt = len(model._optimizers_for_stage())
-        loggers = [instantiate(v) for v in (cfg.get("logger") or {}).values()]
+        # one logger version per stage, so that stages never overwrite each other's logs
+        loggers = [instantiate(v, **({"version": stage} if "CSVLogger" in str(v.get("_target_")) else {}))
+                   for v in (cfg.get("logger") or {}).values()]
         for lg in loggers:
             if hasattr(lg, "log_hyperparams"):
                 lg.log_hyperparams({"stage": stage, "experiment": cfg.name})
