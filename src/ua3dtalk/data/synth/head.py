@@ -217,13 +217,19 @@ class ProceduralHead:
         lift = 0.008 * (e[EXPR["smile"]] - e[EXPR["frown"]])
         return self.mouth_y + 0.5 * opening, half_w, opening, lift
 
+    @staticmethod
+    def lip_gap(opening: float) -> float:
+        """Half the vertical gap between the lips: they part as soon as the jaw opens."""
+        return 0.5 * opening + 0.002 * min(opening / 0.004, 1.0)
+
     def _lip_points(self, e, u, upper):
         my, hw, op, lift = self.mouth_geometry(e)
         x = u * hw
         corner = np.abs(u) ** 2
         smirk = 0.006 * e[EXPR["smirk"]] * np.clip(u, 0, None) ** 2
         bow = 0.0035 * (1 - u**2)
-        y = np.where(upper, my - 0.5 * op - bow, my + 0.5 * op + bow) - lift * corner - smirk
+        gap = self.lip_gap(op)
+        y = np.where(upper, my - gap - bow, my + gap + bow) - lift * corner - smirk
         y = y - 0.003 * e[EXPR["cheek"]] * upper
         z = self._front_z(x, y) - 0.002 - 0.003 * (1 - u**2) - 0.004 * e[EXPR["lip_round"]]
         return np.stack([x, y, z], -1)
@@ -259,7 +265,7 @@ class ProceduralHead:
         # inside mouth: an ellipse between the lips, scaled by the opening; slightly behind the lips
         sel = p == PART["mouth"]
         uv = self._mouth_uv
-        ry = 0.5 * op + 0.0005
+        ry = self.lip_gap(op) + 0.0005
         x, y = uv[:, 0] * hw * 0.9, my + uv[:, 1] * ry
         m[sel] = np.stack([x, y, self._front_z(x, y)], -1)  # over the skin, under the lips
         s[sel, 1] = np.minimum(s[sel, 1], 0.25 * ry + 1e-5)
