@@ -285,3 +285,31 @@ def helpers():
     H.GRAD_NAMES = GRAD_NAMES
     H.Scene = Scene
     return H
+
+
+# --------------------------------------------------------------------------------------------------
+# Synthetic emotional dataset for the model tests (generated once per session)
+# --------------------------------------------------------------------------------------------------
+
+SMALL_EMOTIONS = ("neutral", "angry", "happy", "sad")
+"""Emotions of :func:`synth_emotional_small` (× intensities 1, 2, 3 = 12 clips of 30 frames of 64²)."""
+
+
+@pytest.fixture(scope="session")
+def synth_emotional_small(tmp_path_factory):
+    """A reduced `tiny` emotional subject (seed 0): :data:`SMALL_EMOTIONS` × intensities 1–3 with cached
+    log-mel features; the subject directory (``…/synth0``). Read-only: copy it before modifying anything.
+
+    Generated on one torch thread (restored afterwards): the tiny renders are much faster than with
+    contended intra-op threads on a loaded machine."""
+    from ua3dtalk.data.synth.generate import cache_features, generate_emotional
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        subject = generate_emotional(tmp_path_factory.mktemp("synth_emotional_small"), "tiny", seed=0,
+                                     backend="cpu", progress=False, emotions=SMALL_EMOTIONS, intensities=(1, 2, 3))
+        cache_features(subject, ["mel"])
+    finally:
+        torch.set_num_threads(n)
+    return subject

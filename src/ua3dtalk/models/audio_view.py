@@ -18,7 +18,7 @@ Batch convention: ``B`` frames are processed at once. Training usually renders o
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -140,12 +140,13 @@ class RegionAttention(nn.Module):
             return torch.softmax(a, dim=-1)
         return a
 
-    def forward(self, feat: Tensor, h: Tensor) -> Tensor:
+    def forward(self, feat: Tensor, h: Tensor, gate: Optional[Tensor] = None) -> Tensor:
         """Attend a frame-level feature per Gaussian.
 
         Args:
             feat: ``[B, feat_dim]`` (one vector per frame).
             h: ``[N, h_dim]`` (shared by the batch) or ``[B, N, h_dim]``.
+            gate: ``gate(h)`` if already computed (e.g. cached while the Gaussians do not move).
         Returns:
             ``[B, N, feat_dim]`` = ``feat[:, None, :] * gate(h)``.
         """
@@ -154,7 +155,9 @@ class RegionAttention(nn.Module):
         if h.dim() not in (2, 3):
             raise ValueError(f"RegionAttention expects H [N, {self.h_dim}] or [B, N, {self.h_dim}], got "
                              f"{list(h.shape)}")
-        g = self.gate(h)
+        if gate is not None and gate.shape != (*h.shape[:-1], self.feat_dim):
+            raise ValueError(f"RegionAttention: gate must be {[*h.shape[:-1], self.feat_dim]}, got {list(gate.shape)}")
+        g = self.gate(h) if gate is None else gate
         if g.dim() == 2:
             g = g.unsqueeze(0)
         out = feat.unsqueeze(1) * g
@@ -249,7 +252,18 @@ class AudioView(nn.Module):
             return blink.expand(batch, self.eye_dim)
         return self.eye_proj(blink)
 
-    def forward(self, audio_windows: Tensor, blink: Optional[Tensor], h: Tensor) -> Tensor:
+    def gates(self, h: Tensor) -> tuple[Tensor, ...]:
+        """Region-attention gates of ``H``: ``(audio gate [..., audio_dim][, eye gate [..., eye_dim]])``.
+        They depend on ``H`` only, so they can be computed once while the Gaussians do not move and
+        passed to :meth:`forward` (inference cache of the deformation network)."""
+        g = [self.audio_att.gate(h)]
+        if self.eye_dim > 0:
+            assert self.eye_att is not None
+            g.append(self.eye_att.gate(h))
+        return tuple(g)
+
+    def forward(self, audio_windows: Tensor, blink: Optional[Tensor], h: Tensor,
+                gates: Optional[Sequence[Tensor]] = None) -> Tensor:
         """Per-Gaussian audio view.
 
         Args:
@@ -257,6 +271,7 @@ class AudioView(nn.Module):
                 or ``[B, window, C]`` (``FrameBatch.audio``; no temporal attention).
             blink: ``[B, blink_dim]`` (``[B]`` accepted when ``blink_dim = 1``) or ``None`` (zeros).
             h: position encoding ``[N, h_dim]`` (or ``[B, N, h_dim]``).
+            gates: :meth:`gates` of ``h`` if already computed (same result, skips the gate MLPs).
         Returns:
             ``[B, N, audio_dim + eye_dim]``.
         """
@@ -264,10 +279,13 @@ class AudioView(nn.Module):
         b = a.shape[0]
         if h.dim() == 3 and h.shape[0] != b:
             raise ValueError(f"AudioView: H batch {h.shape[0]} != audio batch {b}")
-        parts = [self.audio_att(a, h)]
+        if gates is not None and len(gates) != (2 if self.eye_dim > 0 else 1):
+            raise ValueError(f"AudioView: expected {2 if self.eye_dim > 0 else 1} gates, got {len(gates)}")
+        g = tuple(gates) if gates is not None else (None, None)
+        parts = [self.audio_att(a, h, g[0])]
         if self.eye_dim > 0:
             assert self.eye_att is not None
-            parts.append(self.eye_att(self.encode_eye(blink, b, a), h))
+            parts.append(self.eye_att(self.encode_eye(blink, b, a), h, g[1]))
         out = torch.cat(parts, dim=-1)
         assert out.shape == (b, h.shape[-2], self.out_dim), out.shape
         return out

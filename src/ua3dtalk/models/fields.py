@@ -50,6 +50,51 @@ def _as_vec3(v: Sequence[float] | Tensor, name: str) -> Tensor:
     return t
 
 
+class _PlaneSample(torch.autograd.Function):
+    """``F.grid_sample(planes, grid, bilinear, border, align_corners=True)`` for a sampling grid that
+    needs no gradient, with a faster backward to the planes: the bilinear weights are recomputed and
+    the output gradient is scattered row by row (``scatter_add_`` into each ``[H·W]`` channel plane, a
+    cache-resident row) instead of ``grid_sampler_2d_backward``'s point-major scatter across all channels
+    (~2× faster for 64-channel 256² planes)."""
+
+    @staticmethod
+    def forward(ctx, planes: Tensor, grid: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(grid)
+        ctx.plane_shape = planes.shape
+        return F.grid_sample(planes, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (grid,) = ctx.saved_tensors
+        p, c, h, w = ctx.plane_shape
+        n = grid.shape[2]
+        # unnormalise (align_corners=True) and clip (border), as grid_sample
+        x = ((grid[:, 0, :, 0] + 1) / 2 * (w - 1)).clamp_(0, w - 1)  # [P, N]
+        y = ((grid[:, 0, :, 1] + 1) / 2 * (h - 1)).clamp_(0, h - 1)
+        x0, y0 = x.floor(), y.floor()
+        fx, fy = x - x0, y - y0
+        gx, gy = 1 - fx, 1 - fy
+        x0i, y0i = x0.long(), y0.long()
+        x1i, y1i = (x0i + 1).clamp_(max=w - 1), (y0i + 1).clamp_(max=h - 1)  # weight 0 where clamped
+        # corner-major layout [P, 4, N] (nw, ne, sw, se): the products below run over contiguous N
+        idx = torch.stack([y0i * w + x0i, y0i * w + x1i, y1i * w + x0i, y1i * w + x1i], dim=1)
+        wts = torch.stack([gx * gy, fx * gy, gx * fy, fx * fy], dim=1).to(grad.dtype)
+        src = (grad.reshape(p, c, 1, n) * wts.unsqueeze(1)).reshape(p, c, 4 * n)
+        out = grad.new_zeros(p, c, h * w)
+        out.scatter_add_(2, idx.reshape(p, 1, 4 * n).expand(p, c, 4 * n), src)
+        return out.view(p, c, h, w), None
+
+
+def sample_planes(planes: Tensor, grid: Tensor) -> Tensor:
+    """Bilinear samples ``[P, C, 1, N]`` of ``planes [P, C, H, W]`` at ``grid [P, 1, N, 2]`` (``x, y`` in
+    ``[-1, 1]``; ``padding_mode="border"``, ``align_corners=True``) — ``F.grid_sample``, with the
+    faster backward of :class:`_PlaneSample` when only the planes need a gradient."""
+    if grid.requires_grad or not (planes.requires_grad and torch.is_grad_enabled()):
+        return F.grid_sample(planes, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return _PlaneSample.apply(planes, grid)
+
+
 class PlaneField(nn.Module):
     """Multi-resolution tri-plane feature grid (see the module docstring for the encoding).
 
@@ -155,12 +200,14 @@ class PlaneField(nn.Module):
         p = self.normalize(xyz.to(self.grids[0].dtype)).reshape(-1, 3)  # [N,3]
         n = p.shape[0]
         # [P, 1, N, 2] sampling grid: plane k samples the point's (u, v) = coordinates _axes[k]
-        grid = p[:, self._axes].permute(1, 0, 2).unsqueeze(1)  # [P,1,N,2]
+        grid = p[:, self._axes].permute(1, 0, 2).unsqueeze(1).contiguous()  # [P,1,N,2]
         out = []
         for g in self.grids:
-            s = F.grid_sample(g, grid, mode="bilinear", padding_mode="border",
-                              align_corners=True)  # [P, C, 1, N]
-            feat = s.prod(dim=0).squeeze(1).transpose(0, 1)  # [N, C]
+            s = sample_planes(g, grid)  # [P, C, 1, N]
+            prod = s[0]
+            for k in range(1, s.shape[0]):  # = s.prod(0), with a cheaper backward
+                prod = prod * s[k]
+            feat = prod.squeeze(1).transpose(0, 1)  # [N, C]
             assert feat.shape == (n, self.channels)
             out.append(feat.reshape(*lead, self.channels))
         return out
@@ -206,4 +253,4 @@ class PositionField(PlaneField):
         super().__init__(bounds_min, bounds_max, resolution, scales, channels, planes, init_std, init_mean)
 
 
-__all__ = ["PlaneField", "PositionField"]
+__all__ = ["PlaneField", "PositionField", "sample_planes"]

@@ -30,6 +30,7 @@ Bad input: a non-finite loss stops training with the step and the offending tens
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -75,10 +76,27 @@ class BranchRender:
     fusion: object  # FusionOutput
 
 
+@contextmanager
+def _eval_mode(*modules: Optional[nn.Module]):
+    """Run frozen modules in eval mode (no BatchNorm statistics updates, no dropout: the conditioning
+    a render stage trains with is the one inference sees); every submodule's mode is restored."""
+    saved = [(m, m.training) for mod in modules if mod is not None for m in mod.modules()]
+    for m, _ in saved:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m, mode in saved:
+            m.training = mode
+
+
 def _check_finite(name: str, t: torch.Tensor, step: int) -> None:
-    if not bool(torch.isfinite(t.detach()).all()):
-        raise NonFiniteLossError(f"step {step}: `{name}` is not finite ({t.detach().flatten()[:4].tolist()}); "
-                                 "training stopped before the optimizer step, the last checkpoint is intact")
+    finite = torch.isfinite(t.detach())
+    if not bool(finite.all()):
+        bad = t.detach()[~finite]
+        raise NonFiniteLossError(f"step {step}: `{name}` is not finite ({bad.numel()} of {t.numel()} values, e.g. "
+                                 f"{bad.flatten()[:4].tolist()}); training stopped before the optimizer step, "
+                                 "the last checkpoint is intact")
 
 
 class UA3DTalk(L.LightningModule):
@@ -213,7 +231,7 @@ class UA3DTalk(L.LightningModule):
         if context is None:
             context = batch.audio[:, 8:10].mean(1, keepdim=True).expand(-1, 50, -1)  # degenerate: no context
         content = style = e = None
-        with torch.no_grad():
+        with torch.no_grad(), _eval_mode(self.prior, self.emotion):
             if self.prior is not None:
                 p = self.prior(batch.audio, context)
                 content, style = p.content, p.style
@@ -330,6 +348,10 @@ class UA3DTalk(L.LightningModule):
 
     def _step_render(self, batch, opts, step):
         H, W = batch.image.shape[-2:]
+        # a non-finite trained parameter stops here, named, not in the renderer
+        trained = self._trained_parameters()
+        for pname, p in trained:
+            _check_finite(pname, p, step)
         cond = self.conditioning(batch)
         self.face.set_active_sh_degree(step // max(self.sh_increase_every, 1))
         self.mouth.set_active_sh_degree(step // max(self.sh_increase_every, 1))
@@ -380,11 +402,22 @@ class UA3DTalk(L.LightningModule):
         for _, r in renders:
             r.out.means2d.retain_grad() if r.out.means2d.requires_grad else None
         self.manual_backward(total)
+        for pname, p in trained:  # a finite loss can still have a non-finite gradient: never step with it
+            if p.grad is not None:
+                _check_finite(f"gradient of {pname}", p.grad, step)
+        by_branch: dict[str, list] = {}
         for name, r in renders:
+            by_branch.setdefault(name, []).append(r)
+        for name, rs in by_branch.items():
             g, dc, opt = ((self.face, self.face_density, self._opt("face_g", opts)) if name == "face"
                           else (self.mouth, self.mouth_density, self._opt("mouth_g", opts)))
             if dc is not None and opt is not None:
-                info = dc.after_backward(g, opt.optimizer if hasattr(opt, "optimizer") else opt, r.out, step, W, H)
+                # statistics of every frame of the batch first, then (at most) one densification: the
+                # Gaussian set must not change between the frames' statistics
+                for r in rs[:-1]:
+                    dc.accumulate(g, r.out, W, H)
+                info = dc.after_backward(g, opt.optimizer if hasattr(opt, "optimizer") else opt, rs[-1].out, step,
+                                         W, H)
                 for k, v in info.items():
                     logs[f"train/density_{name}/{k}"] = float(v)
         for o in opts:
@@ -400,6 +433,12 @@ class UA3DTalk(L.LightningModule):
         self.log_dict(logs, prog_bar=False, batch_size=batch.image.shape[0])
         self.log("loss", total.detach(), prog_bar=True, logger=False, batch_size=batch.image.shape[0])
         return total.detach()
+
+    def _trained_parameters(self) -> list[tuple[str, torch.Tensor]]:
+        """(qualified name, parameter) of the current stage's trainable modules."""
+        trained = {id(m) for m in stage_trainable_modules(self)}
+        return [(f"{mname}.{pname}", p) for mname, mod in self.named_children() if id(mod) in trained
+                for pname, p in mod.named_parameters()]
 
     def _opt(self, name, opts):
         names = getattr(self, "_opt_names", self._optimizers_for_stage())

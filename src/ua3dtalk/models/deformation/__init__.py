@@ -2,8 +2,8 @@
 
 Public API:
 
-* :class:`EnsembleMLP`, :class:`UncertaintyBlock`, :class:`ViewEstimate` — per-view batched ensembles
-  with aleatoric/epistemic variance (``ensemble.py``);
+* :class:`EnsembleMLP`, :class:`UncertaintyBlock`, :class:`ViewEstimate`, :class:`ViewInput` — per-view
+  batched ensembles with aleatoric/epistemic variance; decomposed view inputs (``ensemble.py``);
 * :func:`diagonal_fusion`, :func:`full_cov_fusion`, :func:`spd_inverse`, :func:`uniform_fusion`,
   :func:`ensemble_covariance`, :class:`UncertaintyFusion`, :class:`FusionOutput` (``fusion.py``);
 * :class:`MultiHeadDecoder`, :class:`Deltas` (``decoder.py``);
@@ -11,7 +11,15 @@ Public API:
   (``network.py``).
 """
 from .decoder import HEAD_DIMS, Deltas, MultiHeadDecoder
-from .ensemble import UNCERTAINTY_MODES, EnsembleMLP, UncertaintyBlock, ViewEstimate, bound_logvar
+from .ensemble import (
+    COMPUTE_DTYPES,
+    UNCERTAINTY_MODES,
+    EnsembleMLP,
+    UncertaintyBlock,
+    ViewEstimate,
+    ViewInput,
+    bound_logvar,
+)
 from .fusion import (
     FUSION_MODES,
     FusionOutput,
@@ -25,7 +33,8 @@ from .fusion import (
 from .network import VIEW_NAMES, DeformationNetwork, DeformationOutput, MouthDeformation
 
 __all__ = [
-    "EnsembleMLP", "UncertaintyBlock", "ViewEstimate", "bound_logvar", "UNCERTAINTY_MODES",
+    "EnsembleMLP", "UncertaintyBlock", "ViewEstimate", "ViewInput", "bound_logvar", "UNCERTAINTY_MODES",
+    "COMPUTE_DTYPES",
     "diagonal_fusion", "full_cov_fusion", "spd_inverse", "uniform_fusion", "ensemble_covariance", "FusionOutput",
     "UncertaintyFusion", "FUSION_MODES",
     "MultiHeadDecoder", "Deltas", "HEAD_DIMS",

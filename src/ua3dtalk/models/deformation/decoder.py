@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 Tensor = torch.Tensor
@@ -88,30 +89,67 @@ class MultiHeadDecoder(nn.Module):
                 lin.weight.normal_(0.0, init_std)
                 lin.bias.zero_()
 
-    def forward(self, code: Tensor, h: Optional[Tensor] = None) -> Deltas:
-        """``code [B, N, d_code]`` and ``h [N, d_h]`` / ``[B, N, d_h]`` (concatenated to the code; ``None``
-        → the code alone must have ``in_dim`` features) → :class:`Deltas` with ``[B, N, k]`` fields."""
-        x = code
-        if h is not None:
-            if h.dim() == code.dim() - 1:
-                h = h.unsqueeze(0).expand(*code.shape[:-2], *h.shape)
-            if h.shape[:-1] != code.shape[:-1]:
-                raise ValueError(f"MultiHeadDecoder: H {list(h.shape)} does not match the code {list(code.shape)}")
-            x = torch.cat([code, h], dim=-1)
-        if x.shape[-1] != self.in_dim:
-            raise ValueError(f"MultiHeadDecoder expects {self.in_dim} input features ([μ_f, H]), got "
-                             f"{x.shape[-1]}")
-        z = self.trunk(x)
+    def _out_layer(self) -> tuple[Tensor, Tensor]:
+        """All output layers as one ``(weight [Σk, hidden], bias [Σk])`` in head order."""
         if self.single:
             assert self.out is not None
-            parts = torch.split(self.out(z), [HEAD_DIMS[n] for n in self.head_names], dim=-1)
-            outs = dict(zip(self.head_names, parts))
+            return self.out.weight, self.out.bias
+        lins = [self.heads[n] for n in self.head_names]
+        if len(lins) == 1:
+            return lins[0].weight, lins[0].bias
+        return torch.cat([lin.weight for lin in lins]), torch.cat([lin.bias for lin in lins])
+
+    def h_pre(self, h: Tensor, code_dim: Optional[int] = None) -> Tensor:
+        """The code-independent part of the trunk's pre-activation, ``H·W_Hᵀ + b`` ``[..., hidden]``
+        (``W = [W_code, W_H]``; constant while the Gaussians do not move — inference cache)."""
+        lin = self.trunk[0]
+        dc = self.in_dim - h.shape[-1] if code_dim is None else code_dim
+        return F.linear(h, lin.weight[:, dc:], lin.bias)
+
+    def forward(self, code: Tensor, h: Optional[Tensor] = None, h_pre: Optional[Tensor] = None) -> Deltas:
+        """``code [B, N, d_code]`` and ``h [N, d_h]`` / ``[B, N, d_h]`` (concatenated to the code; ``None``
+        → the code alone must have ``in_dim`` features) → :class:`Deltas` with ``[B, N, k]`` fields.
+
+        The trunk's first layer is evaluated by parts, ``[code, H]·Wᵀ = code·W_codeᵀ + H·W_Hᵀ``, without
+        materialising the concatenation; ``h_pre`` (``[N, hidden]``, :meth:`h_pre` of the same ``h``) may
+        be given precomputed. All heads are one matmul (weights concatenated), split afterwards."""
+        lead = code.shape[:-1]
+        lin = self.trunk[0]
+        if h is None:
+            if code.shape[-1] != self.in_dim:
+                raise ValueError(f"MultiHeadDecoder expects {self.in_dim} input features ([μ_f, H]), got "
+                                 f"{code.shape[-1]}")
+            pre = lin(code)
         else:
-            outs = {n: self.heads[n](z) for n in self.head_names}
+            shared = h.dim() == 2 and code.dim() >= 3  # H [N, d_h] shared by the leading (batch) dims
+            if (shared and h.shape[0] != code.shape[-2]) or (not shared and h.shape[:-1] != code.shape[:-1]):
+                raise ValueError(f"MultiHeadDecoder: H {list(h.shape)} does not match the code {list(code.shape)}")
+            dc = code.shape[-1]
+            if dc + h.shape[-1] != self.in_dim:
+                raise ValueError(f"MultiHeadDecoder expects {self.in_dim} input features ([μ_f, H]), got "
+                                 f"{dc + h.shape[-1]}")
+            wc = lin.weight[:, :dc]
+            if shared:
+                n = h.shape[0]
+                hp = self.h_pre(h, dc) if h_pre is None else h_pre  # [N, hidden]
+                if hp.shape != (n, self.hidden):
+                    raise ValueError(f"MultiHeadDecoder: h_pre must be [{n}, {self.hidden}], got {list(hp.shape)}")
+                cf = code.reshape(-1, n, dc)
+                if cf.shape[0] == 1:
+                    pre = torch.addmm(hp, cf[0], wc.t()).unsqueeze(0)
+                else:
+                    pre = torch.baddbmm(hp.unsqueeze(0), cf, wc.t().unsqueeze(0).expand(cf.shape[0], -1, -1))
+                pre = pre.reshape(*lead, self.hidden)
+            else:
+                pre = F.linear(code, wc) + self.h_pre(h, dc)
+        z = torch.relu(pre)
+        w, b = self._out_layer()
+        parts = torch.split(F.linear(z, w, b), [HEAD_DIMS[n] for n in self.head_names], dim=-1)
+        outs = dict(zip(self.head_names, parts))
         if "xyz" in outs:
             outs["xyz"] = outs["xyz"] * self.xyz_scale
         for n, t in outs.items():
-            assert t.shape == (*x.shape[:-1], HEAD_DIMS[n]), (n, t.shape)
+            assert t.shape == (*lead, HEAD_DIMS[n]), (n, t.shape)
         return Deltas(**outs)
 
 

@@ -17,19 +17,39 @@ Log-variance range ★: the raw log-variance output ``r`` is squashed into ``(lo
 (default ``(-10, 4)``, i.e. σ² ∈ (4.5e-5, 55)) by ``lv = c + h·tanh((r − c)/h)`` with centre
 ``c = (min+max)/2`` and half-width ``h = (max−min)/2`` (:func:`bound_logvar`): slope 1 at the centre,
 smooth, strictly bounded. It keeps a gradient inside the range (unlike a hard clamp), costs one
-``tanh`` (a PETS-style double softplus costs ~4× more on CPU at 10k Gaussians × 10 members), and it
-bounds the precision ratio between views, so one view can never take all of the fusion weight
-because its variance underflowed.
+sigmoid (evaluated as the identical ``min + (max−min)·sigmoid(2(r − c)/h)``, since ``tanh(u) =
+2·sigmoid(2u) − 1`` and PyTorch's CPU sigmoid is ~6× faster than its tanh; a PETS-style double softplus
+costs ~4× more), and it bounds the precision ratio between views, so one view can never take all of
+the fusion weight because its variance underflowed.
 
 Note for optimisers: in stage A the unused members' gradients are exactly zero (the parameters are
 shared tensors, so their ``.grad`` is not ``None``). Adam's momentum therefore still moves a member
 for a few steps after it was last chosen; this is the standard behaviour of batched ensembles.
+
+Fast paths (same mathematics as the plain formulas above, equal to float tolerance; tested in
+``tests/models/test_deformation_fast.py``):
+
+* **Decomposed first layer** (:class:`ViewInput`): a view that concatenates a per-frame feature with
+  per-Gaussian features, e.g. ``[f ⟶ N, H]``, is passed as its segments. With ``W1 = [W_f; W_H]``,
+  ``x·W1 = f·W_f + H·W_H``: the frame part is one row per frame (added as the GEMM bias) instead of
+  a broadcast ``[B, N, d_f]`` block and its ``N·d_f·T·hidden`` multiply-adds; the part of the
+  Gaussian-only segments, ``b1 + H·W_H``, can be passed precomputed (``ViewInput.pre``, the
+  inference cache of :class:`~ua3dtalk.models.deformation.network.DeformationNetwork`).
+* **Fused member statistics** (:meth:`EnsembleMLP.stats`): stage B only needs ``(μ̄, mean σ², var μ)``
+  — the second layer and the statistics are computed in blocks of ``chunk_rows`` Gaussians (cache
+  resident, no ``[T, N, 2·out]`` tensor), with a hand-written backward (``∂μ_t = ḡ_μ/T +
+  2ḡ_ep(μ_t−μ̄)/T``, ``∂r_t = ḡ_al/T · σ_t²(1−tanh²)``) instead of autograd through ~12 elementwise
+  ops. The members' μ (``ViewEstimate.members_mu``) are only materialised when asked for
+  (``need_members=True``, the default of :meth:`UncertaintyBlock.forward`; ``fusion=full_cov``).
+* **Mixed precision** (``compute_dtype="bfloat16"``, optional; default ``"float32"`` = the
+  parameters' dtype, exact): the two ensemble matmuls run in bfloat16 (~3× faster on CPUs with
+  AVX512-BF16/AMX), the statistics, outputs and gradients of the parameters are float32.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -37,13 +57,322 @@ from torch import nn
 Tensor = torch.Tensor
 
 UNCERTAINTY_MODES = ("both", "aleatoric", "epistemic")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+SEGMENT_KINDS = ("frame", "shared", "full")
+
+#: Gaussians per block of the fused statistics (the [T, rows, 2·out] block stays in the CPU caches).
+CHUNK_ROWS = 512
 
 
 def bound_logvar(x: Tensor, lo: float, hi: float) -> Tensor:
     """Smoothly squash ``x`` into ``(lo, hi)``: ``c + h·tanh((x − c)/h)``, ``c = (lo+hi)/2``,
-    ``h = (hi−lo)/2`` (identity-like with slope 1 around the centre of the range)."""
+    ``h = (hi−lo)/2`` (identity-like with slope 1 around the centre of the range).
+
+    Evaluated as ``lo + (hi − lo)·sigmoid((x − c)·2/h)`` — the same function (``tanh(u) = 2σ(2u) − 1``),
+    ~6× cheaper on CPU."""
     c, h = 0.5 * (lo + hi), 0.5 * (hi - lo)
-    return torch.tanh((x - c) * (1.0 / h)) * h + c
+    return torch.sigmoid((x - c) * (2.0 / h)) * (hi - lo) + lo
+
+
+def _compute_dtype(name: str) -> Optional[torch.dtype]:
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {name!r}")
+    return torch.bfloat16 if name == "bfloat16" else None
+
+
+# --------------------------------------------------------------------------------------------------
+# decomposed view input
+# --------------------------------------------------------------------------------------------------
+
+
+class ViewInput:
+    """A view ``x = concat(segments) [B, N, d]`` given by its segments, without materialising the
+    broadcasts (see the module docstring, "Decomposed first layer").
+
+    Args:
+        segments: ``(kind, tensor)`` pairs in feature order; ``kind`` is ``"frame"`` (``[B, d_i]``, the
+            same for every Gaussian), ``"shared"`` (``[N, d_i]``, the same for every frame, e.g. ``H``)
+            or ``"full"`` (``[B, N, d_i]``).
+        pre: optional ``[N, T·hidden]`` precomputed ``b1 + Σ_shared seg·W1_seg`` of the ensemble that
+            evaluates this view (members concatenated as :meth:`EnsembleMLP.w1_rows`), in the
+            ensemble's compute dtype; the caller guarantees it matches the current weights.
+        batch: ``B`` when no segment carries it (only ``shared`` segments); default 1.
+    """
+
+    def __init__(self, segments: Sequence[tuple[str, Tensor]], pre: Optional[Tensor] = None,
+                 batch: Optional[int] = None) -> None:
+        segs = tuple((str(k), t) for k, t in segments)
+        if not segs:
+            raise ValueError("ViewInput: at least one segment is required")
+        b, n = None, None
+        for k, t in segs:
+            if k not in SEGMENT_KINDS:
+                raise ValueError(f"ViewInput: segment kind must be one of {SEGMENT_KINDS}, got {k!r}")
+            want = {"frame": 2, "shared": 2, "full": 3}[k]
+            if t.dim() != want:
+                raise ValueError(f"ViewInput: a {k!r} segment must have {want} dims, got {list(t.shape)}")
+            tb = t.shape[0] if k in ("frame", "full") else None
+            tn = t.shape[-2] if k in ("shared", "full") else None
+            if tb is not None:
+                if b is not None and tb != b:
+                    raise ValueError(f"ViewInput: segments disagree on the batch size ({b} vs {tb})")
+                b = tb
+            if tn is not None:
+                if n is not None and tn != n:
+                    raise ValueError(f"ViewInput: segments disagree on the number of Gaussians ({n} vs {tn})")
+                n = tn
+        if n is None:
+            raise ValueError("ViewInput: at least one 'shared' or 'full' segment is required")
+        if b is None:
+            b = 1 if batch is None else int(batch)
+        elif batch is not None and int(batch) != b:
+            raise ValueError(f"ViewInput: batch={batch} but the segments have batch {b}")
+        if pre is not None and (pre.dim() != 2 or pre.shape[0] != n):
+            raise ValueError(f"ViewInput: pre must be [N={n}, T·hidden], got {list(pre.shape)}")
+        self.segments, self.pre, self.batch, self.n = segs, pre, b, n
+        self.dim_features = sum(t.shape[-1] for _, t in segs)
+
+    @property
+    def shape(self) -> torch.Size:
+        """``[B, N, d]`` of the (virtual) concatenated view."""
+        return torch.Size((self.batch, self.n, self.dim_features))
+
+    def dim(self) -> int:
+        return 3
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.segments[0][1].dtype
+
+    def materialize(self) -> Tensor:
+        """The concatenated view ``[B, N, d]`` (reference / ``fusion=concat``)."""
+        b, n = self.batch, self.n
+        parts = []
+        for k, t in self.segments:
+            if k == "frame":
+                parts.append(t.unsqueeze(1).expand(-1, n, -1))
+            elif k == "shared":
+                parts.append(t.unsqueeze(0).expand(b, -1, -1))
+            else:
+                parts.append(t)
+        return parts[0] if len(parts) == 1 and self.segments[0][0] == "full" else torch.cat(parts, dim=-1)
+
+    def __repr__(self) -> str:
+        segs = ", ".join(f"{k}{list(t.shape)}" for k, t in self.segments)
+        return f"ViewInput([{segs}], pre={None if self.pre is None else list(self.pre.shape)})"
+
+
+ViewLike = Union[Tensor, ViewInput]
+
+
+# --------------------------------------------------------------------------------------------------
+# fused stage-B statistics
+# --------------------------------------------------------------------------------------------------
+
+
+def _stats_block(z: Tensor, w2: Tensor, b2: Tensor, members: int, out_dim: int, c: float, hw: float,
+                 mu_out: Tensor, al_out: Tensor, ep_out: Tensor, keep: bool, owned: bool = False) -> Optional[Tensor]:
+    """Second layer + member statistics of one block of rows.
+
+    ``z [n, T·hidden]`` pre-activations (compute dtype), ``w2``/``b2`` in the compute dtype / float;
+    writes ``μ̄``, mean ``σ²`` and the population variance of ``μ`` into ``mu_out``, ``al_out``,
+    ``ep_out`` ``[n, D]``. With ``keep``, returns ``[T, n, 2D]`` = ``(μ_t − μ̄, σ_t²·∂lv_t/∂r_t)``,
+    the local derivatives the backward needs; otherwise ``None``. ``owned``: ``z`` is a temporary
+    that may be overwritten."""
+    n = z.shape[0]
+    d = out_dim
+    h = (z.clamp_min_(0) if owned else torch.relu(z)).view(n, members, -1).transpose(0, 1)  # [T, n, hidden]
+    if h.dtype == w2.dtype and h.dtype == b2.dtype:
+        out = torch.baddbmm(b2.unsqueeze(1), h, w2)  # [T, n, 2D]
+    else:  # bfloat16 matmul, float32 statistics
+        out = torch.bmm(h, w2).to(b2.dtype).add_(b2.unsqueeze(1))
+    mus, r = out[..., :d], out[..., d:]
+    torch.mean(mus, dim=0, out=mu_out)
+    dev = mus.sub_(mu_out)  # μ_t − μ̄ (in place)
+    torch.mean(dev.square(), dim=0, out=ep_out)
+    t = r.sub_(c).mul_(2.0 / hw).sigmoid_()  # lv = lo + (hi−lo)·t = c + h·tanh((r − c)/h), as bound_logvar
+    s = t.mul(2.0 * hw).add_(c - hw).exp_()  # σ_t²
+    torch.mean(s, dim=0, out=al_out)
+    if not keep:
+        return None
+    t.mul_(torch.sub(1.0, t)).mul_(s).mul_(4.0)  # σ_t² · ∂lv/∂r, ∂lv/∂r = 1 − tanh² = 4t(1 − t) (t is r)
+    return out
+
+
+def _grad_out(jac: Tensor, g_mu: Optional[Tensor], g_al: Optional[Tensor], g_ep: Optional[Tensor], members: int,
+              d: int) -> Tensor:
+    """Gradient ``[T, n, 2D]`` of the second layer's output of one block (rows of ``g_*`` already
+    sliced): ``∂μ_t = ḡ_μ/T + 2ḡ_ep(μ_t − μ̄)/T``, ``∂r_t = ḡ_al/T · σ_t²·∂lv_t/∂r_t`` (``jac`` from
+    :func:`_stats_block`; the term of ``ḡ_ep`` through ``μ̄`` is ``Σ_t (μ_t − μ̄) = 0``)."""
+    inv_t = 1.0 / members
+    g = jac.new_empty(jac.shape)
+    gm, gs = g[..., :d], g[..., d:]
+    if g_ep is not None:
+        torch.mul(jac[..., :d], g_ep * (2.0 * inv_t), out=gm)
+        if g_mu is not None:
+            gm.add_(g_mu, alpha=inv_t)
+    elif g_mu is not None:
+        gm.copy_((g_mu * inv_t).expand_as(gm))
+    else:
+        gm.zero_()
+    if g_al is not None:
+        torch.mul(jac[..., d:], g_al * inv_t, out=gs)
+    else:
+        gs.zero_()
+    return g
+
+
+def _accumulate(dst: Tensor, a: Tensor, b: Tensor) -> None:
+    """``dst += a @ b`` (batched for 3-d), accumulated in ``dst``'s dtype."""
+    if a.dtype == dst.dtype:
+        (dst.baddbmm_ if dst.dim() == 3 else dst.addmm_)(a, b)
+    else:
+        dst.add_((torch.bmm if dst.dim() == 3 else torch.mm)(a, b).to(dst.dtype))
+
+
+class _EnsembleStats(torch.autograd.Function):
+    """``z [M, T·hidden]`` → ``(μ̄, mean σ², var μ)`` each ``[M, D]`` with a blocked forward and the
+    analytic backward (see the module docstring). Used when the pre-activations are given (e.g. a
+    precomputed ``ViewInput.pre`` with autograd on); :class:`_EnsembleViewStats` otherwise."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, w2: Tensor, b2: Tensor, members: int, out_dim: int, lo: float, hi: float,
+                chunk: int):  # type: ignore[override]
+        c, hw = 0.5 * (lo + hi), 0.5 * (hi - lo)
+        m = z.shape[0]
+        w2c = w2.to(z.dtype)
+        mu = z.new_empty((m, out_dim), dtype=b2.dtype)
+        al, ep = torch.empty_like(mu), torch.empty_like(mu)
+        keep = any(ctx.needs_input_grad[:3])
+        saved = []
+        for a in range(0, m, chunk):
+            e = min(a + chunk, m)
+            saved.append(_stats_block(z[a:e], w2c, b2, members, out_dim, c, hw, mu[a:e], al[a:e], ep[a:e], keep))
+        ctx.set_materialize_grads(False)
+        if keep:
+            ctx.save_for_backward(z, w2, b2)
+            ctx.blocks = saved
+            ctx.meta = (members, out_dim, chunk)
+        return mu, al, ep
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_mu, g_al, g_ep):  # type: ignore[override]
+        z, w2, b2 = ctx.saved_tensors
+        members, d, chunk = ctx.meta
+        m, hid, cdt = z.shape[0], w2.shape[1], z.dtype
+        w2c_t = w2.to(cdt).transpose(1, 2)  # [T, 2D, hidden]
+        need_z, need_w2, need_b2 = ctx.needs_input_grad[:3]
+        dz = torch.empty_like(z) if need_z else None
+        dw2 = torch.zeros_like(w2) if need_w2 else None
+        db2 = torch.zeros_like(b2) if need_b2 else None
+        sl = lambda t, a, e: None if t is None else t[a:e]  # noqa: E731
+        for i, a in enumerate(range(0, m, chunk)):
+            e = min(a + chunk, m)
+            n = e - a
+            g = _grad_out(ctx.blocks[i], sl(g_mu, a, e), sl(g_al, a, e), sl(g_ep, a, e), members, d)
+            gc = g.to(cdt)
+            zc = z[a:e]
+            if need_w2:
+                _accumulate(dw2, torch.relu(zc).view(n, members, hid).transpose(0, 1).transpose(1, 2), gc)
+            if need_b2:
+                db2.add_(g.sum(dim=1))
+            if need_z:
+                dzc = dz[a:e].view(n, members, hid)
+                torch.bmm(gc, w2c_t, out=dzc.transpose(0, 1))
+                dzc.mul_(zc.view(n, members, hid) > 0)  # ReLU
+        return dz, dw2, db2, None, None, None, None, None
+
+
+class _EnsembleViewStats(torch.autograd.Function):
+    """The whole stage-B evaluation of a view, blocked over Gaussians: first layer
+    ``z = rows_b + X_b·W`` (``X [B or 1, N, K]`` the Gaussian-wise features, ``W [K, T·hidden]`` their
+    first-layer weights, ``rows [B, T·hidden]`` = ``b1`` + the per-frame features' part), ReLU, second
+    layer and member statistics → ``(μ̄, mean σ², var μ)`` each ``[B·N, D]``. Neither the full
+    pre-activations nor their gradient are materialised: each block's hidden activations and local
+    derivatives are kept for the analytic backward, which accumulates ``∂W``, ``∂rows``, ``∂w2``,
+    ``∂b2`` and writes ``∂X`` block by block. Inputs and gradients are in the parameters' dtype; the
+    matmuls run in ``cdtype`` (``None`` = the same)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, rows: Tensor, w2: Tensor, b2: Tensor, members: int, out_dim: int,
+                lo: float, hi: float, chunk: int, cdtype: Optional[torch.dtype]):  # type: ignore[override]
+        c, hw = 0.5 * (lo + hi), 0.5 * (hi - lo)
+        b, n = rows.shape[0], x.shape[1]
+        cast = (lambda t: t) if cdtype is None else (lambda t: t.to(cdtype))  # noqa: E731
+        xc, wc, rc, w2c = cast(x), cast(w), cast(rows), cast(w2)
+        mu = x.new_empty((b * n, out_dim), dtype=b2.dtype)
+        al, ep = torch.empty_like(mu), torch.empty_like(mu)
+        keep = any(ctx.needs_input_grad[:5])
+        saved = []
+        for f in range(b):
+            xf = xc[f if xc.shape[0] > 1 else 0]
+            for a in range(0, n, chunk):
+                e = min(a + chunk, n)
+                r0, r1 = f * n + a, f * n + e
+                zc = torch.addmm(rc[f], xf[a:e], wc)  # [e−a, T·hidden]; ReLU'd in place → hidden activations
+                jac = _stats_block(zc, w2c, b2, members, out_dim, c, hw, mu[r0:r1], al[r0:r1], ep[r0:r1], keep,
+                                   owned=True)
+                if keep:
+                    saved.append((jac, zc))
+        ctx.set_materialize_grads(False)
+        if keep:
+            ctx.save_for_backward(x, w, rows, w2, b2)
+            ctx.blocks = saved
+            ctx.meta = (members, out_dim, chunk, cdtype)
+        return mu, al, ep
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_mu, g_al, g_ep):  # type: ignore[override]
+        x, w, rows, w2, b2 = ctx.saved_tensors
+        members, d, chunk, cdtype = ctx.meta
+        cast = (lambda t: t) if cdtype is None else (lambda t: t.to(cdtype))  # noqa: E731
+        b, n = rows.shape[0], x.shape[1]
+        hid = w2.shape[1]
+        need_x, need_w, need_rows, need_w2, need_b2 = ctx.needs_input_grad[:5]
+        xc, wc_t, w2c_t = cast(x), cast(w).t(), cast(w2).transpose(1, 2)
+        dx = torch.zeros_like(x) if need_x else None
+        dw = torch.zeros_like(w) if need_w else None
+        drows = torch.zeros_like(rows) if need_rows else None
+        dw2 = torch.zeros_like(w2) if need_w2 else None
+        db2 = torch.zeros_like(b2) if need_b2 else None
+        sl = lambda t, a, e: None if t is None else t[a:e]  # noqa: E731
+        i = 0
+        for f in range(b):
+            fx = f if x.shape[0] > 1 else 0
+            for a in range(0, n, chunk):
+                e = min(a + chunk, n)
+                r0, r1 = f * n + a, f * n + e
+                jac, h = ctx.blocks[i]
+                i += 1
+                g = _grad_out(jac, sl(g_mu, r0, r1), sl(g_al, r0, r1), sl(g_ep, r0, r1), members, d)
+                gc = g.to(h.dtype)
+                h3 = h.view(e - a, members, hid)
+                if need_w2:
+                    _accumulate(dw2, h3.transpose(0, 1).transpose(1, 2), gc)
+                if need_b2:
+                    db2.add_(g.sum(dim=1))
+                if not (need_x or need_w or need_rows):
+                    continue
+                dz = torch.empty_like(h)  # [e−a, T·hidden]
+                torch.bmm(gc, w2c_t, out=dz.view(e - a, members, hid).transpose(0, 1))
+                dz.mul_(h > 0)  # ReLU
+                if need_rows:
+                    drows[f].add_(dz.sum(dim=0).to(drows.dtype))
+                if need_w:
+                    _accumulate(dw, xc[fx, a:e].t(), dz)
+                if need_x:
+                    if dx.dtype == dz.dtype:
+                        dx[fx, a:e].addmm_(dz, wc_t)
+                    else:
+                        dx[fx, a:e].add_((dz @ wc_t).to(dx.dtype))
+        return dx, dw, drows, dw2, db2, None, None, None, None, None, None
+
+
+# --------------------------------------------------------------------------------------------------
+# modules
+# --------------------------------------------------------------------------------------------------
 
 
 class EnsembleMLP(nn.Module):
@@ -54,6 +383,8 @@ class EnsembleMLP(nn.Module):
     rest log σ²). Each member is initialised independently like ``nn.Linear`` (uniform in
     ``±1/√fan_in``), so members differ and the initial epistemic variance is > 0.
 
+    Inputs ``x`` are tensors ``[..., in_dim]`` or :class:`ViewInput` (``[B, N, in_dim]`` by segments).
+
     Args:
         in_dim: input feature size.
         hidden: hidden width (64).
@@ -61,18 +392,27 @@ class EnsembleMLP(nn.Module):
         members: ensemble size ``T`` (10).
         logvar_min: lower bound of log σ² (see :func:`bound_logvar`).
         logvar_max: upper bound of log σ².
+        compute_dtype: ``"float32"`` (the parameters' dtype; exact) or ``"bfloat16"`` (the two matmuls
+            in bfloat16, outputs in the parameters' dtype).
+        chunk_rows: Gaussians per block of :meth:`stats`.
     """
 
     def __init__(self, in_dim: int, hidden: int = 64, out_dim: int = 48, members: int = 10,
-                 logvar_min: float = -10.0, logvar_max: float = 4.0) -> None:
+                 logvar_min: float = -10.0, logvar_max: float = 4.0, compute_dtype: str = "float32",
+                 chunk_rows: int = CHUNK_ROWS) -> None:
         super().__init__()
         if min(in_dim, hidden, out_dim, members) < 1:
             raise ValueError(f"EnsembleMLP: sizes must be >= 1, got in_dim={in_dim}, hidden={hidden}, "
                              f"out_dim={out_dim}, members={members}")
         if not logvar_min < logvar_max:
             raise ValueError(f"EnsembleMLP: logvar_min ({logvar_min}) must be < logvar_max ({logvar_max})")
+        if chunk_rows < 1:
+            raise ValueError(f"EnsembleMLP: chunk_rows must be >= 1, got {chunk_rows}")
         self.in_dim, self.hidden, self.out_dim, self.members = int(in_dim), int(hidden), int(out_dim), int(members)
         self.logvar_min, self.logvar_max = float(logvar_min), float(logvar_max)
+        self.compute_dtype = str(compute_dtype)
+        self._cdtype = _compute_dtype(self.compute_dtype)
+        self.chunk_rows = int(chunk_rows)
         t = self.members
         self.w1 = nn.Parameter(torch.empty(t, self.in_dim, self.hidden))
         self.b1 = nn.Parameter(torch.empty(t, self.hidden))
@@ -89,42 +429,268 @@ class EnsembleMLP(nn.Module):
                 b.uniform_(-bound, bound)
 
     def extra_repr(self) -> str:
-        return (f"in_dim={self.in_dim}, hidden={self.hidden}, out_dim={self.out_dim}, members={self.members}, "
-                f"logvar=[{self.logvar_min}, {self.logvar_max}]")
+        s = (f"in_dim={self.in_dim}, hidden={self.hidden}, out_dim={self.out_dim}, members={self.members}, "
+             f"logvar=[{self.logvar_min}, {self.logvar_max}]")
+        return s + (f", compute_dtype={self.compute_dtype}" if self._cdtype is not None else "")
+
+    # ------------------------------------------------------------------ helpers
+    def _cast(self, t: Tensor) -> Tensor:
+        return t if self._cdtype is None else t.to(self._cdtype)
+
+    @property
+    def matmul_dtype(self) -> torch.dtype:
+        """dtype of the matmuls (the parameters' dtype unless ``compute_dtype="bfloat16"``)."""
+        return self.w1.dtype if self._cdtype is None else self._cdtype
 
     def _split(self, out: Tensor) -> tuple[Tensor, Tensor]:
         mu, lv = out.split(self.out_dim, dim=-1)
         return mu, bound_logvar(lv, self.logvar_min, self.logvar_max)
 
-    def _check(self, x: Tensor) -> None:
+    def _check(self, x: ViewLike) -> None:
         if x.shape[-1] != self.in_dim:
             raise ValueError(f"EnsembleMLP expects input [..., {self.in_dim}], got {list(x.shape)}")
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """All members: ``x [..., in_dim]`` → ``(μ, log σ²)``, each ``[T, ..., out_dim]``."""
+    def w1_rows(self, lo: int = 0, hi: Optional[int] = None, member: Optional[int] = None) -> Tensor:
+        """First-layer weights of the input features ``[lo, hi)``: ``[hi−lo, T·hidden]`` (members
+        concatenated, member-major columns, as the pre-activations of :meth:`pre_activation`) or, for
+        one ``member``, ``[hi−lo, hidden]``."""
+        hi = self.in_dim if hi is None else hi
+        if member is not None:
+            return self.w1[member, lo:hi]
+        return self.w1[:, lo:hi].permute(1, 0, 2).reshape(hi - lo, self.members * self.hidden)
+
+    def b1_flat(self, member: Optional[int] = None) -> Tensor:
+        """First-layer bias ``[T·hidden]`` (or ``[hidden]`` of one member)."""
+        return self.b1.reshape(-1) if member is None else self.b1[member]
+
+    def _segments(self, v: ViewInput) -> list[tuple[str, Tensor, int, int]]:
+        out, lo = [], 0
+        for k, t in v.segments:
+            out.append((k, t, lo, lo + t.shape[-1]))
+            lo += t.shape[-1]
+        assert lo == self.in_dim, (lo, self.in_dim)
+        return out
+
+    def shared_pre(self, v: ViewInput) -> Tensor:
+        """``b1 + Σ_shared seg·W1_seg`` ``[N, T·hidden]`` (compute dtype): the frame-independent part of
+        the first layer of every member, as ``ViewInput.pre`` (inference cache)."""
+        self._check(v)
+        segs = [(t, lo, hi) for k, t, lo, hi in self._segments(v) if k == "shared"]
+        bias = self._cast(self.b1_flat())
+        if not segs:
+            return bias.expand(v.n, -1).clone()
+        x = torch.cat([t for t, _, _ in segs], dim=-1) if len(segs) > 1 else segs[0][0]
+        w = torch.cat([self.w1_rows(lo, hi) for _, lo, hi in segs], dim=0)
+        return torch.addmm(bias, self._cast(x), self._cast(w))
+
+    def pre_activation(self, x: ViewLike, member: Optional[int] = None) -> Tensor:
+        """First-layer pre-activation of all members ``[..., T·hidden]`` (member-major) or of one
+        ``member`` ``[..., hidden]``, in the compute dtype. ``x``: ``[..., in_dim]`` or a
+        :class:`ViewInput` (→ ``[B, N, ·]``)."""
         self._check(x)
-        lead = x.shape[:-1]
-        xf = x.reshape(-1, self.in_dim)  # [M, in]
-        m = xf.shape[0]
-        # layer 1: the input is shared by the members → one matmul against the members' concatenated
-        # weights ([in, T·hidden]); layer 2: one batched matmul over the members. (Equivalent to the
-        # einsums "mi,tih->tmh" and "tmh,tho->tmo"; this layout is the fastest on CPU.)
-        w1 = self.w1.permute(1, 0, 2).reshape(self.in_dim, self.members * self.hidden)
-        h = torch.relu(torch.addmm(self.b1.reshape(-1), xf, w1))  # [M, T·hidden]
-        h = h.view(m, self.members, self.hidden).transpose(0, 1)  # [T, M, hidden] (strided view)
-        out = torch.baddbmm(self.b2.unsqueeze(1), h, self.w2)  # [T, M, 2·out]
+        width = self.hidden * (self.members if member is None else 1)
+        if isinstance(x, Tensor):
+            lead = x.shape[:-1]
+            xf = self._cast(x.reshape(-1, self.in_dim))
+            return torch.addmm(self._cast(self.b1_flat(member)), xf, self._cast(self.w1_rows(member=member))) \
+                .view(*lead, width)
+        b = x.batch
+        segs = self._segments(x)
+        frames = [(t, lo, hi) for k, t, lo, hi in segs if k == "frame"]
+        points = [(k, t, lo, hi) for k, t, lo, hi in segs if k != "frame"]
+        fulls = [p for p in points if p[0] == "full"]
+        pre = x.pre
+        if pre is not None:
+            if pre.shape[-1] != self.members * self.hidden:
+                raise ValueError(f"EnsembleMLP: ViewInput.pre must be [N, {self.members * self.hidden}], got "
+                                 f"{list(pre.shape)}")
+            if member is not None:
+                pre = pre[:, member * self.hidden:(member + 1) * self.hidden]
+            points = fulls  # the shared segments and b1 are in `pre`
+        # per-frame rows: (b1 +) Σ_frame f·W_f  → [B, width]
+        rows = None if pre is not None else self._cast(self.b1_flat(member)).unsqueeze(0).expand(b, -1)
+        for t, lo, hi in frames:
+            r = self._cast(t) @ self._cast(self.w1_rows(lo, hi, member))
+            rows = r if rows is None else rows + r
+        if not points:  # only `pre` (+ frame rows)
+            assert pre is not None
+            z = pre.unsqueeze(0).expand(b, -1, -1)
+            return z + rows.unsqueeze(1) if rows is not None else z.contiguous()
+        w = torch.cat([self.w1_rows(lo, hi, member) for _, _, lo, hi in points], dim=0)
+        w = self._cast(w)
+        if fulls:  # per-frame Gaussian features: one GEMM over [full…, shared…] per frame
+            xs = [self._cast(t if k == "full" else t.unsqueeze(0).expand(b, -1, -1)) for k, t, _, _ in points]
+            xp = torch.cat(xs, dim=-1) if len(xs) > 1 else xs[0]  # [B, N, d_p]
+            if pre is not None:
+                base = pre.unsqueeze(0)
+                if rows is not None:
+                    base = base + rows.unsqueeze(1)
+                if b == 1:
+                    return torch.addmm(base[0], xp[0], w).unsqueeze(0)
+                return torch.baddbmm(base.expand(b, -1, -1), xp, w.unsqueeze(0).expand(b, -1, -1))
+            if b == 1:
+                return torch.addmm(rows[0], xp[0], w).unsqueeze(0)
+            return torch.baddbmm(rows.unsqueeze(1), xp, w.unsqueeze(0).expand(b, -1, -1))
+        # only shared Gaussian features (+ frame rows): one GEMM for all frames
+        xs = [self._cast(t) for _, t, _, _ in points]
+        xp = torch.cat(xs, dim=-1) if len(xs) > 1 else xs[0]  # [N, d_p]
+        assert rows is not None
+        if b == 1:
+            return torch.addmm(rows[0], xp, w).unsqueeze(0)
+        return (xp @ w).unsqueeze(0) + rows.unsqueeze(1)
+
+    # ------------------------------------------------------------------ evaluation
+    def head(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Every member's ``(μ, log σ²)`` ``[T, ..., out_dim]`` from the pre-activations
+        ``z [..., T·hidden]`` (:meth:`pre_activation`)."""
+        lead = z.shape[:-1]
+        zf = z.reshape(-1, self.members * self.hidden)
+        m = zf.shape[0]
+        h = torch.relu(zf).view(m, self.members, self.hidden).transpose(0, 1)  # [T, M, hidden] (strided view)
+        out = torch.baddbmm(self._cast(self.b2).unsqueeze(1), h, self._cast(self.w2))  # [T, M, 2·out]
+        if self._cdtype is not None:
+            out = out.to(self.w2.dtype)
         mu, lv = self._split(out)
         shape = (self.members, *lead, self.out_dim)
         return mu.reshape(shape), lv.reshape(shape)
 
-    def forward_member(self, x: Tensor, idx: int) -> tuple[Tensor, Tensor]:
+    def forward(self, x: ViewLike) -> tuple[Tensor, Tensor]:
+        """All members: ``x [..., in_dim]`` → ``(μ, log σ²)``, each ``[T, ..., out_dim]``."""
+        # layer 1: the input is shared by the members → one matmul against the members' concatenated
+        # weights ([in, T·hidden]); layer 2: one batched matmul over the members. (Equivalent to the
+        # einsums "mi,tih->tmh" and "tmh,tho->tmo"; this layout is the fastest on CPU.)
+        self._check(x)
+        return self.head(self.pre_activation(x))
+
+    def forward_member(self, x: ViewLike, idx: int) -> tuple[Tensor, Tensor]:
         """One member ``idx``: ``x [..., in_dim]`` → ``(μ, log σ²)``, each ``[..., out_dim]``.
         Only that member's slice of the parameters takes part (the others get zero gradients)."""
         self._check(x)
         if not 0 <= int(idx) < self.members:
             raise IndexError(f"EnsembleMLP member {idx} out of range [0, {self.members})")
-        h = torch.relu(x @ self.w1[idx] + self.b1[idx])
-        return self._split(h @ self.w2[idx] + self.b2[idx])
+        idx = int(idx)
+        h = torch.relu(self.pre_activation(x, member=idx))
+        out = torch.addmm(self._cast(self.b2[idx]), h.reshape(-1, self.hidden), self._cast(self.w2[idx]))
+        if self._cdtype is not None:
+            out = out.to(self.w2.dtype)
+        return self._split(out.view(*h.shape[:-1], 2 * self.out_dim))
+
+    def _point_form(self, x: ViewLike) -> tuple[Tensor, Tensor, Tensor]:
+        """``(X [B or 1, N, K], W [K, T·hidden], rows [B, T·hidden])`` with first-layer pre-activations
+        ``z_b = rows_b + X_b·W`` (parameters' dtype, differentiable): ``X`` the Gaussian-wise segments
+        (shared ones not broadcast unless a ``full`` segment needs it), ``rows`` = ``b1`` + the frame
+        segments' part."""
+        if isinstance(x, Tensor):
+            return x.reshape(1, -1, self.in_dim), self.w1_rows(), self.b1_flat().unsqueeze(0)
+        b = x.batch
+        segs = self._segments(x)
+        rows = self.b1_flat().unsqueeze(0).expand(b, -1)
+        for k, t, lo, hi in segs:
+            if k == "frame":
+                rows = rows + t @ self.w1_rows(lo, hi)
+        points = [(k, t, lo, hi) for k, t, lo, hi in segs if k != "frame"]
+        if any(k == "full" for k, _, _, _ in points):
+            xs = [t if k == "full" else t.unsqueeze(0).expand(b, -1, -1) for k, t, _, _ in points]
+        else:
+            xs = [t.unsqueeze(0) for _, t, _, _ in points]
+        xp = torch.cat(xs, dim=-1) if len(xs) > 1 else xs[0]
+        w = torch.cat([self.w1_rows(lo, hi) for _, _, lo, hi in points], dim=0) if len(points) > 1 else \
+            self.w1_rows(points[0][2], points[0][3])
+        return xp.contiguous(), w, rows.contiguous()
+
+    def stats(self, x: ViewLike) -> tuple[Tensor, Tensor, Tensor]:
+        """Stage-B member statistics without the members' outputs: ``(μ̄, mean σ², var μ)`` each
+        ``[..., out_dim]`` (mean over members of μ; of σ² = exp(log σ²); population variance of μ),
+        computed in blocks of ``chunk_rows`` with an analytic backward."""
+        self._check(x)
+        lead = x.shape[:-1]
+        shape = (*lead, self.out_dim)
+        lo, hi = self.logvar_min, self.logvar_max
+        if torch.is_grad_enabled() and _requires_grad(x, self.parameters()):
+            if isinstance(x, ViewInput) and x.pre is not None:
+                z = self.pre_activation(x).reshape(-1, self.members * self.hidden).contiguous()
+                mu, al, ep = _EnsembleStats.apply(z, self.w2, self.b2, self.members, self.out_dim, lo, hi,
+                                                  self.chunk_rows)
+            else:
+                xp, w, rows = self._point_form(x)
+                mu, al, ep = _EnsembleViewStats.apply(xp, w, rows, self.w2, self.b2, self.members, self.out_dim, lo,
+                                                      hi, self.chunk_rows, self._cdtype)
+            return mu.view(shape), al.view(shape), ep.view(shape)
+        # no autograd: the pre-activations are produced block by block too (cache resident)
+        with torch.no_grad():
+            src = _PreRows(self, x)
+            c, hw = 0.5 * (lo + hi), 0.5 * (hi - lo)
+            mu = torch.empty(src.batch * src.n, self.out_dim, dtype=self.w2.dtype, device=self.w2.device)
+            al, ep = torch.empty_like(mu), torch.empty_like(mu)
+            w2c = self._cast(self.w2)
+            for f in range(src.batch):
+                for a in range(0, src.n, self.chunk_rows):
+                    e = min(a + self.chunk_rows, src.n)
+                    r0, r1 = f * src.n + a, f * src.n + e
+                    zc, owned = src.rows(f, a, e)
+                    _stats_block(zc, w2c, self.b2, self.members, self.out_dim, c, hw, mu[r0:r1], al[r0:r1],
+                                 ep[r0:r1], False, owned)
+        return mu.view(shape), al.view(shape), ep.view(shape)
+
+
+def _requires_grad(x: ViewLike, params) -> bool:
+    if any(p.requires_grad for p in params):
+        return True
+    if isinstance(x, Tensor):
+        return x.requires_grad
+    return any(t.requires_grad for _, t in x.segments) or (x.pre is not None and x.pre.requires_grad)
+
+
+class _PreRows:
+    """First-layer pre-activations (all members, compute dtype) of blocks of Gaussians, without
+    autograd: ``rows(frame, a, e)`` → ``[e−a, T·hidden]`` for Gaussians ``[a, e)`` of frame ``frame``
+    (for a plain tensor input: rows ``[a, e)`` of the flattened input, one "frame")."""
+
+    def __init__(self, ens: EnsembleMLP, x: ViewLike) -> None:
+        cast = ens._cast
+        self.parts: list[tuple[str, Tensor]] = []
+        self.pre: Optional[Tensor] = None
+        self.frame_rows: Optional[Tensor] = None  # [B, T·hidden]
+        if isinstance(x, Tensor):
+            xf = x.reshape(-1, ens.in_dim)
+            self.batch, self.n = 1, xf.shape[0]
+            self.parts = [("full", xf.unsqueeze(0))]
+            self.w: Optional[Tensor] = cast(ens.w1_rows())
+            self.frame_rows = cast(ens.b1_flat()).unsqueeze(0)
+            self.cast = cast
+            return
+        self.batch, self.n = x.batch, x.n
+        self.cast = cast
+        segs = ens._segments(x)
+        pre = x.pre
+        if pre is not None and pre.shape[-1] != ens.members * ens.hidden:
+            raise ValueError(f"EnsembleMLP: ViewInput.pre must be [N, {ens.members * ens.hidden}], got "
+                             f"{list(pre.shape)}")
+        self.pre = pre
+        rows = None if pre is not None else cast(ens.b1_flat()).unsqueeze(0).expand(x.batch, -1)
+        for k, t, lo, hi in segs:
+            if k == "frame":
+                r = cast(t) @ cast(ens.w1_rows(lo, hi))
+                rows = r if rows is None else rows + r
+        self.frame_rows = rows
+        points = [(k, t, lo, hi) for k, t, lo, hi in segs if k == "full" or (k == "shared" and pre is None)]
+        self.parts = [(k, t if k == "full" else t.unsqueeze(0)) for k, t, _, _ in points]
+        self.w = cast(torch.cat([ens.w1_rows(lo, hi) for _, _, lo, hi in points], dim=0)) if points else None
+
+    def rows(self, f: int, a: int, e: int) -> tuple[Tensor, bool]:
+        """``(z, owned)``: the pre-activations and whether they are a fresh tensor (``False`` when they
+        are a view of ``pre``, which must not be modified)."""
+        if self.parts:
+            xs = [self.cast(t[f if k == "full" else 0, a:e]) for k, t in self.parts]
+            xp = torch.cat(xs, dim=-1) if len(xs) > 1 else xs[0]
+            if self.pre is not None:
+                z = torch.addmm(self.pre[a:e], xp, self.w)
+                return (z.add_(self.frame_rows[f]) if self.frame_rows is not None else z), True
+            return torch.addmm(self.frame_rows[f], xp, self.w), True
+        assert self.pre is not None
+        if self.frame_rows is not None:
+            return self.pre[a:e] + self.frame_rows[f], True
+        return self.pre[a:e], False
 
 
 @dataclass
@@ -137,8 +703,9 @@ class ViewEstimate:
             epistemic), plus ``var_floor``; always > 0.
         aleatoric: ``[..., D]`` predicted variance σ² (stage B: mean over members).
         epistemic: ``[..., D]`` variance of μ across members (population variance; zeros in stage A).
-        members_mu: ``[T, ..., D]`` every member's μ (stage B), ``None`` in stage A; used to build the
-            full covariance for ``fusion=full_cov``.
+        members_mu: ``[T, ..., D]`` every member's μ (stage B, when asked for with ``need_members``),
+            ``None`` in stage A and on the fused fast path; used to build the full covariance for
+            ``fusion=full_cov``.
         member: index of the member used in stage A, ``None`` in stage B.
     """
 
@@ -165,11 +732,12 @@ class UncertaintyBlock(nn.Module):
         logvar_min, logvar_max: bounds of the members' log σ² (see the module docstring).
         var_floor: added to the fusion variance so that it is strictly positive and every covariance
             built from it is positive definite (default 1e-4, small against typical σ² ≈ 1).
+        compute_dtype: ``"float32"`` (exact) or ``"bfloat16"`` matmuls (see :class:`EnsembleMLP`).
     """
 
     def __init__(self, in_dim: int, hidden: int = 64, out_dim: int = 48, members: int = 10, mode: str = "both",
                  ensemble_switch: int = 15000, logvar_min: float = -10.0, logvar_max: float = 4.0,
-                 var_floor: float = 1e-4) -> None:
+                 var_floor: float = 1e-4, compute_dtype: str = "float32") -> None:
         super().__init__()
         if mode not in UNCERTAINTY_MODES:
             raise ValueError(f"UncertaintyBlock: mode must be one of {UNCERTAINTY_MODES}, got {mode!r}")
@@ -178,7 +746,7 @@ class UncertaintyBlock(nn.Module):
         self.mode = mode
         self.ensemble_switch = int(ensemble_switch)
         self.var_floor = float(var_floor)
-        self.ensemble = EnsembleMLP(in_dim, hidden, out_dim, members, logvar_min, logvar_max)
+        self.ensemble = EnsembleMLP(in_dim, hidden, out_dim, members, logvar_min, logvar_max, compute_dtype)
 
     @property
     def members(self) -> int:
@@ -195,18 +763,19 @@ class UncertaintyBlock(nn.Module):
             return bool(single_member)
         return bool(self.training and step is not None and step < self.ensemble_switch)
 
-    def _total(self, aleatoric: Tensor, epistemic: Tensor) -> Tensor:
+    def _total(self, aleatoric: Tensor, epistemic: Optional[Tensor]) -> Tensor:
         if self.mode == "both":
-            v = aleatoric + epistemic
+            v = aleatoric + epistemic if epistemic is not None else aleatoric
         elif self.mode == "aleatoric":
             v = aleatoric
         else:
-            v = epistemic
+            v = epistemic if epistemic is not None else torch.zeros_like(aleatoric)
         return v + self.var_floor
 
-    def forward(self, x: Tensor, step: Optional[int] = None, single_member: Optional[bool] = None,
-                member: Optional[int] = None) -> ViewEstimate:
-        """Estimate the view ``x [..., in_dim]`` → :class:`ViewEstimate` with ``[..., out_dim]`` fields.
+    def forward(self, x: ViewLike, step: Optional[int] = None, single_member: Optional[bool] = None,
+                member: Optional[int] = None, need_members: bool = True) -> ViewEstimate:
+        """Estimate the view ``x [..., in_dim]`` (or a :class:`ViewInput`) → :class:`ViewEstimate` with
+        ``[..., out_dim]`` fields.
 
         Args:
             x: view features.
@@ -214,6 +783,9 @@ class UncertaintyBlock(nn.Module):
             single_member: force stage A (``True``) or B (``False``).
             member: use this member (implies stage A); otherwise stage A draws one uniformly with the
                 global torch RNG.
+            need_members: stage B: also return every member's μ (``members_mu``, needed by
+                ``fusion=full_cov``); ``False`` takes the fused statistics path (same values, faster,
+                ``members_mu=None``).
         """
         if member is not None or self.is_single_member(step, single_member):
             idx = int(member) if member is not None else int(torch.randint(self.members, (1,)).item())
@@ -222,13 +794,18 @@ class UncertaintyBlock(nn.Module):
             ep = torch.zeros_like(al)
             return ViewEstimate(mu=mu, var=self._total(al, ep), aleatoric=al, epistemic=ep, members_mu=None,
                                 member=idx)
-        mus, lvs = self.ensemble(x)  # [T, ..., D]
-        mu = mus.mean(dim=0)
-        al = lvs.exp().mean(dim=0)
-        ep = (mus - mu).square().mean(dim=0)  # population variance (unbiased=False), faster than .var(0)
+        if need_members:
+            mus, lvs = self.ensemble(x)  # [T, ..., D]
+            mu = mus.mean(dim=0)
+            al = lvs.exp().mean(dim=0)
+            ep = (mus - mu).square().mean(dim=0)  # population variance (unbiased=False), faster than .var(0)
+        else:
+            mus = None
+            mu, al, ep = self.ensemble.stats(x)
         est = ViewEstimate(mu=mu, var=self._total(al, ep), aleatoric=al, epistemic=ep, members_mu=mus, member=None)
         assert est.mu.shape == (*x.shape[:-1], self.out_dim)
         return est
 
 
-__all__ = ["EnsembleMLP", "UncertaintyBlock", "ViewEstimate", "bound_logvar", "UNCERTAINTY_MODES"]
+__all__ = ["EnsembleMLP", "UncertaintyBlock", "ViewEstimate", "ViewInput", "bound_logvar", "UNCERTAINTY_MODES",
+           "COMPUTE_DTYPES", "CHUNK_ROWS"]

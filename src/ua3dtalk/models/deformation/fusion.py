@@ -31,7 +31,7 @@ from typing import Mapping, Optional
 import torch
 from torch import nn
 
-from .ensemble import UNCERTAINTY_MODES, UncertaintyBlock, ViewEstimate
+from .ensemble import UNCERTAINTY_MODES, UncertaintyBlock, ViewEstimate, ViewInput, ViewLike
 
 Tensor = torch.Tensor
 
@@ -198,6 +198,13 @@ class UncertaintyFusion(nn.Module):
         ensemble_switch: training steps of stage A (one random member per view per step).
         logvar_min, logvar_max: bounds of the members' log σ².
         var_floor: variance floor added to every view's fusion variance.
+        compute_dtype: ``"float32"`` (exact, default) or ``"bfloat16"`` ensemble matmuls (see
+            :class:`~ua3dtalk.models.deformation.ensemble.EnsembleMLP`).
+
+    The views may be tensors ``[B, N, d_v]`` or :class:`~ua3dtalk.models.deformation.ensemble.ViewInput`
+    (segments of the view, not materialised). For ``diagonal`` / ``uniform`` fusion (and ``full_cov``
+    with ``uncertainty=aleatoric``) stage B uses the fused member statistics (``members_mu`` of the
+    estimates is then ``None``).
     """
 
     def __init__(
@@ -212,6 +219,7 @@ class UncertaintyFusion(nn.Module):
         logvar_min: float = -10.0,
         logvar_max: float = 4.0,
         var_floor: float = 1e-4,
+        compute_dtype: str = "float32",
     ) -> None:
         super().__init__()
         view_dims = {str(k): int(v) for k, v in dict(view_dims).items()}
@@ -227,6 +235,7 @@ class UncertaintyFusion(nn.Module):
         self.fusion = fusion
         self.uncertainty = uncertainty
         self.ensemble_switch = int(ensemble_switch)
+        self.compute_dtype = str(compute_dtype)
         if fusion == "concat":
             self.blocks = nn.ModuleDict()
             self.concat_mlp: Optional[nn.Module] = nn.Sequential(
@@ -235,7 +244,7 @@ class UncertaintyFusion(nn.Module):
             self.concat_mlp = None
             self.blocks = nn.ModuleDict({
                 name: UncertaintyBlock(d, hidden, self.out_dim, members, uncertainty, ensemble_switch,
-                                       logvar_min, logvar_max, var_floor)
+                                       logvar_min, logvar_max, var_floor, compute_dtype)
                 for name, d in view_dims.items()
             })
 
@@ -249,7 +258,12 @@ class UncertaintyFusion(nn.Module):
             return bool(single_member)
         return bool(self.training and step is not None and step < self.ensemble_switch)
 
-    def _check_views(self, views: Mapping[str, Tensor]) -> tuple:
+    @property
+    def needs_members(self) -> bool:
+        """Whether the fusion needs every member's μ (``full_cov`` with the epistemic covariance)."""
+        return self.fusion == "full_cov" and self.uncertainty != "aleatoric"
+
+    def _check_views(self, views: Mapping[str, ViewLike]) -> tuple:
         missing = [n for n in self.view_dims if n not in views]
         extra = [n for n in views if n not in self.view_dims]
         if missing or extra:
@@ -267,12 +281,12 @@ class UncertaintyFusion(nn.Module):
                                  f"other views {list(lead)}")
         return tuple(lead)
 
-    def forward(self, views: Mapping[str, Tensor], step: Optional[int] = None,
+    def forward(self, views: Mapping[str, ViewLike], step: Optional[int] = None,
                 single_member: Optional[bool] = None) -> FusionOutput:
         """Fuse the views.
 
         Args:
-            views: name → ``[B, N, d_v]`` (exactly the names of ``view_dims``).
+            views: name → ``[B, N, d_v]`` tensor or :class:`ViewInput` (exactly the names of ``view_dims``).
             step: global training step (stage A while training and ``step < ensemble_switch``; ``None``
                 → stage B).
             single_member: force stage A (True) / B (False).
@@ -283,10 +297,12 @@ class UncertaintyFusion(nn.Module):
         names = self.view_names
         if self.fusion == "concat":
             assert self.concat_mlp is not None
-            mu = self.concat_mlp(torch.cat([views[n] for n in names], dim=-1))
+            xs = [views[n].materialize() if isinstance(views[n], ViewInput) else views[n] for n in names]
+            mu = self.concat_mlp(torch.cat(xs, dim=-1))
             return FusionOutput(mu=mu, var=None)
         single = self.is_single_member(step, single_member)
-        ests = {n: self.blocks[n](views[n], single_member=single) for n in names}
+        need = self.needs_members
+        ests = {n: self.blocks[n](views[n], single_member=single, need_members=need) for n in names}
         mus = torch.stack([ests[n].mu for n in names])  # [V, ..., D]
         cov = None
         if self.fusion == "uniform":

@@ -18,11 +18,21 @@ the emotion embedding), the content/style features by the prior module.
 :class:`MouthDeformation` (inside-mouth branch): Δxyz only, from the audio and content views, with
 its own position field (the mouth's bounding box) and, by default, no eye input (``eye_dim=0``, so
 its audio view is 32 + 64).
+
+Speed (same mathematics; ``tests/models/test_deformation_fast.py``): the audio/content/style views are
+passed to the ensembles as :class:`~ua3dtalk.models.deformation.ensemble.ViewInput` segments
+(``[f, H]·W1 = f·W_f + H·W_H``, no broadcast concatenation), stage B uses the fused member statistics,
+and the decoder evaluates ``[μ_f, H]`` by parts. *Inference cache*: without autograd
+(``torch.no_grad()``), ``H``, the audio view's region-attention gates, ``b1 + H·W_H`` of every view's
+first layer and the decoder's ``H`` part are computed once per set of canonical Gaussians and reused
+while the Gaussians and the network's parameters are unchanged (keyed on the identity and version
+counters of ``xyz`` and of every parameter/buffer; :meth:`DeformationNetwork.precompute` fills it,
+:meth:`DeformationNetwork.clear_cache` / ``train()`` drop it). Gradient-enabled calls never use it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -30,6 +40,7 @@ from torch import nn
 from ..audio_view import AudioView
 from ..fields import PositionField
 from .decoder import Deltas, MultiHeadDecoder
+from .ensemble import ViewInput
 from .fusion import FusionOutput, UncertaintyFusion
 
 Tensor = torch.Tensor
@@ -74,6 +85,9 @@ class DeformationNetwork(nn.Module):
         detach_xyz: feed ``xyz.detach()`` to the position field (default; the canonical positions are
             then learned by the rendering loss only, not through the deformation network).
         var_floor: variance floor of the uncertainty blocks.
+        compute_dtype: ``"float32"`` (default, exact) or ``"bfloat16"``: the ensembles' matmuls in
+            bfloat16 (fused code, variances and parameter gradients stay float32).
+        cache: use the inference cache (module docstring) in calls without autograd.
     """
 
     def __init__(
@@ -105,6 +119,8 @@ class DeformationNetwork(nn.Module):
         audio_seq_len: int = 8,
         detach_xyz: bool = True,
         var_floor: float = 1e-4,
+        compute_dtype: str = "float32",
+        cache: bool = True,
     ) -> None:
         super().__init__()
         views = tuple(str(v) for v in views)
@@ -133,8 +149,66 @@ class DeformationNetwork(nn.Module):
         }
         self.view_dims = {v: dims[v] for v in views}
         self.fusion = UncertaintyFusion(self.view_dims, code_dim, hidden, members, fusion, uncertainty,
-                                        ensemble_switch, var_floor=var_floor)
+                                        ensemble_switch, var_floor=var_floor, compute_dtype=compute_dtype)
         self.decoder = MultiHeadDecoder(code_dim + h_dim, hidden, heads, extra_heads, single_head, xyz_scale)
+        self.compute_dtype = str(compute_dtype)
+        self.cache_enabled = bool(cache)
+        self._infer_cache: Optional[tuple] = None
+
+    # ------------------------------------------------------------------ inference cache
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_infer_cache"] = None  # never pickled / deep-copied
+        return state
+
+    def train(self, mode: bool = True):
+        self._infer_cache = None
+        return super().train(mode)
+
+    def clear_cache(self) -> None:
+        """Drop the inference cache."""
+        self._infer_cache = None
+
+    def _cache_key(self, xyz: Tensor) -> Optional[tuple]:
+        try:
+            tens = [xyz, *self.parameters(), *self.buffers()]
+            return tuple((t.data_ptr(), t._version, tuple(t.shape), t.dtype, t.device) for t in tens) + \
+                (self.detach_xyz, self.fusion.fusion)
+        except RuntimeError:  # inference-mode tensors have no version counter: no caching
+            return None
+
+    def _build_cache(self, xyz: Tensor) -> dict[str, Any]:
+        with torch.no_grad():
+            h = self.position_field(xyz)
+            out: dict[str, Any] = {"h": h, "gates": None, "pre": {}}
+            if self.audio_view is not None:
+                out["gates"] = self.audio_view.gates(h)
+            if self.fusion.fusion != "concat":
+                for name in self.views:
+                    if name == "emotion":
+                        continue
+                    ens = self.fusion.blocks[name].ensemble
+                    d_f = ens.in_dim - self.h_dim
+                    segs = [("frame", h.new_zeros(1, d_f)), ("shared", h)] if name != "audio" else \
+                        [("full", h.new_zeros(1, h.shape[0], d_f)), ("shared", h)]
+                    out["pre"][name] = ens.shared_pre(ViewInput(segs))
+            out["dec"] = self.decoder.h_pre(h)
+        return out
+
+    def precompute(self, xyz: Tensor) -> dict[str, Any]:
+        """Fill (or reuse) the inference cache for the canonical Gaussians ``xyz [N, 3]`` and return it:
+        ``h [N, h_dim]``, the audio ``gates``, ``pre`` (view → ``b1 + H·W_H`` ``[N, T·hidden]``) and the
+        decoder's ``dec`` ``[N, hidden]``. Calls without autograd use it automatically; it is rebuilt when
+        ``xyz`` or any parameter/buffer changes (in-place updates included) and dropped by ``train()``."""
+        key = self._cache_key(xyz)
+        if key is not None and self._infer_cache is not None and self._infer_cache[0] == key:
+            return self._infer_cache[2]
+        payload = self._build_cache(xyz)
+        if key is not None:
+            # the pinned references keep the keyed storages alive, so their addresses cannot be reused
+            pins = [xyz.detach(), *(t.detach() for t in self.parameters()), *(t.detach() for t in self.buffers())]
+            self._infer_cache = (key, pins, payload)
+        return payload
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -147,29 +221,26 @@ class DeformationNetwork(nn.Module):
                              f"got {list(f.shape)}")
         return f
 
-    def build_views(self, xyz: Tensor, audio: Optional[Tensor] = None, blink: Optional[Tensor] = None,
-                    content: Optional[Tensor] = None, style: Optional[Tensor] = None,
-                    emotion: Optional[Tensor] = None) -> tuple[dict[str, Tensor], Tensor]:
-        """The configured views ``name → [B, N, d_v]`` and ``H [N, h_dim]`` (arguments as :meth:`forward`)."""
-        if xyz.dim() != 2 or xyz.shape[-1] != 3:
-            raise ValueError(f"DeformationNetwork: xyz must be [N, 3], got {list(xyz.shape)}")
+    def _views(self, xyz: Tensor, h: Tensor, audio: Optional[Tensor], blink: Optional[Tensor],
+               content: Optional[Tensor], style: Optional[Tensor], emotion: Optional[Tensor],
+               cache: Optional[dict] = None) -> dict[str, Any]:
+        """The configured views as :class:`ViewInput` segments (emotion: a tensor), validated."""
         n = xyz.shape[0]
-        h = self.position_field(xyz.detach() if self.detach_xyz else xyz)  # [N, h_dim]
-        out: dict[str, Tensor] = {}
+        pre = cache["pre"] if cache is not None else {}
+        out: dict[str, Any] = {}
         batch: Optional[int] = None
         if "audio" in self.views:
             if audio is None:
                 raise ValueError("DeformationNetwork: the 'audio' view is configured but no audio was given")
             assert self.audio_view is not None
-            a = self.audio_view(audio, blink, h)  # [B, N, 38]
+            a = self.audio_view(audio, blink, h, gates=cache["gates"] if cache is not None else None)  # [B, N, 38]
             batch = a.shape[0]
-            out["audio"] = torch.cat([a, h.unsqueeze(0).expand(batch, -1, -1)], dim=-1)
+            out["audio"] = ViewInput([("full", a), ("shared", h)], pre=pre.get("audio"))
         for name, f, dim in (("content", content, self.content_dim), ("style", style, self.style_dim)):
             if name in self.views:
                 f = self._frame_feature(name, f, dim, batch)
                 batch = f.shape[0]
-                out[name] = torch.cat([f.unsqueeze(1).expand(-1, n, -1), h.unsqueeze(0).expand(batch, -1, -1)],
-                                      dim=-1)
+                out[name] = ViewInput([("frame", f), ("shared", h)], pre=pre.get(name))
         if "emotion" in self.views:
             if emotion is None:
                 raise ValueError("DeformationNetwork: the 'emotion' view is configured but no emotion "
@@ -180,8 +251,23 @@ class DeformationNetwork(nn.Module):
                                  f"{list(emotion.shape)}")
             out["emotion"] = emotion
         for name, t in out.items():
-            assert t.shape[1:] == (n, self.view_dims[name]), (name, t.shape)
-        return {v: out[v] for v in self.views}, h
+            assert tuple(t.shape[1:]) == (n, self.view_dims[name]), (name, t.shape)
+        return {v: out[v] for v in self.views}
+
+    def _check_xyz(self, xyz: Tensor) -> None:
+        if xyz.dim() != 2 or xyz.shape[-1] != 3:
+            raise ValueError(f"DeformationNetwork: xyz must be [N, 3], got {list(xyz.shape)}")
+
+    def build_views(self, xyz: Tensor, audio: Optional[Tensor] = None, blink: Optional[Tensor] = None,
+                    content: Optional[Tensor] = None, style: Optional[Tensor] = None,
+                    emotion: Optional[Tensor] = None) -> tuple[dict[str, Tensor], Tensor]:
+        """The configured views ``name → [B, N, d_v]`` (materialised concatenations) and
+        ``H [N, h_dim]`` (arguments as :meth:`forward`; reference form — :meth:`forward` does not
+        materialise the broadcasts)."""
+        self._check_xyz(xyz)
+        h = self.position_field(xyz.detach() if self.detach_xyz else xyz)  # [N, h_dim]
+        views = self._views(xyz, h, audio, blink, content, style, emotion)
+        return {k: v.materialize() if isinstance(v, ViewInput) else v for k, v in views.items()}, h
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -207,11 +293,19 @@ class DeformationNetwork(nn.Module):
             step: global training step (ensemble stage, see :class:`UncertaintyFusion`).
             single_member: force ensemble stage A (True) / B (False).
         Returns:
-            :class:`DeformationOutput` (``deltas`` fields ``[B, N, k]``).
+            :class:`DeformationOutput` (``deltas`` fields ``[B, N, k]``). Without autograd the inference
+            cache is used (module docstring); ``h`` is then the cached tensor (do not modify it in place).
         """
-        views, h = self.build_views(xyz, audio, blink, content, style, emotion)
+        self._check_xyz(xyz)
+        cache = None
+        if self.cache_enabled and not torch.is_grad_enabled():
+            cache = self.precompute(xyz.detach())
+            h = cache["h"]
+        else:
+            h = self.position_field(xyz.detach() if self.detach_xyz else xyz)  # [N, h_dim]
+        views = self._views(xyz, h, audio, blink, content, style, emotion, cache)
         fused = self.fusion(views, step=step, single_member=single_member)
-        deltas = self.decoder(fused.mu, h)
+        deltas = self.decoder(fused.mu, h, h_pre=cache["dec"] if cache is not None else None)
         return DeformationOutput(deltas=deltas, fusion=fused, h=h)
 
 
@@ -246,6 +340,8 @@ class MouthDeformation(DeformationNetwork):
         audio_seq_len: int = 8,
         detach_xyz: bool = True,
         var_floor: float = 1e-4,
+        compute_dtype: str = "float32",
+        cache: bool = True,
     ) -> None:
         views = tuple(str(v) for v in views)
         bad = [v for v in views if v not in ("audio", "content")]
@@ -258,6 +354,7 @@ class MouthDeformation(DeformationNetwork):
             xyz_scale=xyz_scale, field_resolution=field_resolution, field_scales=field_scales,
             field_channels=field_channels, audio_dim=audio_dim, eye_dim=eye_dim, blink_dim=blink_dim,
             audio_window=audio_window, audio_seq_len=audio_seq_len, detach_xyz=detach_xyz, var_floor=var_floor,
+            compute_dtype=compute_dtype, cache=cache,
         )
 
     def forward(  # type: ignore[override]

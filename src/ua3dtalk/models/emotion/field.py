@@ -14,11 +14,16 @@ Shapes: ``forward(xyz [N,3], e [B,emotion_dim]) → [B,N,C·len(scales)]``.
 
 Initialisation: the planes start at ≈ 1 (see :mod:`ua3dtalk.models.fields`), the codebook entries at
 N(0, 1), so the initial output is the emotion code broadcast over space with small spatial noise.
+
+Inference cache: without autograd the plane samples ``plane_i(xyz)`` (independent of ``e``) are
+computed once per set of Gaussians and reused while ``xyz`` and the field's parameters/buffers are
+unchanged (keyed on their identities and version counters, like the deformation network's cache);
+:meth:`EmotionField.precompute` fills it, :meth:`EmotionField.clear_cache` / ``train()`` drop it.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -53,6 +58,43 @@ class EmotionField(nn.Module):
         self.planes = PlaneField(bounds_min, bounds_max, resolution=resolution, scales=scales, channels=channels)
         self.query = nn.Linear(self.emotion_dim, self.channels)
         self.codebooks = nn.ParameterList(nn.Parameter(torch.randn(codebook_base * s, self.channels)) for s in scales)
+        self.cache_enabled = True
+        self._infer_cache: Optional[tuple] = None
+
+    # ------------------------------------------------------------------ inference cache
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_infer_cache"] = None  # never pickled / deep-copied
+        return state
+
+    def train(self, mode: bool = True):
+        self._infer_cache = None
+        return super().train(mode)
+
+    def clear_cache(self) -> None:
+        """Drop the inference cache."""
+        self._infer_cache = None
+
+    def _cache_key(self, xyz: torch.Tensor) -> Optional[tuple]:
+        try:
+            tens = [xyz, *self.planes.parameters(), *self.planes.buffers()]
+            return tuple((t.data_ptr(), t._version, tuple(t.shape), t.dtype, t.device) for t in tens)
+        except RuntimeError:  # inference-mode tensors have no version counter: no caching
+            return None
+
+    def precompute(self, xyz: torch.Tensor) -> list[torch.Tensor]:
+        """Per-scale plane samples ``plane_i(xyz)`` (list of ``[N, C]``), computed without autograd and
+        cached for the following calls without autograd (see the module docstring)."""
+        xyz = xyz.detach()
+        key = self._cache_key(xyz)
+        if key is not None and self._infer_cache is not None and self._infer_cache[0] == key:
+            return self._infer_cache[2]
+        with torch.no_grad():
+            planes = self.planes.per_scale(xyz)
+        if key is not None:
+            pins = [xyz, *(t.detach() for t in self.planes.parameters()), *(t.detach() for t in self.planes.buffers())]
+            self._infer_cache = (key, pins, planes)
+        return planes
 
     @property
     def out_dim(self) -> int:
@@ -78,9 +120,16 @@ class EmotionField(nn.Module):
         """``xyz`` [N,3], ``e`` [B,emotion_dim] → ``f_emotion`` [B,N,C·len(scales)]."""
         n = expect(xyz, "xyz", ("N", 3))["N"]
         b = expect(e, "emotion embedding e", ("B", self.emotion_dim))["B"]
-        planes = self.planes.per_scale(xyz)  # list of [N,C]
         codes = self.codes(e)
-        out = torch.cat([c[:, None, :] * p[None] for c, p in zip(codes, planes)], dim=-1)
+        if self.cache_enabled and not torch.is_grad_enabled():
+            planes = self.precompute(xyz)  # list of [N,C], cached
+            dtype = torch.promote_types(codes[0].dtype, planes[0].dtype)
+            out = planes[0].new_empty((b, n, self.out_dim), dtype=dtype)
+            for i, (c, p) in enumerate(zip(codes, planes)):  # written in place: no concatenation copy
+                torch.mul(c[:, None, :], p[None], out=out[..., i * self.channels:(i + 1) * self.channels])
+        else:
+            planes = self.planes.per_scale(xyz)  # list of [N,C]
+            out = torch.cat([c[:, None, :] * p[None] for c, p in zip(codes, planes)], dim=-1)
         if out.shape != (b, n, self.out_dim):
             raise RuntimeError(f"EmotionField output {list(out.shape)} != {[b, n, self.out_dim]}")
         return out

@@ -1,0 +1,518 @@
+"""Behaviour of the ``UA3DTalk`` LightningModule (issue 4 "Tests"; DESIGN §4), fast unit tests.
+
+Models are built the way ``ua3dtalk-train`` builds them (``compose(["experiment=smoke", ...])`` +
+:func:`~ua3dtalk.cli.train.build_model`, ``data_info`` filled from the DataModule of the
+``synth_emotional_small`` fixture) and trained for one step through a real ``lightning.Trainer`` on a
+couple of frames of that DataModule (``FrameBatch`` for the rendering stages, ``AudioBatch`` for the
+prior / emotion stages). Checked:
+
+* every stage: gradients and updates reach every parameter of the stage's trainable modules
+  (:func:`~ua3dtalk.models.module.stage_trainable_modules`), and every other module — parameters
+  *and* buffers (e.g. BatchNorm statistics of the frozen emotion encoder) — is unchanged bit for bit;
+* every ablation switch builds and runs training steps (stage A and stage B of the ensembles);
+* checkpoints: save → :func:`ua3dtalk.cli.infer.load_model` → identical renders (also after density
+  control changed the number of Gaussians); a checkpoint of another configuration is refused with the
+  mismatched keys listed; a pickle that would run code is refused (``weights_only``); NaN weights are
+  never written over a good checkpoint;
+* a NaN in a face parameter stops training with :class:`NonFiniteLossError` naming the step and the
+  tensor, before any optimizer step, and the last checkpoint stays the last good one.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from ua3dtalk.callbacks.checkpoint import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    PeriodicCheckpoint,
+    load_model_checkpoint,
+    read_checkpoint,
+)
+from ua3dtalk.cli.infer import load_model
+from ua3dtalk.cli.train import build_datamodule, build_model, compose, fill_data_info
+from ua3dtalk.data.datamodule import AudioBatch, collate_batches
+from ua3dtalk.data.batch import FrameBatch
+from ua3dtalk.models.module import STAGES, NonFiniteLossError, UA3DTalk, stage_trainable_modules
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:.*does not have many workers:UserWarning",
+    "ignore:.*val_dataloader.*:UserWarning",
+    "ignore:.*smaller than the logging interval.*:UserWarning",
+)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tiny renders: one torch thread is much faster than contended intra-op threads on a loaded machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def make_cfg(root: Path, run_dir: Path, *overrides: str, dm=None):
+    cfg = compose(["experiment=smoke", f"data.root={root}", f"paths.run_dir={run_dir}",
+                   "data.limit_val_frames=4", *overrides])
+    if dm is not None:
+        fill_data_info(cfg, dm)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def dm(synth_emotional_small, tmp_path_factory):
+    """The smoke experiment's DataModule on the fixture (set up for fit)."""
+    cfg = make_cfg(synth_emotional_small, tmp_path_factory.mktemp("dm_run"))
+    return build_datamodule(cfg)
+
+
+@pytest.fixture
+def cfg_factory(dm, synth_emotional_small, tmp_path):
+    """``cfg_factory(*overrides)`` → a composed smoke config with ``data_info`` filled from ``dm``."""
+    return lambda *ov: make_cfg(synth_emotional_small, tmp_path / "run", *ov, dm=dm)
+
+
+def new_model(cfg, stage: str) -> UA3DTalk:
+    model = build_model(cfg, stage)
+    model.static_warmup = 0  # deform from the first face step
+    return model
+
+
+def train_loader(dm, stage: str, n: int = 2) -> DataLoader:
+    """``n`` training frames of ``dm`` for ``stage`` (FrameBatch or AudioBatch), one batch, no shuffling.
+
+    The frames are spread over the split (several clips and emotions; several frames for the prior's
+    InfoNCE); the first is a blinking frame, so that the eye input is non-zero (the eye gates of the
+    audio view get a gradient only from a blink)."""
+    dm.stage = stage
+    ds = dm.dataset("train")
+    m = len(ds)
+    idx = [int(round(k * (m - 1) / max(n - 1, 1))) for k in range(n)] if n > 1 else [m // 2]
+    rows = dm.split_index["train"]
+    blink = [float(dm.clips[int(ci)].blink()[dm.clips[int(ci)].img_ids[int(pos)]]) for ci, pos in rows]
+    idx[0] = max(range(m), key=lambda i: blink[i])
+    assert blink[idx[0]] > 0.5, "the fixture has no blinking training frame"
+    return DataLoader(Subset(ds, idx), batch_size=n, collate_fn=collate_batches)
+
+
+def val_batch(dm, n: int = 2) -> FrameBatch:
+    dm.stage = "fuse"
+    ds = dm.frame_dataset("val")
+    return collate_batches([ds[i] for i in range(min(n, len(ds)))])
+
+
+def make_trainer(steps: int, **kw) -> L.Trainer:
+    """A CPU trainer running ``steps`` training steps of the model (each step = one ``optimizer.step``
+    per optimizer of the stage: Lightning counts optimizer steps in ``global_step``)."""
+    args = dict(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                limit_val_batches=0)
+    args.update(kw)
+    return L.Trainer(**args)
+
+
+def fit_steps(model: UA3DTalk, loader: DataLoader, steps: int = 1, **kw) -> L.Trainer:
+    n_opt = len(model._optimizers_for_stage())
+    trainer = make_trainer(steps * n_opt, **kw)
+    trainer.fit(model, train_dataloaders=loader)
+    assert model.stage_step() == steps, f"expected {steps} training steps, ran {model.stage_step()}"
+    return trainer
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def module_names(model: UA3DTalk, modules) -> set[str]:
+    ids = {id(m) for m in modules}
+    return {n for n, m in model.named_children() if id(m) in ids}
+
+
+def differing(before: dict, after: dict, prefix: str) -> list[str]:
+    keys = sorted(k for k in set(before) | set(after) if k.startswith(prefix + "."))
+    return [k for k in keys if k not in before or k not in after or before[k].shape != after[k].shape
+            or not torch.equal(before[k], after[k])]
+
+
+# Parameters that cannot influence any output, so no gradient can reach them: the attention fusion of
+# the single-branch (wav2vec2-only) emotion student — a softmax over one branch is the constant 1.
+DEAD_PARAMETERS = ("emotion.student.fusion.",)
+
+
+def assert_stage_updates(model: UA3DTalk, before: dict, changed_ok: set[str] = frozenset()) -> None:
+    """Every parameter of the stage's trainable modules has a finite, non-zero gradient and was updated;
+    every other module's state (parameters and buffers) is bit-for-bit unchanged and got no gradient."""
+    after = model.state_dict()
+    trainable = module_names(model, stage_trainable_modules(model))
+    assert trainable, f"stage {model.stage}: no trainable module"
+    problems = []
+    for name, mod in model.named_children():
+        if name in trainable:
+            for pn, p in mod.named_parameters():
+                key = f"{name}.{pn}"
+                if key.startswith(DEAD_PARAMETERS):
+                    assert p.grad is None or not bool((p.grad != 0).any()), f"{key} is not dead after all"
+                    continue
+                if p.grad is None:
+                    problems.append(f"{key}: no gradient")
+                elif not bool(torch.isfinite(p.grad).all()):
+                    problems.append(f"{key}: non-finite gradient")
+                elif not bool((p.grad != 0).any()):
+                    problems.append(f"{key}: gradient is zero everywhere")
+                elif float(p.grad.abs().max()) > 1e-9 and torch.equal(before[key], p.detach()):
+                    # (a first Adam step is ≈ lr·sign(g) for |g| ≫ eps = 1e-8; for the tiny gradients that
+                    # reach the occluded mouth in a first fuse step it can fall below float resolution)
+                    problems.append(f"{key}: not updated (max |grad| {float(p.grad.abs().max()):.2e})")
+        else:
+            changed = differing(before, after, name)
+            if changed and name not in changed_ok:
+                problems.append(f"frozen module {name} changed: {changed[:6]}")
+            for pn, p in mod.named_parameters():
+                if p.grad is not None and bool((p.grad != 0).any()):
+                    problems.append(f"frozen {name}.{pn} received a gradient")
+    assert not problems, f"stage {model.stage}:\n  " + "\n  ".join(problems)
+
+
+# --------------------------------------------------------------------------------------------------
+# stages: what learns and what stays frozen
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stage", ["face", "mouth", "fuse"])
+def test_render_stage_updates_exactly_its_modules(stage, dm, cfg_factory):
+    model = new_model(cfg_factory(), stage)
+    before = snapshot(model)
+    fit_steps(model, train_loader(dm, stage, 2))
+    assert_stage_updates(model, before)
+    # the frozen prior and emotion modules are bit-for-bit unchanged (parameters and buffers)
+    after = model.state_dict()
+    for frozen in ("prior", "emotion", "emotion_control"):
+        assert differing(before, after, frozen) == [], frozen
+    expected = {"face": {"face", "deformation", "emotion_field"}, "mouth": {"mouth", "mouth_deformation"},
+                "fuse": {"face", "deformation", "emotion_field", "mouth", "mouth_deformation"}}[stage]
+    assert module_names(model, stage_trainable_modules(model)) == expected
+
+
+def test_frozen_modules_give_the_same_conditioning_while_training(dm, cfg_factory):
+    """The conditioning a render stage trains with is the one inference sees (frozen modules in eval
+    mode: e.g. the emotion student's BatchNorm uses its learned statistics, never the batch's)."""
+    model = new_model(cfg_factory(), "face")
+    batch = val_batch(dm, 2)
+    model.eval()
+    ref = model.conditioning(batch)
+    model.train()
+    got = model.conditioning(batch)
+    for name in ("content", "style", "emotion"):
+        assert torch.equal(getattr(ref, name), getattr(got, name)), name
+
+
+@pytest.mark.parametrize("stage", ["prior", "emotion"])
+def test_audio_stage_updates_exactly_its_modules(stage, dm, cfg_factory):
+    model = new_model(cfg_factory(), stage)
+    loader = train_loader(dm, stage, 12)
+    batch = next(iter(loader))
+    assert isinstance(batch, AudioBatch)
+    assert len(set(batch.emotion.tolist())) > 1  # the frames span several emotions
+    before = snapshot(model)
+    fit_steps(model, loader)
+    # the emotion stage also updates the (non-gradient) class/intensity prototypes of EmotionControl
+    assert_stage_updates(model, before, changed_ok={"emotion_control"} if stage == "emotion" else set())
+    if stage == "emotion":
+        assert differing(before, model.state_dict(), "emotion_control"), "emotion prototypes were not updated"
+    assert module_names(model, stage_trainable_modules(model)) == {stage}
+
+
+def test_static_warmup_trains_the_canonical_gaussians_only(dm, cfg_factory):
+    model = new_model(cfg_factory(), "face")
+    model.static_warmup = 5
+    before = snapshot(model)
+    fit_steps(model, train_loader(dm, "face", 1))
+    after = model.state_dict()
+    assert differing(before, after, "face"), "face Gaussians not updated in the static warm-up"
+    for name in ("deformation", "emotion_field", "mouth", "mouth_deformation", "prior", "emotion"):
+        assert differing(before, after, name) == [], name
+
+
+# --------------------------------------------------------------------------------------------------
+# ablations: every switch builds and trains (stage A, then stage B of the ensembles)
+# --------------------------------------------------------------------------------------------------
+
+ABLATIONS = {
+    "full_cov": ["model.deformation.fusion=full_cov"],
+    "uniform": ["model.deformation.fusion=uniform"],
+    "concat": ["model.deformation.fusion=concat"],
+    "aleatoric": ["model.deformation.uncertainty=aleatoric"],
+    "epistemic": ["model.deformation.uncertainty=epistemic"],
+    "single_head": ["model.deformation.single_head=true"],
+    "no_prior": ["model.deformation.views=[audio,emotion]", "model.mouth_deformation.views=[audio]",
+                 "model.prior=null"],
+    "no_emotion": ["model.deformation.views=[audio,content,style]", "model.emotion=null",
+                   "model.emotion_field=null"],
+}
+
+
+@pytest.mark.parametrize("name", list(ABLATIONS))
+def test_ablation_builds_and_trains(name, dm, cfg_factory):
+    cfg = cfg_factory(*ABLATIONS[name], "model.deformation.ensemble_switch=1",
+                      "model.mouth_deformation.ensemble_switch=1")
+    model = new_model(cfg, "fuse")
+    if name == "no_prior":
+        assert model.prior is None and model.deformation.views == ("audio", "emotion")
+    if name == "no_emotion":
+        assert model.emotion is None and model.emotion_field is None and "emotion" not in model.deformation.views
+    before = snapshot(model)
+    fit_steps(model, train_loader(dm, "fuse", 2), steps=2)  # step 0: stage A, step 1: stage B
+    assert_stage_updates(model, before)
+    model.eval()
+    img = model.render_batch(val_batch(dm, 1))
+    assert img.shape == (1, 3, *dm.image_size) and bool(torch.isfinite(img).all())
+
+
+def test_prior_and_emotion_stages_need_their_modules(cfg_factory):
+    cfg = cfg_factory(*ABLATIONS["no_prior"])
+    with pytest.raises(ValueError, match="prior"):
+        build_model(cfg, "prior").configure_optimizers()
+    with pytest.raises(Exception, match="content/style"):  # content/style views without a prior
+        build_model(cfg_factory("model.prior=null"), "face")
+
+
+# --------------------------------------------------------------------------------------------------
+# checkpoints
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("densify", [False, True], ids=["fixed", "densified"])
+def test_checkpoint_round_trip_renders_identically(densify, dm, cfg_factory, tmp_path):
+    ov = ["model.face_density.start=1", "model.face_density.interval=1", "model.face_density.grad_threshold=1e-12",
+          "model.mouth_density.start=1", "model.mouth_density.interval=1",
+          "model.mouth_density.grad_threshold=1e-12"] if densify else []
+    cfg = cfg_factory(*ov)
+    model = new_model(cfg, "fuse")
+    n0 = (len(model.face), len(model.mouth))
+    trainer = fit_steps(model, train_loader(dm, "fuse", 2), steps=2 if densify else 1,
+                        plugins=[AtomicCheckpointIO()])
+    if densify:
+        assert (len(model.face), len(model.mouth)) != n0, "density control did not change the Gaussians"
+    path = tmp_path / "ck" / "last.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = load_model(path)
+    assert isinstance(loaded, UA3DTalk) and loaded.stage == "fuse" and not loaded.training
+    assert (len(loaded.face), len(loaded.mouth)) == (len(model.face), len(model.mouth))
+    own, other = model.state_dict(), loaded.state_dict()
+    assert set(own) == set(other)
+    assert [k for k in own if not torch.equal(own[k], other[k])] == []
+    model.eval()
+    batch = val_batch(dm, 2)
+    a, b = model.render_batch(batch), loaded.render_batch(batch)
+    assert a.shape == (2, 3, *dm.image_size)
+    assert a.std() > 0.01  # a real render, not a constant image
+    assert torch.equal(a, b)
+    # renders with an explicit emotion embedding too
+    e = torch.randn(1, 128, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(model.render_batch(batch, emotion=e), loaded.render_batch(batch, emotion=e))
+
+
+@pytest.fixture
+def default_checkpoint(dm, cfg_factory, tmp_path) -> Path:
+    model = new_model(cfg_factory(), "face")
+    trainer = fit_steps(model, train_loader(dm, "face", 1), plugins=[AtomicCheckpointIO()])
+    path = tmp_path / "default.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_checkpoint_of_another_config_lists_mismatched_keys(dm, cfg_factory, tmp_path):
+    concat = new_model(cfg_factory("model.deformation.fusion=concat"), "face")
+    trainer = fit_steps(concat, train_loader(dm, "face", 1), plugins=[AtomicCheckpointIO()])
+    path = tmp_path / "concat.ckpt"
+    trainer.save_checkpoint(path)
+    model = new_model(cfg_factory(), "fuse")
+    before = snapshot(model)
+    with pytest.raises(CheckpointError) as ei:
+        load_model_checkpoint(model, path)
+    msg = str(ei.value)
+    assert str(path) in msg
+    assert "missing: " in msg and "unexpected: " in msg
+    own, theirs = set(model.state_dict()), set(read_checkpoint(path)["state_dict"])
+    missing, unexpected = sorted(own - theirs), sorted(theirs - own)
+    assert missing and unexpected
+    assert missing[0] in msg and unexpected[0] in msg
+    assert all(k.startswith("deformation.") for k in missing + unexpected)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing was loaded
+
+
+def test_checkpoint_with_other_sizes_lists_shape_mismatches(default_checkpoint, cfg_factory):
+    model = new_model(cfg_factory("model.deformation.field_resolution=8"), "fuse")
+    with pytest.raises(CheckpointError, match=r"shape mismatch: deformation\.position_field"):
+        load_model_checkpoint(model, default_checkpoint)
+
+
+def test_checkpoint_of_another_version_is_refused(default_checkpoint, cfg_factory, tmp_path):
+    ck = torch.load(default_checkpoint, weights_only=True)
+    ck["ua3dtalk"]["version"] = 99
+    bad = tmp_path / "v99.ckpt"
+    torch.save(ck, bad)
+    with pytest.raises(CheckpointError, match="version 99"):
+        load_model_checkpoint(new_model(cfg_factory(), "fuse"), bad)
+    del ck["ua3dtalk"]
+    torch.save(ck, bad)
+    with pytest.raises(CheckpointError, match="not written by ua3dtalk"):
+        load_model(bad)
+
+
+class _Payload:
+    """Unpickling this object creates the directory ``marker`` (a stand-in for arbitrary code)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_malicious_pickle_checkpoint_is_refused(default_checkpoint, tmp_path):
+    marker = tmp_path / "pwned"
+    ck = torch.load(default_checkpoint, weights_only=True)
+    ck["payload"] = _Payload(str(marker))
+    evil = tmp_path / "evil.ckpt"
+    torch.save(ck, evil)
+    # the payload is live: a full unpickle runs it
+    torch.load(evil, weights_only=False)
+    assert marker.is_dir()
+    marker.rmdir()
+    with pytest.raises(CheckpointError, match=re.escape(str(evil))):
+        read_checkpoint(evil)
+    with pytest.raises(CheckpointError):
+        load_model(evil)
+    with pytest.raises(CheckpointError):
+        AtomicCheckpointIO().load_checkpoint(evil)
+    assert not marker.exists(), "loading the checkpoint ran code"
+
+
+def test_atomic_checkpoint_io_refuses_nan_and_keeps_the_previous_file(tmp_path):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "ck" / "last.ckpt"
+    good = {"state_dict": {"face.means": torch.randn(5, 3), "deformation.w": torch.ones(2)}, "ua3dtalk": {"version": 1}}
+    io.save_checkpoint(good, path)
+    data = path.read_bytes()
+    bad = {"state_dict": {"face.means": torch.randn(5, 3), "deformation.w": torch.tensor([1.0, float("nan")])}}
+    with pytest.raises(CheckpointError, match=r"deformation\.w"):
+        io.save_checkpoint(bad, path)
+    inf = {"state_dict": {"face.means": torch.full((5, 3), float("inf")), "deformation.w": torch.ones(2)}}
+    with pytest.raises(CheckpointError, match=r"face\.means"):
+        io.save_checkpoint(inf, path)
+    assert path.read_bytes() == data
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]  # no temporary file left
+    ck = io.load_checkpoint(path)
+    assert torch.equal(ck["state_dict"]["face.means"], good["state_dict"]["face.means"])
+    # a NaN checkpoint written by other means is refused on reading
+    torch.save(bad, tmp_path / "nan.ckpt")
+    with pytest.raises(CheckpointError, match="NaN"):
+        read_checkpoint(tmp_path / "nan.ckpt")
+
+
+# --------------------------------------------------------------------------------------------------
+# non-finite losses
+# --------------------------------------------------------------------------------------------------
+
+
+class _InjectNaN(L.Callback):
+    """Before training batch ``at``: remember the weights, then put NaN into ``face.sh``."""
+
+    def __init__(self, at: int):
+        self.at = at
+        self.before: dict | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.at:
+            self.before = snapshot(pl_module)
+            with torch.no_grad():
+                pl_module.face.sh[:, 0, 0] = float("nan")
+
+
+def test_nan_in_a_face_parameter_stops_training_and_keeps_the_checkpoint(dm, cfg_factory, tmp_path):
+    model = new_model(cfg_factory(), "face")
+    last = tmp_path / "checkpoints" / "face" / "last.ckpt"
+    inject = _InjectNaN(at=2)
+    n_opt = len(model._optimizers_for_stage())
+    trainer = make_trainer(5 * n_opt, plugins=[AtomicCheckpointIO()],
+                           callbacks=[PeriodicCheckpoint(last, every_n_steps=1), inject])
+    loader = train_loader(dm, "face", 1)
+    loader = DataLoader(Subset(loader.dataset.dataset, list(range(5))), batch_size=1, collate_fn=collate_batches)
+    with pytest.raises(NonFiniteLossError) as ei:
+        trainer.fit(model, train_dataloaders=loader)
+    msg = str(ei.value)
+    assert re.search(r"\bstep 2\b", msg), msg
+    assert "`face.sh`" in msg, msg
+    # nothing was stepped after the NaN appeared: every other weight is as before the failing step
+    after = model.state_dict()
+    changed = [k for k in inject.before if k != "face.sh" and not torch.equal(inject.before[k], after[k])]
+    assert changed == []
+    # the checkpoint written after the last good step is intact, finite and holds those weights
+    ck = read_checkpoint(last)
+    sd = ck["state_dict"]
+    assert all(bool(torch.isfinite(v).all()) for v in sd.values() if v.is_floating_point())
+    assert all(torch.equal(sd[k], inject.before[k]) for k in inject.before)
+    loaded = load_model(last)
+    assert torch.equal(loaded.face.sh, inject.before["face.sh"])
+
+
+def test_non_finite_gradient_stops_before_the_optimizer_step(dm, cfg_factory):
+    """A finite loss with a non-finite gradient (e.g. from a degenerate Gaussian) must not be stepped."""
+    model = new_model(cfg_factory(), "face")
+    before = snapshot(model)
+    model.face.sh.register_hook(lambda g: torch.where(torch.arange(g.numel()).reshape(g.shape) == 7,
+                                                      torch.full_like(g, float("inf")), g))
+    with pytest.raises(NonFiniteLossError, match=r"step 0: `gradient of face\.sh` is not finite \(1 of"):
+        fit_steps(model, train_loader(dm, "face", 1))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # nothing was stepped
+
+
+class _NaNImages(torch.utils.data.Dataset):
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        b = self.ds[i]
+        b.image[..., 10:20, 10:20] = float("nan")
+        return b
+
+
+def test_non_finite_render_loss_names_the_step_and_tensor(dm, cfg_factory):
+    model = new_model(cfg_factory(), "face")
+    before = snapshot(model)
+    loader = train_loader(dm, "face", 1)
+    loader = DataLoader(_NaNImages(loader.dataset), batch_size=1, collate_fn=collate_batches)
+    with pytest.raises(NonFiniteLossError, match=r"step 0: `train/loss` is not finite"):
+        fit_steps(model, loader)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # nothing was stepped
+
+
+def test_non_finite_prior_loss_names_the_tensor(dm, cfg_factory):
+    model = new_model(cfg_factory(), "prior")
+    with torch.no_grad():
+        model.prior.content.out.weight.fill_(float("inf"))
+    with pytest.raises(NonFiniteLossError, match=r"step 0: `prior/total`"):
+        fit_steps(model, train_loader(dm, "prior", 4))
+
+
+def test_unknown_stage_is_refused(cfg_factory):
+    with pytest.raises(Exception, match="unknown stage"):
+        build_model(cfg_factory(), "teeth")
+    assert set(STAGES) == {"prior", "emotion", "mouth", "face", "fuse"}
