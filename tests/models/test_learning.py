@@ -10,7 +10,8 @@ one per emotion). The stages' checkpoints are then evaluated on *every* frame of
 (c) the prior's content features predict the mouth-open coefficient (``expr`` column 0, ``jaw_open``)
     of held-out frames: a linear read-out fitted on training frames reaches R² > 0.5;
 (d) driven by held-out audio, the rendered inside-mouth area (Σ over pixels of the mouth branch's
-    alpha × (1 − face alpha)) correlates positively with the ground-truth ``jaw_open``.
+    alpha × (1 − face alpha)) correlates positively with the ground-truth ``jaw_open`` — currently an
+    expected failure (see its ``xfail`` reason).
 
 The measured figures are printed (``pytest -s``) and attached to the test report (``record_property``).
 """
@@ -221,9 +222,10 @@ def test_prior_content_features_predict_mouth_opening(trained, evaluation, recor
 
 
 @pytest.mark.xfail(strict=False, reason=(
-    "open (issue 4): after the smoke schedule the rendered inside-mouth area does not yet follow the held-out "
-    "jaw opening (measured r = -0.32 with 150 mouth / 80 fuse steps); the mouth branch needs a longer or "
-    "better-targeted mouth stage"))
+    "open (issue 4): the rendered inside-mouth area does not follow the held-out jaw opening (r = -0.31 after "
+    "the smoke schedule; -0.23 / -0.36 with 4× / 8× face and 2.5× / 5× fuse steps): the face branch learns "
+    "the jaw drop (its total alpha follows jaw_open, r ≈ 0.7) but never parts the lips — it leaves < 1 px of "
+    "the ≈ 13 px ground-truth inner mouth uncovered, so the mouth branch behind it is never seen"))
 def test_audio_driven_mouth_area_follows_jaw_open(trained, evaluation, record_property):
     cfg, run_dir, metrics, _ = trained
     ecfg, dm = evaluation

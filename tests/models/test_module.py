@@ -113,8 +113,8 @@ def val_batch(dm, n: int = 2) -> FrameBatch:
 
 
 def make_trainer(steps: int, **kw) -> L.Trainer:
-    """A CPU trainer running ``steps`` training steps of the model (each step = one ``optimizer.step``
-    per optimizer of the stage: Lightning counts optimizer steps in ``global_step``)."""
+    """A CPU trainer stopping after ``steps`` optimizer steps (Lightning's ``global_step`` counts
+    optimizer steps: one training step of a stage = one step per optimizer of the stage)."""
     args = dict(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                 enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                 limit_val_batches=0)
