@@ -248,6 +248,22 @@ def test_fused_stats_equal_reference_values_and_gradients(chunk, which):
         torch.testing.assert_close(a, b, **TIGHT)
 
 
+@pytest.mark.parametrize("bounds", [(-10.0, 4.0), (-80.0, 40.0)])
+def test_fused_stats_log_variance_bounds(bounds):
+    """Default and very wide log-variance bounds (the σ² factorisation falls back to the plain form)."""
+    torch.manual_seed(0)
+    ens = EnsembleMLP(6, hidden=8, out_dim=3, members=4, logvar_min=bounds[0], logvar_max=bounds[1]).double()
+    with torch.no_grad():
+        ens.w2.mul_(30.0)  # log-variances across the whole range
+    x = torch.randn(50, 6, dtype=torch.float64, requires_grad=True)
+    mus, lvs = ref_ensemble(ens, x)
+    al = ens.stats(x)[1]
+    torch.testing.assert_close(al, lvs.exp().mean(0), **TIGHT)
+    g = torch.randn_like(al)
+    torch.testing.assert_close(torch.autograd.grad((al * g).sum(), ens.w2)[0],
+                               torch.autograd.grad((lvs.exp().mean(0) * g).sum(), ens.w2)[0], **TIGHT)
+
+
 def test_fused_stats_gradcheck():
     torch.manual_seed(0)
     ens = EnsembleMLP(3, hidden=4, out_dim=2, members=3, chunk_rows=2).double()

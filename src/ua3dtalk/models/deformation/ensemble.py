@@ -36,11 +36,13 @@ Fast paths (same mathematics as the plain formulas above, equal to float toleran
   Gaussian-only segments, ``b1 + H·W_H``, can be passed precomputed (``ViewInput.pre``, the
   inference cache of :class:`~ua3dtalk.models.deformation.network.DeformationNetwork`).
 * **Fused member statistics** (:meth:`EnsembleMLP.stats`): stage B only needs ``(μ̄, mean σ², var μ)``
-  — the second layer and the statistics are computed in blocks of ``chunk_rows`` Gaussians (cache
-  resident, no ``[T, N, 2·out]`` tensor), with a hand-written backward (``∂μ_t = ḡ_μ/T +
-  2ḡ_ep(μ_t−μ̄)/T``, ``∂r_t = ḡ_al/T · σ_t²(1−tanh²)``) instead of autograd through ~12 elementwise
-  ops. The members' μ (``ViewEstimate.members_mu``) are only materialised when asked for
-  (``need_members=True``, the default of :meth:`UncertaintyBlock.forward`; ``fusion=full_cov``).
+  — the first layer, the second layer and the statistics are computed in blocks of ``chunk_rows``
+  Gaussians (cache resident: neither the ``[N, T·hidden]`` pre-activations nor the ``[T, N, 2·out]``
+  outputs are materialised; block temporaries are reused, see :class:`_Workspace`), with a
+  hand-written backward (``∂μ_t = ḡ_μ/T + 2ḡ_ep(μ_t−μ̄)/T``, ``∂r_t = ḡ_al/T · σ_t²(1−tanh²)``)
+  instead of autograd through ~12 elementwise ops. The members' μ (``ViewEstimate.members_mu``) are
+  only materialised when asked for (``need_members=True``, the default of
+  :meth:`UncertaintyBlock.forward`; ``fusion=full_cov``).
 * **Mixed precision** (``compute_dtype="bfloat16"``, optional; default ``"float32"`` = the
   parameters' dtype, exact): the two ensemble matmuls run in bfloat16 (~3× faster on CPUs with
   AVX512-BF16/AMX), the statistics, outputs and gradients of the parameters are float32.
@@ -48,6 +50,7 @@ Fast paths (same mathematics as the plain formulas above, equal to float toleran
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -61,7 +64,7 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 SEGMENT_KINDS = ("frame", "shared", "full")
 
 #: Gaussians per block of the fused statistics (the [T, rows, 2·out] block stays in the CPU caches).
-CHUNK_ROWS = 512
+CHUNK_ROWS = 1024
 
 
 def bound_logvar(x: Tensor, lo: float, hi: float) -> Tensor:
@@ -170,45 +173,111 @@ ViewLike = Union[Tensor, ViewInput]
 # --------------------------------------------------------------------------------------------------
 
 
-def _stats_block(z: Tensor, w2: Tensor, b2: Tensor, members: int, out_dim: int, c: float, hw: float,
-                 mu_out: Tensor, al_out: Tensor, ep_out: Tensor, keep: bool, owned: bool = False) -> Optional[Tensor]:
+class _Workspace(threading.local):
+    """Per-thread scratch buffers for the blocked evaluation. Block-sized temporaries (2–8 MB) allocated
+    afresh every block are served by ``mmap`` and page-faulted on every use; reusing them is ~2–3×
+    faster for the elementwise statistics. Only temporaries live here — never a tensor that is returned
+    or saved for backward."""
+
+    def __init__(self) -> None:
+        self.bufs: dict = {}
+
+    def get(self, name: str, shape: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
+        numel = math.prod(shape)
+        key = (name, dtype, device)
+        buf = self.bufs.get(key)
+        if buf is None or buf.numel() < numel:
+            buf = torch.empty(numel, dtype=dtype, device=device)
+            self.bufs[key] = buf
+        return buf[:numel].view(shape)
+
+
+_WS = _Workspace()
+
+
+class _Head:
+    """The second layer prepared for the blocked statistics. The log-variance columns are pre-scaled,
+    ``w2' = w2·k``, ``b2' = (b2 − c)·k`` with ``k = 2/h`` (``c``, ``h`` of :func:`bound_logvar`), so the
+    matmul yields ``u = (r − c)·k`` directly and ``lv = lo + (hi − lo)·sigmoid(u)``; gradients found for
+    ``w2'``, ``b2'`` are mapped back by :meth:`param_grads`. ``w2c`` is in the compute dtype, ``b2`` in
+    the parameters' dtype."""
+
+    def __init__(self, w2: Tensor, b2: Tensor, members: int, out_dim: int, lo: float, hi: float,
+                 cdtype: Optional[torch.dtype]) -> None:
+        with torch.no_grad():
+            c, k = 0.5 * (lo + hi), 4.0 / (hi - lo)
+            self.scale = torch.ones(2 * out_dim, dtype=w2.dtype, device=w2.device)
+            self.scale[out_dim:] = k
+            shift = torch.zeros_like(self.scale)
+            shift[out_dim:] = -c * k
+            w2s = w2 * self.scale
+            self.w2c = w2s if cdtype is None else w2s.to(cdtype)
+            self.b2 = torch.addcmul(shift, b2, self.scale)
+            # the μ and u halves as separate contiguous matrices: two matmuls give contiguous outputs,
+            # on which the elementwise statistics run ~1.5× faster than on strided halves
+            self.w2_mu, self.w2_u = self.w2c[..., :out_dim].contiguous(), self.w2c[..., out_dim:].contiguous()
+            self.b2_mu, self.b2_u = self.b2[:, None, :out_dim], self.b2[:, None, out_dim:]
+        self.members, self.out_dim, self.lo, self.span = members, out_dim, float(lo), float(hi - lo)
+        # σ² = e^lo·e^{(hi−lo)t}: the factor e^lo is applied once per output (saves a pass) unless a
+        # factor would leave the float range (very wide log-variance bounds)
+        self.shift = self.lo if (self.span <= 60.0 and self.lo >= -60.0) else 0.0
+        self.factor = math.exp(self.shift)
+
+    def param_grads(self, dw2s: Optional[Tensor], db2s: Optional[Tensor]) -> tuple[Optional[Tensor], Optional[Tensor]]:
+        return (None if dw2s is None else dw2s.mul_(self.scale)), (None if db2s is None else db2s.mul_(self.scale))
+
+
+def _stats_block(z: Tensor, head: _Head, mu_out: Tensor, al_out: Tensor, ep_out: Tensor, keep: bool,
+                 owned: bool = False) -> Optional[tuple[Tensor, Tensor]]:
     """Second layer + member statistics of one block of rows.
 
-    ``z [n, T·hidden]`` pre-activations (compute dtype), ``w2``/``b2`` in the compute dtype / float;
-    writes ``μ̄``, mean ``σ²`` and the population variance of ``μ`` into ``mu_out``, ``al_out``,
-    ``ep_out`` ``[n, D]``. With ``keep``, returns ``[T, n, 2D]`` = ``(μ_t − μ̄, σ_t²·∂lv_t/∂r_t)``,
-    the local derivatives the backward needs; otherwise ``None``. ``owned``: ``z`` is a temporary
-    that may be overwritten."""
-    n = z.shape[0]
-    d = out_dim
-    h = (z.clamp_min_(0) if owned else torch.relu(z)).view(n, members, -1).transpose(0, 1)  # [T, n, hidden]
-    if h.dtype == w2.dtype and h.dtype == b2.dtype:
-        out = torch.baddbmm(b2.unsqueeze(1), h, w2)  # [T, n, 2D]
-    else:  # bfloat16 matmul, float32 statistics
-        out = torch.bmm(h, w2).to(b2.dtype).add_(b2.unsqueeze(1))
-    mus, r = out[..., :d], out[..., d:]
-    torch.mean(mus, dim=0, out=mu_out)
-    dev = mus.sub_(mu_out)  # μ_t − μ̄ (in place)
-    torch.mean(dev.square(), dim=0, out=ep_out)
-    t = r.sub_(c).mul_(2.0 / hw).sigmoid_()  # lv = lo + (hi−lo)·t = c + h·tanh((r − c)/h), as bound_logvar
-    s = t.mul(2.0 * hw).add_(c - hw).exp_()  # σ_t²
-    torch.mean(s, dim=0, out=al_out)
+    ``z [n, T·hidden]`` pre-activations (compute dtype). Writes the member *sums* ``Σ_t μ_t``,
+    ``Σ_t σ_t²/f``, ``Σ_t (μ_t − μ̄)²`` into ``mu_out``, ``al_out``, ``ep_out`` ``[n, D]`` (``f =
+    head.factor``, normally ``e^lo``; :func:`_finish` divides by ``T`` and applies ``f`` once). With
+    ``keep``, returns ``([T, n, D], [T, n, D])`` = ``(μ_t − μ̄, σ_t²·t_t(1 − t_t)/f)`` (``t = sigmoid(u)``,
+    ``σ² = e^{lo + (hi−lo)t}``; ``∂σ²/∂u = σ²·(hi − lo)·t(1 − t)``), the local derivatives the backward
+    needs (fresh tensors); otherwise ``None``. ``owned``: ``z`` is a temporary that may be overwritten
+    (ReLU in place)."""
+    n, t_, d = z.shape[0], head.members, head.out_dim
+    fdt, dev_ = head.b2.dtype, z.device
+    shape = (t_, n, d)
+    h = (z.clamp_min_(0) if owned else torch.relu(z)).view(n, t_, -1).transpose(0, 1)  # [T, n, hidden]
+    mus = torch.empty(shape, dtype=fdt, device=dev_) if keep else _WS.get("mu", shape, fdt, dev_)
+    u = torch.empty(shape, dtype=fdt, device=dev_) if keep else _WS.get("u", shape, fdt, dev_)
+    if h.dtype == fdt:
+        torch.baddbmm(head.b2_mu, h, head.w2_mu, out=mus)  # [T, n, D]
+        torch.baddbmm(head.b2_u, h, head.w2_u, out=u)
+    else:  # bfloat16 matmul (one, N = 2D); bias added in the parameters' dtype (type promotion: one pass)
+        tmp = torch.bmm(h, head.w2c, out=_WS.get("mm", (t_, n, 2 * d), h.dtype, dev_))
+        torch.add(head.b2_mu, tmp[..., :d], out=mus)
+        torch.add(head.b2_u, tmp[..., d:], out=u)
+    torch.sum(mus, dim=0, out=mu_out)
+    dev = mus.sub_(mu_out, alpha=1.0 / t_)  # μ_t − μ̄ (in place)
+    sq = _WS.get("sq", shape, fdt, dev_)
+    torch.sum(torch.mul(dev, dev, out=sq), dim=0, out=ep_out)
+    t = u.sigmoid_()  # lv = lo + (hi−lo)·t  (= c + h·tanh((r − c)/h), as bound_logvar)
+    s = torch.mul(t, head.span, out=sq)
+    if head.shift != head.lo:
+        s.add_(head.lo - head.shift)
+    s.exp_()  # σ_t² / factor  (the factor is applied once, by _finish)
+    torch.sum(s, dim=0, out=al_out)
     if not keep:
         return None
-    t.mul_(torch.sub(1.0, t)).mul_(s).mul_(4.0)  # σ_t² · ∂lv/∂r, ∂lv/∂r = 1 − tanh² = 4t(1 − t) (t is r)
-    return out
+    t.mul_(torch.sub(1.0, t)).mul_(s)  # σ_t²·t(1 − t) / factor  (t is u, in place)
+    return dev, t
 
 
-def _grad_out(jac: Tensor, g_mu: Optional[Tensor], g_al: Optional[Tensor], g_ep: Optional[Tensor], members: int,
-              d: int) -> Tensor:
-    """Gradient ``[T, n, 2D]`` of the second layer's output of one block (rows of ``g_*`` already
-    sliced): ``∂μ_t = ḡ_μ/T + 2ḡ_ep(μ_t − μ̄)/T``, ``∂r_t = ḡ_al/T · σ_t²·∂lv_t/∂r_t`` (``jac`` from
-    :func:`_stats_block`; the term of ``ḡ_ep`` through ``μ̄`` is ``Σ_t (μ_t − μ̄) = 0``)."""
-    inv_t = 1.0 / members
-    g = jac.new_empty(jac.shape)
+def _grad_out(jac: tuple[Tensor, Tensor], g_mu: Optional[Tensor], g_al: Optional[Tensor], g_ep: Optional[Tensor],
+              head: _Head) -> Tensor:
+    """Gradient ``[T, n, 2D]`` of the (scaled) second layer's output of one block (rows of ``g_*``
+    already sliced): ``∂μ_t = ḡ_μ/T + 2ḡ_ep(μ_t − μ̄)/T``, ``∂u_t = ḡ_al/T · σ_t²(hi − lo)t_t(1 − t_t)``
+    (``jac`` from :func:`_stats_block`; the term of ``ḡ_ep`` through ``μ̄`` is ``Σ_t (μ_t − μ̄) = 0``)."""
+    d, inv_t = head.out_dim, 1.0 / head.members
+    dev, jac_u = jac
+    g = _WS.get("g", (*dev.shape[:-1], 2 * d), dev.dtype, dev.device)  # a temporary
     gm, gs = g[..., :d], g[..., d:]
     if g_ep is not None:
-        torch.mul(jac[..., :d], g_ep * (2.0 * inv_t), out=gm)
+        torch.mul(dev, g_ep * (2.0 * inv_t), out=gm)
         if g_mu is not None:
             gm.add_(g_mu, alpha=inv_t)
     elif g_mu is not None:
@@ -216,7 +285,7 @@ def _grad_out(jac: Tensor, g_mu: Optional[Tensor], g_al: Optional[Tensor], g_ep:
     else:
         gm.zero_()
     if g_al is not None:
-        torch.mul(jac[..., d:], g_al * inv_t, out=gs)
+        torch.mul(jac_u, g_al * (inv_t * head.span * head.factor), out=gs)
     else:
         gs.zero_()
     return g
@@ -230,6 +299,12 @@ def _accumulate(dst: Tensor, a: Tensor, b: Tensor) -> None:
         dst.add_((torch.bmm if dst.dim() == 3 else torch.mm)(a, b).to(dst.dtype))
 
 
+def _finish(head: _Head, mu: Tensor, al: Tensor, ep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Member sums → means (``al`` also takes the factor ``e^lo`` left out by :func:`_stats_block`)."""
+    inv_t = 1.0 / head.members
+    return mu.mul_(inv_t), al.mul_(inv_t * head.factor), ep.mul_(inv_t)
+
+
 class _EnsembleStats(torch.autograd.Function):
     """``z [M, T·hidden]`` → ``(μ̄, mean σ², var μ)`` each ``[M, D]`` with a blocked forward and the
     analytic backward (see the module docstring). Used when the pre-activations are given (e.g. a
@@ -238,39 +313,39 @@ class _EnsembleStats(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z: Tensor, w2: Tensor, b2: Tensor, members: int, out_dim: int, lo: float, hi: float,
                 chunk: int):  # type: ignore[override]
-        c, hw = 0.5 * (lo + hi), 0.5 * (hi - lo)
+        head = _Head(w2, b2, members, out_dim, lo, hi, None if z.dtype == b2.dtype else z.dtype)
         m = z.shape[0]
-        w2c = w2.to(z.dtype)
         mu = z.new_empty((m, out_dim), dtype=b2.dtype)
         al, ep = torch.empty_like(mu), torch.empty_like(mu)
         keep = any(ctx.needs_input_grad[:3])
         saved = []
         for a in range(0, m, chunk):
             e = min(a + chunk, m)
-            saved.append(_stats_block(z[a:e], w2c, b2, members, out_dim, c, hw, mu[a:e], al[a:e], ep[a:e], keep))
+            saved.append(_stats_block(z[a:e], head, mu[a:e], al[a:e], ep[a:e], keep))
         ctx.set_materialize_grads(False)
         if keep:
-            ctx.save_for_backward(z, w2, b2)
-            ctx.blocks = saved
-            ctx.meta = (members, out_dim, chunk)
-        return mu, al, ep
+            ctx.save_for_backward(z)
+            ctx.blocks, ctx.head, ctx.chunk = saved, head, chunk
+        return _finish(head, mu, al, ep)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_mu, g_al, g_ep):  # type: ignore[override]
-        z, w2, b2 = ctx.saved_tensors
-        members, d, chunk = ctx.meta
-        m, hid, cdt = z.shape[0], w2.shape[1], z.dtype
-        w2c_t = w2.to(cdt).transpose(1, 2)  # [T, 2D, hidden]
+        (z,) = ctx.saved_tensors
+        head, chunk = ctx.head, ctx.chunk
+        members = head.members
+        m, cdt = z.shape[0], z.dtype
+        hid = head.w2c.shape[1]
+        w2c_t = head.w2c.transpose(1, 2)  # [T, 2D, hidden]
         need_z, need_w2, need_b2 = ctx.needs_input_grad[:3]
         dz = torch.empty_like(z) if need_z else None
-        dw2 = torch.zeros_like(w2) if need_w2 else None
-        db2 = torch.zeros_like(b2) if need_b2 else None
+        dw2 = head.b2.new_zeros(head.w2c.shape) if need_w2 else None
+        db2 = torch.zeros_like(head.b2) if need_b2 else None
         sl = lambda t, a, e: None if t is None else t[a:e]  # noqa: E731
         for i, a in enumerate(range(0, m, chunk)):
             e = min(a + chunk, m)
             n = e - a
-            g = _grad_out(ctx.blocks[i], sl(g_mu, a, e), sl(g_al, a, e), sl(g_ep, a, e), members, d)
+            g = _grad_out(ctx.blocks[i], sl(g_mu, a, e), sl(g_al, a, e), sl(g_ep, a, e), head)
             gc = g.to(cdt)
             zc = z[a:e]
             if need_w2:
@@ -281,6 +356,7 @@ class _EnsembleStats(torch.autograd.Function):
                 dzc = dz[a:e].view(n, members, hid)
                 torch.bmm(gc, w2c_t, out=dzc.transpose(0, 1))
                 dzc.mul_(zc.view(n, members, hid) > 0)  # ReLU
+        dw2, db2 = head.param_grads(dw2, db2)
         return dz, dw2, db2, None, None, None, None, None
 
 
@@ -297,10 +373,10 @@ class _EnsembleViewStats(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, rows: Tensor, w2: Tensor, b2: Tensor, members: int, out_dim: int,
                 lo: float, hi: float, chunk: int, cdtype: Optional[torch.dtype]):  # type: ignore[override]
-        c, hw = 0.5 * (lo + hi), 0.5 * (hi - lo)
+        head = _Head(w2, b2, members, out_dim, lo, hi, cdtype)
         b, n = rows.shape[0], x.shape[1]
         cast = (lambda t: t) if cdtype is None else (lambda t: t.to(cdtype))  # noqa: E731
-        xc, wc, rc, w2c = cast(x), cast(w), cast(rows), cast(w2)
+        xc, wc, rc = cast(x), cast(w), cast(rows)
         mu = x.new_empty((b * n, out_dim), dtype=b2.dtype)
         al, ep = torch.empty_like(mu), torch.empty_like(mu)
         keep = any(ctx.needs_input_grad[:5])
@@ -311,32 +387,32 @@ class _EnsembleViewStats(torch.autograd.Function):
                 e = min(a + chunk, n)
                 r0, r1 = f * n + a, f * n + e
                 zc = torch.addmm(rc[f], xf[a:e], wc)  # [e−a, T·hidden]; ReLU'd in place → hidden activations
-                jac = _stats_block(zc, w2c, b2, members, out_dim, c, hw, mu[r0:r1], al[r0:r1], ep[r0:r1], keep,
-                                   owned=True)
+                jac = _stats_block(zc, head, mu[r0:r1], al[r0:r1], ep[r0:r1], keep, owned=True)
                 if keep:
                     saved.append((jac, zc))
         ctx.set_materialize_grads(False)
         if keep:
-            ctx.save_for_backward(x, w, rows, w2, b2)
-            ctx.blocks = saved
-            ctx.meta = (members, out_dim, chunk, cdtype)
-        return mu, al, ep
+            ctx.save_for_backward(x, w)
+            ctx.blocks, ctx.head, ctx.meta = saved, head, (b, chunk, cdtype)
+        return _finish(head, mu, al, ep)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_mu, g_al, g_ep):  # type: ignore[override]
-        x, w, rows, w2, b2 = ctx.saved_tensors
-        members, d, chunk, cdtype = ctx.meta
+        x, w = ctx.saved_tensors
+        head = ctx.head
+        b, chunk, cdtype = ctx.meta
+        members = head.members
         cast = (lambda t: t) if cdtype is None else (lambda t: t.to(cdtype))  # noqa: E731
-        b, n = rows.shape[0], x.shape[1]
-        hid = w2.shape[1]
+        n = x.shape[1]
+        hid = head.w2c.shape[1]
         need_x, need_w, need_rows, need_w2, need_b2 = ctx.needs_input_grad[:5]
-        xc, wc_t, w2c_t = cast(x), cast(w).t(), cast(w2).transpose(1, 2)
+        xc, wc_t, w2c_t = cast(x), cast(w).t(), head.w2c.transpose(1, 2)
         dx = torch.zeros_like(x) if need_x else None
         dw = torch.zeros_like(w) if need_w else None
-        drows = torch.zeros_like(rows) if need_rows else None
-        dw2 = torch.zeros_like(w2) if need_w2 else None
-        db2 = torch.zeros_like(b2) if need_b2 else None
+        drows = w.new_zeros((b, w.shape[1])) if need_rows else None
+        dw2 = head.b2.new_zeros(head.w2c.shape) if need_w2 else None
+        db2 = torch.zeros_like(head.b2) if need_b2 else None
         sl = lambda t, a, e: None if t is None else t[a:e]  # noqa: E731
         i = 0
         for f in range(b):
@@ -346,8 +422,8 @@ class _EnsembleViewStats(torch.autograd.Function):
                 r0, r1 = f * n + a, f * n + e
                 jac, h = ctx.blocks[i]
                 i += 1
-                g = _grad_out(jac, sl(g_mu, r0, r1), sl(g_al, r0, r1), sl(g_ep, r0, r1), members, d)
-                gc = g.to(h.dtype)
+                g = _grad_out(jac, sl(g_mu, r0, r1), sl(g_al, r0, r1), sl(g_ep, r0, r1), head)
+                gc = g if g.dtype == h.dtype else _WS.get("gc", g.shape, h.dtype, h.device).copy_(g)
                 h3 = h.view(e - a, members, hid)
                 if need_w2:
                     _accumulate(dw2, h3.transpose(0, 1).transpose(1, 2), gc)
@@ -355,9 +431,9 @@ class _EnsembleViewStats(torch.autograd.Function):
                     db2.add_(g.sum(dim=1))
                 if not (need_x or need_w or need_rows):
                     continue
-                dz = torch.empty_like(h)  # [e−a, T·hidden]
+                dz = _WS.get("dz", h.shape, h.dtype, h.device)  # [e−a, T·hidden], a temporary
                 torch.bmm(gc, w2c_t, out=dz.view(e - a, members, hid).transpose(0, 1))
-                dz.mul_(h > 0)  # ReLU
+                torch.ops.aten.threshold_backward.grad_input(dz, h, 0.0, grad_input=dz)  # ReLU
                 if need_rows:
                     drows[f].add_(dz.sum(dim=0).to(drows.dtype))
                 if need_w:
@@ -367,6 +443,7 @@ class _EnsembleViewStats(torch.autograd.Function):
                         dx[fx, a:e].addmm_(dz, wc_t)
                     else:
                         dx[fx, a:e].add_((dz @ wc_t).to(dx.dtype))
+        dw2, db2 = head.param_grads(dw2, db2)
         return dx, dw, drows, dw2, db2, None, None, None, None, None, None
 
 
@@ -436,11 +513,6 @@ class EnsembleMLP(nn.Module):
     # ------------------------------------------------------------------ helpers
     def _cast(self, t: Tensor) -> Tensor:
         return t if self._cdtype is None else t.to(self._cdtype)
-
-    @property
-    def matmul_dtype(self) -> torch.dtype:
-        """dtype of the matmuls (the parameters' dtype unless ``compute_dtype="bfloat16"``)."""
-        return self.w1.dtype if self._cdtype is None else self._cdtype
 
     def _split(self, out: Tensor) -> tuple[Tensor, Tensor]:
         mu, lv = out.split(self.out_dim, dim=-1)
@@ -619,17 +691,16 @@ class EnsembleMLP(nn.Module):
         # no autograd: the pre-activations are produced block by block too (cache resident)
         with torch.no_grad():
             src = _PreRows(self, x)
-            c, hw = 0.5 * (lo + hi), 0.5 * (hi - lo)
+            head = _Head(self.w2, self.b2, self.members, self.out_dim, lo, hi, self._cdtype)
             mu = torch.empty(src.batch * src.n, self.out_dim, dtype=self.w2.dtype, device=self.w2.device)
             al, ep = torch.empty_like(mu), torch.empty_like(mu)
-            w2c = self._cast(self.w2)
             for f in range(src.batch):
                 for a in range(0, src.n, self.chunk_rows):
                     e = min(a + self.chunk_rows, src.n)
                     r0, r1 = f * src.n + a, f * src.n + e
                     zc, owned = src.rows(f, a, e)
-                    _stats_block(zc, w2c, self.b2, self.members, self.out_dim, c, hw, mu[r0:r1], al[r0:r1],
-                                 ep[r0:r1], False, owned)
+                    _stats_block(zc, head, mu[r0:r1], al[r0:r1], ep[r0:r1], False, owned)
+            _finish(head, mu, al, ep)
         return mu.view(shape), al.view(shape), ep.view(shape)
 
 
@@ -678,18 +749,21 @@ class _PreRows:
         self.w = cast(torch.cat([ens.w1_rows(lo, hi) for _, _, lo, hi in points], dim=0)) if points else None
 
     def rows(self, f: int, a: int, e: int) -> tuple[Tensor, bool]:
-        """``(z, owned)``: the pre-activations and whether they are a fresh tensor (``False`` when they
-        are a view of ``pre``, which must not be modified)."""
+        """``(z, owned)``: the pre-activations (a workspace temporary) and whether they may be
+        overwritten (``False`` when they are a view of ``pre``)."""
+        width = self.w.shape[1] if self.w is not None else self.pre.shape[1]
         if self.parts:
             xs = [self.cast(t[f if k == "full" else 0, a:e]) for k, t in self.parts]
             xp = torch.cat(xs, dim=-1) if len(xs) > 1 else xs[0]
+            z = _WS.get("z", (e - a, width), xp.dtype, xp.device)
             if self.pre is not None:
-                z = torch.addmm(self.pre[a:e], xp, self.w)
+                torch.addmm(self.pre[a:e], xp, self.w, out=z)
                 return (z.add_(self.frame_rows[f]) if self.frame_rows is not None else z), True
-            return torch.addmm(self.frame_rows[f], xp, self.w), True
+            return torch.addmm(self.frame_rows[f], xp, self.w, out=z), True
         assert self.pre is not None
         if self.frame_rows is not None:
-            return self.pre[a:e] + self.frame_rows[f], True
+            z = _WS.get("z", (e - a, width), self.pre.dtype, self.pre.device)
+            return torch.add(self.pre[a:e], self.frame_rows[f], out=z), True
         return self.pre[a:e], False
 
 

@@ -303,14 +303,25 @@ class UncertaintyFusion(nn.Module):
         single = self.is_single_member(step, single_member)
         need = self.needs_members
         ests = {n: self.blocks[n](views[n], single_member=single, need_members=need) for n in names}
-        mus = torch.stack([ests[n].mu for n in names])  # [V, ..., D]
+        mus = torch.stack([ests[n].mu for n in names]) if self.fusion != "diagonal" else None  # [V, ..., D]
         cov = None
         if self.fusion == "uniform":
             mu, var = uniform_fusion(mus), None
             w = [mus.new_tensor(1.0 / len(names))] * len(names)
         elif self.fusion == "diagonal":
-            mu, var, wts = diagonal_fusion(mus, torch.stack([ests[n].var for n in names]))
-            w = [wts[i].detach().mean() for i in range(len(names))]
+            # = diagonal_fusion(mus, vars) without stacking the views or materialising the weights:
+            # σ_f² = 1/Σ_v σ_v⁻², μ_f = σ_f²·Σ_v σ_v⁻² μ_v; logged weight of v = mean(σ_v⁻²·σ_f²)
+            precs = [ests[n].var.reciprocal() for n in names]
+            prec_sum = precs[0]
+            for p in precs[1:]:
+                prec_sum = prec_sum + p
+            var = prec_sum.reciprocal()
+            acc = precs[0] * ests[names[0]].mu
+            for p, n in zip(precs[1:], names[1:]):
+                acc = acc + p * ests[n].mu
+            mu = var * acc
+            vf = var.detach().reshape(-1)
+            w = [torch.dot(p.detach().reshape(-1), vf) / vf.numel() for p in precs]
         else:  # full_cov
             inc = self.uncertainty != "aleatoric"
             covs = torch.stack([ensemble_covariance(ests[n], include_epistemic=inc) for n in names])
