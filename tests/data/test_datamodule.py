@@ -404,6 +404,13 @@ def test_emotional_split_deterministic_stratified_and_intensity_holdout(synth_em
         assert sum(clips[i].emotion_name == e for i in s1["val"]) == 1
     splits = [split_emotional_clips(clips, 0.34, seed=s)["val"] for s in range(6)]
     assert len({tuple(v) for v in splits}) > 1  # the seed matters
+    for s in range(6):  # stratified by intensity: an emotion's val clips have distinct intensities
+        val = split_emotional_clips(clips, 0.67, seed=s)["val"]
+        for e in ("neutral", "angry", "happy", "sad"):
+            levels = [clips[i].intensity for i in val if clips[i].emotion_name == e]
+            assert len(levels) == 2 and len(set(levels)) == 2, (s, e, levels)
+    # ... and the emotions' val clips do not all share one intensity (seed 0 used to hold out level 3 only)
+    assert len({clips[i].intensity for i in split_emotional_clips(clips, 0.34, seed=0)["val"]}) > 1
     with pytest.raises(ValueError, match="unknown holdout emotion"):
         split_emotional_clips(clips, holdout_emotions=("bored",))
     # no hold-out: test = val

@@ -160,6 +160,10 @@ def test_distillation_loss_terms():
     terms["total"].backward()
     assert all(p.grad is None for p in teacher.parameters())  # the teacher is detached
     assert student.nets["w2v"].inp.weight.grad.abs().sum() > 0
+    # the single-branch student has no dead parameters: every one of them gets a gradient
+    assert student.fusion is None
+    dead = [n for n, p in student.named_parameters() if p.grad is None or float(p.grad.abs().sum()) == 0]
+    assert not dead, dead
     # the KL term is 0 for identical logits, > 0 otherwise, and T²-scaled
     same = loss.kl(s_out.logits.detach(), s_out.logits.detach())
     assert abs(float(same)) < 1e-6

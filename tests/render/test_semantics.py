@@ -457,3 +457,26 @@ def test_culled_gaussians_get_zero_not_nan_gradients(any_backend):
     assert g2 is not None and bool(torch.isfinite(g2).all())
     assert float(g2[2:].abs().max()) == 0.0 and float(g2[:2].abs().max()) > 0
     assert bool(torch.isfinite(bg.grad).all())
+
+
+def test_degenerate_covariance_is_not_drawn_and_has_finite_gradients(any_backend):
+    """A Gaussian whose 2-D covariance overflows (det = inf·inf − inf·inf = NaN in float32) is culled, and
+    neither it nor the visible ones get NaN/Inf gradients (the conic uses a stand-in determinant)."""
+    W, H = 16, 12
+    K = intrinsics(15.0, 8.0, 6.0).float()
+    leaves = dict(
+        means=torch.tensor([[0.0, 0.0, 3.0], [0.1, 0.0, 2.5]]),
+        quats=torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.9, 0.1, 0.2, 0.0]]),
+        scales=torch.tensor([[0.2, 0.2, 0.2], [1e20, 1e20, 1e20]]),
+        opacities=torch.tensor([0.6, 0.7]),
+        colors=torch.rand(2, 3, generator=torch.Generator().manual_seed(0)),
+    )
+    leaves = {k: v.clone().requires_grad_(True) for k, v in leaves.items()}
+    out = rasterize(leaves["means"], leaves["quats"], leaves["scales"], leaves["opacities"], leaves["colors"],
+                    torch.eye(4), K, W, H, backend=any_backend)
+    assert out.radii.tolist() == [out.radii.tolist()[0], 0] and out.radii.tolist()[0] > 0
+    assert bool(torch.isfinite(out.image).all())
+    out.image.sum().backward()
+    for k, v in leaves.items():
+        assert bool(torch.isfinite(v.grad).all()), f"{k}.grad has NaN/Inf"
+        assert float(v.grad[1].abs().max()) == 0.0, k

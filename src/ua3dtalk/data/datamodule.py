@@ -1400,8 +1400,9 @@ def split_emotional_clips(clips: Sequence[ClipInfo], val_fraction: float = 0.34,
     """Split clips (never frames) → ``{"train", "val", "test"}`` lists of clip indices.
 
     Clips whose emotion is in ``holdout_emotions`` or whose intensity is in ``holdout_intensities`` go
-    to ``test``. The others are grouped by emotion; each group (sorted by ``clip_id``, then permuted
-    with a generator seeded by ``(seed, emotion id)``) gives ``round(val_fraction · n)`` clips to
+    to ``test``. The others are grouped by emotion; each group (sorted by ``clip_id``, then shuffled
+    with a generator seeded by ``(seed, emotion id)`` within each intensity, and the intensities
+    interleaved from a random starting level) gives ``round(val_fraction · n)`` clips to
     ``val`` — at least 1 when ``val_fraction > 0`` and the group has ≥ 2 clips, and never all of
     them, so every emotion keeps train clips. Deterministic for ``seed``.
     """
@@ -1429,7 +1430,17 @@ def split_emotional_clips(clips: Sequence[ClipInfo], val_fraction: float = 0.34,
     for emo, members in sorted(groups.items()):
         members = sorted(members, key=lambda i: clips[i].clip_id)
         rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, emo + 1])
-        members = [members[k] for k in rng.permutation(len(members))]
+        # stratified by intensity: permute within each intensity, then interleave the intensities from a
+        # random starting level, so the val clips of an emotion cover distinct intensities and the
+        # emotions' val sets do not all share one intensity
+        by_int: dict[int, list[int]] = {}
+        for i in members:
+            by_int.setdefault(int(clips[i].intensity), []).append(i)
+        levels = sorted(by_int)
+        start = int(rng.integers(len(levels)))
+        levels = levels[start:] + levels[:start]
+        queues = [[by_int[k][j] for j in rng.permutation(len(by_int[k]))] for k in levels]
+        members = [q[r] for r in range(max(map(len, queues))) for q in queues if r < len(q)]
         n = len(members)
         n_val = 0
         if val_fraction > 0 and n >= 2:

@@ -102,13 +102,22 @@ def project_gaussians(
     a = cov[:, 0, 0] + BLUR
     b = cov[:, 0, 1]
     c = cov[:, 1, 1] + BLUR
+    # det ≥ BLUR² > 0 in exact arithmetic; a degenerate covariance (overflowed entries, or a determinant
+    # lost to cancellation) is not drawn (see `draws`) and gets stand-in values, so that no NaN/Inf reaches
+    # the gradients (a mask applied after a·c − b² would still give 0·inf = NaN in its backward)
+    cov_ok = torch.isfinite(a) & torch.isfinite(b) & torch.isfinite(c)
+    a = torch.where(cov_ok, a, torch.ones_like(a))
+    b = torch.where(cov_ok, b, torch.zeros_like(b))
+    c = torch.where(cov_ok, c, torch.ones_like(c))
     det = a * c - b * b
-    conics = torch.stack([c / det, -b / det, a / det], dim=-1)
+    det_ok = cov_ok & torch.isfinite(det) & (det > 0)
+    det_s = torch.where(det_ok, det, torch.ones_like(det))
+    conics = torch.stack([c / det_s, -b / det_s, a / det_s], dim=-1)
     means2d = torch.stack([fx * x_s * inv_z + cx, fy * y_s * inv_z + cy], dim=-1)
 
     with torch.no_grad():
         thr = 2.0 * torch.log(torch.clamp(opacities.detach() * 255.0, min=1e-30))
-        draws = in_depth & (opacities.detach() >= ALPHA_MIN) & (det.detach() > 0)
+        draws = in_depth & (opacities.detach() >= ALPHA_MIN) & det_ok
         thr = torch.clamp(thr, min=0.0)
         ext = torch.stack([torch.sqrt(thr * a.detach()), torch.sqrt(thr * c.detach())], dim=-1)
         ext = ext * (1.0 + EXTENT_REL_MARGIN) + EXTENT_ABS_MARGIN

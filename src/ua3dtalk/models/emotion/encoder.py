@@ -31,7 +31,7 @@ fusion collapses onto the branch that learns fastest within the first epoch and 
 receiving gradient.
 
 The wav2vec2-only student used at inference is ``EmotionEncoder(w2v_channels, branches=("w2v",))``
-(its fusion weight is always 1).
+(it has no fusion module; its fusion weight is always 1).
 """
 from __future__ import annotations
 
@@ -219,7 +219,9 @@ class EmotionEncoder(nn.Module):
                 self.nets[b] = MfccBiLSTM(n_mfcc, self.dim, lstm_hidden, dropout=dropout)
             else:
                 self.nets[b] = W2VProjection(self.w2v_channels, self.dim, w2v_hidden, dropout=dropout)
-        self.fusion = AttentionFusion(self.dim, len(branches), branch_dropout=branch_dropout)
+        # one branch: nothing to weigh (a scorer would get no gradient through a softmax over one entry)
+        self.fusion = (AttentionFusion(self.dim, len(branches), branch_dropout=branch_dropout)
+                       if len(branches) > 1 else None)
         self.emotion_head = nn.Linear(self.dim, self.n_emotions)
         self.intensity_head = nn.Linear(self.dim, self.n_levels)
 
@@ -252,7 +254,10 @@ class EmotionEncoder(nn.Module):
             else:
                 zs.append(self.nets[b](w2v))
         z = torch.stack(zs, dim=1)  # [B,n,dim]
-        e, w = self.fusion(z)
+        if self.fusion is not None:
+            e, w = self.fusion(z)
+        else:
+            e, w = z[:, 0], z.new_ones(z.shape[0], 1)
         return EmotionOutput(e, self.emotion_head(e), self.intensity_head(e), w, z, self.emotion_head(z),
                              self.branches)
 
