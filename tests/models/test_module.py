@@ -516,3 +516,88 @@ def test_unknown_stage_is_refused(cfg_factory):
     with pytest.raises(Exception, match="unknown stage"):
         build_model(cfg_factory(), "teeth")
     assert set(STAGES) == {"prior", "emotion", "mouth", "face", "fuse"}
+
+
+# --------------------------------------------------------------------------------------------------
+# loss terms of the render stages
+# --------------------------------------------------------------------------------------------------
+def test_mouth_hole_term_is_the_mean_face_alpha_over_the_inner_mouth():
+    alpha = torch.zeros(6, 5, 1)
+    inner = torch.zeros(6, 5, 1)
+    inner[2:4, 1:3] = 1  # 4 inner-mouth pixels
+    alpha[2, 1] = 1.0
+    alpha[3, 2] = 0.5
+    alpha[0, 0] = 1.0  # outside the inner mouth: not counted
+    assert float(UA3DTalk._hole(alpha, inner)) == pytest.approx(1.5 / 4)
+    assert float(UA3DTalk._hole(alpha, torch.zeros_like(inner))) == 0.0  # closed mouth: no term
+
+
+@pytest.mark.parametrize("stage", ["face", "fuse"])
+def test_hole_term_enters_the_loss_with_its_weight(stage, dm, cfg_factory, monkeypatch):
+    """One step on open-mouth frames with hole_weight 0 and 4 from the same initial state: the logged
+    hole term is the mean face alpha over the inner mouth (> 0 for a fresh face covering it), and the
+    losses differ by exactly 4 × that term."""
+    dm.stage = stage
+    ds = dm.dataset("train")
+    opened = sorted(range(0, len(ds), 3), key=lambda i: -float(ds[i].mouth_mask.sum()))[:2]  # widest open
+    loader = DataLoader(Subset(ds, opened), batch_size=2, collate_fn=collate_batches)
+    assert float(next(iter(loader)).mouth_mask.sum()) > 0, "the batch needs open-mouth frames"
+    logs = {}
+    for w in (0.0, 4.0):
+        model = new_model(cfg_factory(f"+model.hole_weight={w}"), stage)
+        logged = logs.setdefault(w, {})
+        monkeypatch.setattr(model, "log_dict", lambda d, logged=logged, **kw: logged.update(d))
+        fit_steps(model, loader)
+    hole = float(logs[4.0]["train/hole"])
+    assert hole > 0.05 and float(logs[0.0]["train/hole"]) == pytest.approx(hole, rel=1e-3)  # same renders
+    others = [k for k in ("train/l1", "train/ssim", "train/alpha") if k in logs[0.0]]
+    rest = {w: sum(float(logs[w][k]) for k in others) for w in logs}
+    assert rest[4.0] == pytest.approx(rest[0.0], rel=1e-3)
+    gap = float(logs[4.0]["train/loss"]) - float(logs[0.0]["train/loss"])
+    assert gap == pytest.approx(4 * hole, rel=1e-2)
+
+
+def test_lpips_term_in_the_fuse_stage(dm, cfg_factory, monkeypatch):
+    model = new_model(cfg_factory("+model.lpips_weight=0.5", "+model.lpips_random_backbone=true"), "fuse")
+    assert model._lpips_net and model._lpips_net[0].key == "lpips_randbackbone"
+    assert not any("lpips" in k for k in model.state_dict())  # fixed weights stay out of checkpoints
+    batch = val_batch(dm, 1)
+    img = batch.image[0].permute(1, 2, 0)
+    inner = batch.mouth_mask[0, 0][..., None].float()
+    head = batch.face_mask[0, 0][..., None].float()
+    lm = batch.landmarks[0] if batch.landmarks is not None else None
+    same = model._perceptual(img, img, lm, inner, head, step=3)
+    assert float(same) == pytest.approx(0.0, abs=1e-6)
+    pred = img.clone().requires_grad_(True)
+    noisy = (img + 0.2 * torch.randn(img.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    d = model._perceptual(pred, noisy, lm, inner, head, step=3)
+    assert float(d) > 0.01
+    d.backward()
+    assert pred.grad is not None and float(pred.grad.abs().sum()) > 0
+    # the term is logged by a fuse training step
+    logged = {}
+    monkeypatch.setattr(model, "log_dict", lambda d, **kw: logged.update(d))
+    fit_steps(model, train_loader(dm, "fuse", 2))
+    assert "train/lpips" in logged and float(logged["train/lpips"]) > 0
+
+
+def test_lpips_weight_without_the_backbone_file_fails_at_construction(cfg_factory, tmp_path, monkeypatch):
+    from ua3dtalk.metrics.image import LPIPSWeightsError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    with pytest.raises(Exception) as e:
+        new_model(cfg_factory("+model.lpips_weight=0.5"), "fuse")
+    err = e.value
+    while not isinstance(err, LPIPSWeightsError) and err.__cause__ is not None:  # through Hydra's wrapper
+        err = err.__cause__
+    assert isinstance(err, LPIPSWeightsError) and "alexnet-owt-7be5be79.pth" in str(err)
+
+
+def test_runaway_scale_offsets_do_not_reach_the_renderer_as_zero_scales(dm, cfg_factory):
+    model = new_model(cfg_factory(), "face")
+    batch = val_batch(dm, 1)
+    H, W = batch.image.shape[-2:]
+    g = model.face
+    with torch.no_grad():
+        out = model._render(g, g.means, g.quats, g.log_scales - 500.0, batch.viewmat[0], batch.K[0], W, H)
+        assert bool(torch.isfinite(out.image).all())

@@ -99,6 +99,10 @@ def _check_finite(name: str, t: torch.Tensor, step: int) -> None:
                                  "the last checkpoint is intact")
 
 
+#: range of the deformed log-scales passed to the renderer (σ from 2e-9 to 20 scene units)
+LOG_SCALE_RANGE = (-20.0, 3.0)
+
+
 class UA3DTalk(L.LightningModule):
     """UA-3DTalk avatar (see the module docstring).
 
@@ -120,6 +124,16 @@ class UA3DTalk(L.LightningModule):
         max_steps: schedule length (steps of this stage).
         static_warmup: face stage steps without deformation (canonical Gaussians only).
         ssim_weight, reg_weight, alpha_weight: loss weights.
+        hole_weight: weight of the *mouth-hole* term of the face/fuse stages: the mean face-branch alpha over
+            the ground-truth inside-mouth pixels (normalised by their count, not by the image size — the
+            inner mouth is < 1 % of the frame, so the image-wide alpha and photometric terms barely see it).
+            It makes the face branch part the lips so that the mouth branch behind them becomes visible.
+        lpips_weight: weight of the perceptual term of the last phase (``fuse`` stage, DESIGN §4): LPIPS
+            (:class:`ua3dtalk.metrics.image.LPIPSMetric`, AlexNet v0.1) of the lip region (box around the
+            mouth landmarks 48–67, else around the inside-mouth mask) plus ``lpips_patches`` random patches
+            of the head; 0 (default) = off. Needs the AlexNet checkpoint (the metric's clear error names
+            the file) unless ``lpips_random_backbone`` (tests only).
+        lpips_patches, lpips_patch_size: random patches per frame and their side (pixels, ≥ 32).
         sh_increase_every: raise the active SH degree every this many steps.
         backend: renderer backend (``auto``).
         log_images_every: validation renders logged every this many validation batches (0 = never).
@@ -148,6 +162,11 @@ class UA3DTalk(L.LightningModule):
         ssim_weight: float = 0.2,
         reg_weight: float = 1e-3,
         alpha_weight: float = 0.1,
+        hole_weight: float = 0.1,
+        lpips_weight: float = 0.0,
+        lpips_patches: int = 1,
+        lpips_patch_size: int = 32,
+        lpips_random_backbone: bool = False,
         sh_increase_every: int = 1000,
         backend: str = "auto",
         log_images_every: int = 1,
@@ -174,6 +193,15 @@ class UA3DTalk(L.LightningModule):
         self.lr_means_final, self.lr_net, self.lr_prior, self.lr_emotion = lr_means_final, lr_net, lr_prior, lr_emotion
         self.max_steps, self.static_warmup = int(max_steps), int(static_warmup)
         self.ssim_weight, self.reg_weight, self.alpha_weight = ssim_weight, reg_weight, alpha_weight
+        self.hole_weight = float(hole_weight)
+        self.lpips_weight, self.lpips_patches = float(lpips_weight), int(lpips_patches)
+        self.lpips_patch_size, self.lpips_random_backbone = int(lpips_patch_size), bool(lpips_random_backbone)
+        if self.lpips_weight < 0 or self.lpips_patches < 0 or self.lpips_patch_size < 32:
+            raise ValueError("UA3DTalk: lpips_weight and lpips_patches must be ≥ 0 and lpips_patch_size ≥ 32 "
+                             f"(got {lpips_weight}, {lpips_patches}, {lpips_patch_size})")
+        self._lpips_net: list = []  # built on first use; kept out of the state dict (fixed weights)
+        if self.lpips_weight > 0:
+            self._lpips()  # fail at construction, naming the missing backbone file, not hours into a run
         self.sh_increase_every, self.backend, self.log_images_every = sh_increase_every, backend, log_images_every
         self.val_outputs: list[dict] = []
         self._set_bounds()
@@ -243,6 +271,10 @@ class UA3DTalk(L.LightningModule):
 
     # ------------------------------------------------------------------ rendering
     def _render(self, g: GaussianModel, means, quats, log_scales, viewmat, K, width, height, opacities=None):
+        # deformed log-scales are kept in a finite range: exp() of a runaway Δscale must neither underflow
+        # to 0 (rejected by the renderer) nor overflow (beyond the bound a Gaussian is sub-pixel / covers
+        # everything either way, so the clamped gradient loses nothing useful)
+        log_scales = log_scales.clamp(LOG_SCALE_RANGE[0], LOG_SCALE_RANGE[1])
         return rasterize(means, quats, torch.exp(log_scales), g.opacities if opacities is None else opacities,
                          g.colors(), viewmat, K, width, height, sh_degree=g.active_sh_degree, backend=self.backend)
 
@@ -346,6 +378,59 @@ class UA3DTalk(L.LightningModule):
         m = lambda name: getattr(batch, name)[i, 0][..., None].to(img.dtype)  # noqa: E731
         return img, bg, m
 
+    def _lpips(self):
+        if not self._lpips_net:
+            from ua3dtalk.metrics.image import LPIPSMetric
+
+            self._lpips_net.append(LPIPSMetric(random_backbone=self.lpips_random_backbone))
+        return self._lpips_net[0]
+
+    def _perceptual(self, pred: torch.Tensor, target: torch.Tensor, landmarks: Optional[torch.Tensor],
+                    inner: torch.Tensor, head: torch.Tensor, step: int) -> torch.Tensor:
+        """LPIPS of the lip box plus ``lpips_patches`` random head patches: pred/target [H,W,3],
+        landmarks [68,2] pixels or None, inner/head masks [H,W,1] → scalar (mean over the crops)."""
+        from ua3dtalk.metrics.image import crop_boxes
+
+        H, W = pred.shape[:2]
+        boxes = []
+        if landmarks is not None and bool(torch.isfinite(landmarks[48:68]).all()):
+            pts = landmarks[48:68]
+            lo, hi = pts.min(0).values, pts.max(0).values
+        elif bool(inner.any()):
+            ys, xs = torch.nonzero(inner[..., 0], as_tuple=True)
+            lo = torch.stack([xs.min(), ys.min()]).to(pred.dtype)
+            hi = torch.stack([xs.max(), ys.max()]).to(pred.dtype) + 1
+        else:
+            lo = hi = None
+        if lo is not None:
+            c, half = (lo + hi) / 2, ((hi - lo).max() / 2 * 1.4).clamp_min(4.0)  # square box, 40 % margin
+            boxes.append(torch.stack([c[0] - half, c[1] - half, c[0] + half, c[1] + half]))
+        ps = min(self.lpips_patch_size, H, W)
+        if self.lpips_patches > 0 and ps >= 32:
+            g = torch.Generator().manual_seed(int(step) * 7919 + len(boxes))
+            ys, xs = torch.nonzero(head[..., 0] > 0, as_tuple=True)
+            for _ in range(self.lpips_patches):
+                if len(ys):  # a patch centred on a random head pixel, shifted inside the frame
+                    k = int(torch.randint(len(ys), (1,), generator=g))
+                    cy, cx = int(ys[k]), int(xs[k])
+                else:
+                    cy, cx = H // 2, W // 2
+                y0, x0 = min(max(cy - ps // 2, 0), H - ps), min(max(cx - ps // 2, 0), W - ps)
+                boxes.append(torch.tensor([x0, y0, x0 + ps, y0 + ps], dtype=pred.dtype, device=pred.device))
+        if not boxes:
+            return pred.new_zeros(())
+        b = torch.stack(boxes)
+        size = max(32, self.lpips_patch_size)
+        p_crops = crop_boxes(pred.permute(2, 0, 1)[None].expand(len(boxes), -1, -1, -1), b, size)
+        t_crops = crop_boxes(target.permute(2, 0, 1)[None].expand(len(boxes), -1, -1, -1), b, size)
+        net = self._lpips().to(pred.device)  # its `model` is the lpips.LPIPS network (differentiable)
+        return net.model(p_crops.clamp(0, 1), t_crops.detach().clamp(0, 1), normalize=True).mean()
+
+    @staticmethod
+    def _hole(face_alpha: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+        """Mean face alpha [H,W,1] over the inside-mouth pixels ``inner`` [H,W,1] (0 when there are none)."""
+        return (face_alpha * inner).sum() / inner.sum().clamp_min(1.0)
+
     def _step_render(self, batch, opts, step):
         H, W = batch.image.shape[-2:]
         # a non-finite trained parameter stops here, named, not in the renderer
@@ -372,6 +457,7 @@ class UA3DTalk(L.LightningModule):
                 photo = {"l1": ((pred - target).abs() * w).sum() / (w.sum() * 3).clamp_min(1)}
                 photo["ssim"] = self._photometric(pred * w + target * (1 - w), target)["ssim"]
                 alpha_l = (r.alpha * (1 - torch.clamp(mask + head, 0, 1))).mean()
+                hole = torch.zeros((), device=self.device)
                 reg = self._reg(r.deltas)
                 renders.append(("mouth", r))
             elif self.stage == "face":
@@ -382,6 +468,7 @@ class UA3DTalk(L.LightningModule):
                 pred = r.image + (1 - r.alpha) * bg
                 photo = self._photometric(pred, target)
                 alpha_l = (r.alpha - mask).abs().mean() if deform else torch.zeros((), device=self.device)
+                hole = self._hole(r.alpha, m("mouth_mask")) if deform else torch.zeros((), device=self.device)
                 reg = self._reg(r.deltas)
                 renders.append(("face", r))
             else:  # fuse
@@ -390,11 +477,18 @@ class UA3DTalk(L.LightningModule):
                 target = img * mask + bg * (1 - mask)
                 photo = self._photometric(pred, target)
                 alpha_l = (alpha - mask).abs().mean()
+                hole = self._hole(rf.alpha, m("mouth_mask"))
                 reg = self._reg(rf.deltas) + self._reg(rm.deltas)
+                if self.lpips_weight > 0:
+                    lm = None if batch.landmarks is None else batch.landmarks[i]
+                    photo["lpips"] = self._perceptual(pred, target, lm, m("mouth_mask"), mask, step)
                 renders += [("face", rf), ("mouth", rm)]
-            loss = photo["l1"] + self.ssim_weight * photo["ssim"] + self.alpha_weight * alpha_l + self.reg_weight * reg
+            loss = (photo["l1"] + self.ssim_weight * photo["ssim"] + self.alpha_weight * alpha_l
+                    + self.hole_weight * hole + self.reg_weight * reg)
+            if "lpips" in photo:
+                loss = loss + self.lpips_weight * photo["lpips"]
             total = total + loss / batch.image.shape[0]
-            for k, v in {**photo, "alpha": alpha_l, "reg": reg}.items():
+            for k, v in {**photo, "alpha": alpha_l, "hole": hole, "reg": reg}.items():
                 logs[f"train/{k}"] = logs.get(f"train/{k}", 0) + v.detach() / batch.image.shape[0]
         _check_finite("train/loss", total, step)
         for o in opts:
