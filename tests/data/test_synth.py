@@ -116,3 +116,25 @@ def test_emotional_layout_and_labels(synth_emotional):
         assert json.loads((c.root / "emotion.json").read_text()) == {"emotion": rel[0], "intensity": c.intensity}
         seen.add((c.emotion_name, c.intensity))
     assert seen == {(e, k) for e in SYNTH_EMOTIONS for k in (1, 2, 3)}
+
+
+def test_several_clips_per_level_are_different_utterances(tmp_path):
+    import soundfile as sf
+
+    from ua3dtalk.data.synth.generate import generate_emotional
+
+    subject = generate_emotional(tmp_path, "tiny", seed=3, resolution=24, backend="cpu", progress=False,
+                                 emotions=("happy",), intensities=(2,), clips_per_level=2)
+    clips = sorted((subject / "happy" / "level_2").iterdir())
+    assert [c.name for c in clips] == ["001", "002"]
+    a, b = (sf.read(c / "aud.wav")[0] for c in clips)
+    n = min(len(a), len(b))
+    assert abs(float(np.corrcoef(a[:n], b[:n])[0, 1])) < 0.5  # not the same utterance
+    for c in clips:
+        assert json.loads((c / "emotion.json").read_text()) == {"emotion": "happy", "intensity": 2}
+    # clip 001 is the clip of the one-clip layout (datasets generated before stay identical)
+    one = generate_emotional(tmp_path / "one", "tiny", seed=3, resolution=24, backend="cpu", progress=False,
+                             emotions=("happy",), intensities=(2,))
+    assert np.array_equal(sf.read(one / "happy" / "level_2" / "001" / "aud.wav")[0], a)
+    with pytest.raises(ValueError, match="clips_per_level"):
+        generate_emotional(tmp_path / "bad", "tiny", emotions=("happy",), intensities=(2,), clips_per_level=0)

@@ -17,6 +17,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="output root; the subject directory synth<seed> is created in it")
     ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     ap.add_argument("--emotional", action="store_true", help="8 emotions × 3 intensities (DESIGN §5.2 layout)")
+    ap.add_argument("--clips-per-level", type=int, default=1,
+                    help="with --emotional: clips (different utterances) per emotion and intensity")
     ap.add_argument("--seed", type=int, default=0, help="identity and speech seed (deterministic)")
     ap.add_argument("--resolution", type=int, default=None, help="override the preset's image size")
     ap.add_argument("--features", default="mel", help="audio feature extractors to cache, comma-separated ('' for none)")
@@ -26,8 +28,11 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     try:
-        fn = generate_emotional if a.emotional else generate_subject
-        subject = fn(a.out, a.preset, a.seed, a.resolution, backend=a.backend)
+        if a.emotional:
+            subject = generate_emotional(a.out, a.preset, a.seed, a.resolution, backend=a.backend,
+                                         clips_per_level=a.clips_per_level)
+        else:
+            subject = generate_subject(a.out, a.preset, a.seed, a.resolution, backend=a.backend)
     except ValueError as e:
         print(f"ua3dtalk-synth: error: {e}", file=sys.stderr)
         return 2

@@ -174,15 +174,20 @@ def generate_subject(out: str | Path, preset: str = "tiny", seed: int = 0, resol
 
 
 def generate_emotional(out: str | Path, preset: str = "tiny", seed: int = 0, resolution: int | None = None,
-                       backend: str = "auto", progress: bool = True, emotions=EMOTIONS, intensities=(1, 2, 3)) -> Path:
-    """Emotional layout: ``out/<subject>/<emotion>/level_<k>/<clip>/`` + ``emotion.json`` per clip."""
+                       backend: str = "auto", progress: bool = True, emotions=EMOTIONS, intensities=(1, 2, 3),
+                       clips_per_level: int = 1) -> Path:
+    """Emotional layout: ``out/<subject>/<emotion>/level_<k>/<clip>/`` + ``emotion.json`` per clip, with
+    ``clips_per_level`` clips (``001``, ``002``, …; different utterances) per emotion and intensity."""
+    if int(clips_per_level) < 1:
+        raise ValueError(f"clips_per_level must be ≥ 1, got {clips_per_level!r}")
     p = _preset(preset, resolution)
     head, f0, bg = _identity(seed, p)
     subject = Path(out) / f"synth{seed}"
-    jobs = [(e, k) for e in emotions for k in intensities]
-    for e, k in tqdm(jobs, desc="synth emotional clips", unit="clip", disable=not progress):
-        clip = subject / e / f"level_{k}" / "001"
-        rng = np.random.default_rng(_seed("emotional", seed, e, k))
+    jobs = [(e, k, c) for e in emotions for k in intensities for c in range(1, int(clips_per_level) + 1)]
+    for e, k, c in tqdm(jobs, desc="synth emotional clips", unit="clip", disable=not progress):
+        clip = subject / e / f"level_{k}" / f"{c:03d}"
+        # clip 1 keeps the seed of the one-clip layout (datasets generated before stay identical)
+        rng = np.random.default_rng(_seed("emotional", seed, e, k) if c == 1 else _seed("emotional", seed, e, k, c))
         write_clip(clip, head, p, p.clip_seconds, rng, f0, emotion=e, intensity=k, bg=bg, backend=backend,
                    progress=False, extra_meta={"subject": subject.name})
         atomic_write_json(clip / "emotion.json", {"emotion": e, "intensity": k})
