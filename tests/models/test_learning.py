@@ -1,17 +1,21 @@
 """UA3DTalk learns on the synthetic emotional data (issue 4 "Tests", learning; slow but part of `make test`).
 
 One training run (module-scoped fixture ``trained``) of all five stages, the way ``ua3dtalk-train``
-runs them (``run(compose(["experiment=smoke", ...]))``), on the ``synth_emotional_small`` fixture
-(4 emotions × 3 intensities, 12 clips of 30 frames at 64²; the validation split holds out whole clips,
-one per emotion). The stages' checkpoints are then evaluated on *every* frame of the held-out clips:
+runs them (``run(compose(["experiment=smoke", ...]))``), on the module's ``synth_emotional_learning``
+fixture (4 emotions × 3 intensities × 3 clips = 36 clips of 30 frames at 64²; the validation split holds
+out whole clips, 3 per emotion, stratified by intensity). The stages' checkpoints are then evaluated on
+*every* frame of the held-out clips:
 
 (a) the face stage raises the validation PSNR of the face render well above the untrained model's;
 (b) the distilled wav2vec2-only emotion student classifies the held-out clips far above chance (1/4);
 (c) the prior's content features predict the mouth-open coefficient (``expr`` column 0, ``jaw_open``)
     of held-out frames: a linear read-out fitted on training frames reaches R² > 0.5;
-(d) driven by held-out audio, the rendered inside-mouth area (Σ over pixels of the mouth branch's
-    alpha × (1 − face alpha)) correlates positively with the ground-truth ``jaw_open`` — currently an
-    expected failure (see its ``xfail`` reason).
+(d) driven by held-out audio, the face branch parts the lips (it leaves most of the ground-truth inner
+    mouth uncovered) and the rendered inside-mouth area (Σ over the lips' box of the mouth branch's
+    alpha × (1 − face alpha)) correlates with the ground-truth ``jaw_open`` (r > 0.3).
+
+Measured on a loaded 2-core machine (2026-11-24): (a) 18.4 → 26.1 dB; (b) frames 0.51, clips 0.50;
+(c) R² 0.95; (d) r = 0.69, the face leaves 7.6 of 9.3 inner-mouth pixels open.
 
 The measured figures are printed (``pytest -s``) and attached to the test report (``record_property``).
 """
@@ -35,6 +39,7 @@ pytestmark = [
 ]
 
 JAW_OPEN = 0  # column of expr.npy (ua3dtalk.data.synth.head.EXPR_NAMES)
+SMALL_EMOTIONS = ("neutral", "angry", "happy", "sad")
 N_EMOTIONS = 4  # of the fixture
 
 
@@ -57,10 +62,25 @@ class _Threads:
 
 
 @pytest.fixture(scope="module")
-def trained(synth_emotional_small, tmp_path_factory):
+def synth_emotional_learning(tmp_path_factory):
+    """The fixture emotions × intensities 1–3 × 3 clips (different utterances) per level = 36 tiny clips:
+    held-out clips need several training clips per emotion (with one clip per level the emotion stage can
+    only memorise clips — held-out accuracy at chance)."""
+    from ua3dtalk.data.synth.generate import cache_features, generate_emotional
+
+    with _Threads(1):
+        subject = generate_emotional(tmp_path_factory.mktemp("synth_emotional_learning"), "tiny", seed=0,
+                                     backend="cpu", progress=False, emotions=SMALL_EMOTIONS, intensities=(1, 2, 3),
+                                     clips_per_level=3)
+        cache_features(subject, ["mel"])
+    return subject
+
+
+@pytest.fixture(scope="module")
+def trained(synth_emotional_learning, tmp_path_factory):
     """One smoke-experiment training run of all stages on the fixture → (cfg, run_dir, metrics, seconds)."""
     run_dir = tmp_path_factory.mktemp("learning_run")
-    cfg = compose(overrides(synth_emotional_small, run_dir))
+    cfg = compose(overrides(synth_emotional_learning, run_dir))
     t0 = time.perf_counter()
     with _Threads(1):  # one thread: far faster than contended intra-op threads on a loaded machine
         metrics = run(cfg)
@@ -71,10 +91,10 @@ def trained(synth_emotional_small, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def evaluation(trained, synth_emotional_small):
+def evaluation(trained, synth_emotional_learning):
     """Every frame of the train / held-out (val) clips of the run's DataModule (no val frame limit)."""
     cfg, run_dir, _, _ = trained
-    ecfg = compose(overrides(synth_emotional_small, run_dir) + ["data.limit_val_frames=null"])
+    ecfg = compose(overrides(synth_emotional_learning, run_dir) + ["data.limit_val_frames=null"])
     dm = build_datamodule(ecfg)
     fill_data_info(ecfg, dm)
     train_clips = {c.clip_id for c in dm.split_clips["train"]}
@@ -178,7 +198,9 @@ def test_emotion_stage_classifies_held_out_clips(trained, evaluation, record_pro
     record_property("emotion_frame_acc", frame_acc)
     record_property("emotion_clip_acc", clip_acc)
     assert len(clips) >= N_EMOTIONS
-    assert frame_acc >= 0.5, f"held-out frame accuracy {frame_acc:.3f} (chance {1 / N_EMOTIONS})"
+    # measured 0.51–0.59 (2× chance); the bound leaves room for run-to-run variation across machines
+    assert frame_acc >= 0.42, f"held-out frame accuracy {frame_acc:.3f} (chance {1 / N_EMOTIONS})"
+    assert clip_acc >= 0.4, f"held-out clip accuracy {clip_acc:.2f} (chance {1 / N_EMOTIONS})"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -221,24 +243,30 @@ def test_prior_content_features_predict_mouth_opening(trained, evaluation, recor
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open (issue 4): the rendered inside-mouth area does not follow the held-out jaw opening (r = -0.31 after "
-    "the smoke schedule; -0.23 / -0.36 with 4× / 8× face and 2.5× / 5× fuse steps): the face branch learns "
-    "the jaw drop (its total alpha follows jaw_open, r ≈ 0.7) but never parts the lips — it leaves < 1 px of "
-    "the ≈ 13 px ground-truth inner mouth uncovered, so the mouth branch behind it is never seen"))
 def test_audio_driven_mouth_area_follows_jaw_open(trained, evaluation, record_property):
     cfg, run_dir, metrics, _ = trained
     ecfg, dm = evaluation
     model = stage_model(ecfg, run_dir, "fuse", "fuse")
-    areas, jaw, gt_area, face_open = [], [], [], []
+    areas, spill, jaw, gt_area, face_open = [], [], [], [], []
     with torch.no_grad(), _Threads(1):
         for batch in frame_batches(dm, "val"):
+            assert batch.landmarks is not None
             H, W = batch.image.shape[-2:]
             cond = model.conditioning(batch)
             for i in range(batch.image.shape[0]):
                 bg = batch.background[i].permute(1, 2, 0)
                 _, _, face, mouth = model.render_frame(cond, i, batch.viewmat[i], batch.K[i], W, H, bg)
-                areas.append(float((mouth.alpha * (1 - face.alpha)).sum()))
+                # the mouth branch as seen through the face, inside the lips' box (ground-truth landmarks
+                # 48–67, 50 % margin): mouth-branch Gaussians drifting elsewhere are another artefact
+                box = torch.zeros(H, W, 1)
+                lo, hi = batch.landmarks[i, 48:68].min(0).values, batch.landmarks[i, 48:68].max(0).values
+                c, half = (lo + hi) / 2, (hi - lo) * 0.75 + 1
+                x0, y0 = [int(max(0, v)) for v in (c - half).floor().tolist()]
+                x1, y1 = [int(min(n, v)) for v, n in zip((c + half).ceil().tolist(), (W, H))]
+                box[y0:y1, x0:x1] = 1
+                visible = mouth.alpha * (1 - face.alpha)
+                areas.append(float((visible * box).sum()))
+                spill.append(float((visible * (1 - box)).sum()))
                 jaw.append(float(batch.expr[i, JAW_OPEN]))
                 inner = batch.mouth_mask[i, 0].to(face.alpha.dtype)[..., None]
                 gt_area.append(float(inner.sum()))
@@ -249,7 +277,8 @@ def test_audio_driven_mouth_area_follows_jaw_open(trained, evaluation, record_pr
           f"rendered area {areas.mean():.2f} ± {areas.std():.2f} px, ground-truth inner mouth "
           f"{np.mean(gt_area):.1f} px "
           f"(r = {float(np.corrcoef(gt_area, jaw)[0, 1]):.3f}), of which the face render leaves open "
-          f"{np.mean(face_open):.2f} px")
+          f"{np.mean(face_open):.2f} px; mouth branch visible outside the lips' box {np.mean(spill):.2f} px")
     record_property("mouth_area_corr", corr)
-    assert corr > 0, (f"the inside-mouth area does not follow the mouth opening (r = {corr:.3f}; rendered area "
+    assert np.mean(face_open) > 0.5 * np.mean(gt_area), "the face branch does not part the lips"
+    assert corr > 0.3, (f"the inside-mouth area does not follow the mouth opening (r = {corr:.3f}; rendered area "
                       f"{areas.mean():.2f} px vs {np.mean(gt_area):.1f} px of ground-truth inner mouth)")
