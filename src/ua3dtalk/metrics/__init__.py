@@ -1,1 +1,67 @@
-"""ua3dtalk.metrics (DESIGN §3)."""
+"""ua3dtalk.metrics: pure metric functions and evaluator networks (no Lightning; DESIGN §3, §8).
+
+==================  ============================================  =========================  =====================
+key                 definition                                    convention / source        evaluator
+==================  ============================================  =========================  =====================
+psnr                mean over frames of 10·log10(1/MSE),          TalkingGaussian            —
+                    frames in [0,1]                               ``metrics.py``
+ssim                mean SSIM (Gaussian window 11, σ 1.5,         torchmetrics               —
+                    data range 1)
+lpips               LPIPS net='alex' v0.1, normalize=True,        ``lpips`` package          AlexNet from the
+                    full frame                                    (Zhang et al. 2018)        torch hub cache
+lpips_face          the same on face crops (boxes from the        ours                       idem
+                    ground-truth landmarks)
+lpips_randbackbone  LPIPS with a seeded random AlexNet (tests,    ours; never mixed with     —
+                    smoke runs); also lpips_face_randbackbone     ``lpips``
+efid_<extractor>    Fréchet distance of per-frame expression      EMO / Hallo E-FID (there   landmark | regressor
+                    coefficients, generated vs ground truth       Deep3DFaceRecon 3DMM)      | 3dmm (see .efid)
+lmd                 mean L2 (pixels) of mouth landmarks 48–67,    Chen et al. 2018;          LandmarkRegressor or
+                    each set mean-centred per frame               DESIGN §8                  ground-truth .lms
+f_lmd               the same on all 68 landmarks                  idem                       idem
+blink_err           mean |AU45_pred − AU45_gt| (0..5 scale),      OpenFace AU45_r scale;     LandmarkRegressor +
+                    AU45 = 5·clip(1 − EAR/EAR_open, 0, 1)         EAR: Soukupová, Čech 2016  EAR
+acc_emo             emotion-classifier accuracy on rendered       Acc_emo of EAMM / EAT      EmotionClassifier
+                    frames (acc_emo_clip: per clip, mean softmax)                            (trained or loaded)
+sync_c / sync_d     SyncNet confidence / distance (``.syncnet``)  joonson/syncnet_python     SyncNet v2
+==================  ============================================  =========================  =====================
+
+Modules: :mod:`.landmarks` (EAR, AU45, Procrustes normalisation, landmark expression basis, LMD, blink),
+:mod:`.image` (PSNR, SSIM, LPIPS), :mod:`.frechet` (Fréchet distance), :mod:`.evaluators` (face crops,
+ExpressionRegressor, LandmarkRegressor, EmotionClassifier, TorchScriptExtractor, their ``fit_*``
+trainers), :mod:`.efid` (E-FID with pluggable extractors).
+
+Submodules are imported lazily (``from ua3dtalk.metrics import psnr`` imports :mod:`.image` on first
+use) so that importing the package stays cheap and never touches optional dependencies.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "landmarks": ("TEMPLATE_68", "LANDMARK_EXPR_NAMES", "eye_aspect_ratio", "ear_to_au45", "normalize_landmarks",
+                  "landmark_expression", "lmd", "blink_error", "blink_count"),
+    "image": ("psnr", "psnr_per_frame", "ssim", "LPIPSMetric", "LPIPSWeightsError", "crop_boxes",
+              "alexnet_cache_path"),
+    "frechet": ("frechet_distance", "gaussian_frechet_distance"),
+    "evaluators": ("EvaluatorError", "EvaluatorMissingError", "face_boxes", "crop_faces", "GroundTruth",
+                   "load_ground_truth", "holdout_mask", "ExpressionRegressor", "ExpressionRegressorConfig",
+                   "LandmarkRegressor", "LandmarkRegressorConfig", "EmotionClassifier", "EmotionClassifierConfig",
+                   "TorchScriptExtractor", "TrainConfig", "fit_expression_regressor", "fit_landmark_regressor",
+                   "fit_emotion_classifier", "load_evaluator", "emotion_accuracy", "landmark_metrics"),
+    "efid": ("efid", "efid_key", "expression_features"),
+}
+_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    mod = _WHERE.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'ua3dtalk.metrics' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{mod}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
