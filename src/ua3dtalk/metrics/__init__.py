@@ -28,7 +28,8 @@ sync_c / sync_d     SyncNet confidence / distance (``.syncnet``)  joonson/syncne
 Modules: :mod:`.landmarks` (EAR, AU45, Procrustes normalisation, landmark expression basis, LMD, blink),
 :mod:`.image` (PSNR, SSIM, LPIPS), :mod:`.frechet` (Fréchet distance), :mod:`.evaluators` (face crops,
 ExpressionRegressor, LandmarkRegressor, EmotionClassifier, TorchScriptExtractor, their ``fit_*``
-trainers), :mod:`.efid` (E-FID with pluggable extractors).
+trainers), :mod:`.efid` (E-FID with pluggable extractors), :mod:`.syncnet` + :mod:`.mfcc` (SyncNet v2, Sync-C/Sync-D,
+the official MFCC front end, a trainer for project evaluators).
 
 Submodules are imported lazily (``from ua3dtalk.metrics import psnr`` imports :mod:`.image` on first
 use) so that importing the package stays cheap and never touches optional dependencies.
@@ -49,6 +50,9 @@ _EXPORTS = {
                    "TorchScriptExtractor", "TrainConfig", "fit_expression_regressor", "fit_landmark_regressor",
                    "fit_emotion_classifier", "load_evaluator", "emotion_accuracy", "landmark_metrics"),
     "efid": ("efid", "efid_key", "expression_features"),
+    "syncnet": ("SyncNet", "SyncNetConfig", "SyncResult", "SyncNetWeightsError", "load_syncnet", "save_syncnet",
+                "sync_scores", "crop_for_sync", "SyncClip", "clips_from_dataset", "train_syncnet"),
+    "mfcc": ("syncnet_mfcc",),
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)
