@@ -1,0 +1,165 @@
+"""``ua3dtalk-eval``: render a split of the dataset with a trained checkpoint and score it (DESIGN §8).
+
+    ua3dtalk-eval ckpt=RUN/checkpoints/fuse/last.ckpt [data=DATASET] [evaluators=DIR] [split=test|val]
+                  [out=DIR] [metrics=psnr,ssim,...|all] [lpips_random_backbone=true] [syncnet=PATH]
+                  [threedmm=PATH] [max_clips=N] [max_frames=N] [backend=auto]
+
+The model is rebuilt from the configuration stored in the checkpoint (:func:`ua3dtalk.cli.infer.load_model`,
+fuse stage). The data split comes from the run's ``config.yaml`` (next to ``checkpoints/``) when present —
+the same clips the run held out — else from the checkpoint's data settings; ``data=`` replaces the dataset
+root. Every clip of the split is rendered in frame order (driven by its own audio) and scored with
+:class:`~ua3dtalk.metrics.suite.MetricSuite`; ``out/metrics.json`` (default: the run directory, else the
+checkpoint's directory) receives ``<split>/<metric>`` keys, the evaluator of each and per-clip values,
+written atomically.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+KEYS = {"ckpt", "data", "evaluators", "split", "out", "metrics", "lpips_random_backbone", "syncnet", "threedmm",
+        "max_clips", "max_frames", "backend"}
+
+
+def parse_kv(argv) -> dict:
+    args = {}
+    for a in argv:
+        if "=" not in a:
+            raise ValueError(f"expected key=value, got {a!r} (keys: {', '.join(sorted(KEYS))})")
+        k, v = a.split("=", 1)
+        k = k.lstrip("-")
+        if k not in KEYS:
+            raise ValueError(f"unknown argument {k!r}; expected one of {', '.join(sorted(KEYS))}")
+        args[k] = v
+    if "ckpt" not in args:
+        raise ValueError("missing required argument ckpt=PATH")
+    if args.get("split", "test") not in ("test", "val", "train"):
+        raise ValueError(f"split must be test, val or train, got {args['split']!r}")
+    return args
+
+
+def _bool(v) -> bool:
+    s = str(v).lower()
+    if s not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(f"expected true/false, got {v!r}")
+    return s in ("true", "1", "yes")
+
+
+def run_dir_of(ckpt: Path) -> Optional[Path]:
+    """RUN for RUN/checkpoints/<stage>/<file>.ckpt when RUN/config.yaml exists."""
+    p = Path(ckpt).resolve()
+    for cand in p.parents[:3]:
+        if (cand / "config.yaml").is_file() and (cand / "checkpoints").is_dir():
+            return cand
+    return None
+
+
+def build_eval_datamodule(model, ckpt: Path, data: Optional[str] = None):
+    """The DataModule whose splits the run used (its config.yaml), or one built from the checkpoint's data
+    settings; ``data`` overrides the dataset root."""
+    from hydra.utils import instantiate
+
+    run_dir = run_dir_of(ckpt)
+    if run_dir is not None:
+        from omegaconf import OmegaConf
+
+        from .train import DATA_CLI_KEYS
+
+        dcfg = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml").data, resolve=False)
+        for k in DATA_CLI_KEYS:
+            dcfg.pop(k, None)
+        dcfg = {k: v for k, v in dcfg.items() if not (isinstance(v, str) and "${" in v)}
+    else:
+        from ..data import load_dataset
+        from ..data.formats import EmotionalData
+
+        dc = dict(getattr(model, "data_config", None) or {})
+        root = data or dc.get("root")
+        if not root:
+            raise ValueError(f"{ckpt}: the checkpoint stores no dataset root; pass data=DATASET")
+        kind = "EmotionalTalkingHeadDataModule" if isinstance(load_dataset(root), EmotionalData) \
+            else "TalkingHeadDataModule"
+        dcfg = {"_target_": f"ua3dtalk.data.datamodule.{kind}",
+                **{k: v for k, v in dc.items() if v is not None}}
+    if data is not None:
+        dcfg["root"] = str(data)
+    if not dcfg.get("root") or not Path(dcfg["root"]).exists():
+        raise FileNotFoundError(f"dataset not found: {dcfg.get('root')!r} (pass data=DATASET)")
+    dcfg["num_workers"] = 0
+    dm = instantiate(dcfg, _recursive_=False)
+    dm.prepare_data()
+    dm.setup("fit")
+    dm.stage = "fuse"
+    return dm
+
+
+def evaluate(ckpt, data=None, evaluators=None, split: str = "test", out=None, metrics="all",
+             lpips_random_backbone: bool = False, syncnet=None, threedmm=None, max_clips=None, max_frames=None,
+             backend: str = "auto", progress: bool = True) -> dict:
+    """Render and score ``split``; returns what is written to ``out/metrics.json``."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..callbacks.metrics import render_sequence, split_sequences, update_metrics_json
+    from ..metrics.suite import MetricSuite, load_evaluators, parse_metrics
+    from .infer import load_model
+
+    ckpt = Path(ckpt)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {ckpt}")
+    groups = parse_metrics(metrics)
+    ev = load_evaluators(evaluators, groups, lpips_random_backbone=lpips_random_backbone, syncnet=syncnet,
+                         threedmm=threedmm)
+    model = load_model(ckpt, backend)
+    dm = build_eval_datamodule(model, ckpt, data)
+    ds, seqs = split_sequences(dm, split, max_clips, max_frames)
+    if not seqs:
+        raise ValueError(f"split {split!r} of {dm.root} has no frames")
+    suite = MetricSuite(ev, groups)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for seq in tqdm(seqs, desc=f"ua3dtalk-eval {split}", unit="clip", disable=not progress):
+            pred, gt, lms, label = render_sequence(model, ds, seq)
+            suite.update(pred, gt, landmarks=lms, audio=seq.audio() if "sync" in groups else None, emotion=label,
+                         au45=seq.au45(), name=seq.name)
+    values = suite.compute()
+    res = {f"{split}/{k}": float(v) for k, v in values.items()}
+    out_dir = Path(out) if out is not None else (run_dir_of(ckpt) or ckpt.parent)
+    record = {**res, "metrics_evaluators": {f"{split}/{k}": v for k, v in suite.provenance(list(values)).items()},
+              "eval": {split: {"checkpoint": str(ckpt), "dataset": str(dm.root), "clips": len(seqs),
+                               "frames": int(suite.num_frames), "seconds": round(time.perf_counter() - t0, 2),
+                               "skipped": suite.skipped, "per_clip": suite.clips}}}
+    update_metrics_json(out_dir / "metrics.json", record)
+    record["path"] = str(out_dir / "metrics.json")
+    return record
+
+
+def main(argv=None) -> int:
+    from ..callbacks.checkpoint import CheckpointError
+    from ..data.formats import DatasetError
+    from ..metrics.evaluators import EvaluatorError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(__doc__)
+        return 0
+    try:
+        a = parse_kv(argv)
+        rec = evaluate(a["ckpt"], a.get("data"), a.get("evaluators"), a.get("split", "test"), a.get("out"),
+                       a.get("metrics", "all"), _bool(a.get("lpips_random_backbone", "false")), a.get("syncnet"),
+                       a.get("threedmm"), int(a["max_clips"]) if "max_clips" in a else None,
+                       int(a["max_frames"]) if "max_frames" in a else None, a.get("backend", "auto"))
+    except (ValueError, FileNotFoundError, DatasetError, EvaluatorError, CheckpointError) as e:
+        print(f"ua3dtalk-eval: error: {e}", file=sys.stderr)
+        return 2
+    for k, v in rec.items():
+        if isinstance(v, float):
+            print(f"{k:>22s} = {v:.5g}    [{rec['metrics_evaluators'].get(k, '')}]")
+    print(f"ua3dtalk-eval: wrote {rec['path']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,61 @@
+"""``ua3dtalk-eval ckpt=...`` (issue 5 item 8): a checkpoint of a very short training run is re-loaded from
+its stored config, the held-out split is rendered clip by clip in frame order and scored; metrics.json is
+written (atomically) with ``<split>/<metric>`` keys and the evaluator of each; bad input → clear errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ua3dtalk.cli.eval import evaluate, main
+from ua3dtalk.cli.train import compose, run
+
+
+@pytest.fixture(scope="module")
+def short_run(synth_emotional_small, tmp_path_factory):
+    rd = tmp_path_factory.mktemp("eval_run") / "run"
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run(compose(["experiment=smoke", "scale=tiny", "trainer.enable_progress_bar=false",
+                     "+trainer.enable_model_summary=false", "callbacks=none", f"data.root={synth_emotional_small}",
+                     f"paths.run_dir={rd}", "stages=[face]", "stage_steps.face=2", "~logger"]))
+    finally:
+        torch.set_num_threads(n)
+    return rd
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_eval_writes_metrics_json(short_run, tmp_path):
+    ckpt = short_run / "checkpoints" / "face" / "last.ckpt"
+    out = tmp_path / "eval"
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rc = main([f"ckpt={ckpt}", "split=val", f"out={out}", "metrics=psnr,ssim,lpips,lmd",
+                   "lpips_random_backbone=true", "max_clips=2", "max_frames=6", "backend=torch"])
+    finally:
+        torch.set_num_threads(n)
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    for k in ("val/psnr", "val/ssim", "val/lpips_randbackbone", "val/lpips_face_randbackbone"):
+        assert k in m and m[k] == m[k], k
+    assert 0 < m["val/psnr"] < 60 and 0 < m["val/ssim"] <= 1
+    assert "val/lmd" not in m and "lmd" in m["eval"]["val"]["skipped"]  # no evaluators=: skipped, not made up
+    assert m["eval"]["val"]["clips"] == 2 and m["eval"]["val"]["frames"] == 12
+    assert m["metrics_evaluators"]["val/lpips_randbackbone"].startswith("lpips v0.1 alex, random backbone")
+    per_clip = m["eval"]["val"]["per_clip"]
+    assert len(per_clip) == 2 and all(c["frames"] == 6 for c in per_clip.values())
+
+
+def test_eval_bad_input(short_run, tmp_path, capsys):
+    assert main([f"ckpt={tmp_path / 'none.ckpt'}"]) == 2
+    assert "none.ckpt" in capsys.readouterr().err
+    assert main(["data=x"]) == 2
+    assert "ckpt" in capsys.readouterr().err
+    ckpt = short_run / "checkpoints" / "face" / "last.ckpt"
+    assert main([f"ckpt={ckpt}", "split=holdout"]) == 2
+    assert "split" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        evaluate(ckpt, data=str(tmp_path / "nowhere"), metrics="psnr", progress=False)

@@ -1,0 +1,96 @@
+"""``ua3dtalk-evaluators train`` (issue 5 item 6) on the tiny synthetic emotional set: writes loadable
+evaluators (landmark / expression regressors, emotion classifier, SyncNet) with a manifest, in the layout
+the metric suite reads; bad input gives a clear error.
+
+:func:`shared_evaluators` trains one evaluator directory per test session (cached under the session's base
+temporary directory) that ``test_score_cli.py`` reuses for Sync-C/D — training SyncNet is the expensive part.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+SYNC_STEPS, SYNC_BATCH, EPOCHS = 150, 32, 3
+
+
+def shared_evaluators(tmp_path_factory, data) -> Path:
+    """Evaluators trained on ``data`` once per session (≈ 1–2 min on one loaded core)."""
+    from ua3dtalk.cli.evaluators import train_evaluators
+
+    d = tmp_path_factory.getbasetemp() / "shared_evaluators"
+    m = d / "manifest.json"
+    if not (m.is_file() and "syncnet" in json.loads(m.read_text())["evaluators"]):
+        n = torch.get_num_threads()
+        try:
+            train_evaluators(data, d, epochs=EPOCHS, sync_steps=SYNC_STEPS, sync_batch=SYNC_BATCH, seed=0,
+                             threads=1, progress=False)
+        finally:
+            torch.set_num_threads(n)
+    return d
+
+
+@pytest.mark.slow
+def test_train_writes_loadable_evaluators(synth_emotional_small, tmp_path_factory):
+    from ua3dtalk.metrics.suite import MetricSuite, load_evaluators
+
+    d = shared_evaluators(tmp_path_factory, synth_emotional_small)
+    man = json.loads((d / "manifest.json").read_text())
+    assert set(man["evaluators"]) == {"landmark", "expression", "emotion", "syncnet"}
+    assert man["evaluators"]["syncnet"]["report"]["steps"] == SYNC_STEPS
+    assert man["evaluators"]["emotion"]["report"]["val_frames"] > 0  # held-out clips
+    ev = load_evaluators(d, "psnr,efid,lmd,blink,acc_emo,sync")
+    assert ev.missing == {}
+    for name in ("landmark", "expression", "emotion", "syncnet"):
+        assert getattr(ev, name) is not None and str(d) in ev.sources[name]
+    # the ground truth scored against itself through the suite: LMD 0, E-FID ≈ 0 for every extractor
+    from ua3dtalk.metrics.syncnet import clips_from_dataset
+
+    clip = clips_from_dataset(synth_emotional_small)[0]
+    frames = clip.load_frames()
+    suite = MetricSuite(ev, ["psnr", "lmd", "efid", "acc_emo"], warn=False)
+    suite.update(frames, frames, landmarks=clip.landmarks, emotion=0, name=clip.name)
+    suite.update(frames.flip(0), frames.flip(0), landmarks=clip.landmarks[::-1].copy(), emotion=0)
+    out = suite.compute()
+    assert out["psnr"] == float("inf") and out["lmd"] == 0 and out["f_lmd"] == 0
+    assert abs(out["efid_landmark"]) < 1e-6 and abs(out["efid_regressor"]) < 1e-6
+    assert 0 <= out["acc_emo"] <= 1
+    assert "landmark regressor" in suite.provenance()["lmd"]
+
+
+def test_train_bad_input_names_the_problem(tmp_path, capsys):
+    from ua3dtalk.cli.evaluators import main
+
+    assert main(["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--only", "landmark,fancy"]) == 2
+    assert "fancy" in capsys.readouterr().err
+    assert main(["show", str(tmp_path)]) == 2
+    assert "manifest.json" in capsys.readouterr().err
+
+
+def test_load_evaluators_reports_missing_files(tmp_path):
+    from ua3dtalk.metrics.suite import MetricSuite, load_evaluators
+
+    ev = load_evaluators(tmp_path, ["psnr", "lmd", "sync"])
+    assert set(ev.missing) == {"landmark", "syncnet"}
+    assert "landmark_regressor" in ev.missing["landmark"] and "syncnet" in ev.missing["syncnet"]
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_evaluators(tmp_path / "nowhere")
+    suite = MetricSuite(ev, ["psnr", "lmd", "sync"])
+    x = torch.rand(8, 3, 64, 64)
+    lms = torch.rand(8, 68, 2) * 40 + 10
+    with pytest.warns(UserWarning, match="metrics skipped") as rec:
+        suite.update(x, x * 0.5, landmarks=lms, audio=torch.zeros(8 * 640).numpy())
+        out = suite.compute()
+    assert len([w for w in rec if "metrics skipped" in str(w.message)]) == 1
+    assert set(out) == {"psnr"}  # nothing made up for the skipped metrics
+    suite.reset()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # second evaluation: no second warning
+        suite.update(x, x * 0.5, landmarks=lms)
+        suite.compute()
