@@ -43,8 +43,10 @@ def test_callback_writes_metrics_and_warns_once_for_missing_evaluator(synth_emot
     msg = str(skipped[0].message)
     # names what is missing: the landmark regressor for lmd/f_lmd, SyncNet for sync_c/sync_d
     assert "lmd" in msg and "landmark_regressor" in msg and "sync_c" in msg and "SyncNet" in msg
-    for key in ("val/ssim", "val/lpips_randbackbone", "val/lpips_face_randbackbone"):
+    for key in ("val/ssim", "val/psnr_full", "val/lpips_randbackbone", "val/lpips_face_randbackbone"):
         assert key in m, f"{key} missing from the run metrics {sorted(m)}"
+    # the module's own head-masked val/psnr is kept (not replaced by the callback's full-frame value)
+    assert m["val/psnr"] != m["val/psnr_full"]
     saved = json.loads((rd / "metrics.json").read_text())
     assert "val/lpips_randbackbone" in saved and "val/lpips" not in saved  # never mixed with real LPIPS
     assert not any(k.startswith("val/lmd") or k.startswith("val/sync") for k in saved)  # no made-up numbers

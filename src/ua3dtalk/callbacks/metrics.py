@@ -35,6 +35,9 @@ __all__ = ["MetricsCallback", "ClipSequence", "split_sequences", "render_sequenc
 
 RENDER_STAGES = ("mouth", "face", "fuse")
 
+#: keys the callback renames in the val split (the module logs its own head-masked `val/psnr`)
+VAL_RENAMES = {"psnr": "psnr_full"}
+
 
 class ClipSequence:
     """The frames of one clip in a split, in time order: ``clip`` (ClipInfo), ``positions`` [n] frame
@@ -232,7 +235,11 @@ class MetricsCallback(L.Callback):
         finally:
             pl_module.train(was_training)
         values = suite.compute()
-        out = {f"{split}/{k}": float(v) for k, v in values.items()}
+        # the LightningModule logs its own (head-masked, per-stage) `val/psnr`, used for best-checkpoint
+        # tracking: the callback's full-frame whole-clip PSNR goes to `val/psnr_full`
+        # rather than silently replacing it (ua3dtalk-eval's `test/psnr` is the full-frame DESIGN §8 value)
+        rename = VAL_RENAMES if split == "val" else {}
+        out = {f"{split}/{rename.get(k, k)}": float(v) for k, v in values.items()}
         for k, v in out.items():
             if np.isfinite(v):
                 pl_module.log(k, v, batch_size=1, sync_dist=False)
@@ -240,7 +247,8 @@ class MetricsCallback(L.Callback):
             run_dir = self._run_dir(trainer)
             update_metrics_json(run_dir / "metrics.json", {
                 **out,
-                "metrics_evaluators": {f"{split}/{k}": v for k, v in suite.provenance(list(values)).items()},
+                "metrics_evaluators": {f"{split}/{rename.get(k, k)}": v
+                                       for k, v in suite.provenance(list(values)).items()},
                 "metrics_callback": {split: {"stage": str(getattr(pl_module, "stage", "")),
                                              "global_step": int(trainer.global_step),
                                              "epoch": int(trainer.current_epoch), "clips": len(seqs),
