@@ -8,7 +8,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup test test-fast demo bench lint clean
+.PHONY: help setup test test-fast demo bench lint clean sweep tables notebooks evaluators
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -16,7 +16,7 @@ help:  ## list the targets
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip >/dev/null
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -e '.[dev,preprocess]'
 	$(PY) -c "from ua3dtalk.render import cpu_backend_status; print('cpu kernel:', cpu_backend_status(build=True))"
 	touch $(STAMP)
 
@@ -30,6 +30,25 @@ test-fast: setup  ## run the test suite without the tests marked slow
 
 demo: setup  ## set up, then run the demo end to end and write a report with pictures to outputs/demo
 	$(PY) -m ua3dtalk.cli.demo --out outputs/demo
+
+sweep: setup  ## the ablation table as one sweep (CPU, demo scale; SWEEP=slurm for a cluster; ARGS=hydra overrides)
+	scripts/sweep_ablation.sh $(or $(SWEEP),local) $(ARGS)
+
+tables: setup  ## paper/ablation tables from outputs/runs (md + latex) into outputs/tables
+	@mkdir -p outputs/tables
+	@for t in paper_t1 paper_t2 ablation; do for f in md latex; do \
+	  e=$$( [ $$f = md ] && echo md || echo tex ); \
+	  $(PY) -m ua3dtalk.cli.tables --runs $(or $(RUNS),outputs/runs) --table $$t --format $$f \
+	    --out outputs/tables/$$t.$$e >/dev/null && echo "  outputs/tables/$$t.$$e"; \
+	done; done; true
+
+EVAL_DATA ?= data/synth_small_emotional/synth0
+evaluators: setup  ## train the metric evaluators (landmarks, expression, emotion, SyncNet) of the synthetic preset into data/evaluators/synth_small
+	test -d $(EVAL_DATA) || $(PY) -m ua3dtalk.cli.synth --out $(dir $(EVAL_DATA)) --preset small --emotional --features ''
+	$(PY) -m ua3dtalk.cli.evaluators train --data $(EVAL_DATA) --out data/evaluators/synth_small --epochs 15 --sync-steps 300
+
+notebooks: setup  ## execute the notebooks on the tiny synthetic dataset (outputs stay stripped in git)
+	$(PY) -m pytest tests/experiments/test_notebooks.py -q
 
 bench: setup  ## run the benchmarks (ratio tables, 2 threads)
 	$(PY) benchmarks/render.py

@@ -1,0 +1,150 @@
+"""``ua3dtalk-preprocess VIDEO --out DIR`` — turn a talking-head video into a dataset (DESIGN §5.1).
+
+Offline, with models that ship in pip wheels (``pip install 'ua3dtalk[preprocess]'``). Steps:
+decode, landmarks, parsing, background, pose, blink, expr, features (see
+:mod:`ua3dtalk.preprocess.pipeline`); each is skipped when its valid outputs exist, so an interrupted
+run resumes. When the dataset is complete it is checked with the loaders' validator (the quick level
+of ``ua3dtalk-validate``; run ``ua3dtalk-validate DIR`` to also decode every image).
+
+Exit status: 0 done (and valid), 1 bad input or failed step (message names the file; the outputs
+of completed steps are kept), 2 usage error.
+
+Also runnable as ``python -m ua3dtalk.cli.preprocess``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from typing import Optional, Sequence
+
+PROG = "ua3dtalk-preprocess"
+
+
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared with ``ua3dtalk-import-mead``."""
+    from ua3dtalk.preprocess.landmarks import BACKENDS
+
+    p.add_argument("--size", type=int, default=512, help="output frame side in pixels (square) [512]")
+    p.add_argument("--crop", default="auto",
+                   help="auto (square input: whole frame; else a square around the face), face, center, none, "
+                        "or X,Y,SIDE in input pixels [auto]")
+    p.add_argument("--backend", default="auto", choices=BACKENDS, help="landmark backend [auto: fan if its weights are "
+                   "on disk, else dlib, else mediapipe]")
+    p.add_argument("--smooth", type=float, default=0.5, help="landmark smoothing σ in frames, 0 = none [0.5]")
+    p.add_argument("--max-gap", type=int, default=5, help="longest run of frames without a face to interpolate [5]")
+    p.add_argument("--min-frames", type=int, default=25, help="reject shorter videos [25 = 1 s]")
+    p.add_argument("--pose-smooth", type=float, default=1.5, help="camera smoothing σ in frames [1.5]")
+    p.add_argument("--no-refine-template", action="store_true", help="keep the generic 3-D landmark template")
+    p.add_argument("--parsing-model", default=None, help="BiSeNet face-parsing checkpoint (19 classes) instead of the "
+                   "landmark/background parsing")
+    p.add_argument("--features", default="mel", help="audio features to cache, comma-separated: mel, wav2vec2 "
+                   "('' for none) [mel]")
+    p.add_argument("--w2v-model", default=None, help="wav2vec2 checkpoint (local dir or cached hub id)")
+    p.add_argument("--jpeg-quality", type=int, default=95)
+    p.add_argument("--threads", type=int, default=2, help="worker threads [2]")
+    p.add_argument("--steps", default=None, help="comma-separated subset of the steps to run")
+    p.add_argument("--force", action="store_true", help="rerun the selected steps even when their outputs are valid")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-validate", action="store_true", help="do not run the dataset validator at the end")
+
+
+def config_from_args(a: argparse.Namespace, **over):
+    from ua3dtalk.preprocess import PreprocessConfig
+
+    feats = tuple(x.strip() for x in (a.features or "").split(",") if x.strip())
+    kw = dict(size=a.size, crop=a.crop, backend=a.backend, smooth=a.smooth, max_gap=a.max_gap,
+              min_frames=a.min_frames, pose_smooth=a.pose_smooth, refine_template=not a.no_refine_template,
+              parsing_model=a.parsing_model, features=feats, w2v_model=a.w2v_model, jpeg_quality=a.jpeg_quality,
+              threads=a.threads, progress=not a.no_progress and sys.stderr.isatty())
+    kw.update(over)
+    return PreprocessConfig(**kw)
+
+
+def parse_steps(text: Optional[str]):
+    from ua3dtalk.preprocess import STEPS
+
+    if text is None:
+        return None
+    steps = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in steps if s not in STEPS]
+    if bad:
+        raise ValueError(f"unknown step(s) {', '.join(bad)}; steps are {', '.join(STEPS)}")
+    return steps
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("video", help="input video (mp4, mov, mkv, ...; any frame rate)")
+    p.add_argument("--out", required=True, help="output dataset directory")
+    p.add_argument("--audio", default=None, help="speech audio file to use instead of the video's audio track")
+    p.add_argument("--landmarks", default=None, help="given landmarks (directory of <i>.lms or [N,68,2] .npy, output "
+                   "pixels) instead of a detector")
+    p.add_argument("--focal", type=float, default=None, help="focal length in output pixels (default: searched)")
+    add_common_arguments(p)
+    return p
+
+
+def _log(msg: str) -> None:
+    print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    _log(f"warning: {message}")
+
+
+def validate_and_report(out, log=_log) -> int:
+    from ua3dtalk.data.validate import errors, format_problems, inspect_dataset, summary
+
+    data, problems = inspect_dataset(out, level="quick")
+    for line in format_problems([p for p in problems if p.severity == "error"], out):
+        log(line)
+    log(summary(out, data, problems))
+    return 1 if errors(problems) else 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = build_parser()
+    a = p.parse_args(argv)
+    try:
+        steps = parse_steps(a.steps)
+    except ValueError as e:
+        p.error(str(e))
+    from ua3dtalk.preprocess import STEPS, PreprocessError, Preprocessor
+
+    cfg = config_from_args(a, audio=a.audio, landmarks=a.landmarks, focal=a.focal)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            pre = Preprocessor(a.video, a.out, cfg, log=_log)
+            rep = pre.run(steps, force=a.force)
+        except PreprocessError as e:
+            where = f" (step {e.step})" if e.step else ""
+            _log(f"error{where}: {e}")
+            probe = Preprocessor(a.video, a.out, cfg, log=_log)
+            done = [s for s in STEPS if _exists(a.out) and probe.is_done(s)]
+            if done:
+                _log(f"kept the outputs of the completed steps: {', '.join(done)} (rerun to resume)")
+            return 1
+        except ValueError as e:
+            _log(f"error: {e}")
+            return 2
+    _log(f"ran {', '.join(rep['ran']) or 'nothing'}"
+         + (f"; skipped (already done) {', '.join(rep['skipped'])}" if rep["skipped"] else "")
+         + f" in {time.perf_counter() - t0:.1f} s")
+    if a.no_validate or not pre.is_done("pose"):
+        return 0
+    return validate_and_report(a.out)
+
+
+def _exists(path) -> bool:
+    from pathlib import Path
+
+    return Path(path).is_dir()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""Real-face test material: a photograph animated into a talking-head video with known motion.
+
+The photo is scikit-image's ``data.astronaut()`` (512², a real, frontal face; shipped inside the
+scikit-image wheel). Each frame applies, in photo coordinates,
+
+1. a **mouth opening**: below the lip line the lower lip and chin are pushed down by
+   ``open`` × a parabolic profile across the mouth (0 at the corners), fading to 0 at y = 200; the
+   gap that opens between the lips is painted dark (inside of the mouth) — an exact, invertible warp;
+2. a **head rotation and translation** of a 2.5-D head: an ellipsoidal depth map (the face bulges
+   towards the camera, the nose 22 mm more) rotated by R = R_y(yaw) R_x(pitch) R_z(roll) about the head centre
+   (the convention of :func:`ua3dtalk.data.synth.camera.euler_to_rot`, OpenCV camera axes),
+   orthographically projected and shifted; blended to no motion outside the head, so the background
+   and the suit stay static as with a fixed camera;
+
+then crops the square (96, 0)–(352, 256) and resizes it to ``size``. Backward warping (fixed-point
+inversion of the head motion, exact inversion of the mouth warp) with bilinear sampling.
+
+Motion: yaw/pitch/roll = sinusoids of amplitude ``rot_amp`` × (8°, 5°, 6°), translations
+± ``shift_amp`` × (6, 4) px of the photo, mouth opening following the syllable envelope of the
+synthetic audio (``max_open`` px); all returned in :class:`AnimationTruth`.
+
+Hand-measured reference points on the photo (pixel-centre coordinates, 512² photo): eye centres
+(203.0, 103.0) and (247.0, 104.5), the line between the upper and lower teeth at y = 148.5 (mouth
+centre x = 223.5), chin (221.5, 178.5).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+PHOTO_EYES = np.array([[203.0, 103.0], [247.0, 104.5]])
+PHOTO_LIP_LINE = 148.5  # between the upper and the lower teeth of the smile
+PHOTO_MOUTH_X = 223.5
+PHOTO_MOUTH_HALF_WIDTH = 22.0
+PHOTO_CHIN = np.array([221.5, 178.5])
+HEAD_CENTRE = np.array([226.0, 108.0])
+HEAD_AXES = np.array([80.0, 95.0])  # semi-axes of the moving head region incl. hair (x, y), photo pixels
+FACE_AXES = np.array([56.0, 85.0])  # semi-axes of the depth ellipsoid (a face is narrower than the hair)
+HEAD_DEPTH = 70.0  # depth of the ellipsoid (px; 0.72 px/mm here: ≈ 97 mm)
+NOSE = np.array([225.5, 122.0])  # nose bump: +16 px (≈ 22 mm) towards the camera, σ 9 px
+NOSE_HEIGHT, NOSE_SIGMA = 16.0, 9.0
+CROP = (96, 0, 256)  # x, y, side in photo pixels
+MOUTH_BOTTOM = 200.0
+INSIDE_MOUTH_RGB = np.array([60.0, 22.0, 28.0])
+
+
+@dataclass
+class AnimationTruth:
+    """Known motion of an animated clip (N frames, output pixel units where stated).
+
+    yaw, pitch, roll   [N] degrees (head rotation applied in camera axes)
+    rotations          [N,3,3] the applied rotations R_y(yaw) R_x(pitch) R_z(roll)
+    shift              [N,2] translation (output pixels)
+    mouth_open         [N] lip gap at the mouth centre (output pixels)
+    eyes               [N,2,2] eye centres (output pixels), mouth [N,2] centre of the opening
+    size               output side; audio [S] float32 16 kHz (None when not generated)
+    """
+
+    yaw: np.ndarray
+    pitch: np.ndarray
+    roll: np.ndarray
+    rotations: np.ndarray
+    shift: np.ndarray
+    mouth_open: np.ndarray
+    eyes: np.ndarray
+    mouth: np.ndarray
+    size: int
+    audio: Optional[np.ndarray] = None
+
+
+def astronaut() -> np.ndarray:
+    """scikit-image's astronaut photo, uint8 [512,512,3]."""
+    from skimage import data
+
+    return np.ascontiguousarray(data.astronaut())
+
+
+def rot(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    """R_y(yaw) R_x(pitch) R_z(roll), angles in degrees."""
+    from ..data.synth.camera import euler_to_rot
+
+    return euler_to_rot(math.radians(yaw), math.radians(pitch), math.radians(roll))
+
+
+def speech_envelope(n_frames: int, fps: int = 25, seed: int = 0) -> np.ndarray:
+    """A syllable-like envelope in [0,1] per frame (≈ 4 syllables/s with pauses)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n_frames) / fps
+    env = np.clip(np.sin(2 * math.pi * 3.7 * t + rng.uniform(0, 6)), 0, None) ** 1.5
+    slow = 0.5 + 0.5 * np.clip(np.sin(2 * math.pi * 0.45 * t + rng.uniform(0, 6)) + 0.4, 0, 1)
+    return env * slow
+
+
+def synth_audio(envelope: np.ndarray, fps: int = 25, sr: int = 16000, seed: int = 0) -> np.ndarray:
+    """Tone + noise audio (float32, 16 kHz) whose loudness follows the per-frame envelope."""
+    rng = np.random.default_rng(seed)
+    n = int(len(envelope) * sr / fps)
+    t = np.arange(n) / sr
+    env = np.interp(t, np.arange(len(envelope)) / fps, envelope)
+    f0 = 150 + 20 * np.sin(2 * math.pi * 0.7 * t)
+    phase = 2 * math.pi * np.cumsum(f0) / sr
+    voice = 0.5 * np.sin(phase) + 0.25 * np.sin(2 * phase) + 0.12 * np.sin(3 * phase)
+    x = env * (voice + 0.15 * rng.standard_normal(n)) * 0.6
+    return x.astype(np.float32)
+
+
+class PhotoAnimator:
+    """Renders frames of the animated photo (see the module doc)."""
+
+    def __init__(self, photo: Optional[np.ndarray] = None, size: int = 256):
+        self.photo = astronaut() if photo is None else np.ascontiguousarray(photo)
+        self.size = int(size)
+        x0, y0, s = CROP
+        scale = s / self.size
+        g = (np.arange(self.size) + 0.5) * scale - 0.5  # output pixel centres → photo pixel indices
+        self.gy, self.gx = np.meshgrid(g + y0, g + x0, indexing="ij")
+        self.scale = scale
+
+    # ---------------------------------------------------------------- warps (photo pixel coordinates)
+    @staticmethod
+    def _head_disp(x, y, R, T):
+        """Forward head displacement of source points (x, y) → (dx, dy), weighted by the head mask."""
+        u = (x - HEAD_CENTRE[0]) / FACE_AXES[0]
+        v = (y - HEAD_CENTRE[1]) / FACE_AXES[1]
+        z = -HEAD_DEPTH * np.sqrt(np.clip(1 - u * u - v * v, 0, None))
+        z = z - NOSE_HEIGHT * np.exp(-(((x - NOSE[0]) ** 2 + (y - NOSE[1]) ** 2) / (2 * NOSE_SIGMA**2)))
+        P = np.stack([x - HEAD_CENTRE[0], y - HEAD_CENTRE[1], z], -1)
+        Q = P @ R.T
+        r2 = ((x - HEAD_CENTRE[0]) / HEAD_AXES[0]) ** 2 + ((y - HEAD_CENTRE[1]) / HEAD_AXES[1]) ** 2
+        m = np.clip((1.35 - np.sqrt(r2)) / 0.35, 0, 1)
+        m = m * m * (3 - 2 * m)
+        return m * (Q[..., 0] - P[..., 0] + T[0]), m * (Q[..., 1] - P[..., 1] + T[1])
+
+    @staticmethod
+    def _mouth_profile(x):
+        return np.clip(1 - ((x - PHOTO_MOUTH_X) / PHOTO_MOUTH_HALF_WIDTH) ** 2, 0, 1)
+
+    def _mouth_inverse(self, x, y, open_px):
+        """Backward mouth warp: output (x, y) → source y, and the mask of the opened gap."""
+        a = open_px * self._mouth_profile(x)
+        L = MOUTH_BOTTOM - PHOTO_LIP_LINE
+        ys = np.where(y >= PHOTO_LIP_LINE + a, (y - MOUTH_BOTTOM * a / L) / np.maximum(1 - a / L, 1e-6), y)
+        ys = np.where(y > MOUTH_BOTTOM, y, ys)
+        gap = (y >= PHOTO_LIP_LINE) & (y < PHOTO_LIP_LINE + a) & (a > 0.3)
+        ys = np.where(gap, PHOTO_LIP_LINE, ys)
+        return ys, gap
+
+    def mouth_forward(self, x, y, open_px):
+        a = open_px * self._mouth_profile(x)
+        L = MOUTH_BOTTOM - PHOTO_LIP_LINE
+        dy = np.where((y >= PHOTO_LIP_LINE) & (y <= MOUTH_BOTTOM), a * (MOUTH_BOTTOM - y) / L, 0.0)
+        return y + dy
+
+    def forward(self, pts: np.ndarray, R: np.ndarray, T: np.ndarray, open_px: float) -> np.ndarray:
+        """Photo points [K,2] → output pixels [K,2] (mouth warp, head motion, crop and resize)."""
+        x, y = pts[:, 0].astype(np.float64), pts[:, 1].astype(np.float64)
+        y = self.mouth_forward(x, y, open_px)
+        dx, dy = self._head_disp(x, y, R, T)
+        qx, qy = x + dx, y + dy
+        x0, y0, _ = CROP
+        return np.stack([(qx + 0.5 - x0) / self.scale, (qy + 0.5 - y0) / self.scale], -1)
+
+    def render(self, R: np.ndarray, T: np.ndarray, open_px: float) -> np.ndarray:
+        """One frame uint8 [size,size,3]."""
+        from scipy.ndimage import map_coordinates
+
+        qx, qy = self.gx, self.gy
+        px, py = qx.copy(), qy.copy()
+        for _ in range(6):  # fixed point: p = q − u(p)
+            dx, dy = self._head_disp(px, py, R, T)
+            px, py = qx - dx, qy - dy
+        sy, gap = self._mouth_inverse(px, py, open_px)
+        out = np.empty((self.size, self.size, 3), np.float32)
+        for c in range(3):
+            out[..., c] = map_coordinates(self.photo[..., c].astype(np.float32), [sy, px], order=1, mode="nearest")
+        if gap.any():
+            depth = np.clip((py - PHOTO_LIP_LINE) / np.maximum(open_px * self._mouth_profile(px), 1e-6), 0, 1)
+            shade = (0.35 + 0.65 * np.sin(np.pi * depth))[..., None]
+            dark = INSIDE_MOUTH_RGB * (1.2 - 0.4 * shade)
+            out = np.where(gap[..., None], dark, out)
+        return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def motion(n_frames: int, rot_amp: float = 1.0, shift_amp: float = 1.0, max_open: float = 7.0, seed: int = 0,
+           fps: int = 25) -> dict:
+    """The per-frame motion parameters (degrees, photo pixels) and the speech envelope."""
+    t = np.arange(n_frames) / fps
+    env = speech_envelope(n_frames, fps, seed)
+    return {
+        "yaw": rot_amp * 8.0 * np.sin(2 * math.pi * t / 2.3),
+        "pitch": rot_amp * 5.0 * np.sin(2 * math.pi * t / 1.7 + 1.0),
+        "roll": rot_amp * 6.0 * np.sin(2 * math.pi * t / 2.9 + 2.0),
+        "tx": shift_amp * 6.0 * np.sin(2 * math.pi * t / 3.1 + 0.5),
+        "ty": shift_amp * 4.0 * np.sin(2 * math.pi * t / 2.6 + 2.5),
+        "open": max_open * env,
+        "envelope": env,
+    }
+
+
+def animate(n_frames: int = 75, size: int = 256, *, rot_amp: float = 1.0, shift_amp: float = 1.0,
+            max_open: float = 7.0, seed: int = 0, photo: Optional[np.ndarray] = None):
+    """Frames (a generator of uint8 [size,size,3]) and the :class:`AnimationTruth` of a clip."""
+    an = PhotoAnimator(photo, size)
+    mo = motion(n_frames, rot_amp, shift_amp, max_open, seed)
+    Rs = np.stack([rot(a, b, c) for a, b, c in zip(mo["yaw"], mo["pitch"], mo["roll"])])
+    T = np.stack([mo["tx"], mo["ty"]], -1)
+    eyes, mouth = [], []
+    for i in range(n_frames):
+        eyes.append(an.forward(PHOTO_EYES, Rs[i], T[i], mo["open"][i]))
+        centre = np.array([[PHOTO_MOUTH_X, PHOTO_LIP_LINE + 0.5 * mo["open"][i]]])
+        # the centre of the opening moves with the head only (it is not part of the mouth warp)
+        x, y = centre[:, 0], centre[:, 1]
+        dx, dy = an._head_disp(x, y, Rs[i], T[i])
+        x0, y0, _ = CROP
+        mouth.append(np.stack([(x + dx + 0.5 - x0) / an.scale, (y + dy + 0.5 - y0) / an.scale], -1)[0])
+    truth = AnimationTruth(yaw=mo["yaw"], pitch=mo["pitch"], roll=mo["roll"], rotations=Rs, shift=T / an.scale,
+                           mouth_open=mo["open"] / an.scale, eyes=np.stack(eyes), mouth=np.stack(mouth), size=size,
+                           audio=synth_audio(mo["envelope"], seed=seed))
+
+    def frames():
+        for i in range(n_frames):
+            yield an.render(Rs[i], T[i], mo["open"][i])
+
+    return frames(), truth
+
+
+def write_animated_video(path: str | Path, n_frames: int = 75, size: int = 256, *, audio: bool = True,
+                         fps: int = 25, **kw) -> AnimationTruth:
+    """Write an animated-photo mp4 (H.264, with the synthetic speech as AAC unless ``audio=False``)."""
+    import tempfile
+
+    import soundfile as sf
+
+    from ..utils.io import write_video
+
+    frames, truth = animate(n_frames, size, **kw)
+    path = Path(path)
+    if not audio:
+        write_video(path, frames, fps=fps)
+        return truth
+    with tempfile.TemporaryDirectory() as td:
+        wav = Path(td) / "a.wav"
+        sf.write(str(wav), truth.audio, 16000)
+        write_video(path, frames, fps=fps, audio_path=wav)
+    return truth

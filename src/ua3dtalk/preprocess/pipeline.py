@@ -1,0 +1,820 @@
+"""The preprocessing pipeline: a talking-head video → a dataset directory (DESIGN §5.1).
+
+Steps (in order; ``--steps`` runs a subset):
+
+==============  ===========================================================================
+``decode``      frames at 25 fps → ``ori_imgs/<i>.jpg`` (square crop around the face, resized to
+                ``size``), audio → ``aud.wav`` (16 kHz mono, exactly 640 samples per frame)
+``landmarks``   68 iBUG landmarks per frame → ``ori_imgs/<i>.lms`` (tracked, gaps ≤ ``max_gap``
+                interpolated, temporally smoothed); raw track in ``preprocess/landmarks.npz``
+``parsing``     label maps → ``parsing/<i>.png`` (landmarks + background subtraction, or a BiSeNet
+                checkpoint); background statistics in ``preprocess/background.npz``
+``background``  ``bc.jpg`` from the pixels never covered by the person; ``gt_imgs/<i>.jpg`` (person
+                over ``bc.jpg``), ``torso_imgs/<i>.png`` (RGBA neck + torso layer)
+``pose``        per-frame cameras → ``transforms_train.json`` / ``transforms_val.json`` (written last
+                among the required files: a directory is a dataset only once this step is done);
+                per-frame reprojection errors in ``preprocess/reprojection.csv``
+``blink``       eye aspect ratio → ``au.csv`` (OpenFace header, column ``AU45_r``)
+``expr``        landmark expression coefficients → ``expr.npy`` [N, K] (the E-FID extractor)
+``features``    audio features ``aud_<name>.npy`` (:mod:`ua3dtalk.data.audio` extractors)
+==============  ===========================================================================
+
+**Resume.** Each step ends by writing ``preprocess/<step>.json`` (after flushing its files to
+disk): the parameters it ran with, its frame count and the tokens of the step records it used. A
+step is skipped when its record exists, matches the current parameters and upstream records, and
+its outputs are all present; otherwise it runs again (``force=True`` reruns every selected step).
+Every file is written to a temporary name and renamed into place, so an interrupted run leaves no
+half-written file under a final name. Running any of ``decode``, ``landmarks``, ``parsing`` or
+``background`` first removes ``transforms_*.json`` (and the outputs of the steps that depend on
+it), so a directory never looks like a valid dataset while its files disagree.
+
+**Errors** are :class:`~ua3dtalk.preprocess.errors.PreprocessError` with the file and step; the
+outputs of the steps completed before are kept.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from ..utils.io import atomic_path, atomic_save_npy, atomic_write_json, atomic_write_text
+from . import video as V
+from .errors import PreprocessError
+
+STEPS: tuple[str, ...] = ("decode", "landmarks", "parsing", "background", "pose", "blink", "expr", "features")
+DEPS: dict[str, tuple[str, ...]] = {
+    "decode": (),
+    "landmarks": ("decode",),
+    "parsing": ("decode", "landmarks"),
+    "background": ("decode", "parsing"),
+    "pose": ("decode", "landmarks", "parsing", "background"),
+    "blink": ("landmarks",),
+    "expr": ("landmarks",),
+    "features": ("decode",),
+}
+"""Steps whose outputs each step reads (a step runs only when these are complete)."""
+STATE_DIR = "preprocess"
+VERSION = 1
+
+
+@dataclass
+class PreprocessConfig:
+    """Options of :func:`preprocess_video` (CLI flags of ``ua3dtalk-preprocess`` in brackets).
+
+    size            output side in pixels, frames are square [--size 512]
+    crop            "auto" (square input: whole frame; otherwise a square around the face track),
+                    "face", "center", "none" (whole frame, must be square) or "X,Y,SIDE" [--crop]
+    backend         landmark backend: auto | dlib | mediapipe | fan [--backend]
+    landmarks       given landmarks instead of a backend: a directory of <i>.lms or an [N,68,2] .npy
+                    in output-frame pixels [--landmarks]
+    smooth          landmark smoothing σ in frames (0: none) [--smooth 0.5]
+    max_gap         longest run of frames without a face that is interpolated [--max-gap 5]
+    min_frames      shorter videos are rejected [--min-frames 25]
+    focal           focal length in pixels; None: searched over the clip [--focal]
+    template        [68,3] 3-D landmark template (metres); None: the generic one refined on the clip
+    refine_template adapt the template to the subject [--no-refine-template]
+    pose_smooth     σ (frames) of the camera smoothing [--pose-smooth 1.5]
+    parsing_model   BiSeNet checkpoint (face-parsing.PyTorch, 19 classes) [--parsing-model]
+    features        audio feature extractors to cache ("mel", "wav2vec2") [--features mel]
+    w2v_model       wav2vec2 checkpoint (path or cached hub id) for the "wav2vec2" features [--w2v-model]
+    audio           separate audio file (instead of the video's track) [--audio]
+    jpeg_quality    quality of the written JPEGs [--jpeg-quality 95]
+    threads         worker threads for per-frame work (and ffmpeg) [--threads 2]
+    progress        show progress bars
+    """
+
+    size: int = 512
+    crop: str = "auto"
+    backend: str = "auto"
+    landmarks: Optional[str] = None
+    smooth: float = 0.5
+    max_gap: int = 5
+    min_frames: int = 25
+    focal: Optional[float] = None
+    template: Optional[list] = None
+    refine_template: bool = True
+    pose_smooth: float = 1.5
+    parsing_model: Optional[str] = None
+    features: tuple = ("mel",)
+    w2v_model: Optional[str] = None
+    audio: Optional[str] = None
+    jpeg_quality: int = 95
+    threads: int = 2
+    progress: bool = True
+
+    def step_params(self, step: str) -> dict:
+        """The options a step's outputs depend on (recorded; a change reruns the step)."""
+        keys = {
+            "decode": ("size", "crop", "audio", "jpeg_quality"),
+            "landmarks": ("backend", "landmarks", "smooth", "max_gap"),
+            "parsing": ("parsing_model",),
+            "background": ("jpeg_quality",),
+            "pose": ("focal", "template", "refine_template", "pose_smooth"),
+            "blink": (),
+            "expr": (),
+            "features": ("features", "w2v_model"),
+        }[step]
+        d = {k: getattr(self, k) for k in keys}
+        for k in ("landmarks", "audio", "parsing_model"):
+            if d.get(k) is not None:
+                d[k] = str(Path(d[k]).absolute())
+        if d.get("template") is not None:
+            d["template"] = np.round(np.asarray(d["template"], np.float64), 8).tolist()
+        if "features" in d:
+            d["features"] = list(d["features"])
+        return {"version": VERSION, **d}
+
+
+def _write_jpeg(path: Path, img: np.ndarray, quality: int) -> None:
+    write_bytes(path, V.encode_jpeg(img, quality))
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Atomic write without a per-file fsync (a step flushes everything once before its record)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+
+def _flush() -> None:
+    with contextlib.suppress(Exception):
+        os.sync()
+
+
+class _Bar:
+    def __init__(self, enabled: bool, total: int, desc: str):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="frame", leave=False, dynamic_ncols=True)
+
+    def __call__(self, k: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(k)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# step records
+# --------------------------------------------------------------------------------------------------
+
+
+def _frame_files_ok(d: Path, suffix: str, n: int) -> bool:
+    try:
+        names = set(os.listdir(d))
+    except OSError:
+        return False
+    return all(f"{i}{suffix}" in names for i in range(n))
+
+
+def _stale_frames(d: Path, suffix: str, n: int) -> None:
+    """Remove ``<i><suffix>`` files with i ≥ n (left by an earlier, longer run)."""
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return
+    for nm in names:
+        if nm.endswith(suffix) and nm[: -len(suffix)].isdigit() and int(nm[: -len(suffix)]) >= n:
+            with contextlib.suppress(OSError):
+                os.unlink(d / nm)
+
+
+STEP_OUTPUTS: dict[str, tuple[tuple[str, str], ...]] = {
+    # (directory, suffix) per-frame outputs; ("", file) single files
+    "decode": (("ori_imgs", ".jpg"), ("", "aud.wav")),
+    "landmarks": (("ori_imgs", ".lms"), (STATE_DIR, "landmarks.npz")),
+    "parsing": (("parsing", ".png"), (STATE_DIR, "background.npz")),
+    "background": (("gt_imgs", ".jpg"), ("torso_imgs", ".png"), ("", "bc.jpg")),
+    "pose": (("", "transforms_train.json"), ("", "transforms_val.json"), (STATE_DIR, "pose.npz")),
+    "blink": (("", "au.csv"),),
+    "expr": (("", "expr.npy"),),
+    "features": (),
+}
+SINGLE_FILE_SUFFIXES = {"aud.wav", "landmarks.npz", "background.npz", "bc.jpg", "transforms_train.json",
+                        "transforms_val.json", "pose.npz", "au.csv", "expr.npy"}
+
+
+def _downstream(step: str) -> list[str]:
+    out, changed = set(), True
+    while changed:
+        changed = False
+        for s, deps in DEPS.items():
+            if s not in out and (step in deps or out & set(deps)):
+                out.add(s)
+                changed = True
+    return [s for s in STEPS if s in out]
+
+
+class Preprocessor:
+    """Runs the pipeline on one video into ``out`` (see the module doc).
+
+    Args:
+        video: input video file (any container/codec ffmpeg reads).
+        out: output dataset directory (created).
+        config: :class:`PreprocessConfig`.
+        shared_crop: a :class:`~ua3dtalk.preprocess.video.Crop` to use instead of finding one
+            (one crop for all clips of a subject, e.g. MEAD).
+        log: callable for messages (default: print to stderr).
+    """
+
+    def __init__(self, video: str | Path, out: str | Path, config: Optional[PreprocessConfig] = None, *,
+                 shared_crop: Optional[V.Crop] = None, log: Optional[Callable[[str], None]] = None):
+        self.video = Path(video)
+        self.out = Path(out)
+        self.cfg = config or PreprocessConfig()
+        self.shared_crop = shared_crop
+        self.state = self.out / STATE_DIR
+        self._log = log
+        self.messages: list[str] = []
+        self.timings: dict[str, float] = {}
+
+    # ---------------------------------------------------------------- helpers
+    def log(self, msg: str) -> None:
+        self.messages.append(msg)
+        if self._log is not None:
+            self._log(msg)
+        else:
+            import sys
+
+            print(f"[ua3dtalk-preprocess] {msg}", file=sys.stderr)
+
+    def record_path(self, step: str) -> Path:
+        return self.state / f"{step}.json"
+
+    def record(self, step: str) -> Optional[dict]:
+        try:
+            return json.loads(self.record_path(step).read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def is_done(self, step: str) -> bool:
+        """The step's record matches the current options and upstream records, and its outputs exist."""
+        r = self.record(step)
+        if r is None or r.get("params") != self.cfg.step_params(step):
+            return False
+        for dep in DEPS[step]:
+            d = self.record(dep)
+            if d is None or r.get("deps", {}).get(dep) != d.get("token") or not self.is_done(dep):
+                return False
+        n = r.get("n_frames")
+        for d, suf in STEP_OUTPUTS[step]:
+            if suf in SINGLE_FILE_SUFFIXES:
+                if not (self.out / d / suf).is_file():
+                    return False
+            elif not isinstance(n, int) or not _frame_files_ok(self.out / d, suf, n):
+                return False
+        if step == "features":
+            return all((self.out / f).is_file() for f in r.get("files", []))
+        return True
+
+    def _invalidate(self, step: str) -> None:
+        """Before ``step`` runs: drop its record and the records/single-file outputs downstream."""
+        self.record_path(step).unlink(missing_ok=True)
+        down = _downstream(step)
+        if step in ("decode", "landmarks", "parsing", "background") and "pose" not in down:
+            down.append("pose")
+        for s in down:
+            self.record_path(s).unlink(missing_ok=True)
+            for d, suf in STEP_OUTPUTS[s]:
+                if suf in SINGLE_FILE_SUFFIXES and d != STATE_DIR:
+                    (self.out / d / suf).unlink(missing_ok=True)
+
+    def _finish(self, step: str, n_frames: int, **extra) -> dict:
+        _flush()
+        rec = {"step": step, "params": self.cfg.step_params(step), "n_frames": int(n_frames),
+               "deps": {d: (self.record(d) or {}).get("token") for d in DEPS[step]},
+               "token": uuid.uuid4().hex, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}
+        atomic_write_json(self.record_path(step), rec)
+        return rec
+
+    def n_frames(self) -> int:
+        r = self.record("decode")
+        if r is None:
+            raise PreprocessError("the decode step has not completed", self.out, step="decode")
+        return int(r["n_frames"])
+
+    def frame(self, i: int) -> np.ndarray:
+        return V.decode_image(self.out / "ori_imgs" / f"{i}.jpg")
+
+    def landmarks_array(self) -> np.ndarray:
+        """[N,68,2] final (gap-filled, smoothed) landmarks of the clip."""
+        with np.load(self.state / "landmarks.npz") as z:
+            return z["lms"].astype(np.float64)
+
+    # ---------------------------------------------------------------- run
+    def run(self, steps: Optional[Sequence[str]] = None, *, force: bool = False) -> dict:
+        """Run ``steps`` (default: all) in pipeline order; returns a report dict (also written to
+        ``preprocess/report.json``). Raises :class:`PreprocessError` on bad input."""
+        steps = list(STEPS) if steps is None else list(steps)
+        bad = [s for s in steps if s not in STEPS]
+        if bad:
+            raise ValueError(f"unknown step(s) {', '.join(bad)}; steps are {', '.join(STEPS)}")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.state.mkdir(parents=True, exist_ok=True)
+        ran, skipped = [], []
+        for step in [s for s in STEPS if s in steps]:
+            if not force and self.is_done(step):
+                skipped.append(step)
+                continue
+            missing = [d for d in DEPS[step] if not self.is_done(d)]
+            if missing:
+                raise PreprocessError(f"step '{step}' needs the outputs of {', '.join(missing)}, which are missing or "
+                                      f"out of date; run those steps too (e.g. --steps {','.join(missing + [step])})",
+                                      self.out, step=step)
+            self._invalidate(step)
+            t0 = time.perf_counter()
+            try:
+                getattr(self, f"step_{step}")()
+            except PreprocessError as e:
+                e.step = e.step or step
+                raise
+            self.timings[step] = time.perf_counter() - t0
+            ran.append(step)
+        report = {"video": str(self.video), "out": str(self.out), "ran": ran, "skipped": skipped,
+                  "seconds": {k: round(v, 3) for k, v in self.timings.items()}, "messages": self.messages}
+        prev = {}
+        with contextlib.suppress(Exception):
+            prev = json.loads((self.state / "report.json").read_text())
+        report["steps"] = {**prev.get("steps", {}), **{s: self.record(s) for s in ran}}
+        atomic_write_json(self.state / "report.json", report)
+        return report
+
+    # ---------------------------------------------------------------- steps
+    def step_decode(self) -> None:
+        cfg = self.cfg
+        info = V.probe(self.video)
+        if info.duration and info.expected_frames < cfg.min_frames:
+            raise PreprocessError(f"video too short: {info.duration:.2f} s = {info.expected_frames} frames at 25 fps, "
+                                  f"at least {cfg.min_frames} frames are needed (--min-frames)", self.video)
+        audio_src = Path(cfg.audio) if cfg.audio else self.video
+        if cfg.audio:
+            if not audio_src.is_file():
+                raise PreprocessError("audio file does not exist", audio_src)
+        elif not info.has_audio:
+            raise PreprocessError("no audio track: the video has no audio stream (give the speech as a separate file "
+                                  "with --audio FILE)", self.video)
+        if info.variable_rate:
+            msg = (f"variable frame rate (average {info.fps:g} fps, base {info.tbr:g} fps): frames are resampled to a "
+                   "constant 25 fps by their timestamps")
+            self.log(msg)
+        elif info.fps and abs(info.fps - V.FPS) > 0.01:
+            self.log(f"{info.fps:g} fps video: resampled to 25 fps")
+        crop = self.shared_crop if self.shared_crop is not None else self.choose_crop(info)
+        size = int(cfg.size)
+        if crop is not None:
+            self.log(f"square crop x={crop.x} y={crop.y} side={crop.side} of {info.width}×{info.height}, "
+                     f"resized to {size}²")
+        d = self.out / "ori_imgs"
+        d.mkdir(parents=True, exist_ok=True)
+        bar = _Bar(cfg.progress, info.expected_frames or 0, "decode")
+        n = 0
+        q = int(cfg.jpeg_quality)
+        try:
+            with _pool(cfg.threads) as pool:
+                futs = []
+                for img in V.iter_frames(info, crop=crop, size=size, threads=cfg.threads):
+                    futs.append(pool.submit(_write_jpeg, d / f"{n}.jpg", img.copy(), q))
+                    n += 1
+                    if len(futs) > 8:
+                        futs.pop(0).result()
+                    bar()
+                for f in futs:
+                    f.result()
+        finally:
+            bar.close()
+        if n == 0:
+            raise PreprocessError("no frame could be decoded (corrupt or empty video stream)", self.video)
+        exp = info.expected_frames
+        if exp and n < exp - max(5, int(0.05 * exp)):
+            raise PreprocessError(f"truncated or corrupt video: decoded {n} frames but the header promises {exp} "
+                                  f"({info.duration:.2f} s at 25 fps)", self.video)
+        if n < cfg.min_frames:
+            raise PreprocessError(f"video too short: {n} frames at 25 fps, at least {cfg.min_frames} are needed "
+                                  "(--min-frames)", self.video)
+        _stale_frames(d, ".jpg", n)
+        a = V.extract_audio(audio_src, self.out / "aud.wav", n)
+        if a["padded_samples"] > 0.5 * V.SAMPLE_RATE:
+            pad = a["padded_samples"] / V.SAMPLE_RATE
+            self.log(f"audio shorter than the video: padded with {pad:.2f} s of silence")
+        self._finish("decode", n, width=size, height=size, crop=None if crop is None else crop.as_list(),
+                     source={"width": info.width, "height": info.height, "fps": info.fps, "tbr": info.tbr,
+                             "duration": info.duration, "variable_rate": info.variable_rate}, audio=a)
+
+    def choose_crop(self, info: V.VideoInfo) -> Optional[V.Crop]:
+        """The square crop for ``cfg.crop`` (None: the whole, square frame)."""
+        mode = str(self.cfg.crop)
+        W, H = info.width, info.height
+        if mode == "auto":
+            mode = "none" if W == H else "face"
+        if mode == "none":
+            if W != H:
+                raise PreprocessError(f"--crop none needs a square video, this one is {W}×{H} (use --crop face or "
+                                      "center)", self.video)
+            return None
+        if mode == "center":
+            s = min(W, H)
+            return V.Crop((W - s) // 2, (H - s) // 2, s)
+        if mode == "face":
+            return face_crop(info, self.cfg, log=self.log)
+        try:
+            x, y, s = (int(v) for v in mode.split(","))
+        except ValueError:
+            raise PreprocessError(f"--crop must be auto, face, center, none or X,Y,SIDE; got {mode!r}") from None
+        if x < 0 or y < 0 or s <= 0 or x + s > W or y + s > H:
+            raise PreprocessError(f"--crop {mode} does not fit in the {W}×{H} frame")
+        return V.Crop(x, y, s)
+
+    def step_landmarks(self) -> None:
+        from . import landmarks as L
+
+        cfg = self.cfg
+        n = self.n_frames()
+        bar = _Bar(cfg.progress, n, "landmarks")
+        try:
+            if cfg.landmarks is not None:
+                raw = L.read_given(cfg.landmarks, n)
+                boxes = np.stack([L.box_of(x) for x in raw])
+                tr = L.LandmarkTrack(raw, np.isfinite(raw).all((1, 2)), np.ones(n, int), boxes,
+                                     {"name": "given", "path": str(cfg.landmarks)})
+                bar(n)
+            else:
+                name = L.check_backend(cfg.backend)  # fail early (missing package/weights), without loading it
+                workers = cfg.threads if name == "dlib" else 1  # mediapipe/FAN track (or thread) themselves
+                parts = run_chunks(_landmarks_chunk, n, workers, bar, (str(self.out), name))
+                tr = L.LandmarkTrack(np.concatenate([p.lms for p in parts]), np.concatenate([p.found for p in parts]),
+                                     np.concatenate([p.n_faces for p in parts]),
+                                     np.concatenate([p.boxes for p in parts]), parts[0].backend)
+        finally:
+            bar.close()
+        lms, filled = L.fill_gaps(tr.lms, tr.found, cfg.max_gap, str(self.video))
+        if filled:
+            self.log(f"no face in {len(filled)} frame(s) ({L.frame_ranges(filled)}): landmarks interpolated")
+        multi = L.multi_face_message(tr, str(self.video))
+        if multi:
+            self.log(multi)
+        lms = L.smooth_landmarks(lms, cfg.smooth)
+        d = self.out / "ori_imgs"
+        for i in range(n):
+            write_bytes(d / f"{i}.lms", L.lms_text(lms[i]))
+        with atomic_path(self.state / "landmarks.npz", suffix=".npz") as tmp:
+            np.savez(tmp, lms=lms.astype(np.float32), raw=tr.lms.astype(np.float32), found=tr.found,
+                     n_faces=tr.n_faces, boxes=tr.boxes.astype(np.float32))
+        self._finish("landmarks", n, backend=tr.backend, interpolated=filled,
+                     multi_face_frames=int(len(tr.multi_face_frames())), max_faces=int(max(tr.n_faces.max(), 1)))
+
+    def step_parsing(self) -> None:
+        from . import parsing as P
+
+        cfg = self.cfg
+        n = self.n_frames()
+        lms = self.landmarks_array()
+        first = self.frame(0)
+        H, W = first.shape[:2]
+        net = None
+        if cfg.parsing_model:
+            from .bisenet import BiSeNetParser
+
+            net = BiSeNetParser(cfg.parsing_model)
+        bgm = P.BackgroundModel(H, W)
+        sample = np.unique(np.linspace(0, n - 1, min(n, 32)).round().astype(int))
+        for i in sample:
+            g = P.FaceGeometry.from_landmarks(lms[i])
+            bgm.add(self.frame(int(i)), ~P.person_prior(g, H, W, grow=1.0))
+        bgm.finish()
+        d = self.out / "parsing"
+        d.mkdir(parents=True, exist_ok=True)
+        bar = _Bar(cfg.progress, n, "parsing")
+        try:
+            parts = run_chunks(_parsing_chunk, n, cfg.threads, bar, (str(self.out), lms, bgm, cfg.parsing_model))
+        finally:
+            bar.close()
+        acc = sum(p[0] for p in parts)
+        cnt = sum(p[1] for p in parts)
+        _stale_frames(d, ".png", n)
+        with atomic_path(self.state / "background.npz", suffix=".npz") as tmp:
+            np.savez(tmp, sum=acc.astype(np.float32), count=cnt, plate=bgm.plate.astype(np.float32), known=bgm.known)
+        self._finish("parsing", n, method="bisenet" if net is not None else "landmarks+background",
+                     background_noise=bgm.noise, plate_known_fraction=float(bgm.known.mean()))
+
+    def step_background(self) -> None:
+        from . import parsing as P
+
+        cfg = self.cfg
+        n = self.n_frames()
+        with np.load(self.state / "background.npz") as z:
+            s, c = z["sum"], z["count"]
+        known = c > 0
+        bc = P.fill_unknown(s / np.maximum(c, 1)[..., None], known)
+        bc8 = np.clip(bc + 0.5, 0, 255).astype(np.uint8)
+        write_bytes(self.out / "bc.jpg", V.encode_jpeg(bc8, cfg.jpeg_quality))
+        gd, td = self.out / "gt_imgs", self.out / "torso_imgs"
+        gd.mkdir(parents=True, exist_ok=True)
+        td.mkdir(parents=True, exist_ok=True)
+        bar = _Bar(cfg.progress, n, "background")
+        try:
+            run_chunks(_background_chunk, n, cfg.threads, bar, (str(self.out), bc8, int(cfg.jpeg_quality)))
+        finally:
+            bar.close()
+        _stale_frames(gd, ".jpg", n)
+        _stale_frames(td, ".png", n)
+        self._finish("background", n, never_uncovered_fraction=float(1 - known.mean()))
+
+    def step_pose(self, focal: Optional[float] = None, template: Optional[np.ndarray] = None) -> None:
+        from . import pose as PO
+
+        cfg = self.cfg
+        n = self.n_frames()
+        rec = self.record("decode")
+        W, H = int(rec["width"]), int(rec["height"])
+        lms = self.landmarks_array()
+        f = cfg.focal if focal is None else focal
+        if template is None and cfg.template is not None:
+            template = np.asarray(cfg.template, np.float64)
+        X = template
+        bar = _Bar(cfg.progress, 1, "pose")
+        try:
+            fit = PO.fit_clip(lms, W, H, focal=f, template=X, refine_template_=cfg.refine_template,
+                              smooth_sigma=cfg.pose_smooth)
+        except ValueError as e:
+            raise PreprocessError(f"head pose fit failed: {e}", self.out, step="pose") from None
+        finally:
+            bar(1)
+            bar.close()
+        with atomic_path(self.state / "pose.npz", suffix=".npz") as tmp:
+            np.savez(tmp, R=fit.R, t=fit.t, focal=fit.focal, cx=fit.cx, cy=fit.cy, template=fit.template,
+                     errors=fit.errors, rigid_errors=fit.rigid_errors)
+        rows = ["frame,reprojection_error_px,rigid_reprojection_error_px"]
+        rows += [f"{i},{e:.4f},{r:.4f}" for i, (e, r) in enumerate(zip(fit.errors, fit.rigid_errors))]
+        atomic_write_text(self.state / "reprojection.csv", "\n".join(rows) + "\n")
+        n_tr, n_va = PO.write_transforms(self.out, fit, W, H, write=lambda p, o: write_bytes(p, json.dumps(o).encode()))
+        self.log(f"cameras: focal {fit.focal:.1f} px ({fit.focal / max(W, H):.2f}× the image size), reprojection error "
+                 f"mean {fit.errors.mean():.2f} px (max {fit.errors.max():.2f} px at frame "
+                 f"{int(fit.errors.argmax())}), "
+                 f"{n_tr} train / {n_va} val frames")
+        self._finish("pose", n, focal=fit.focal, mean_error_px=float(fit.errors.mean()),
+                     max_error_px=float(fit.errors.max()), worst_frame=int(fit.errors.argmax()),
+                     mean_rigid_error_px=float(fit.rigid_errors.mean()), **fit.info)
+
+    def step_blink(self) -> None:
+        from ..metrics.landmarks import ear_to_au45, eye_aspect_ratio
+
+        n = self.n_frames()
+        lms = self.landmarks_array()
+        ear = np.asarray(eye_aspect_ratio(lms), np.float64)
+        au = np.asarray(ear_to_au45(ear), np.float64)
+        rows = ["frame, face_id, timestamp, confidence, success, AU45_r"]
+        rows += [f"{i + 1}, 0, {i / V.FPS:.3f}, 0.98, 1, {a:.3f}" for i, a in enumerate(au)]
+        atomic_write_text(self.out / "au.csv", "\n".join(rows) + "\n")
+        self._finish("blink", n, mean_ear=float(ear.mean()))
+
+    def step_expr(self) -> None:
+        from ..metrics.landmarks import LANDMARK_EXPR_NAMES, landmark_expression
+
+        n = self.n_frames()
+        e = np.asarray(landmark_expression(self.landmarks_array()), np.float32)
+        atomic_save_npy(self.out / "expr.npy", e)
+        self._finish("expr", n, names=list(LANDMARK_EXPR_NAMES))
+
+    def step_features(self) -> None:
+        from ..data.audio import MissingModelError as AudioMissing, extract_features, make_extractor
+
+        n = self.n_frames()
+        names = []
+        for kind in self.cfg.features:
+            try:
+                ex = make_extractor(kind, model=self.cfg.w2v_model if kind in ("wav2vec2", "w2v") else None)
+            except AudioMissing as e:
+                raise PreprocessError(str(e), step="features") from None
+            extract_features(self.out, ex)
+            names.append(ex.name)
+        self._finish("features", n, files=[f"aud_{x}.npy" for x in names])
+
+
+@contextlib.contextmanager
+def _pool(threads: int):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, int(threads))) as ex:
+        yield ex
+
+
+def _prefetch(gen, threads: int, ahead: int = 4):
+    """Yield the items of ``gen`` (e.g. decoded frames) produced on a background thread, at most
+    ``ahead`` in advance, so decoding overlaps the caller's work."""
+    if threads <= 1:
+        yield from gen
+        return
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=ahead)
+    end = object()
+    stop = threading.Event()
+
+    def fill():
+        try:
+            for x in gen:
+                if stop.is_set():
+                    return
+                q.put(x)
+            q.put(end)
+        except BaseException as e:  # handed to the consumer
+            q.put(e)
+
+    t = threading.Thread(target=fill, daemon=True)
+    t.start()
+    try:
+        while True:
+            x = q.get()
+            if x is end:
+                return
+            if isinstance(x, BaseException):
+                raise x
+            yield x
+    finally:
+        stop.set()
+        while t.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                t.join(timeout=0.05)
+
+
+# --------------------------------------------------------------------------------------------------
+# per-frame work in worker processes (contiguous chunks of frames; real parallelism on every core)
+# --------------------------------------------------------------------------------------------------
+
+_COUNTER = None
+
+
+def _init_worker(counter) -> None:
+    global _COUNTER
+    _COUNTER = counter
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def _tick() -> None:
+    if _COUNTER is not None:
+        with _COUNTER.get_lock():
+            _COUNTER.value += 1
+
+
+def run_chunks(fn, n: int, workers: int, bar=None, args: tuple = (), min_chunk: int = 16) -> list:
+    """Run ``fn(start, stop, *args)`` over ``workers`` contiguous chunks of ``range(n)`` in forked
+    worker processes (in this process when one worker is asked for or the clip is short) and return
+    the chunks' results in order. Each worker calls :func:`_tick` per frame; ``bar`` follows them."""
+    k = max(1, min(int(workers), n // min_chunk))
+    bounds = np.linspace(0, n, k + 1).round().astype(int)
+    if k == 1:
+        global _COUNTER
+        _COUNTER = None
+        try:
+            out = fn(0, n, *args)
+        finally:
+            if bar is not None:
+                bar(n)
+        return [out]
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    counter = ctx.Value("l", 0)
+    with ctx.Pool(k, initializer=_init_worker, initargs=(counter,)) as pool:
+        res = pool.starmap_async(fn, [(int(a), int(b), *args) for a, b in zip(bounds[:-1], bounds[1:])])
+        seen = 0
+        while not res.ready():
+            res.wait(0.2)
+            if bar is not None and counter.value > seen:
+                bar(counter.value - seen)
+                seen = counter.value
+        out = res.get()
+        if bar is not None and n > seen:
+            bar(n - seen)
+    return out
+
+
+def _landmarks_chunk(start: int, stop: int, out: str, backend: str):
+    from . import landmarks as L
+
+    b = L.make_backend(backend)
+    frames = _prefetch((V.decode_image(Path(out) / "ori_imgs" / f"{i}.jpg") for i in range(start, stop)), 2)
+    return L.track(frames, b, progress=_tick)
+
+
+def _parsing_chunk(start: int, stop: int, out: str, lms: np.ndarray, bgm, parsing_model: Optional[str]):
+    from . import parsing as P
+
+    net = None
+    if parsing_model:
+        import torch
+
+        from .bisenet import BiSeNetParser
+
+        torch.set_num_threads(1)
+        net = BiSeNetParser(parsing_model)
+    d = Path(out) / "parsing"
+    acc = cnt = None
+    for i in range(start, stop):
+        img = V.decode_image(Path(out) / "ori_imgs" / f"{i}.jpg")
+        lab = net.parse(img, lms[i]) if net is not None else P.parse_frame(img, lms[i], bgm)
+        write_bytes(d / f"{i}.png", V.encode_png(lab, palette=P.PALETTE_RGB))
+        m = P.background_pixels(lab)
+        if acc is None:
+            acc = np.zeros(img.shape, np.float32)
+            cnt = np.zeros(img.shape[:2], np.int32)
+        acc += img * m[..., None]
+        cnt += m
+        _tick()
+    return acc, cnt
+
+
+def _background_chunk(start: int, stop: int, out: str, bc8: np.ndarray, quality: int):
+    from ..data.formats import parsing_labels
+    from . import parsing as P
+
+    gd, td = Path(out) / "gt_imgs", Path(out) / "torso_imgs"
+    for i in range(start, stop):
+        img = V.decode_image(Path(out) / "ori_imgs" / f"{i}.jpg")
+        lab, _ = parsing_labels(V.decode_image(Path(out) / "parsing" / f"{i}.png"))
+        person = lab != P.LABEL["background"]
+        write_bytes(gd / f"{i}.jpg", V.encode_jpeg(np.where(person[..., None], img, bc8), quality))
+        torso = (lab == P.LABEL["torso"]) | (lab == P.LABEL["neck"])
+        rgba = np.concatenate([img * torso[..., None], torso[..., None].astype(np.uint8) * 255], -1)
+        write_bytes(td / f"{i}.png", V.encode_png(rgba))  # transparent pixels are 0: a faster PNG
+        _tick()
+    return None
+
+
+def face_crop(info: V.VideoInfo, cfg: PreprocessConfig, log=None, scan_fps: float = 2.0) -> V.Crop:
+    """A square crop around the face track of a (non-square) video: faces are detected on frames
+    sampled at ``scan_fps`` (downscaled to ≤ 640 px); the crop is centred horizontally on the median
+    face centre, puts the eyes at ≈ 40 % of the height and is 3.2× the median face box (at most the
+    short side of the frame)."""
+    from . import landmarks as L
+
+    if cfg.landmarks is not None:
+        raise PreprocessError("--crop face cannot be used with given --landmarks (they must be in output-frame "
+                              "pixels); give --crop X,Y,SIDE or a square video", info.path)
+    scale = min(1.0, 640.0 / max(info.width, info.height))
+    sw, sh = int(round(info.width * scale)) // 2 * 2, int(round(info.height * scale)) // 2 * 2
+    backend = L.make_backend(cfg.backend)
+    boxes, most = [], 0
+    for img in _scan_frames(info, sw, sh, scan_fps):
+        faces, _ = backend.find_faces(img, None)
+        most = max(most, len(faces))
+        if faces:
+            f = max(faces, key=lambda f: f.size)
+            boxes.append(f.box / scale)
+    if not boxes:
+        raise PreprocessError("no face found while choosing the crop (frames sampled at 2 fps); give --crop X,Y,SIDE "
+                              "or --crop center", info.path, step="decode")
+    if most > 1 and log is not None:
+        log(f"several faces (up to {most}) in the video: the crop follows the largest face")
+    b = np.median(np.stack(boxes), 0)
+    cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
+    side = int(min(min(info.width, info.height), round(3.2 * max(b[2] - b[0], b[3] - b[1]))))
+    x = int(round(np.clip(cx - side / 2, 0, info.width - side)))
+    y = int(round(np.clip(cy - 0.42 * side, 0, info.height - side)))
+    return V.Crop(x, y, side)
+
+
+def _scan_frames(info: V.VideoInfo, w: int, h: int, fps: float):
+    import subprocess
+
+    cmd = [V.ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-i", str(info.path), "-map", "0:v:0", "-vf",
+           f"fps={fps:g},scale={w}:{h}", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            buf = p.stdout.read(w * h * 3)
+            if len(buf) < w * h * 3:
+                break
+            yield np.frombuffer(buf, np.uint8).reshape(h, w, 3)
+    finally:
+        p.stdout.close()
+        p.kill()
+        p.wait()
+
+
+def preprocess_video(video: str | Path, out: str | Path, config: Optional[PreprocessConfig] = None, *,
+                     steps: Optional[Sequence[str]] = None, force: bool = False, **kw) -> dict:
+    """Preprocess one talking-head video into the dataset directory ``out`` (DESIGN §5.1); see
+    :class:`Preprocessor` and the module doc. Returns the report dict."""
+    return Preprocessor(video, out, config, **kw).run(steps, force=force)
+
+
+def config_dict(cfg: PreprocessConfig) -> dict:
+    return asdict(cfg)
+
+
+__all__ = ["STEPS", "DEPS", "PreprocessConfig", "Preprocessor", "preprocess_video", "face_crop"]
