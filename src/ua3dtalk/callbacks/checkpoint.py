@@ -3,7 +3,9 @@
 * :class:`AtomicCheckpointIO` — Lightning ``CheckpointIO`` that writes to a temporary file in the
   target directory, fsyncs, and ``os.replace``-s it over the old file: an interrupted write never
   leaves a truncated checkpoint, and a checkpoint whose weights contain NaN/Inf is refused (the
-  previous good file stays). Loading uses ``torch.load(weights_only=True)``.
+  previous good file stays). A failed write (disk full) raises ``OSError`` naming the file and keeps
+  the previous one; temporaries left by runs killed mid-write are removed by the next save.
+  Loading uses ``torch.load(weights_only=True)``.
 * :class:`PeriodicCheckpoint` — saves ``last.ckpt`` every ``every_n_steps`` training batches and at
   the end of training.
 * :func:`load_model_checkpoint` — weights only, with an error listing mismatched keys.
@@ -29,17 +31,34 @@ def _nonfinite_keys(state_dict: dict) -> list[str]:
             if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
+def _os_error_in_chain(e: BaseException):
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint, path, storage_options=None):
         bad = _nonfinite_keys(checkpoint.get("state_dict", {}))
         if bad:
             raise CheckpointError(f"{path}: refusing to save a checkpoint with NaN/Inf in {', '.join(bad[:5])}; "
                                   "the previous checkpoint is kept")
-        with atomic_path(path, suffix=".ckpt") as tmp:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
+        try:
+            with atomic_path(path, suffix=".ckpt", clean_stale=True) as tmp:  # + temporaries of killed runs
+                with open(tmp, "wb") as f:
+                    torch.save(checkpoint, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+        except (OSError, RuntimeError) as e:  # disk full, quota, I/O error: temporary gone, old file untouched
+            os_err = _os_error_in_chain(e)  # torch's zip writer turns a failed write into a RuntimeError
+            if os_err is None:
+                raise
+            raise OSError(os_err.errno, f"{path}: could not write the checkpoint ({os_err.strerror or os_err}); "
+                                        "the previous checkpoint is kept") from e
 
     def load_checkpoint(self, path, map_location=None, weights_only=True):
         return read_checkpoint(path, map_location)
@@ -85,7 +104,7 @@ class PeriodicCheckpoint(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._batches += 1
         if self._batches % self.every == 0:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # full state (optimizers, loops): resumable
 
     def on_train_end(self, trainer, pl_module):
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)

@@ -35,16 +35,67 @@ def parse_kv(argv) -> dict:
     return args
 
 
+TRUSTED_TARGETS = "ua3dtalk.models."
+"""Prefix of the classes a checkpoint's stored model configuration may name (``_target_``)."""
+
+
+def check_model_config(cfg, where: str, prefix: str = TRUSTED_TARGETS) -> None:
+    """Refuse a stored model configuration that would make ``hydra.utils.instantiate`` call anything but
+    a model class of this package.
+
+    A checkpoint is untrusted input: its tensors are read with ``weights_only=True``, but the
+    ``model_config`` it carries is instantiated, and a ``_target_`` such as ``os.system`` (or a class
+    reached through a module attribute, e.g. ``ua3dtalk.models.module.subprocess.Popen``) would run
+    code. Every ``_target_`` must resolve to a class whose ``__module__`` is under ``prefix``
+    (:data:`TRUSTED_TARGETS`; e.g. ``"ua3dtalk.data."`` for a stored DataModule config);
+    interpolations (``${...}``) are refused too. Raises ``CheckpointError`` naming ``where``.
+    """
+    from ..callbacks.checkpoint import CheckpointError
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                key = f"{path}.{k}" if path else str(k)
+                if k == "_target_":
+                    _check_target(v, key)
+                else:
+                    walk(v, key)
+        elif isinstance(node, (list, tuple)):
+            for i, v in enumerate(node):
+                walk(v, f"{path}[{i}]")
+        elif isinstance(node, str) and "${" in node:
+            raise CheckpointError(f"{where}: model_config.{path} holds an interpolation {node!r}; refused")
+
+    def _check_target(target, key):
+        import importlib
+
+        ok = isinstance(target, str) and target.startswith(prefix)
+        obj = None
+        if ok:
+            mod, _, name = target.rpartition(".")
+            try:
+                obj = getattr(importlib.import_module(mod), name)
+            except (ImportError, AttributeError, ValueError):
+                obj = None
+        if not (ok and isinstance(obj, type) and obj.__module__.startswith(prefix)):
+            raise CheckpointError(f"{where}: model_config.{key} = {target!r} is not a class of "
+                                  f"{prefix.rstrip('.')}; refusing to instantiate it")
+
+    walk(cfg, "")
+
+
 def load_model(ckpt_path, backend: str = "auto"):
-    """Rebuild the model from the config stored in the checkpoint and load its weights."""
+    """Rebuild the model from the config stored in the checkpoint (checked by
+    :func:`check_model_config`) and load its weights."""
     from hydra.utils import instantiate
 
     from ..callbacks.checkpoint import CheckpointError, load_model_checkpoint, read_checkpoint
 
     ckpt = read_checkpoint(ckpt_path)
     meta = ckpt.get("ua3dtalk") or {}
-    if not meta.get("model_config"):
+    if not isinstance(meta, dict) or not isinstance(meta.get("model_config"), dict) or not meta["model_config"]:
         raise CheckpointError(f"{ckpt_path}: no model configuration stored (not written by ua3dtalk-train)")
+    check_model_config(meta["model_config"], str(ckpt_path))
     cfg = dict(meta["model_config"])
     cfg["stage"] = "fuse"
     cfg["backend"] = backend
@@ -64,11 +115,30 @@ def resolve_emotion(model, emotion: str, intensity, blend):
         return None
     if model.emotion_control is None:
         raise ValueError("this checkpoint has no emotion control (trained without emotion distillation)")
-    e = model.emotion_control.from_label(emotion, None if intensity is None else int(intensity))
+    if intensity is not None:
+        try:
+            intensity = int(intensity)
+        except (TypeError, ValueError):
+            raise ValueError(f"intensity must be an integer 1, 2 or 3, got {intensity!r}") from None
+        n = int(getattr(model.emotion_control, "n_levels", 3))
+        if not 1 <= intensity <= n:
+            raise ValueError(f"intensity must be an integer in 1..{n}, got {intensity}")
+
+    def label(name):
+        try:
+            return model.emotion_control.from_label(name, intensity)
+        except RuntimeError as err:  # no prototype: the checkpoint's emotion stage never saw this emotion
+            raise ValueError(f"emotion={name}: {err}; use emotion=audio or a checkpoint trained through the "
+                             "emotion stage") from None
+
+    e = label(emotion)
     if blend:
         other, _, w = blend.partition(":")
-        e2 = model.emotion_control.from_label(other, None if intensity is None else int(intensity))
-        e = model.emotion_control.blend(e, e2, float(w or 0.5))
+        try:
+            w = float(w or 0.5)
+        except ValueError:
+            raise ValueError(f"blend must be <emotion>:<weight in [0,1]>, got {blend!r}") from None
+        e = model.emotion_control.blend(e, label(other), w)
     return torch.as_tensor(e)[None] if torch.as_tensor(e).dim() == 1 else e
 
 
@@ -102,16 +172,19 @@ def infer(ckpt, audio, out, emotion="audio", intensity=None, blend=None, pose="d
     model = load_model(ckpt, backend)
     e = resolve_emotion(model, emotion, intensity, blend)
     ds = predict_dataset(model.data_config, audio, pose, emotion, intensity)
-    frames, t0 = [], time.perf_counter()
-    with torch.no_grad():
+    n, t0 = [0], time.perf_counter()
+
+    def frames():  # rendered while the encoder consumes them: memory does not grow with the audio length
         for i in tqdm(range(len(ds)), desc="ua3dtalk-infer", unit="frame"):
             img = model.render_predict(ds[i], emotion=e)[0]
-            frames.append((img.permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype("uint8"))
-    dt = time.perf_counter() - t0
-    write_video(out, frames, fps=25, audio_path=ds.audio_path)
-    fps = len(frames) / max(dt, 1e-9)
-    print(f"ua3dtalk-infer: wrote {out}: {len(frames)} frames at {fps:.1f} frames/s")
-    return {"frames": len(frames), "fps": fps, "out": str(out)}
+            n[0] += 1
+            yield (img.permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype("uint8")
+
+    with torch.no_grad():
+        write_video(out, frames(), fps=25, audio_path=ds.audio_path)
+    fps = n[0] / max(time.perf_counter() - t0, 1e-9)
+    print(f"ua3dtalk-infer: wrote {out}: {n[0]} frames at {fps:.1f} frames/s (rendering and encoding)")
+    return {"frames": n[0], "fps": fps, "out": str(out)}
 
 
 def main(argv=None) -> int:

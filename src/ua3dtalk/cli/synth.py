@@ -24,8 +24,16 @@ def main(argv=None) -> int:
     ap.add_argument("--features", default="mel", help="audio feature extractors to cache, comma-separated ('' for none)")
     ap.add_argument("--backend", default="auto", help="renderer backend")
     a = ap.parse_args(argv)
+    from ..data.audio import MissingModelError
+    from ..data.formats import DatasetError
     from ..data.synth.generate import generate_emotional, generate_subject
 
+    extractors = [x.strip() for x in a.features.split(",") if x.strip()]
+    bad = [x for x in extractors if x not in ("mel", "wav2vec2", "w2v")]
+    if bad:  # found before minutes of rendering, not after
+        print(f"ua3dtalk-synth: error: --features: unknown extractor(s) {', '.join(bad)}; choose mel or wav2vec2",
+              file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     try:
         if a.emotional:
@@ -36,11 +44,17 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"ua3dtalk-synth: error: {e}", file=sys.stderr)
         return 2
-    extractors = [x for x in a.features.split(",") if x]
+    except OSError as e:
+        print(f"ua3dtalk-synth: error: cannot write the dataset under --out {a.out}: {e}", file=sys.stderr)
+        return 1
     if extractors:
         from ..data.synth.generate import cache_features
 
-        cache_features(subject, extractors)
+        try:
+            cache_features(subject, extractors)
+        except (DatasetError, MissingModelError, OSError) as e:
+            print(f"ua3dtalk-synth: error: caching features in {subject}: {e}", file=sys.stderr)
+            return 1
     print(f"wrote {subject} in {time.perf_counter() - t0:.1f} s")
     return 0
 

@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import pickle
 import math
 import os
 import re
@@ -541,7 +542,7 @@ class Wav2Vec2Extractor:
             with _quiet_transformers():
                 m, info = cls.from_pretrained(str(p) if local else model, local_files_only=offline,
                                               output_loading_info=True)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, pickle.UnpicklingError) as e:  # unpickling: refused by weights_only
             why = f" ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})"
             raise MissingModelError(_missing_model_message(model, local, why)) from e
         missing = set(info.get("missing_keys", ()))
@@ -634,10 +635,12 @@ def extract_features(clip_dir: Union[str, Path, ClipInfo], extractor: Extractor,
                      wav: Union[str, Path, None] = None, cache_dir: Union[str, Path, None] = None,
                      progress: Optional[Callable[[int], None]] = None) -> Path:
     """Compute ``extractor`` on the clip's ``aud.wav`` and cache the 50 Hz sequence [T,C] float32 as
-    ``aud_<name>.npy`` (+ ``aud_<name>.json`` recording the extractor parameters and the wav's
-    SHA-1). An existing cache is reused when its record matches (or it has none — a file put there by
-    hand); ``force=True`` recomputes. Writes are atomic (:mod:`ua3dtalk.utils.io`: temporary file in
-    the same directory, then ``os.replace``). Returns the cache path.
+    ``aud_<name>.npy`` (+ ``aud_<name>.json`` recording the extractor parameters, the wav's SHA-1 and
+    the array's SHA-1). An existing cache is reused when its record matches both (or it has none — a
+    file put there by hand); ``force=True`` recomputes. A run killed at any point leaves either the
+    previous cache, or a complete array whose record does not match it (recomputed next time).
+    Writes are atomic (:mod:`ua3dtalk.utils.io`: temporary file in the same directory, then
+    ``os.replace``). Returns the cache path.
 
     This is the only function that writes into a dataset directory (``cache_dir`` redirects it).
     """
@@ -658,7 +661,10 @@ def extract_features(clip_dir: Union[str, Path, ClipInfo], extractor: Extractor,
             old = json.loads(meta_path.read_text())
         except (OSError, json.JSONDecodeError):
             old = None
-        if old == record:
+        # the record names the array it describes (``npy_sha1``): a run killed between writing the
+        # array and its record leaves a pair that does not match, which is recomputed
+        if isinstance(old, dict) and {k: v for k, v in old.items() if k != "npy_sha1"} == record \
+                and old.get("npy_sha1") == _sha1(out):
             return out
     x = load_wav(wav_path)
     seq = np.ascontiguousarray(extractor(x, progress=progress), dtype=np.float32)
@@ -667,8 +673,8 @@ def extract_features(clip_dir: Union[str, Path, ClipInfo], extractor: Extractor,
                            f"[{sequence_length(x.shape[0])}, C]")
     if not np.isfinite(seq).all():
         raise RuntimeError(f"extractor {extractor.name} produced NaN/Inf for {wav_path}")
-    atomic_save_npy(out, seq)
-    atomic_write_json(meta_path, record)
+    atomic_save_npy(out, seq, clean_stale=True)
+    atomic_write_json(meta_path, {**record, "npy_sha1": _sha1(out)})
     return out
 
 

@@ -890,9 +890,15 @@ def load_camera_track(path: Union[str, Path]) -> tuple[np.ndarray, Optional[np.n
         raise DatasetError([Problem(path, "missing camera track file")]) from None
     except DatasetError:
         raise
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except Exception as e:  # noqa: BLE001 - json/numpy parsers raise many types (Syntax, Key, Type, Value, ...)
         raise DatasetError([Problem(path, f"unreadable camera track ({type(e).__name__}: {e})")]) from None
-    vm = np.asarray(vm, dtype=np.float64)
+    for name, v in (("width", width), ("height", height)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+            raise DatasetError([Problem(path, f"camera track: {name} must be a positive integer, got {v!r}")])
+    try:
+        vm = np.asarray(vm, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise DatasetError([Problem(path, f"camera track: viewmats are not numbers ({e})")]) from None
     if vm.shape == (4, 4):
         vm = vm[None]
     if vm.ndim != 3 or vm.shape[1:] != (4, 4) or vm.shape[0] == 0:

@@ -291,11 +291,14 @@ def read_teeth_mask(path: Path | str, shape: tuple[int, int] | None = None) -> t
     """Read a TalkingGaussian ``teeth_mask/<id>.npy`` → bool [H,W]."""
     path = Path(path)
     try:
-        a = np.load(path)
+        a = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise DatasetError([Problem(path, "missing file")]) from None
-    except (OSError, ValueError) as e:
-        raise DatasetError([Problem(path, f"unreadable array ({e})")]) from None
+    except Exception as e:  # noqa: BLE001 - numpy's header parser raises Syntax/Token/Type/Value errors
+        raise DatasetError([Problem(path, f"unreadable array ({type(e).__name__}: {e})")]) from None
+    if not isinstance(a, np.ndarray) or not (a.dtype == bool or np.issubdtype(a.dtype, np.number)):
+        raise DatasetError([Problem(path, f"teeth mask must be a boolean or numeric array, got dtype "
+                                          f"{getattr(a, 'dtype', type(a).__name__)}")])
     if a.ndim == 3 and a.shape[-1] == 1:
         a = a[..., 0]
     if a.ndim != 2 or (shape is not None and tuple(a.shape) != tuple(shape)):
@@ -408,7 +411,10 @@ def _check_au_csv(path: Path, rep: _Report, num_frames: Optional[int]) -> Option
 def _load_json(path: Path, rep: _Report):
     try:
         with open(path) as f:
-            return json.load(f)
+            d = json.load(f)
+        if d is None:
+            rep.error(path, "the file holds JSON null; expected an object or a list")
+        return d
     except FileNotFoundError:
         rep.error(path, "missing file")
     except (OSError, UnicodeDecodeError) as e:
@@ -636,11 +642,15 @@ def feature_files(root: Path) -> dict[str, Path]:
 def _check_array(path: Path, rep: _Report, *, mmap: bool = True) -> Optional[np.ndarray]:
     try:
         a = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        rep.error(path, f"unreadable .npy array ({e})")
+    except MemoryError:
+        rep.error(path, "unreadable .npy array (its header claims more data than fits in memory)")
         return None
-    if not isinstance(a, np.ndarray) or not np.issubdtype(a.dtype, np.number):
-        rep.error(path, f"must be a numeric array, got dtype {getattr(a, 'dtype', type(a).__name__)}")
+    except Exception as e:  # noqa: BLE001 - numpy's header parser raises Syntax/Token/Type/Value errors
+        rep.error(path, f"unreadable .npy array ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})")
+        return None
+    if not isinstance(a, np.ndarray) or not np.issubdtype(a.dtype, np.number) \
+            or np.issubdtype(a.dtype, np.complexfloating):
+        rep.error(path, f"must be a real numeric array, got dtype {getattr(a, 'dtype', type(a).__name__)}")
         return None
     if np.issubdtype(a.dtype, np.floating) and not _all_finite(a):
         rep.error(path, "contains NaN or Inf")

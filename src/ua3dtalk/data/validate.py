@@ -77,7 +77,9 @@ from .formats import (
 # validation of one regular directory
 # --------------------------------------------------------------------------------------------------
 
-_ID_RE = re.compile(r"^\d+$")
+_ID_RE = re.compile(r"^[0-9]+$")
+MAX_FRAME_ID = 10_000_000
+"""Largest accepted ``img_id`` / ``aud_id`` (111 hours at 25 fps): per-frame arrays are sized by it."""
 
 
 def _parse_img_id(v, path: Path, rep: _Report, where: str, field_name: str = "img_id") -> Optional[int]:
@@ -87,13 +89,18 @@ def _parse_img_id(v, path: Path, rep: _Report, where: str, field_name: str = "im
             rep.error(path, f"{where}: {field_name} {v!r} would escape the dataset directory (path separators, "
                             "'..' and absolute paths are not allowed; use an integer frame number)")
             return None
-        if _ID_RE.match(s):
-            return int(s)
-        rep.error(path, f"{where}: {field_name} must be a non-negative integer, got {v!r}")
-        return None
-    i = _strict_int(v)
-    if i is None or i < 0:
-        rep.error(path, f"{where}: {field_name} must be a non-negative integer, got {v!r} ({type(v).__name__})")
+        i = int(s) if _ID_RE.match(s) else None
+        if i is None:
+            rep.error(path, f"{where}: {field_name} must be a non-negative integer, got {v!r}")
+            return None
+    else:
+        i = _strict_int(v)
+        if i is None or i < 0:
+            rep.error(path, f"{where}: {field_name} must be a non-negative integer, got {v!r} ({type(v).__name__})")
+            return None
+    if i > MAX_FRAME_ID:
+        rep.error(path, f"{where}: {field_name} {v!r} is larger than {MAX_FRAME_ID} (frame numbers index per-frame "
+                        "arrays)")
         return None
     return i
 
@@ -224,12 +231,19 @@ def inspect_clip(root: Path | str, *, level: str = "quick", clip_id: Optional[st
         return None, rep.problems
     root_real = os.path.realpath(root)
     clip_id = clip_id if clip_id is not None else root.name
+    # clip-level files that are symlinks to somewhere outside the clip directory: reported, never read
+    escaped = {n for n in (*TRANSFORM_FILES, SINGLE_TRANSFORM_FILE, "aud.wav", "au.csv", "expr.npy", "emotion.json")
+               if (root / n).is_symlink() and os.path.exists(root / n) and not _inside(root / n, root_real)}
+    for n in sorted(escaped):
+        rep.error(root / n, f"is a symlink to {os.path.realpath(root / n)}, outside the dataset directory")
 
     # ---- transforms / splits / cameras
     parts: list[tuple[str, dict]] = []
     t_train, t_val, t_one = root / TRANSFORM_FILES[0], root / TRANSFORM_FILES[1], root / SINGLE_TRANSFORM_FILE
     if t_train.exists() or t_val.exists():
         for split, p in (("train", t_train), ("val", t_val)):
+            if p.name in escaped:
+                continue
             if not p.exists():
                 if split == "train":
                     rep.error(p, "missing file (camera poses of the training frames)")
@@ -239,11 +253,11 @@ def inspect_clip(root: Path | str, *, level: str = "quick", clip_id: Optional[st
             d = _read_transforms(p, rep)
             if d is not None:
                 parts.append((split, d))
-    elif t_one.exists():
+    elif t_one.exists() and t_one.name not in escaped:
         d = _read_transforms(t_one, rep)
         if d is not None:
             parts.append(("all", d))
-    else:
+    elif not escaped & {t_one.name}:
         rep.error(t_train, "missing file: no transforms_train.json / transforms_val.json (or transforms.json) "
                            "with the camera poses")
     intr = None
@@ -393,7 +407,9 @@ def inspect_clip(root: Path | str, *, level: str = "quick", clip_id: Optional[st
     # audio
     wav = root / "aud.wav"
     feats = feature_files(root)
-    if wav.exists():
+    if wav.name in escaped:
+        pass
+    elif wav.exists():
         try:
             import soundfile as sf
 
@@ -438,11 +454,11 @@ def inspect_clip(root: Path | str, *, level: str = "quick", clip_id: Optional[st
         feats.pop(name)
 
     au = root / "au.csv"
-    if au.exists():
+    if au.exists() and au.name not in escaped:
         if _check_au_csv(au, rep, num_frames) is not None:
             available.add("au")
     expr = root / "expr.npy"
-    if expr.exists():
+    if expr.exists() and expr.name not in escaped:
         a = _check_array(expr, rep)
         if a is not None:
             if a.ndim != 2 or a.shape[0] != num_frames:
@@ -452,7 +468,7 @@ def inspect_clip(root: Path | str, *, level: str = "quick", clip_id: Optional[st
 
     emo = emotion
     ej = root / "emotion.json"
-    if emo is None and ej.exists():
+    if emo is None and ej.exists() and ej.name not in escaped:
         emo = _check_emotion_json(ej, rep)
 
     if rep.n_errors or size is None:
@@ -588,8 +604,9 @@ def inspect_emotional(root: Path | str, *, index: Path | str | None = None, leve
     else:
         listed = [(p, None, None) for p in _discover_clips(root)]
         if not listed:
-            rep.error(root, "no clips found: expected <subject>/<emotion>/level_<k>/<clip>/ directories with an "
-                            "emotion.json, or an index file clips.json / clips.txt")
+            rep.error(root, "no clips found: not a regular dataset directory (no transforms_train.json / "
+                            "transforms.json) and no <subject>/<emotion>/level_<k>/<clip>/ directories with an "
+                            "emotion.json, nor an index file clips.json / clips.txt")
     clips = []
     for n, (cdir, emo_idx, subj) in enumerate(listed):
         rel = cdir.relative_to(root).as_posix()
@@ -598,6 +615,9 @@ def inspect_emotional(root: Path | str, *, index: Path | str | None = None, leve
             continue
         ej = cdir / "emotion.json"
         emo_file = None
+        if ej.exists() and not _inside(ej, os.path.realpath(cdir)):
+            rep.error(ej, f"is a symlink to {os.path.realpath(ej)}, outside the dataset directory")
+            continue
         if ej.exists():
             emo_file = _check_emotion_json(ej, rep)
             if emo_file is None:

@@ -8,6 +8,7 @@ the optimizer state (Adam moments) consistent with the changing parameter set.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -16,6 +17,9 @@ from torch import nn
 from ..render.sh import C0
 
 PARAM_NAMES = ("means", "quats", "log_scales", "opacity_logits", "sh")
+MAX_INITIAL_POINTS = 10_000_000
+"""Upper bound of ``GaussianModel(num_points=...)`` (≈ 1.5 GB of parameters at SH degree 2, before
+gradients and optimizer state): a larger count is a configuration error, refused before allocating."""
 
 
 def rgb_to_sh0(rgb: torch.Tensor) -> torch.Tensor:
@@ -30,7 +34,8 @@ class GaussianModel(nn.Module):
     """A set of N Gaussians with SH colours of degree ≤ ``sh_degree``.
 
     Args:
-        num_points: initial number of Gaussians (random in the box ``bounds``), ignored if ``points`` is given.
+        num_points: initial number of Gaussians (random in the box ``bounds``; at most
+            :data:`MAX_INITIAL_POINTS`), ignored if ``points`` is given.
         bounds: ((xmin, ymin, zmin), (xmax, ymax, zmax)) box for random initialisation.
         sh_degree: maximal SH degree (coefficients [N,(d+1)²,3]); the active degree can be raised during
             training with :meth:`set_active_sh_degree`.
@@ -46,6 +51,10 @@ class GaussianModel(nn.Module):
         super().__init__()
         if not 0 <= sh_degree <= 3:
             raise ValueError(f"GaussianModel: sh_degree must be in 0..3, got {sh_degree}")
+        if points is None and (isinstance(num_points, bool) or not isinstance(num_points, numbers.Integral)
+                               or not 0 <= num_points <= MAX_INITIAL_POINTS):
+            raise ValueError(f"GaussianModel: num_points must be an int in 0..{MAX_INITIAL_POINTS:,}, "
+                             f"got {num_points!r}")
         g = torch.Generator().manual_seed(seed)
         lo, hi = torch.tensor(bounds[0], dtype=torch.float32), torch.tensor(bounds[1], dtype=torch.float32)
         if points is None:

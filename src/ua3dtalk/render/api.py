@@ -17,6 +17,8 @@ from .projection import project_gaussians
 from .sh import eval_sh_colors
 
 BACKENDS = ("auto", "dense", "torch", "cpu", "gsplat", "inria")
+MAX_IMAGE_SIDE = 16384
+"""Largest accepted ``width`` / ``height`` (pixels): larger sizes are refused before any allocation."""
 
 
 @dataclass
@@ -74,6 +76,8 @@ def validate_inputs(means, quats, scales, opacities, colors, viewmat, K, width, 
     for name, v in (("width", width), ("height", height)):
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise ValueError(f"rasterize: `{name}` must be a positive int, got {v!r}")
+        if v > MAX_IMAGE_SIDE:
+            raise ValueError(f"rasterize: `{name}` must be at most {MAX_IMAGE_SIDE} pixels, got {v}")
     if n:
         if bool((scales.detach() <= 0).any()):
             raise ValueError("rasterize: `scales` must be > 0 (pass activated scales, e.g. exp(log_scales))")

@@ -3,25 +3,80 @@
 Every output of the project is written to a temporary file in the destination directory and moved
 into place with ``os.replace`` (atomic on POSIX), so an interrupted run never leaves a half-written
 file under the final name.
+
+Temporary names are ``.<name>.tmp-<host>-<pid>-<random><suffix>`` (directories:
+``.<name>.partial-<host>-<pid>-<random>``): hidden, and recognisable as stale once their process is
+gone. A process killed by SIGKILL (or a power loss) cannot delete its temporary file; the next
+writer of the same path removes it when asked to (``clean_stale=True``, :func:`remove_stale_temporaries`),
+so interrupted runs do not accumulate garbage. Only temporaries of this host whose process no
+longer exists are removed (a shared file system may hold other hosts' writes in progress).
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
+import shutil
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+_HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+
+
+def _tmp_prefix(path: Path, kind: str = "tmp") -> str:
+    return f".{path.name}.{kind}-{_HOST}-{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files / directories that writers of ``path`` killed on this host left next
+    to it (their process no longer exists); returns what was removed."""
+    path = Path(path)
+    removed = []
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return removed
+    pat = re.compile(r"^\." + re.escape(path.name) + r"\.(tmp|partial)-" + re.escape(_HOST) + r"-(\d+)-")
+    for n in names:
+        m = pat.match(n)
+        if m is None or _pid_alive(int(m.group(2))):
+            continue
+        p = path.parent / n
+        with contextlib.suppress(OSError):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(p)
+    return removed
+
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str | None = None):
-    """Yield a temporary path next to ``path``; on success move it over ``path`` atomically."""
+def atomic_path(path: str | os.PathLike, suffix: str | None = None, clean_stale: bool = False):
+    """Yield a temporary path next to ``path``; on success move it over ``path`` atomically.
+
+    ``clean_stale``: first remove temporaries of ``path`` left by killed writers
+    (:func:`remove_stale_temporaries`; costs a listing of the directory)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp")
+    if clean_stale:
+        remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=suffix or path.suffix or ".tmp")
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -32,6 +87,34 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None):
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike):
+    """Yield a hidden staging directory next to ``path``; on success it replaces ``path`` (an existing
+    directory there is replaced as a whole), so ``path`` is either absent, the old directory, or the
+    complete new one — never a partial result. Staging directories of killed writers are removed first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path}: exists and is not a directory")
+    remove_stale_temporaries(path)
+    stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=_tmp_prefix(path, "partial")))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(stage, 0o777 & ~umask)  # mkdtemp creates 0700
+    try:
+        yield stage
+        if path.exists() or path.is_symlink():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=_tmp_prefix(path, "partial")))
+            os.replace(path, old / "old")
+            os.replace(stage, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(stage, path)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
         raise
 
 
@@ -51,8 +134,8 @@ def atomic_write_json(path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def atomic_save_npy(path, arr: np.ndarray) -> None:
-    with atomic_path(path, suffix=".npy") as tmp:
+def atomic_save_npy(path, arr: np.ndarray, clean_stale: bool = False) -> None:
+    with atomic_path(path, suffix=".npy", clean_stale=clean_stale) as tmp:
         np.save(tmp, arr)
 
 

@@ -6,6 +6,10 @@ Files written per clip: ``aud.wav``, ``ori_imgs/<i>.jpg`` + ``<i>.lms``, ``gt_im
 ``parsing/<i>.png``, ``torso_imgs/<i>.png``, ``bc.jpg``, ``transforms_{train,val}.json``, ``au.csv``,
 ``expr.npy``, ``pose.npy`` (ground-truth head pose), ``synth.json`` (generator metadata), and for
 emotional clips ``emotion.json``; audio features are added by :func:`ua3dtalk.data.audio` extractors.
+A subject directory appears only when complete: it is built in a hidden staging directory next to it
+and moved into place at the end (:func:`ua3dtalk.utils.io.atomic_directory`; an existing subject
+directory is replaced as a whole), so an interrupted generation never leaves a partial dataset that a
+later run would take for a finished one.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from scipy.io import wavfile
 from tqdm import tqdm
 
 from ...render import rasterize
-from ...utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text, atomic_save_npy
+from ...utils.io import atomic_directory, atomic_save_npy, atomic_write_bytes, atomic_write_json, atomic_write_text
 from .camera import as_torch, head_viewmat, intrinsics, viewmat_to_transform
 from .head import EXPR, EXPR_NAMES, PART_TO_CLASS, PARTS, ProceduralHead
 from .speech import EMOTIONS, FPS, SR, expression_track, head_pose_track, synth_speech
@@ -169,8 +173,10 @@ def generate_subject(out: str | Path, preset: str = "tiny", seed: int = 0, resol
     head, f0, bg = _identity(seed, p)
     subject = Path(out) / f"synth{seed}"
     rng = np.random.default_rng(_seed("regular", seed))
-    return write_clip(subject, head, p, p.seconds, rng, f0, bg=bg, backend=backend, progress=progress,
-                      extra_meta={"subject": subject.name})
+    with atomic_directory(subject) as stage:  # a killed run never leaves a partial dataset under `subject`
+        write_clip(stage, head, p, p.seconds, rng, f0, bg=bg, backend=backend, progress=progress,
+                   extra_meta={"subject": subject.name})
+    return subject
 
 
 def generate_emotional(out: str | Path, preset: str = "tiny", seed: int = 0, resolution: int | None = None,
@@ -184,13 +190,14 @@ def generate_emotional(out: str | Path, preset: str = "tiny", seed: int = 0, res
     head, f0, bg = _identity(seed, p)
     subject = Path(out) / f"synth{seed}"
     jobs = [(e, k, c) for e in emotions for k in intensities for c in range(1, int(clips_per_level) + 1)]
-    for e, k, c in tqdm(jobs, desc="synth emotional clips", unit="clip", disable=not progress):
-        clip = subject / e / f"level_{k}" / f"{c:03d}"
-        # clip 1 keeps the seed of the one-clip layout (datasets generated before stay identical)
-        rng = np.random.default_rng(_seed("emotional", seed, e, k) if c == 1 else _seed("emotional", seed, e, k, c))
-        write_clip(clip, head, p, p.clip_seconds, rng, f0, emotion=e, intensity=k, bg=bg, backend=backend,
-                   progress=False, extra_meta={"subject": subject.name})
-        atomic_write_json(clip / "emotion.json", {"emotion": e, "intensity": k})
+    with atomic_directory(subject) as stage:  # a killed run never leaves a partial dataset under `subject`
+        for e, k, c in tqdm(jobs, desc="synth emotional clips", unit="clip", disable=not progress):
+            clip = stage / e / f"level_{k}" / f"{c:03d}"
+            # clip 1 keeps the seed of the one-clip layout (datasets generated before stay identical)
+            rng = np.random.default_rng(_seed("emotional", seed, e, k) if c == 1 else _seed("emotional", seed, e, k, c))
+            write_clip(clip, head, p, p.clip_seconds, rng, f0, emotion=e, intensity=k, bg=bg, backend=backend,
+                       progress=False, extra_meta={"subject": subject.name})
+            atomic_write_json(clip / "emotion.json", {"emotion": e, "intensity": k})
     return subject
 
 
