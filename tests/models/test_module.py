@@ -518,6 +518,11 @@ def test_unknown_stage_is_refused(cfg_factory):
     assert set(STAGES) == {"prior", "emotion", "mouth", "face", "fuse"}
 
 
+def test_unknown_backend_is_refused_at_construction(cfg_factory):
+    with pytest.raises(Exception, match="unknown renderer backend 'vulkan'"):
+        build_model(cfg_factory("model.backend=vulkan"), "face")
+
+
 # --------------------------------------------------------------------------------------------------
 # loss terms of the render stages
 # --------------------------------------------------------------------------------------------------

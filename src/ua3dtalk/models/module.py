@@ -174,6 +174,10 @@ class UA3DTalk(L.LightningModule):
         super().__init__()
         if stage not in STAGES:
             raise ValueError(f"UA3DTalk: unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+        from ..render.api import BACKENDS
+
+        if backend not in BACKENDS:  # found here, not at the first render hours into a run
+            raise ValueError(f"UA3DTalk: unknown renderer backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if "emotion" in deformation.views and (emotion is None or emotion_field is None):
             raise ValueError("UA3DTalk: the deformation has the 'emotion' view but no emotion encoder/field is "
                              "configured (use views without 'emotion' for the no-emotion ablation)")
