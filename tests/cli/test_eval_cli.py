@@ -59,3 +59,20 @@ def test_eval_bad_input(short_run, tmp_path, capsys):
     assert "split" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="nowhere"):
         evaluate(ckpt, data=str(tmp_path / "nowhere"), metrics="psnr", progress=False)
+
+
+def test_eval_refuses_a_run_config_that_would_run_code(tmp_path, synth_emotional_small):
+    """The run's config.yaml is untrusted: a data `_target_` outside ua3dtalk.data is never instantiated."""
+    from ua3dtalk.callbacks.checkpoint import CheckpointError
+    from ua3dtalk.cli.eval import build_eval_datamodule
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "fuse").mkdir(parents=True)
+    ckpt = run / "checkpoints" / "fuse" / "last.ckpt"
+    ckpt.write_bytes(b"")
+    marker = tmp_path / "pwned"
+    (run / "config.yaml").write_text(f"data:\n  _target_: os.system\n  root: {synth_emotional_small}\n"
+                                     f"  command: touch {marker}\n")
+    with pytest.raises(CheckpointError, match="os.system"):
+        build_eval_datamodule(None, ckpt)
+    assert not marker.exists()

@@ -88,6 +88,11 @@ def build_eval_datamodule(model, ckpt: Path, data: Optional[str] = None):
     if not dcfg.get("root") or not Path(dcfg["root"]).exists():
         raise FileNotFoundError(f"dataset not found: {dcfg.get('root')!r} (pass data=DATASET)")
     dcfg["num_workers"] = 0
+    from .infer import check_model_config
+
+    # the run's config.yaml is as untrusted as the checkpoint: only DataModules of this package
+    check_model_config(dcfg, str(run_dir / "config.yaml") if run_dir is not None else str(ckpt),
+                       prefix="ua3dtalk.data.")
     dm = instantiate(dcfg, _recursive_=False)
     dm.prepare_data()
     dm.setup("fit")
