@@ -1,98 +1,335 @@
 """``make demo``: the main job end to end on synthetic data, with a report.
 
-Generates the emotional synthetic dataset (first run only), trains every stage
-(``experiment=demo_synth``, or ``--experiment smoke`` for a quick look), drives the avatar with the
-audio of a held-out clip — emotion from the audio and from labels — and writes
-``<out>/report.md`` with pictures, videos and metrics.
+    python -m ua3dtalk.cli.demo --out outputs/demo [--experiment demo_synth] [hydra overrides...]
 
-    python -m ua3dtalk.cli.demo --out outputs/demo [--experiment demo_synth]
+Steps (each timed, progress shown throughout):
+
+1. data — generate the ``small`` emotional synthetic dataset (first run only; 24 clips at 128²);
+2. evaluators — :func:`prepare_evaluators` (hook: the metric evaluators trained on the synthetic
+   ground truth, DESIGN §8);
+3. train — every stage of ``experiment=demo_synth`` (``scale/demo.yaml``); resumable, so an
+   interrupted demo continues where it stopped;
+4. evaluate — :func:`evaluate` (hook: metrics of held-out clips into the report);
+5. render — ground truth vs. render of held-out frames, and one clip per emotion driven by the audio of
+   a held-out clip (label control, intensity 3) plus one with the emotion taken from the audio;
+6. report — ``<out>/report.md`` with timings, metrics, plots (training curves, uncertainty-based fusion
+   weights, ablation comparison when ``--ablation-runs`` is given) and the videos.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import time
 from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
+
+
+NO_EVAL_NOTE = ("(validation metrics of the training run; held-out evaluation metrics appear here once the "
+                "evaluators are wired in: `prepare_evaluators` / `evaluate` in `ua3dtalk/cli/demo.py`.)")
+
+
+class _Steps:
+    """Prints ``[demo k/n] name`` with the elapsed time and records each step's duration."""
+
+    def __init__(self, n: int):
+        self.n, self.k, self.t0 = n, 0, time.perf_counter()
+        self.times: dict[str, float] = {}
+        self._cur: Optional[tuple[str, float]] = None
+
+    def start(self, name: str) -> None:
+        self.end()
+        self.k += 1
+        print(f"[demo {self.k}/{self.n}] {name} (t = {time.perf_counter() - self.t0:.0f} s)", flush=True)
+        self._cur = (name, time.perf_counter())
+
+    def end(self) -> None:
+        if self._cur is not None:
+            name, t = self._cur
+            self.times[name] = time.perf_counter() - t
+            self._cur = None
+
+    @property
+    def total(self) -> float:
+        return time.perf_counter() - self.t0
 
 
 def _sheet(rows: list[list[np.ndarray]]) -> np.ndarray:
     return np.concatenate([np.concatenate(r, 1) for r in rows], 0)
 
 
+def _png(path: Path, img: np.ndarray) -> None:
+    import imageio.v3 as iio
+
+    from ..utils.io import atomic_write_bytes
+
+    atomic_write_bytes(path, iio.imwrite("<bytes>", img, extension=".png"))
+
+
+# --------------------------------------------------------------------------------------------------
+# hooks for the evaluation (DESIGN §8); the metrics package provides the evaluators and metric functions
+# --------------------------------------------------------------------------------------------------
+
+
+def prepare_evaluators(cfg, out: Path) -> Optional[Any]:
+    """HOOK (step 2): build or load the evaluator networks the metrics need (SyncNet, expression
+    regressor, emotion classifier — trained on the synthetic ground truth of ``cfg.data.root``, cached
+    under ``out``). Returns an object handed to :func:`evaluate`, or None (no evaluators: the report
+    then shows the training/validation metrics only)."""
+    return None
+
+
+def evaluate(cfg, ckpt: Path, evaluators: Optional[Any], out: Path) -> dict[str, float]:
+    """HOOK (step 4): render the held-out clips of ``cfg.data`` with the checkpoint and return namespaced
+    metrics (``test/psnr``, ``test/lpips``, ``test/sync_c``, ``test/e_fid_<extractor>``, ``test/acc_emo``…).
+    They are added to ``<run>/metrics.json`` (read by ``ua3dtalk-tables``) and to the report."""
+    return {}
+
+
+# --------------------------------------------------------------------------------------------------
+# plots
+# --------------------------------------------------------------------------------------------------
+
+
+def _read_csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def plot_training(run_dir: Path, stages: list[str], path: Path) -> Optional[Path]:
+    """train/loss and val/psnr of the rendering stages → PNG (None without matplotlib or logs)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    shown = [s for s in stages if s in ("mouth", "face", "fuse")]
+    if not shown:
+        return None
+    fig, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3), squeeze=False)
+    for ax, s in zip(axes[0], shown):
+        rows = _read_csv(run_dir / "logs" / s / "metrics.csv")
+        tr = [(int(r["step"]), float(r["train/loss"])) for r in rows if r.get("train/loss")]
+        va = [(int(r["step"]), float(r["val/psnr"])) for r in rows if r.get("val/psnr")]
+        if tr:
+            ax.plot(*zip(*tr), lw=0.8, label="train/loss")
+        ax.set_title(s, fontsize=9)
+        ax.set_xlabel("step")
+        if va:
+            ax2 = ax.twinx()
+            ax2.plot(*zip(*va), "o-", c="tab:red", ms=3, label="val/psnr")
+            ax2.set_ylabel("val/psnr (dB)", color="tab:red")
+        ax.set_ylabel("train/loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_fusion_weights(run_dir: Path, path: Path) -> Optional[Path]:
+    """Mean uncertainty-based fusion weight of every view over training (face and fuse stages) → PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    curves = {}
+    for s in ("face", "fuse"):
+        rows = _read_csv(run_dir / "logs" / s / "metrics.csv")
+        for k in (rows[0].keys() if rows else []):
+            if k.startswith("train/fusion_face/weight_"):
+                pts = [(int(r["step"]), float(r[k])) for r in rows if r.get(k)]
+                if pts:
+                    curves[(s, k.rsplit("_", 1)[-1])] = pts
+    if not curves:
+        return None
+    stages = sorted({s for s, _ in curves}, key=("face", "fuse").index)
+    fig, axes = plt.subplots(1, len(stages), figsize=(4.5 * len(stages), 3), squeeze=False)
+    for ax, s in zip(axes[0], stages):
+        for (st, view), pts in curves.items():
+            if st == s:
+                ax.plot(*zip(*pts), label=view)
+        ax.set_title(f"{s}: mean fusion weight per view", fontsize=9)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_ablation(runs_dir: Path, path: Path, metric: str = "psnr") -> Optional[Path]:
+    """Bars of ``metric`` (mean ± std) per ablation row of the runs under ``runs_dir`` → PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    from .tables import ABLATION_LABELS, METRICS, TABLES, _order_key, find_runs, metric_value, select_runs
+
+    runs = select_runs(find_runs([runs_dir]), TABLES["ablation"])
+    names = sorted({r.experiment for r in runs}, key=lambda n: _order_key(n, TABLES["ablation"].order))
+    vals = [[v for r in runs if r.experiment == n and (v := metric_value(r, METRICS[metric])) is not None]
+            for n in names]
+    if not any(vals):
+        return None
+    fig, ax = plt.subplots(figsize=(1 + 0.8 * len(names), 3.5))
+    ax.bar(range(len(names)), [np.mean(v) if v else np.nan for v in vals],
+           yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in vals], capsize=3)
+    ax.set_xticks(range(len(names)), [ABLATION_LABELS.get(n, n) for n in names], rotation=60, ha="right",
+                  fontsize=8)
+    ax.set_ylabel(METRICS[metric].label)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# the demo
+# --------------------------------------------------------------------------------------------------
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="outputs/demo")
     ap.add_argument("--experiment", default="demo_synth")
+    ap.add_argument("--ablation-runs", default=None, help="runs directory for the ablation plot (optional)")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     a = ap.parse_args(argv)
-    import imageio.v3 as iio
     import torch
 
-    from ..data import load_dataset
-    from ..utils.io import atomic_write_bytes, atomic_write_text
+    from ..data import read_frame
+    from ..data.audio import features_for_clip
+    from ..data.formats import EMOTIONS
+    from ..utils.io import atomic_write_text
     from .infer import infer, load_model
-    from .train import compose, run
+    from .train import _merge_json, build_datamodule, compose, ensure_dataset, run
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    steps = _Steps(6)
     cfg = compose([f"experiment={a.experiment}", f"paths.run_dir={out / 'run'}", "resume=true", *a.overrides])
-    metrics = run(cfg)
-    t_train = time.perf_counter() - t0
-    ckpt = Path(metrics["checkpoint"])
-    data = load_dataset(cfg.data.root)
-    clips = getattr(data, "clips", [data])
-    # drive with the audio of a clip (the last one: a validation clip of the split when emotional)
-    clip = clips[-1]
-    videos = {}
-    for emo in ("audio", "happy", "sad"):
-        res = infer(ckpt, clip.root / "aud.wav", out / f"drive_{emo}.mp4", emotion=emo,
-                    intensity=3 if emo != "audio" else None)
-        videos[emo] = res
-    # side-by-side pictures: ground truth vs render of validation frames
-    model = load_model(ckpt)
-    dm_frames = []
-    from ..data import read_frame
-    from ..data.audio import features_for_clip
 
+    steps.start(f"data: {cfg.data.root}")
+    ensure_dataset(cfg)
+
+    steps.start("evaluators")
+    evaluators = prepare_evaluators(cfg, out)
+
+    steps.start(f"train: experiment {cfg.name}, stages {list(cfg.stages)}")
+    metrics = run(cfg)
+    ckpt = Path(metrics["checkpoint"])
+
+    steps.start("evaluate")
+    test_metrics = evaluate(cfg, ckpt, evaluators, out)
+    if test_metrics:
+        metrics.update(test_metrics)
+        _merge_json(Path(cfg.paths.run_dir) / "metrics.json", test_metrics)
+
+    steps.start("render: held-out frames and one clip per emotion")
+    dm = build_datamodule(cfg)
+    val_clips = list(getattr(dm, "split_clips", {}).get("val") or []) or list(dm.clips[-1:])
+    clip = val_clips[0]
+    model = load_model(ckpt)
     feats = features_for_clip(clip, cfg.data.feature)
+    to8 = lambda t: (t.permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)  # noqa: E731
+    gt, pred = [], []
     for j in np.linspace(0, len(clip) - 1, 5).astype(int):
         b = read_frame(clip, int(j), audio=feats, neighbours=8, background="bc+torso")
         with torch.no_grad():
-            pred = model.render_batch(b)[0]
-        to8 = lambda t: (t.permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)  # noqa: E731
-        dm_frames.append((to8(b.image[0]), to8(pred)))
-    sheet = _sheet([[g for g, _ in dm_frames], [p for _, p in dm_frames]])
-    atomic_write_bytes(out / "gt_vs_render.png", iio.imwrite("<bytes>", sheet, extension=".png"))
-    rows = "\n".join(f"| `{k}` | {v:.4g} |" for k, v in sorted(metrics.items()) if k.startswith("val/"))
-    vids = "\n".join(f"- emotion `{k}`: [{Path(v['out']).name}]({Path(v['out']).name}) — {v['frames']} frames at "
-                     f"{v['fps']:.1f} frames/s" for k, v in videos.items())
+            pred.append(to8(model.render_batch(b)[0]))
+        gt.append(to8(b.image[0]))
+    _png(out / "gt_vs_render.png", _sheet([gt, pred]))
+    videos = {}
+    trained = {c.emotion_name for c in dm.clips if getattr(c, "emotion_name", None)}
+    emotions = ["audio"] + ([e for e in EMOTIONS if e in trained] if model.emotion_control is not None else [])
+    for emo in emotions:
+        videos[emo] = infer(ckpt, clip.root / "aud.wav", out / f"emotion_{emo}.mp4", emotion=emo,
+                            intensity=None if emo == "audio" else 3)
+    thumbs = []
+    if len(emotions) > 1:
+        import imageio.v3 as iio
+
+        for emo in emotions:
+            frames = iio.imread(out / f"emotion_{emo}.mp4")
+            thumbs.append(frames[len(frames) // 2])
+        _png(out / "emotions.png", _sheet([thumbs]))
+
+    steps.start("report")
+    run_dir = Path(cfg.paths.run_dir)
+    plots = {"training curves": plot_training(run_dir, list(metrics["stages"]), out / "training.png"),
+             "uncertainty-based fusion weights": plot_fusion_weights(run_dir, out / "uncertainty.png")}
+    if a.ablation_runs:
+        plots["ablation comparison (val/psnr)"] = plot_ablation(Path(a.ablation_runs), out / "ablation.png")
+    steps.end()
+    rows = "\n".join(f"| `{k}` | {v:.4g} |" for k, v in sorted(metrics.items())
+                     if k.startswith(("val/", "test/")) and isinstance(v, float))
+    stage_rows = "\n".join(
+        f"| {s} | {m.get('steps', '')} | {m.get('seconds', float('nan')):.0f} | "
+        f"{m.get('cpu_seconds', float('nan')):.0f} | "
+        + ", ".join(f"`{k}` {v:.4g}" for k, v in m.items() if k.startswith("val/")) + " |"
+        for s, m in metrics["stages"].items())
+    step_rows = "\n".join(f"| {k} | {v:.0f} |" for k, v in steps.times.items())
+    vids = "\n".join(f"| `{k}` | [{Path(v['out']).name}]({Path(v['out']).name}) | {v['frames']} | {v['fps']:.1f} |"
+                     for k, v in videos.items())
+    pics = "\n\n".join(f"### {k}\n\n![{k}]({p.name})" for k, p in plots.items() if p is not None)
     report = f"""# ua3dtalk demo
 
-Experiment `{cfg.name}` on `{cfg.data.root}` ({len(clips)} clips), stages {list(cfg.stages)},
-trained in {t_train / 60:.1f} min on this machine. Run directory: `{out / 'run'}`.
+Experiment `{cfg.name}` on `{cfg.data.root}` ({len(dm.clips)} clips, {dm.image_size[1]}×{dm.image_size[0]}),
+stages {list(metrics['stages'])}; run directory `{run_dir}`. Total time {steps.total / 60:.1f} min on this machine.
 
-## Ground truth (top) vs. render (bottom), clip `{clip.clip_id}`
+## Ground truth (top) vs. render (bottom), held-out clip `{clip.clip_id}`
 
 ![gt vs render](gt_vs_render.png)
 
-## Driven by the clip's audio
+## One clip per emotion, driven by the held-out clip's audio
 
+{'![emotions](emotions.png)' if thumbs else ''}
+
+| emotion | video | frames | render frames/s |
+|---|---|---|---|
 {vids}
 
-## Final validation metrics
+`audio`: emotion from the speech (distilled student); the others: label control at intensity 3.
+
+## Metrics
 
 | metric | value |
 |---|---|
 {rows}
 
-Stage metrics: `run/metrics.json`; config: `run/config.yaml`; environment: `run/env.json`.
+{'' if test_metrics else NO_EVAL_NOTE}
+
+## Plots
+
+{pics}
+
+## Timing
+
+| step | seconds |
+|---|---|
+{step_rows}
+
+| stage | steps | seconds | CPU seconds | final validation |
+|---|---|---|---|---|
+{stage_rows}
+
+Stage metrics: `{run_dir / 'metrics.json'}`; config: `{run_dir / 'config.yaml'}`; environment: `{run_dir / 'env.json'}`.
 """
     atomic_write_text(out / "report.md", report)
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
-    print(f"demo: wrote {out / 'report.md'}")
+    atomic_write_text(out / "metrics.json", json.dumps({**metrics, "demo_seconds": steps.times}, indent=2))
+    print(f"demo: wrote {out / 'report.md'} ({steps.total / 60:.1f} min)")
     return 0
 
 

@@ -1,0 +1,35 @@
+"""``make demo`` end to end at test scale: the report, pictures and one clip per trained emotion."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ua3dtalk.cli import demo
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+
+
+@pytest.mark.slow
+def test_demo_writes_report_pictures_and_videos(synth_emotional_small, tmp_path):
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rc = demo.main(["--out", str(tmp_path / "demo"), "--experiment", "smoke", "scale=tiny", "callbacks=none",
+                        f"data.root={synth_emotional_small}", "trainer.enable_progress_bar=false",
+                        "stage_steps={prior: 2, emotion: 2, mouth: 2, face: 6, fuse: 2}"])
+    finally:
+        torch.set_num_threads(n)
+    assert rc == 0
+    out = tmp_path / "demo"
+    report = (out / "report.md").read_text()
+    for f in ("gt_vs_render.png", "emotions.png", "training.png", "uncertainty.png", "emotion_audio.mp4"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+        assert f in report
+    emotions = {"neutral", "angry", "happy", "sad"}  # the fixture's emotions: one label-driven clip each
+    assert {p.stem.removeprefix("emotion_") for p in out.glob("emotion_*.mp4")} == emotions | {"audio"}
+    assert "| `val/psnr` |" in report and "| face | 6 |" in report
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["demo_seconds"]) and m["experiment"] == "smoke"
