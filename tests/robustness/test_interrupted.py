@@ -448,10 +448,6 @@ def _comparable(metrics: dict) -> dict:
     return clean(metrics)
 
 
-@pytest.mark.xfail(strict=True, reason="ua3dtalk-train: after resume=true the stage's logs/<stage>/metrics.csv "
-                   "holds only the rows logged after the restart (Lightning's CSVLogger deletes an existing "
-                   "metrics.csv); keep the rows up to the checkpoint's step (e.g. a CSVLogger subclass that "
-                   "reloads them) — cli/train.py stage_csv_logger")
 def test_resume_keeps_the_training_log(synth_emotional_small, tmp_path):
     """Simulated interruption (``interrupt_at``) and resume: the CSV log of the interrupted stage keeps
     the rows written before the interruption."""
@@ -479,9 +475,6 @@ def test_resume_keeps_the_training_log(synth_emotional_small, tmp_path):
     assert not lost, f"rows of steps {sorted(lost)} logged before the interruption are gone after the resume"
 
 
-@pytest.mark.xfail(strict=True, reason="ua3dtalk-train: the validations of a stage before an interruption are kept "
-                   "only in memory (ValHistory in cli/train.py run()), so after resume=true a stage's `best` metrics "
-                   "miss them; give ValHistory state_dict()/load_state_dict() so the history is checkpointed")
 def test_resume_keeps_the_best_validation_of_the_interrupted_stage(synth_emotional_small, tmp_path):
     from ua3dtalk.cli.train import main
 

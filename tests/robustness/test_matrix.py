@@ -483,10 +483,6 @@ def test_infer_unknown_argument(tmp_path, speech, trained_ckpt):
 # --------------------------------------------------------------------------------------------------
 
 
-TRAIN_TRACEBACK = ("ua3dtalk-train: a user error raised inside run() (DatasetError, CheckpointError, ValueError) "
-                   "reaches Hydra, which prints 'Error executing job' and a traceback; catch them in "
-                   "cli/train.py _main and exit non-zero with one line")
-xfail_train_traceback = pytest.mark.xfail(strict=True, reason=TRAIN_TRACEBACK)
 
 
 def _train(root, run_dir, *extra):
@@ -503,21 +499,18 @@ def test_train_config_typo(synth_emotional_small, tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-@xfail_train_traceback
 def test_train_unknown_stage(synth_emotional_small, tmp_path):
     r = _train(synth_emotional_small, tmp_path / "run", "stages=[prior,teeth]")
     assert_user_error(r, "teeth", "fuse")
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-@xfail_train_traceback
 def test_train_missing_dataset(tmp_path):
     r = _train(tmp_path / "no_dataset", tmp_path / "run", "stages=[face]")
     assert_user_error(r, "no_dataset")
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-@xfail_train_traceback
 def test_train_corrupt_frame_found_during_training(emotional, tmp_path):
     """A truncated JPEG passes the loaders' quick (header) check and fails when decoded in the
     training loop: the run stops with the file's name, no traceback."""
@@ -527,8 +520,6 @@ def test_train_corrupt_frame_found_during_training(emotional, tmp_path):
     assert_user_error(r, ".jpg")
 
 
-@pytest.mark.xfail(strict=True, reason="ua3dtalk-train exits 0 and writes a metrics.json without any val/ metric "
-                   "when the dataset has no validation frame; refuse (or require an explicit no-validation option)")
 def test_train_one_frame_dataset(regular, tmp_path):
     """A dataset with a single frame has no validation frame: refused with the reason."""
     def keep_first(d):
@@ -546,7 +537,6 @@ def test_train_one_frame_dataset(regular, tmp_path):
     assert_user_error(r, "frame")
 
 
-@xfail_train_traceback
 def test_train_resume_from_a_corrupt_checkpoint(trained_run, synth_emotional_small, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir)
@@ -563,7 +553,6 @@ def test_train_huge_gaussian_count(synth_emotional_small, tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-@xfail_train_traceback
 def test_train_unknown_renderer_backend(synth_emotional_small, tmp_path):
     r = _train(synth_emotional_small, tmp_path / "run", "stages=[face]", "model.backend=vulkan")
     assert_user_error(r, "vulkan")
@@ -680,9 +669,6 @@ def _run_metrics(trained_run, root: Path, seed: int, psnr: float) -> Path:
     return p
 
 
-@pytest.mark.xfail(strict=True, reason="ua3dtalk-tables drops a run whose metric is NaN from the cell's mean "
-                   "without a word while the n column still counts it (3 runs, mean of 2); flag the cell or "
-                   "name the metrics.json on stderr")
 def test_tables_nan_metric_is_never_averaged_silently(trained_run, tmp_path):
     from ua3dtalk.cli.tables import main
 
