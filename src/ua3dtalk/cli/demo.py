@@ -5,11 +5,11 @@
 Steps (each timed, progress shown throughout):
 
 1. data — generate the ``small`` emotional synthetic dataset (first run only; 24 clips at 128²);
-2. evaluators — :func:`prepare_evaluators` (hook: the metric evaluators trained on the synthetic
-   ground truth, DESIGN §8);
+2. evaluators — :func:`prepare_evaluators`: the metric evaluators trained on the synthetic ground
+   truth (DESIGN §8), cached;
 3. train — every stage of ``experiment=demo_synth`` (``scale/demo.yaml``); resumable, so an
    interrupted demo continues where it stopped;
-4. evaluate — :func:`evaluate` (hook: metrics of held-out clips into the report);
+4. evaluate — :func:`evaluate`: every metric of the held-out clips into metrics.json and the report;
 5. render — ground truth vs. render of held-out frames, and one clip per emotion driven by the audio of
    a held-out clip (label control, intensity 3) plus one with the emotion taken from the audio;
 6. report — ``<out>/report.md`` with timings, metrics, plots (training curves, uncertainty-based fusion
@@ -27,8 +27,10 @@ from typing import Any, Optional
 import numpy as np
 
 
-NO_EVAL_NOTE = ("(validation metrics of the training run; held-out evaluation metrics appear here once the "
-                "evaluators are wired in: `prepare_evaluators` / `evaluate` in `ua3dtalk/cli/demo.py`.)")
+#: the demo's evaluator schedule (``make evaluators`` trains longer: 15 epochs, 300 SyncNet steps)
+DEMO_EVAL_EPOCHS, DEMO_SYNC_STEPS = 8, 150
+
+NO_EVAL_NOTE = "(no held-out evaluation metrics: see the demo log for what was skipped)"
 
 
 class _Steps:
@@ -73,19 +75,42 @@ def _png(path: Path, img: np.ndarray) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def prepare_evaluators(cfg, out: Path) -> Optional[Any]:
-    """HOOK (step 2): build or load the evaluator networks the metrics need (SyncNet, expression
-    regressor, emotion classifier — trained on the synthetic ground truth of ``cfg.data.root``, cached
-    under ``out``). Returns an object handed to :func:`evaluate`, or None (no evaluators: the report
-    then shows the training/validation metrics only)."""
-    return None
+def prepare_evaluators(cfg, out: Path, epochs: int = 0, sync_steps: int = 0) -> Optional[Any]:
+    """Step 2: the metric evaluators (landmark and expression regressors, emotion classifier, SyncNet)
+    trained on the synthetic ground truth of ``cfg.data.root`` (``ua3dtalk-evaluators train``, demo-sized
+    schedule), cached in ``<out>/evaluators`` — a complete earlier set (its ``manifest.json``) is reused.
+    Returns that directory (handed to :func:`evaluate`). ``epochs`` / ``sync_steps``: 0 = the demo's
+    defaults (:data:`DEMO_EVAL_EPOCHS`, :data:`DEMO_SYNC_STEPS`)."""
+    from ..metrics.suite import MANIFEST_FILE
+    from .evaluators import KINDS, train_evaluators
+
+    d = out / "evaluators"
+    man = d / MANIFEST_FILE
+    if man.is_file():
+        done = json.loads(man.read_text()).get("evaluators", {})
+        if all(k in done for k in KINDS):
+            print(f"[demo] evaluators: reusing {d}")
+            return d
+    train_evaluators(str(cfg.data.root), str(d), epochs=epochs or DEMO_EVAL_EPOCHS,
+                     sync_steps=sync_steps or DEMO_SYNC_STEPS, threads=1)
+    return d
 
 
 def evaluate(cfg, ckpt: Path, evaluators: Optional[Any], out: Path) -> dict[str, float]:
-    """HOOK (step 4): render the held-out clips of ``cfg.data`` with the checkpoint and return namespaced
-    metrics (``test/psnr``, ``test/lpips``, ``test/sync_c``, ``test/e_fid_<extractor>``, ``test/acc_emo``…).
-    They are added to ``<run>/metrics.json`` (read by ``ua3dtalk-tables``) and to the report."""
-    return {}
+    """Step 4: render every frame of the held-out clips with the checkpoint and score them with the
+    evaluators (``ua3dtalk-eval``'s code path); returns the namespaced metrics (``test/…`` of the held-out
+    clips: ``psnr``, ``ssim``, ``lpips`` when the AlexNet file is present, ``lmd``, ``f_lmd``,
+    ``blink_err``, ``efid_*``, ``acc_emo``, ``sync_c``/``sync_d``), also merged into the run's metrics.json.
+    A metric whose evaluator is missing is skipped with a warning, never replaced by a made-up number."""
+    from .eval import evaluate as eval_ckpt
+
+    # the DataModule's test split = its held-out clips (the val clips when nothing else is held out)
+    rec = eval_ckpt(ckpt, evaluators=str(evaluators) if evaluators is not None else None, split="test",
+                    out=Path(cfg.paths.run_dir), metrics="all")
+    skipped = rec.get("eval", {}).get("test", {}).get("skipped")
+    if skipped:
+        print(f"[demo] evaluate: skipped {skipped}")
+    return {k: v for k, v in rec.items() if k.startswith("test/") and isinstance(v, float)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -205,6 +230,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="outputs/demo")
     ap.add_argument("--experiment", default="demo_synth")
     ap.add_argument("--ablation-runs", default=None, help="runs directory for the ablation plot (optional)")
+    ap.add_argument("--eval-epochs", type=int, default=0, help="evaluator training epochs (0 = demo default)")
+    ap.add_argument("--sync-steps", type=int, default=0, help="SyncNet training steps (0 = demo default)")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     a = ap.parse_args(argv)
     import torch
@@ -225,7 +252,7 @@ def main(argv=None) -> int:
     ensure_dataset(cfg)
 
     steps.start("evaluators")
-    evaluators = prepare_evaluators(cfg, out)
+    evaluators = prepare_evaluators(cfg, out, a.eval_epochs, a.sync_steps)
 
     steps.start(f"train: experiment {cfg.name}, stages {list(cfg.stages)}")
     metrics = run(cfg)
