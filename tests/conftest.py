@@ -313,3 +313,12 @@ def synth_emotional_small(tmp_path_factory):
     finally:
         torch.set_num_threads(n)
     return subject
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test body on one torch thread (much faster than contended intra-op threads on a loaded machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -8,18 +8,9 @@ import json
 import warnings
 
 import numpy as np
-import pytest
-import torch
 
 from ua3dtalk.cli.train import compose, run
 
-
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _overrides(root, run_dir, *extra):

@@ -25,13 +25,6 @@ ROWS = {"abl_prior_none": ("prior", "none"), "abl_emotion_none": ("emotion", "no
         "abl_fusion_fullcov": ("fusion", "full_cov"), "baseline_talkinggaussian": ("fusion", "concat")}
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _sd(path: Path) -> dict:
     return read_checkpoint(path)["state_dict"]

@@ -24,15 +24,9 @@ KEYS = {"ckpt", "data", "evaluators", "split", "out", "metrics", "lpips_random_b
 
 
 def parse_kv(argv) -> dict:
-    args = {}
-    for a in argv:
-        if "=" not in a:
-            raise ValueError(f"expected key=value, got {a!r} (keys: {', '.join(sorted(KEYS))})")
-        k, v = a.split("=", 1)
-        k = k.lstrip("-")
-        if k not in KEYS:
-            raise ValueError(f"unknown argument {k!r}; expected one of {', '.join(sorted(KEYS))}")
-        args[k] = v
+    from .infer import parse_key_values
+
+    args = parse_key_values(argv, KEYS)
     if "ckpt" not in args:
         raise ValueError("missing required argument ckpt=PATH")
     if args.get("split", "test") not in ("test", "val", "train"):

@@ -19,16 +19,22 @@ from pathlib import Path
 KEYS = {"ckpt", "audio", "out", "emotion", "intensity", "blend", "pose", "backend"}
 
 
-def parse_kv(argv) -> dict:
+def parse_key_values(argv, keys) -> dict:
+    """``key=value`` arguments → dict; raises ValueError for a malformed or unknown key (listing ``keys``)."""
     args = {}
     for a in argv:
         if "=" not in a:
-            raise ValueError(f"expected key=value, got {a!r} (keys: {', '.join(sorted(KEYS))})")
+            raise ValueError(f"expected key=value, got {a!r} (keys: {', '.join(sorted(keys))})")
         k, v = a.split("=", 1)
         k = k.lstrip("-")
-        if k not in KEYS:
-            raise ValueError(f"unknown argument {k!r}; expected one of {', '.join(sorted(KEYS))}")
+        if k not in keys:
+            raise ValueError(f"unknown argument {k!r}; expected one of {', '.join(sorted(keys))}")
         args[k] = v
+    return args
+
+
+def parse_kv(argv) -> dict:
+    args = parse_key_values(argv, KEYS)
     for k in ("ckpt", "audio", "out"):
         if k not in args:
             raise ValueError(f"missing required argument {k}=...")
