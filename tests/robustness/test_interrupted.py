@@ -493,3 +493,24 @@ def test_resume_keeps_the_best_validation_of_the_interrupted_stage(synth_emotion
     best = [json.loads((tmp_path / d / "metrics.json").read_text())["stages"]["face"]["best"]["val/early_score"]
             for d in ("a", "b")]
     assert best[0] == best[1], f"best val/early_score: uninterrupted {best[0]}, interrupted and resumed {best[1]}"
+
+
+def test_stale_temporaries_of_dead_writers_are_swept_from_a_tree(tmp_path):
+    """A writer killed while writing a file that is never written again (a finished stage's record) left
+    its temporary behind; ``ua3dtalk-train`` sweeps the run directory with this on every start."""
+    import os
+    import subprocess
+
+    from ua3dtalk.utils import io
+
+    d = tmp_path / "run" / "checkpoints" / "prior"
+    d.mkdir(parents=True)
+    p = subprocess.Popen(["true"])
+    p.wait()
+    stale = d / f".done.json.tmp-{io._HOST}-{p.pid}-abc.json"  # its writer is gone
+    live = d / f".done.json.tmp-{io._HOST}-{os.getpid()}-abc.json"  # a writer still running
+    final = d / "done.json"
+    for f in (stale, live, final):
+        f.write_text("{}")
+    assert io.remove_stale_temporaries_under(tmp_path / "run") == [stale]
+    assert not stale.exists() and live.exists() and final.exists()

@@ -751,6 +751,9 @@ def run(cfg) -> dict:
                          "transforms_val.json; emotional: val_fraction / clips per emotion), so no val/ metric "
                          "could be reported; add validation frames")
     if is_main:
+        from ..utils.io import remove_stale_temporaries_under
+
+        remove_stale_temporaries_under(run_dir)  # left by a run killed mid-write (this host, dead pids)
         if not cfg.resume and (run_dir / "metrics.json").is_file():
             (run_dir / "metrics.json").unlink()  # a new run: no stale keys (callbacks merge into this file)
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))

@@ -66,6 +66,23 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def remove_stale_temporaries_under(root: str | os.PathLike) -> list[Path]:
+    """:func:`remove_stale_temporaries` for every file of a directory tree (e.g. a run directory on
+    resume: a writer killed while writing a file that is never written again — a finished stage's
+    record — would otherwise leave its temporary behind for good); returns what was removed."""
+    root = Path(root)
+    pat = re.compile(r"^\.(.+)\.(tmp|partial)-" + re.escape(_HOST) + r"-(\d+)-")
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in list(dirnames) + filenames:
+            m = pat.match(n)
+            if m is not None and not _pid_alive(int(m.group(3))):
+                removed += remove_stale_temporaries(Path(dirpath) / m.group(1))
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None, clean_stale: bool = False):
     """Yield a temporary path next to ``path``; on success move it over ``path`` atomically.
