@@ -19,7 +19,6 @@ evaluator is missing is skipped with one warning naming what is missing (never a
 """
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from ..metrics.suite import CHEAP_METRICS, MetricSuite, load_evaluators, parse_metrics
+from ..utils.io import merge_json
 
 __all__ = ["MetricsCallback", "ClipSequence", "split_sequences", "render_sequence", "side_by_side",
            "update_metrics_json"]
@@ -133,26 +133,8 @@ def side_by_side(pred: torch.Tensor, gt: torch.Tensor, gain: float = 4.0) -> np.
     return (img.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
 
 
-def update_metrics_json(path: Union[str, Path], values: dict) -> dict:
-    """Merge ``values`` into the JSON object at ``path`` (created when absent) and write it atomically."""
-    from ..utils.io import atomic_write_json
-
-    path = Path(path)
-    old: dict = {}
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except (ValueError, OSError):
-            old = {}
-        if not isinstance(old, dict):
-            old = {}
-    for k, v in values.items():
-        if isinstance(v, dict) and isinstance(old.get(k), dict):
-            old[k] = {**old[k], **v}
-        else:
-            old[k] = v
-    atomic_write_json(path, old)
-    return old
+#: merge values into a run's metrics.json atomically (kept under this name for callers)
+update_metrics_json = merge_json
 
 
 class MetricsCallback(L.Callback):

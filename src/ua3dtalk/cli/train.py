@@ -691,18 +691,10 @@ def _planned_world(cfg) -> int:
 
 
 def _merge_json(path: Path, values: dict) -> dict:
-    """Merge ``values`` into the JSON object at ``path`` (nested dicts merged one level) and write it atomically."""
-    old: dict = {}
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except (ValueError, OSError):
-            old = {}
-        old = old if isinstance(old, dict) else {}
-    for k, v in values.items():
-        old[k] = {**old[k], **v} if isinstance(v, dict) and isinstance(old.get(k), dict) else v
-    atomic_write_json(path, old)
-    return old
+    """Merge ``values`` into the JSON object at ``path`` (see :func:`ua3dtalk.utils.io.merge_json`)."""
+    from ..utils.io import merge_json
+
+    return merge_json(path, values)
 
 
 def _cpu_seconds() -> float:

@@ -151,6 +151,23 @@ def atomic_write_json(path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def merge_json(path, values: dict) -> dict:
+    """Merge ``values`` into the JSON object at ``path`` (created when absent or unreadable; nested dicts
+    are merged one level) and write it atomically; returns the merged object."""
+    path = Path(path)
+    old: dict = {}
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except (ValueError, OSError):
+            old = {}
+        old = old if isinstance(old, dict) else {}
+    for k, v in values.items():
+        old[k] = {**old[k], **v} if isinstance(v, dict) and isinstance(old.get(k), dict) else v
+    atomic_write_json(path, old)
+    return old
+
+
 def atomic_save_npy(path, arr: np.ndarray, clean_stale: bool = False) -> None:
     with atomic_path(path, suffix=".npy", clean_stale=clean_stale) as tmp:
         np.save(tmp, arr)
