@@ -23,6 +23,19 @@ for _k, _v in {
     os.environ[_k] = _v
 
 
+# Hypothesis: the suite (`make test`, CI) runs a fixed, derandomised set of examples, so a run on a
+# fresh machine cannot fail on an input no earlier run tried. Explore new inputs with
+# `HYPOTHESIS_PROFILE=explore pytest tests/robustness/test_fuzz.py`.
+try:
+    from hypothesis import settings as _hyp_settings
+
+    _hyp_settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+    _hyp_settings.register_profile("explore", derandomize=False, print_blob=True)
+    _hyp_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # hypothesis is a dev dependency; the fuzz tests import it themselves
+    pass
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

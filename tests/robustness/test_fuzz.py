@@ -101,8 +101,11 @@ json_leaf = st.one_of(st.none(), st.booleans(), st.integers(min_value=-2 ** 70, 
 json_value = st.recursive(json_leaf, lambda c: st.lists(c, max_size=5) | st.dictionaries(st.text(max_size=8), c,
                                                                                          max_size=5), max_leaves=25)
 
+# mutable values are built fresh for every example (``st.builds``): a shared ``st.just(list)`` gets
+# mutated by one example's edits and turns up circular in the next
 FIELD_VALUES = st.one_of(json_value, st.just("../../etc/passwd"), st.just("/abs"), st.just(-1), st.just(1e308),
-                         st.just(float("nan")), st.just([[1, 0, 0, 0]] * 4), st.just([[float("inf")] * 4] * 4),
+                         st.just(float("nan")), st.builds(lambda: [[1, 0, 0, 0] for _ in range(4)]),
+                         st.builds(lambda: [[float("inf")] * 4 for _ in range(4)]),
                          st.integers(min_value=0, max_value=10 ** 12))
 
 
