@@ -653,16 +653,23 @@ def _check_array(path: Path, rep: _Report, *, mmap: bool = True) -> Optional[np.
         rep.error(path, f"must be a real numeric array, got dtype {getattr(a, 'dtype', type(a).__name__)}")
         return None
     if np.issubdtype(a.dtype, np.floating) and not _all_finite(a):
-        rep.error(path, "contains NaN or Inf")
+        rep.error(path, "contains NaN or Inf (or values beyond the float32 range, ±3.4e38, that every reader "
+                        "casts to)")
         return None
     return a
 
 
 def _all_finite(a: np.ndarray, block: int = 1 << 22) -> bool:
+    """Every value finite once cast to float32 (what every consumer does): a float64 1e39 is Inf there."""
     flat = a.reshape(-1)
     for s in range(0, flat.shape[0], block):
-        if not np.isfinite(flat[s:s + block]).all():
+        chunk = flat[s:s + block]
+        if not np.isfinite(chunk).all():
             return False
+        if chunk.dtype.itemsize > 4:
+            with np.errstate(over="ignore"):
+                if not np.isfinite(chunk.astype(np.float32)).all():
+                    return False
     return True
 
 
