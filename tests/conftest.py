@@ -331,7 +331,7 @@ def synth_emotional_small(tmp_path_factory):
 @pytest.fixture
 def one_thread():
     """Run a test body on one torch thread (much faster than contended intra-op threads on a loaded machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    from ua3dtalk.utils.threads import torch_threads
+
+    with torch_threads(1):
+        yield

@@ -8,20 +8,7 @@ import pytest
 ALL_EMOTIONS = ("neutral", "angry", "contempt", "disgusted", "fear", "happy", "sad", "surprised")
 
 
-class _single_thread:
-    """torch on one thread while rendering (tiny renders are much faster than with contended threads)."""
-
-    def __enter__(self):
-        import torch
-
-        self.n = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        import torch
-
-        torch.set_num_threads(self.n)
-        return False
+from ua3dtalk.utils.threads import torch_threads as _single_thread  # noqa: E402 (one torch thread)
 
 
 @pytest.fixture(scope="session")

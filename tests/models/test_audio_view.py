@@ -8,12 +8,9 @@ from ua3dtalk.models.audio_view import AudioAttNet, AudioNet, AudioView, RegionA
 
 
 @pytest.fixture(autouse=True)
-def _single_thread():
+def _single_thread(one_thread):
     """These tests run tiny tensors: one intra-op thread is fastest (and immune to oversubscription)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(n)
 
 
 @pytest.mark.parametrize("window", [16, 8, 5, 1])

@@ -27,12 +27,9 @@ def num(t) -> float:
 
 
 @pytest.fixture(autouse=True)
-def _single_thread():
+def _single_thread(one_thread):
     """These tests run tiny tensors: one intra-op thread is fastest (and immune to oversubscription)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(n)
 
 
 def random_spd(*shape_d, gen, dtype=torch.float64):

@@ -49,12 +49,9 @@ pytestmark = pytest.mark.filterwarnings(
 
 
 @pytest.fixture(autouse=True)
-def _single_thread():
+def _single_thread(one_thread):
     """Tiny renders: one torch thread is much faster than contended intra-op threads on a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(n)
 
 
 # --------------------------------------------------------------------------------------------------

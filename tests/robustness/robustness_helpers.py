@@ -16,22 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 
 
-class single_thread:
-    """Context manager: torch on one thread (the tiny renders are much faster than with contended
-    intra-op threads on a loaded 2-core machine)."""
-
-    def __enter__(self):
-        import torch
-
-        self.n = torch.get_num_threads()
-        torch.set_num_threads(1)
-        return self
-
-    def __exit__(self, *exc):
-        import torch
-
-        torch.set_num_threads(self.n)
-        return False
+from ua3dtalk.utils.threads import torch_threads as single_thread  # noqa: E402 (one torch thread)
 
 
 def train_overrides(data_root, run_dir, *extra: str) -> list[str]:

@@ -36,6 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..utils.io import atomic_write_bytes, atomic_write_json
+from ..utils.threads import torch_threads
 from .image import crop_boxes
 from .landmarks import ear_to_au45, eye_aspect_ratio, landmark_expression, lmd, blink_error
 
@@ -140,22 +141,6 @@ class GroundTruth:
                            self.clip_ids, self.au45[idx])
 
 
-class _threads:
-    """Context manager: torch intra-op threads set to ``n`` (None: unchanged), restored afterwards."""
-
-    def __init__(self, n: Optional[int]):
-        self.n = n
-
-    def __enter__(self):
-        self.old = torch.get_num_threads()
-        if self.n is not None:
-            torch.set_num_threads(int(self.n))
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.old)
-        return False
-
-
 def load_ground_truth(data, *, progress: bool = True, num_threads: Optional[int] = 1) -> GroundTruth:
     """Read every frame of a dataset with its targets: the frame image exactly as
     :func:`ua3dtalk.data.formats.read_frame` reads it (``gt_imgs`` when present, else ``ori_imgs``),
@@ -179,7 +164,7 @@ def load_ground_truth(data, *, progress: bool = True, num_threads: Optional[int]
     F, L, E, emo, inten, cl, val, au = [], [], [], [], [], [], [], []
     has_expr = all(c.expr() is not None for c in clips)
     bar = tqdm(total=total, desc="ground truth", unit="frame", disable=not progress, leave=False)
-    with _threads(num_threads):
+    with torch_threads(num_threads):
         for ci, c in enumerate(clips):
             a = c.au()
             a45 = a.get("AU45_r") if a is not None else None
@@ -765,7 +750,7 @@ def _color_jitter(x: torch.Tensor, amount: float, g: torch.Generator) -> torch.T
 def _train(model: _CropEvaluator, gt: GroundTruth, train_idx: torch.Tensor, loss_fn, tc: TrainConfig, desc: str):
     """Generic loop: random batches of training frames, augmented boxes, ``loss_fn(model, crops, idx,
     boxes)``; AdamW + one-cycle."""
-    with _threads(tc.num_threads):
+    with torch_threads(tc.num_threads):
         return _train_loop(model, gt, train_idx, loss_fn, tc, desc)
 
 
