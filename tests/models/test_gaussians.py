@@ -88,3 +88,51 @@ def test_state_dict_of_other_size_loads():
     b = GaussianModel(num_points=10, seed=2)
     b.load_state_dict(a.state_dict())
     assert len(b) == 30 and torch.equal(a.means, b.means)
+
+
+def test_fused_adam_is_used_and_matches_the_default_update():
+    """make_optimizer uses the fused Adam on CPU; its steps equal torch's default implementation."""
+    torch.manual_seed(3)
+    a = GaussianModel(num_points=40, seed=3)
+    b = GaussianModel(num_points=40, seed=3)
+    oa = make_optimizer(a, {"means": 1e-2})
+    assert oa.defaults["fused"] is True
+    groups = [{"params": [p], "lr": 1e-2 if n == "means" else 1e-3, "name": n} for n, p in b.parameters_by_name().items()]
+    ob = torch.optim.Adam(groups, lr=1e-3, eps=1e-15, foreach=False)
+    for _ in range(5):
+        _train_step(a, oa)
+        _train_step(b, ob)
+    for k in a.parameters_by_name():
+        torch.testing.assert_close(getattr(a, k), getattr(b, k), rtol=1e-5, atol=1e-6)
+
+
+def test_density_statistics_state_round_trip_and_reducer():
+    m = GaussianModel(num_points=12, init_opacity=0.5)
+    dc = DensityControl(start=0, interval=1, reset_interval=0, grad_threshold=1e-3)
+    assert dc.state_dict() == {}
+    dc.accumulate(m, _fake_out(m, [0, 3]), 10, 10)
+    st = dc.state_dict()
+    assert set(st) == {"grad_accum", "count", "max_radii"} and st["count"].tolist() == [1.0] * 12
+    assert st["grad_accum"][0] > 0 and st["grad_accum"][1] == 0
+    other = DensityControl()
+    other.load_state_dict(st)
+    assert all(torch.equal(other.state_dict()[k], st[k]) for k in st)
+    other.reset_statistics()
+    assert other.state_dict() == {}
+    try:
+        other.load_state_dict({"grad_accum": st["grad_accum"]})
+    except ValueError as e:
+        assert "count" in str(e)
+    else:
+        raise AssertionError("a partial state must be refused")
+    # the reducer is applied to every statistic right before densifying (data-parallel ranks agree)
+    seen = []
+
+    def reducer(t, op):
+        seen.append(op)
+        if op == "sum":
+            t.mul_(2)  # as if a second rank had seen the same
+    dc.stats_reducer = reducer
+    opt = make_optimizer(m, {})
+    dc.densify_and_prune(m, opt)
+    assert sorted(seen) == ["max", "sum", "sum"]

