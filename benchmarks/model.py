@@ -42,8 +42,8 @@ def build(n: int, fusion: str, channels: int = 80, compute_dtype: str = "float32
     overrides = [f"model.face.num_points={n}", f"model.deformation.fusion={fusion}",
                  "model.deformation.ensemble_switch=0", "model.static_warmup=0",
                  "model.face_density.start=1000000"]
-    if compute_dtype != "float32":
-        overrides.append(f"+model.deformation.compute_dtype={compute_dtype}")
+    overrides += [f"model.deformation.compute_dtype={compute_dtype}",
+                  f"model.mouth_deformation.compute_dtype={compute_dtype}"]
     cfg = compose(overrides)
     with open_dict(cfg):
         cfg.data_info.audio_channels = channels

@@ -43,7 +43,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure as
 from ..render import rasterize
 from .deformation import DeformationNetwork, MouthDeformation
 from .emotion import EmotionControl, EmotionDistillation, EmotionField
-from .gaussians import DensityControl, GaussianModel, make_optimizer
+from .gaussians import DensityControl, GaussianModel, adam, make_optimizer
 from .prior import PriorExtraction
 
 STAGES = ("prior", "emotion", "mouth", "face", "fuse")
@@ -90,6 +90,28 @@ def _eval_mode(*modules: Optional[nn.Module]):
             m.training = mode
 
 
+def _check_all_finite(named: Sequence[tuple[str, Optional[torch.Tensor]]], step: int, prefix: str = "") -> None:
+    """:func:`_check_finite` of many tensors at the cost of one pass: the 2-norms of all tensors in one
+    multi-tensor kernel (a NaN or Inf anywhere makes its tensor's norm non-finite) and one host sync;
+    only when one is non-finite are the tensors checked one by one to name the culprit."""
+    named = [(n, t) for n, t in named if t is not None and t.numel()]
+    if not named:
+        return
+    tensors = [t.detach() for _, t in named]
+    norms = torch.stack(torch._foreach_norm(tensors, 2)) if hasattr(torch, "_foreach_norm") else \
+        torch.stack([t.norm() for t in tensors])
+    if bool(torch.isfinite(norms).all()):
+        return
+    for n, t in named:
+        if not bool(torch.isfinite(t.detach()).all()):
+            _check_finite(prefix + n, t, step)
+    # every element finite but the float32 norm overflowed (values beyond ~1e19): that is a blow-up too
+    n, t = named[int((~torch.isfinite(norms)).nonzero()[0])]
+    raise NonFiniteLossError(f"step {step}: `{prefix}{n}` has exploded (max |value| "
+                             f"{float(t.detach().abs().max()):.3g}); training stopped before the optimizer step, "
+                             "the last checkpoint is intact")
+
+
 def _check_finite(name: str, t: torch.Tensor, step: int) -> None:
     finite = torch.isfinite(t.detach())
     if not bool(finite.all()):
@@ -128,6 +150,12 @@ class UA3DTalk(L.LightningModule):
             the ground-truth inside-mouth pixels (normalised by their count, not by the image size — the
             inner mouth is < 1 % of the frame, so the image-wide alpha and photometric terms barely see it).
             It makes the face branch part the lips so that the mouth branch behind them becomes visible.
+        cover_weight: weight of the *mouth-cover* term of the mouth/fuse stages: the mean transparency
+            (1 − alpha) of the mouth branch (mouth stage) or of the composite (fuse stage) over the
+            ground-truth inside-mouth pixels, normalised by their count like the hole term. Without it the
+            few inner-mouth pixels of a frame give the mouth branch almost no signal, the alpha term pushes
+            its Gaussians away from the background, and they drift behind the face where nothing is seen:
+            the parted lips then show the background instead of the mouth's interior.
         lpips_weight: weight of the perceptual term of the last phase (``fuse`` stage, DESIGN §4): LPIPS
             (:class:`ua3dtalk.metrics.image.LPIPSMetric`, AlexNet v0.1) of the lip region (box around the
             mouth landmarks 48–67, else around the inside-mouth mask) plus ``lpips_patches`` random patches
@@ -163,6 +191,7 @@ class UA3DTalk(L.LightningModule):
         reg_weight: float = 1e-3,
         alpha_weight: float = 0.1,
         hole_weight: float = 0.1,
+        cover_weight: float = 0.5,
         lpips_weight: float = 0.0,
         lpips_patches: int = 1,
         lpips_patch_size: int = 32,
@@ -198,6 +227,7 @@ class UA3DTalk(L.LightningModule):
         self.max_steps, self.static_warmup = int(max_steps), int(static_warmup)
         self.ssim_weight, self.reg_weight, self.alpha_weight = ssim_weight, reg_weight, alpha_weight
         self.hole_weight = float(hole_weight)
+        self.cover_weight = float(cover_weight)
         self.lpips_weight, self.lpips_patches = float(lpips_weight), int(lpips_patches)
         self.lpips_patch_size, self.lpips_random_backbone = int(lpips_patch_size), bool(lpips_random_backbone)
         if self.lpips_weight < 0 or self.lpips_patches < 0 or self.lpips_patch_size < 32:
@@ -229,11 +259,11 @@ class UA3DTalk(L.LightningModule):
         if self.stage == "prior":
             if self.prior is None:
                 raise ValueError("stage=prior needs a prior module")
-            return [torch.optim.Adam(self.prior.parameters(), lr=self.lr_prior)]
+            return [adam(self.prior.parameters(), lr=self.lr_prior)]
         if self.stage == "emotion":
             if self.emotion is None:
                 raise ValueError("stage=emotion needs an emotion module")
-            return [torch.optim.Adam(self.emotion.parameters(), lr=self.lr_emotion)]
+            return [adam(self.emotion.parameters(), lr=self.lr_emotion)]
         opts = {"face_g": make_optimizer(self.face, self.lr_gaussians),
                 "mouth_g": make_optimizer(self.mouth, self.lr_gaussians)}
         nets = [self.deformation if self.stage != "mouth" else self.mouth_deformation]
@@ -241,7 +271,7 @@ class UA3DTalk(L.LightningModule):
             nets.append(self.mouth_deformation)
         if self.stage != "mouth" and self.emotion_field is not None:
             nets.append(self.emotion_field)
-        opts["net"] = torch.optim.Adam([p for n in nets for p in n.parameters()], lr=self.lr_net)
+        opts["net"] = adam([p for n in nets for p in n.parameters()], lr=self.lr_net)
         self._opt_names = self._optimizers_for_stage()
         return [opts[k] for k in self._opt_names]
 
@@ -435,12 +465,16 @@ class UA3DTalk(L.LightningModule):
         """Mean face alpha [H,W,1] over the inside-mouth pixels ``inner`` [H,W,1] (0 when there are none)."""
         return (face_alpha * inner).sum() / inner.sum().clamp_min(1.0)
 
+    @staticmethod
+    def _cover(alpha: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+        """Mean transparency ``1 − alpha`` [H,W,1] over the inside-mouth pixels ``inner`` (0 when none)."""
+        return ((1 - alpha) * inner).sum() / inner.sum().clamp_min(1.0)
+
     def _step_render(self, batch, opts, step):
         H, W = batch.image.shape[-2:]
         # a non-finite trained parameter stops here, named, not in the renderer
         trained = self._trained_parameters()
-        for pname, p in trained:
-            _check_finite(pname, p, step)
+        _check_all_finite(trained, step)
         cond = self.conditioning(batch)
         self.face.set_active_sh_degree(step // max(self.sh_increase_every, 1))
         self.mouth.set_active_sh_degree(step // max(self.sh_increase_every, 1))
@@ -460,8 +494,12 @@ class UA3DTalk(L.LightningModule):
                 w = 1 - head
                 photo = {"l1": ((pred - target).abs() * w).sum() / (w.sum() * 3).clamp_min(1)}
                 photo["ssim"] = self._photometric(pred * w + target * (1 - w), target)["ssim"]
-                alpha_l = (r.alpha * (1 - torch.clamp(mask + head, 0, 1))).mean()
+                # mouth alpha outside the inner mouth: penalised fully over the background, lightly behind
+                # the head (hidden by the face there, but a mouth branch spread behind the whole face
+                # shows through wherever the face is not fully opaque)
+                alpha_l = (r.alpha * ((1 - torch.clamp(mask + head, 0, 1)) + 0.1 * head)).mean()
                 hole = torch.zeros((), device=self.device)
+                cover = self._cover(r.alpha, mask)
                 reg = self._reg(r.deltas)
                 renders.append(("mouth", r))
             elif self.stage == "face":
@@ -473,6 +511,7 @@ class UA3DTalk(L.LightningModule):
                 photo = self._photometric(pred, target)
                 alpha_l = (r.alpha - mask).abs().mean() if deform else torch.zeros((), device=self.device)
                 hole = self._hole(r.alpha, m("mouth_mask")) if deform else torch.zeros((), device=self.device)
+                cover = torch.zeros((), device=self.device)
                 reg = self._reg(r.deltas)
                 renders.append(("face", r))
             else:  # fuse
@@ -482,17 +521,18 @@ class UA3DTalk(L.LightningModule):
                 photo = self._photometric(pred, target)
                 alpha_l = (alpha - mask).abs().mean()
                 hole = self._hole(rf.alpha, m("mouth_mask"))
+                cover = self._cover(alpha, m("mouth_mask"))
                 reg = self._reg(rf.deltas) + self._reg(rm.deltas)
                 if self.lpips_weight > 0:
                     lm = None if batch.landmarks is None else batch.landmarks[i]
                     photo["lpips"] = self._perceptual(pred, target, lm, m("mouth_mask"), mask, step)
                 renders += [("face", rf), ("mouth", rm)]
             loss = (photo["l1"] + self.ssim_weight * photo["ssim"] + self.alpha_weight * alpha_l
-                    + self.hole_weight * hole + self.reg_weight * reg)
+                    + self.hole_weight * hole + self.cover_weight * cover + self.reg_weight * reg)
             if "lpips" in photo:
                 loss = loss + self.lpips_weight * photo["lpips"]
             total = total + loss / batch.image.shape[0]
-            for k, v in {**photo, "alpha": alpha_l, "hole": hole, "reg": reg}.items():
+            for k, v in {**photo, "alpha": alpha_l, "hole": hole, "cover": cover, "reg": reg}.items():
                 logs[f"train/{k}"] = logs.get(f"train/{k}", 0) + v.detach() / batch.image.shape[0]
         _check_finite("train/loss", total, step)
         for o in opts:
@@ -500,9 +540,8 @@ class UA3DTalk(L.LightningModule):
         for _, r in renders:
             r.out.means2d.retain_grad() if r.out.means2d.requires_grad else None
         self.manual_backward(total)
-        for pname, p in trained:  # a finite loss can still have a non-finite gradient: never step with it
-            if p.grad is not None:
-                _check_finite(f"gradient of {pname}", p.grad, step)
+        # a finite loss can still have a non-finite gradient: never step with it
+        _check_all_finite([(pname, p.grad) for pname, p in trained], step, prefix="gradient of ")
         by_branch: dict[str, list] = {}
         for name, r in renders:
             by_branch.setdefault(name, []).append(r)

@@ -49,6 +49,7 @@ Fast paths (same mathematics as the plain formulas above, equal to float toleran
 """
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from dataclasses import dataclass
@@ -60,7 +61,7 @@ from torch import nn
 Tensor = torch.Tensor
 
 UNCERTAINTY_MODES = ("both", "aleatoric", "epistemic")
-COMPUTE_DTYPES = ("float32", "bfloat16")
+COMPUTE_DTYPES = ("float32", "bfloat16", "auto")
 SEGMENT_KINDS = ("frame", "shared", "full")
 
 #: Gaussians per block of the fused statistics (the [T, rows, 2·out] block stays in the CPU caches).
@@ -77,10 +78,33 @@ def bound_logvar(x: Tensor, lo: float, hi: float) -> Tensor:
     return torch.sigmoid((x - c) * (2.0 / h)) * (hi - lo) + lo
 
 
-def _compute_dtype(name: str) -> Optional[torch.dtype]:
+@functools.lru_cache(maxsize=None)
+def fast_bfloat16_matmul(device_type: str = "cpu") -> bool:
+    """Whether bfloat16 matmuls are much faster than float32 ones on this machine: CPUs with
+    AVX512-BF16 or AMX (oneDNN's bf16 kernels; 4–5× the float32 GEMM throughput measured on a 2-core
+    AMD EPYC with AVX512-BF16). False for other devices (their float32 path is kept: exact and fast)."""
+    if device_type != "cpu":
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and \
+            torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_compute_dtype(name: str, device: Union[torch.device, str, None] = None) -> str:
+    """``"auto"`` → ``"bfloat16"`` where :func:`fast_bfloat16_matmul` holds for ``device``, else
+    ``"float32"``; ``"float32"`` / ``"bfloat16"`` are returned unchanged."""
     if name not in COMPUTE_DTYPES:
         raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {name!r}")
-    return torch.bfloat16 if name == "bfloat16" else None
+    if name != "auto":
+        return name
+    dev = torch.device(device if device is not None else "cpu")
+    return "bfloat16" if fast_bfloat16_matmul(dev.type) else "float32"
+
+
+def _compute_dtype(name: str, device: Union[torch.device, str, None] = None) -> Optional[torch.dtype]:
+    return torch.bfloat16 if resolve_compute_dtype(name, device) == "bfloat16" else None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -469,8 +493,10 @@ class EnsembleMLP(nn.Module):
         members: ensemble size ``T`` (10).
         logvar_min: lower bound of log σ² (see :func:`bound_logvar`).
         logvar_max: upper bound of log σ².
-        compute_dtype: ``"float32"`` (the parameters' dtype; exact) or ``"bfloat16"`` (the two matmuls
-            in bfloat16, outputs in the parameters' dtype).
+        compute_dtype: ``"float32"`` (the parameters' dtype; exact), ``"bfloat16"`` (the two matmuls
+            in bfloat16, outputs in the parameters' dtype) or ``"auto"`` (bfloat16 on CPUs with fast
+            bfloat16 matmuls, :func:`fast_bfloat16_matmul`; float32 elsewhere — resolved for the
+            device the weights are on at each call).
         chunk_rows: Gaussians per block of :meth:`stats`.
     """
 
@@ -488,7 +514,7 @@ class EnsembleMLP(nn.Module):
         self.in_dim, self.hidden, self.out_dim, self.members = int(in_dim), int(hidden), int(out_dim), int(members)
         self.logvar_min, self.logvar_max = float(logvar_min), float(logvar_max)
         self.compute_dtype = str(compute_dtype)
-        self._cdtype = _compute_dtype(self.compute_dtype)
+        _compute_dtype(self.compute_dtype)  # validates the name
         self.chunk_rows = int(chunk_rows)
         t = self.members
         self.w1 = nn.Parameter(torch.empty(t, self.in_dim, self.hidden))
@@ -504,6 +530,11 @@ class EnsembleMLP(nn.Module):
                 bound = 1.0 / math.sqrt(fan_in)
                 w.uniform_(-bound, bound)
                 b.uniform_(-bound, bound)
+
+    @property
+    def _cdtype(self) -> Optional[torch.dtype]:
+        """The matmul dtype (None = the parameters' dtype), ``auto`` resolved for the weights' device."""
+        return _compute_dtype(self.compute_dtype, self.w1.device)
 
     def extra_repr(self) -> str:
         s = (f"in_dim={self.in_dim}, hidden={self.hidden}, out_dim={self.out_dim}, members={self.members}, "

@@ -198,7 +198,7 @@ class UncertaintyFusion(nn.Module):
         ensemble_switch: training steps of stage A (one random member per view per step).
         logvar_min, logvar_max: bounds of the members' log σ².
         var_floor: variance floor added to every view's fusion variance.
-        compute_dtype: ``"float32"`` (exact, default) or ``"bfloat16"`` ensemble matmuls (see
+        compute_dtype: ``"float32"`` (exact, default), ``"bfloat16"`` or ``"auto"`` ensemble matmuls (see
             :class:`~ua3dtalk.models.deformation.ensemble.EnsembleMLP`).
 
     The views may be tensors ``[B, N, d_v]`` or :class:`~ua3dtalk.models.deformation.ensemble.ViewInput`

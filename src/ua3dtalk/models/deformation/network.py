@@ -85,8 +85,9 @@ class DeformationNetwork(nn.Module):
         detach_xyz: feed ``xyz.detach()`` to the position field (default; the canonical positions are
             then learned by the rendering loss only, not through the deformation network).
         var_floor: variance floor of the uncertainty blocks.
-        compute_dtype: ``"float32"`` (default, exact) or ``"bfloat16"``: the ensembles' matmuls in
-            bfloat16 (fused code, variances and parameter gradients stay float32).
+        compute_dtype: ``"float32"`` (default, exact), ``"bfloat16"`` (the ensembles' matmuls in
+            bfloat16; fused code, variances and parameter gradients stay float32) or ``"auto"``
+            (bfloat16 on CPUs with fast bfloat16 matmuls, float32 elsewhere; the experiments' default).
         cache: use the inference cache (module docstring) in calls without autograd.
     """
 
