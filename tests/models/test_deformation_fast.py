@@ -697,3 +697,18 @@ def test_bfloat16_compute_is_close_to_float32_and_trains():
         assert rel(bf(**inp).fusion.mu, net(**inp).fusion.mu) < 2e-2
     with pytest.raises(ValueError):
         DeformationNetwork(11, compute_dtype="float16")
+
+
+def test_compute_dtype_auto_resolves_by_device_and_hardware():
+    from ua3dtalk.models.deformation.ensemble import EnsembleMLP, fast_bfloat16_matmul, resolve_compute_dtype
+
+    want = "bfloat16" if fast_bfloat16_matmul("cpu") else "float32"
+    assert resolve_compute_dtype("auto", "cpu") == want
+    assert resolve_compute_dtype("auto", "meta") == "float32"  # only CPUs with fast bf16 matmuls switch
+    assert resolve_compute_dtype("float32", "cpu") == "float32"
+    assert resolve_compute_dtype("bfloat16", "meta") == "bfloat16"
+    with pytest.raises(ValueError, match="compute_dtype"):
+        resolve_compute_dtype("fp8")
+    ens = EnsembleMLP(7, hidden=4, out_dim=3, members=2, compute_dtype="auto")
+    assert ens._cdtype == (torch.bfloat16 if want == "bfloat16" else None)
+    assert EnsembleMLP(7, hidden=4, out_dim=3, members=2, compute_dtype="auto").to("meta")._cdtype is None

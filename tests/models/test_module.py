@@ -559,6 +559,45 @@ def test_hole_term_enters_the_loss_with_its_weight(stage, dm, cfg_factory, monke
     assert gap == pytest.approx(4 * hole, rel=1e-2)
 
 
+def test_mouth_cover_term_is_the_mean_transparency_over_the_inner_mouth():
+    alpha = torch.zeros(6, 5, 1)
+    inner = torch.zeros(6, 5, 1)
+    inner[2:4, 1:3] = 1  # 4 inner-mouth pixels
+    alpha[2, 1] = 1.0
+    alpha[3, 2] = 0.5
+    alpha[0, 0] = 0.3  # outside the inner mouth: not counted
+    assert float(UA3DTalk._cover(alpha, inner)) == pytest.approx((0 + 0.5 + 1 + 1) / 4)
+    assert float(UA3DTalk._cover(torch.ones_like(alpha), inner)) == 0.0  # filled
+    assert float(UA3DTalk._cover(alpha, torch.zeros_like(inner))) == 0.0  # closed mouth: no term
+
+
+@pytest.mark.parametrize("stage", ["mouth", "fuse"])
+def test_cover_term_enters_the_loss_with_its_weight(stage, dm, cfg_factory, monkeypatch):
+    """As the hole term: one step on open-mouth frames with cover_weight 0 and 4 from the same initial
+    state; the logged cover term (transparency over the inner mouth, > 0 for a fresh model) enters the
+    loss with exactly its weight, and its gradient moves the mouth branch's parameters."""
+    dm.stage = stage
+    ds = dm.dataset("train")
+    opened = sorted(range(0, len(ds), 3), key=lambda i: -float(ds[i].mouth_mask.sum()))[:2]
+    loader = DataLoader(Subset(ds, opened), batch_size=2, collate_fn=collate_batches)
+    assert float(next(iter(loader)).mouth_mask.sum()) > 0, "the batch needs open-mouth frames"
+    logs, means = {}, {}
+    for w in (0.0, 4.0):
+        model = new_model(cfg_factory(f"+model.cover_weight={w}"), stage)
+        logged = logs.setdefault(w, {})
+        monkeypatch.setattr(model, "log_dict", lambda d, logged=logged, **kw: logged.update(d))
+        fit_steps(model, loader)
+        means[w] = model.mouth.means.detach().clone()
+    cover = float(logs[4.0]["train/cover"])
+    # a fresh mouth branch leaves most of the inner mouth transparent; in the fuse stage the fresh face
+    # still covers it (the hole term parts the lips later), so only a little shows through
+    assert (0.05 if stage == "mouth" else 1e-4) < cover <= 1.0
+    assert float(logs[0.0]["train/cover"]) == pytest.approx(cover, rel=1e-3)
+    gap = float(logs[4.0]["train/loss"]) - float(logs[0.0]["train/loss"])
+    assert gap == pytest.approx(4 * cover, rel=1e-2)
+    assert not torch.equal(means[0.0], means[4.0])  # the term's gradient reaches the mouth Gaussians
+
+
 def test_lpips_term_in_the_fuse_stage(dm, cfg_factory, monkeypatch):
     model = new_model(cfg_factory("+model.lpips_weight=0.5", "+model.lpips_random_backbone=true"), "fuse")
     assert model._lpips_net and model._lpips_net[0].key == "lpips_randbackbone"
