@@ -592,7 +592,7 @@ def test_cover_term_enters_the_loss_with_its_weight(stage, dm, cfg_factory, monk
     # a fresh mouth branch leaves most of the inner mouth transparent; in the fuse stage the fresh face
     # still covers it (the hole term parts the lips later), so only a little shows through
     assert (0.05 if stage == "mouth" else 1e-4) < cover <= 1.0
-    assert float(logs[0.0]["train/cover"]) == pytest.approx(cover, rel=1e-3)
+    assert float(logs[0.0]["train/cover"]) == pytest.approx(cover, rel=1e-3, abs=1e-5)  # same renders
     gap = float(logs[4.0]["train/loss"]) - float(logs[0.0]["train/loss"])
     assert gap == pytest.approx(4 * cover, rel=1e-2)
     assert not torch.equal(means[0.0], means[4.0])  # the term's gradient reaches the mouth Gaussians
