@@ -266,6 +266,11 @@ def _stats_block(z: Tensor, head: _Head, mu_out: Tensor, al_out: Tensor, ep_out:
     fdt, dev_ = head.b2.dtype, z.device
     shape = (t_, n, d)
     h = (z.clamp_min_(0) if owned else torch.relu(z)).view(n, t_, -1).transpose(0, 1)  # [T, n, hidden]
+    ext = None if keep else _fused_stats_kernel(z, head)
+    if ext is not None and all(t.is_contiguous() for t in (mu_out, al_out, ep_out)):
+        y = torch.bmm(h, head.w2c, out=_WS.get("mm", (t_, n, 2 * d), h.dtype, dev_))  # [T, n, 2D], no bias
+        ext.ensemble_stats(y, head.b2, head.span, head.lo - head.shift, mu_out, al_out, ep_out)
+        return None
     mus = torch.empty(shape, dtype=fdt, device=dev_) if keep else _WS.get("mu", shape, fdt, dev_)
     u = torch.empty(shape, dtype=fdt, device=dev_) if keep else _WS.get("u", shape, fdt, dev_)
     if h.dtype == fdt:
@@ -289,6 +294,27 @@ def _stats_block(z: Tensor, head: _Head, mu_out: Tensor, al_out: Tensor, ep_out:
         return None
     t.mul_(torch.sub(1.0, t)).mul_(s)  # σ_t²·t(1 − t) / factor  (t is u, in place)
     return dev, t
+
+
+#: use the C++ kernel of the project's CPU extension (``ensemble_stats`` in
+#: ``ua3dtalk/render/csrc/composite.cpp``) for the statistics of calls without autograd (inference): one
+#: pass instead of ~12 elementwise passes; the torch code of :func:`_stats_block` is its reference
+#: (``tests/models/test_deformation_fast.py`` compares them). Set to False to force the torch path.
+FUSED_STATS = True
+
+
+def _fused_stats_kernel(z: Tensor, head: _Head):
+    """The extension module when the fused statistics kernel applies (CPU, float32 parameters, float32
+    or bfloat16 matmuls, kernel built), else None."""
+    if not FUSED_STATS or z.device.type != "cpu" or head.b2.dtype != torch.float32 or \
+            z.dtype not in (torch.float32, torch.bfloat16):
+        return None
+    from ...render.cpu_backend import cpu_backend_available, load_extension
+
+    if not cpu_backend_available():
+        return None
+    ext = load_extension()
+    return ext if hasattr(ext, "ensemble_stats") else None
 
 
 def _grad_out(jac: tuple[Tensor, Tensor], g_mu: Optional[Tensor], g_al: Optional[Tensor], g_ep: Optional[Tensor],

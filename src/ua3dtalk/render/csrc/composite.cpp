@@ -681,6 +681,125 @@ std::vector<at::Tensor> composite_backward(const at::Tensor& grad_out, const at:
   return {g_means, g_conics, g_feat, g_op};
 }
 
+// ---------------------------------------------------------------------------------------------
+// Ensemble member statistics (ua3dtalk.models.deformation.ensemble, inference path): fused
+// replacement of the ~12 elementwise passes of _stats_block without saved derivatives.
+//   y [T, n, 2D] (float or bfloat16): second-layer outputs without bias (scaled log-variance
+//   columns, see _Head); b [T, 2D] float: the (scaled) bias. For every row r and output d:
+//     mu_t = y[t,r,d] + b[t,d];  u_t = y[t,r,D+d] + b[t,D+d];  s_t = sigmoid(u_t)
+//     mu_sum = sum_t mu_t;  ep_sum = sum_t (mu_t - mu_sum/T)^2;  al_sum = sum_t exp(span*s_t + c)
+// (the member *sums*, exactly what _stats_block writes; _finish divides by T).
+// exp uses the same Cody-Waite + polynomial as ua_exp, on [-87, 88].
+// ---------------------------------------------------------------------------------------------
+inline float ua_exp_wide(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
+  const float magic = 12582912.0f;
+  const float t = UA_FMA(x, 1.44269504088896341f, magic);
+  const float n = t - magic;
+  int32_t tb;
+  std::memcpy(&tb, &t, sizeof(tb));
+  const int32_t ni = tb - 0x4B400000;
+  float r = UA_FMA(n, -0.693359375f, x);
+  r = UA_FMA(n, 2.12194440e-4f, r);
+  float p = 1.0f / 5040.0f;
+  p = UA_FMA(p, r, 1.0f / 720.0f);
+  p = UA_FMA(p, r, 1.0f / 120.0f);
+  p = UA_FMA(p, r, 1.0f / 24.0f);
+  p = UA_FMA(p, r, 1.0f / 6.0f);
+  p = UA_FMA(p, r, 0.5f);
+  p = UA_FMA(p, r, 1.0f);
+  p = UA_FMA(p, r, 1.0f);
+  const int32_t sb = (ni + 127) << 23;  // n in [-126, 127]: a normal number
+  float s;
+  std::memcpy(&s, &sb, sizeof(s));
+  return p * s;
+}
+
+inline float ua_load(const float* p, int64_t i) { return p[i]; }
+inline float ua_load(const at::BFloat16* p, int64_t i) {
+  uint16_t h;
+  std::memcpy(&h, reinterpret_cast<const char*>(p) + 2 * i, sizeof(h));
+  const uint32_t w = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &w, sizeof(f));
+  return f;
+}
+
+template <typename scalar_t>
+void ensemble_stats_impl(const scalar_t* UA_RESTRICT y, const float* UA_RESTRICT b, float* UA_RESTRICT mu,
+                         float* UA_RESTRICT al, float* UA_RESTRICT ep, int64_t T, int64_t n, int64_t D, float span,
+                         float c) {
+  const int64_t row = 2 * D, plane = n * row;
+  const float inv_t = 1.0f / static_cast<float>(T);
+  at::parallel_for(0, n, 64, [&](int64_t rb, int64_t re) {
+    std::vector<float> buf(2 * static_cast<size_t>(row));
+    float* UA_RESTRICT v = buf.data();        // one member's row (float), [2D]
+    float* UA_RESTRICT mean = v + row;        // [D]
+    for (int64_t r = rb; r < re; ++r) {
+      float* UA_RESTRICT m_out = mu + r * D;
+      float* UA_RESTRICT a_out = al + r * D;
+      float* UA_RESTRICT e_out = ep + r * D;
+      for (int64_t d = 0; d < D; ++d) m_out[d] = 0.0f;
+      for (int64_t t = 0; t < T; ++t) {  // pass 1: sum of the means
+        const scalar_t* yr = y + t * plane + r * row;
+        const float* br = b + t * row;
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) m_out[d] += ua_load(yr, d) + br[d];
+      }
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) {
+        mean[d] = m_out[d] * inv_t;
+        e_out[d] = 0.0f;
+        a_out[d] = 0.0f;
+      }
+      for (int64_t t = 0; t < T; ++t) {  // pass 2: squared deviations and variances
+        const scalar_t* yr = y + t * plane + r * row;
+        const float* br = b + t * row;
+#pragma omp simd
+        for (int64_t k = 0; k < row; ++k) v[k] = ua_load(yr, k) + br[k];
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) {
+          const float dev = v[d] - mean[d];
+          e_out[d] = UA_FMA(dev, dev, e_out[d]);
+          const float u = v[D + d];
+          const float e = ua_exp_wide(u < 0.0f ? u : -u);  // exp(-|u|) in (0, 1]
+          const float inv = 1.0f / (1.0f + e);
+          const float sg = u >= 0.0f ? inv : e * inv;  // sigmoid(u) for either sign without overflow
+          a_out[d] += ua_exp_wide(UA_FMA(span, sg, c));
+        }
+      }
+    }
+  });
+}
+
+void ensemble_stats(torch::Tensor y, torch::Tensor b, double span, double c, torch::Tensor mu, torch::Tensor al,
+                    torch::Tensor ep) {
+  TORCH_CHECK(y.dim() == 3 && y.size(2) % 2 == 0, "ensemble_stats: y must be [T, n, 2D], got ", y.sizes());
+  TORCH_CHECK(y.device().is_cpu() && b.device().is_cpu(), "ensemble_stats: CPU tensors only");
+  TORCH_CHECK(y.scalar_type() == at::kFloat || y.scalar_type() == at::kBFloat16,
+              "ensemble_stats: y must be float32 or bfloat16");
+  const int64_t T = y.size(0), n = y.size(1), D = y.size(2) / 2;
+  TORCH_CHECK(b.dim() == 2 && b.size(0) == T && b.size(1) == 2 * D && b.scalar_type() == at::kFloat,
+              "ensemble_stats: b must be float32 [T, 2D] = [", T, ", ", 2 * D, "], got ", b.sizes());
+  for (const auto& o : {mu, al, ep}) {
+    TORCH_CHECK(o.dim() == 2 && o.size(0) == n && o.size(1) == D && o.scalar_type() == at::kFloat &&
+                    o.is_contiguous() && o.device().is_cpu(),
+                "ensemble_stats: outputs must be contiguous float32 [n, D] = [", n, ", ", D, "]");
+  }
+  auto yc = y.contiguous();
+  auto bc = b.contiguous();
+  if (y.scalar_type() == at::kFloat) {
+    ensemble_stats_impl<float>(yc.data_ptr<float>(), bc.data_ptr<float>(), mu.data_ptr<float>(),
+                               al.data_ptr<float>(), ep.data_ptr<float>(), T, n, D, static_cast<float>(span),
+                               static_cast<float>(c));
+  } else {
+    ensemble_stats_impl<at::BFloat16>(yc.data_ptr<at::BFloat16>(), bc.data_ptr<float>(), mu.data_ptr<float>(),
+                                      al.data_ptr<float>(), ep.data_ptr<float>(), T, n, D,
+                                      static_cast<float>(span), static_cast<float>(c));
+  }
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -696,4 +815,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("grad_out"), py::arg("grad_T"), py::arg("num_gaussians"), py::arg("T"), py::arg("last"),
         py::arg("tile_offsets"), py::arg("tile_ranks"), py::arg("recs"), py::arg("irecs"), py::arg("pstart"),
         py::arg("pair_slot"), py::arg("width"), py::arg("height"), py::arg("tile_size") = 16);
+  m.def("ensemble_stats", &ensemble_stats,
+        "Fused ensemble member statistics (inference): y [T,n,2D] float32/bfloat16 outputs without bias, "
+        "b [T,2D] float32 bias; writes sum_t mu_t, sum_t exp(span*sigmoid(u_t)+c), sum_t (mu_t-mean)^2 into "
+        "mu, al, ep (contiguous float32 [n,D]).",
+        py::arg("y"), py::arg("b"), py::arg("span"), py::arg("c"), py::arg("mu"), py::arg("al"), py::arg("ep"));
 }
