@@ -305,9 +305,9 @@ FUSED_STATS = True
 
 def _fused_stats_kernel(z: Tensor, head: _Head):
     """The extension module when the fused statistics kernel applies (CPU, float32 parameters, float32
-    or bfloat16 matmuls, kernel built), else None."""
+    or bfloat16 matmuls, kernel built), else None. ``z``: any tensor in the matmul dtype on the device."""
     if not FUSED_STATS or z.device.type != "cpu" or head.b2.dtype != torch.float32 or \
-            z.dtype not in (torch.float32, torch.bfloat16):
+            z.dtype not in (torch.float32, torch.bfloat16) or head.w2c.dtype != z.dtype:
         return None
     from ...render.cpu_backend import cpu_backend_available, load_extension
 
@@ -751,6 +751,18 @@ class EnsembleMLP(nn.Module):
             head = _Head(self.w2, self.b2, self.members, self.out_dim, lo, hi, self._cdtype)
             mu = torch.empty(src.batch * src.n, self.out_dim, dtype=self.w2.dtype, device=self.w2.device)
             al, ep = torch.empty_like(mu), torch.empty_like(mu)
+            ext = _fused_stats_kernel(head.w2c, head)
+            if ext is not None:  # the whole view in one C++ call, parallel over blocks
+                none = head.w2c.new_empty(0)
+                xs = [src.cast(t) for _, t in src.parts]
+                if len(xs) > 1 and len({t.shape[0] for t in xs}) > 1:
+                    xs = [t.expand(src.batch, -1, -1) for t in xs]
+                xp = (torch.cat(xs, dim=-1) if len(xs) > 1 else xs[0]) if xs else none
+                opt = lambda t: none if t is None else t  # noqa: E731
+                ext.ensemble_view_stats(xp, opt(src.w), opt(src.pre), opt(src.frame_rows), head.w2c, head.b2,
+                                        head.span, head.lo - head.shift, self.chunk_rows, src.batch, src.n, mu, al, ep)
+                _finish(head, mu, al, ep)
+                return mu.view(shape), al.view(shape), ep.view(shape)
             for f in range(src.batch):
                 for a in range(0, src.n, self.chunk_rows):
                     e = min(a + self.chunk_rows, src.n)

@@ -800,6 +800,79 @@ void ensemble_stats(torch::Tensor y, torch::Tensor b, double span, double c, tor
   }
 }
 
+// The whole no-grad stage-B evaluation of one view, blocked over Gaussians and parallel over blocks
+// (one thread per block: the small GEMMs run single-threaded inside the parallel region, so there is
+// no fork/join per operation). For frame f and Gaussians [a, e):
+//   z = pre[a:e] (if given) + rows[f] (if given) + x[f or 0, a:e] @ w (if given)     [e-a, T*hid]
+//   h = relu(z);  y_t = h_t @ w2c[t]  (t = member)                                     [T, e-a, 2D]
+// then the member sums of ensemble_stats into mu/al/ep rows f*N + [a, e).
+// All matmul operands are in one dtype (float32 or bfloat16); accumulation is float32.
+void ensemble_view_stats(torch::Tensor x, torch::Tensor w, torch::Tensor pre, torch::Tensor rows, torch::Tensor w2c,
+                         torch::Tensor b, double span, double c, int64_t chunk, int64_t batch, int64_t n,
+                         torch::Tensor mu, torch::Tensor al, torch::Tensor ep) {
+  TORCH_CHECK(w2c.dim() == 3, "ensemble_view_stats: w2c must be [T, hidden, 2D]");
+  const int64_t T = w2c.size(0), hid = w2c.size(1), D = w2c.size(2) / 2, width = T * hid;
+  const auto dt = w2c.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16, "ensemble_view_stats: float32 or bfloat16 matmuls only");
+  TORCH_CHECK(chunk >= 1 && batch >= 1 && n >= 1, "ensemble_view_stats: chunk, batch and n must be >= 1");
+  const bool has_x = x.defined() && x.numel() > 0, has_pre = pre.defined() && pre.numel() > 0;
+  const bool has_rows = rows.defined() && rows.numel() > 0;
+  TORCH_CHECK(has_x || has_pre, "ensemble_view_stats: needs point features x or precomputed pre");
+  if (has_x) {
+    TORCH_CHECK(x.dim() == 3 && (x.size(0) == 1 || x.size(0) == batch) && x.size(1) == n && x.scalar_type() == dt &&
+                    w.dim() == 2 && w.size(0) == x.size(2) && w.size(1) == width && w.scalar_type() == dt,
+                "ensemble_view_stats: x must be [1 or B, N, K] and w [K, T*hidden] in the matmul dtype");
+  }
+  if (has_pre) {
+    TORCH_CHECK(pre.dim() == 2 && pre.size(0) == n && pre.size(1) == width, "ensemble_view_stats: pre must be [N, T*hidden]");
+  }
+  if (has_rows) {
+    TORCH_CHECK(rows.dim() == 2 && rows.size(0) == batch && rows.size(1) == width,
+                "ensemble_view_stats: rows must be [B, T*hidden]");
+  }
+  TORCH_CHECK(b.scalar_type() == at::kFloat && b.dim() == 2 && b.size(0) == T && b.size(1) == 2 * D,
+              "ensemble_view_stats: b must be float32 [T, 2D]");
+  for (const auto& o : {mu, al, ep}) {
+    TORCH_CHECK(o.dim() == 2 && o.size(0) == batch * n && o.size(1) == D && o.scalar_type() == at::kFloat &&
+                    o.is_contiguous(),
+                "ensemble_view_stats: outputs must be contiguous float32 [B*N, D]");
+  }
+  auto opts = w2c.options();
+  auto xc = has_x ? x.contiguous() : x;
+  auto prec = has_pre ? pre.to(dt).contiguous() : pre;
+  auto rowsc = has_rows ? rows.to(dt).contiguous() : rows;
+  auto bc = b.contiguous();
+  const int64_t nchunks = (n + chunk - 1) / chunk, jobs = batch * nchunks;
+  at::parallel_for(0, jobs, 1, [&](int64_t jb, int64_t je) {
+    for (int64_t j = jb; j < je; ++j) {
+      const int64_t f = j / nchunks, a = (j % nchunks) * chunk, e = std::min(a + chunk, n), m = e - a;
+      torch::Tensor z;
+      if (has_pre) {
+        z = prec.slice(0, a, e).clone();
+        if (has_rows) z.add_(rowsc[f]);
+      } else if (has_rows) {
+        z = rowsc[f].unsqueeze(0).expand({m, width}).clone();
+      } else {
+        z = torch::zeros({m, width}, opts);
+      }
+      if (has_x) z.addmm_(xc[xc.size(0) == 1 ? 0 : f].slice(0, a, e), w);
+      z.clamp_min_(0);
+      auto y = at::bmm(z.view({m, T, hid}).transpose(0, 1), w2c).contiguous();  // [T, m, 2D]
+      const int64_t r0 = f * n + a;
+      auto mo = mu.slice(0, r0, r0 + m), ao = al.slice(0, r0, r0 + m), eo = ep.slice(0, r0, r0 + m);
+      if (dt == at::kFloat) {
+        ensemble_stats_impl<float>(y.data_ptr<float>(), bc.data_ptr<float>(), mo.data_ptr<float>(),
+                                   ao.data_ptr<float>(), eo.data_ptr<float>(), T, m, D, static_cast<float>(span),
+                                   static_cast<float>(c));
+      } else {
+        ensemble_stats_impl<at::BFloat16>(y.data_ptr<at::BFloat16>(), bc.data_ptr<float>(), mo.data_ptr<float>(),
+                                          ao.data_ptr<float>(), eo.data_ptr<float>(), T, m, D,
+                                          static_cast<float>(span), static_cast<float>(c));
+      }
+    }
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -820,4 +893,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "b [T,2D] float32 bias; writes sum_t mu_t, sum_t exp(span*sigmoid(u_t)+c), sum_t (mu_t-mean)^2 into "
         "mu, al, ep (contiguous float32 [n,D]).",
         py::arg("y"), py::arg("b"), py::arg("span"), py::arg("c"), py::arg("mu"), py::arg("al"), py::arg("ep"));
+  m.def("ensemble_view_stats", &ensemble_view_stats,
+        "No-grad stage-B evaluation of one ensemble view (first layer, ReLU, second layer, member sums), "
+        "blocked over Gaussians and parallel over blocks; writes the member sums into mu, al, ep [B*N, D].",
+        py::arg("x"), py::arg("w"), py::arg("pre"), py::arg("rows"), py::arg("w2c"), py::arg("b"), py::arg("span"),
+        py::arg("c"), py::arg("chunk"), py::arg("batch"), py::arg("n"), py::arg("mu"), py::arg("al"), py::arg("ep"));
 }
