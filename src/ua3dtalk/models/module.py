@@ -226,6 +226,7 @@ class UA3DTalk(L.LightningModule):
         self.lr_means_final, self.lr_net, self.lr_prior, self.lr_emotion = lr_means_final, lr_net, lr_prior, lr_emotion
         self.max_steps, self.static_warmup = int(max_steps), int(static_warmup)
         self.ssim_weight, self.reg_weight, self.alpha_weight = ssim_weight, reg_weight, alpha_weight
+        self._step_in_progress: Optional[int] = None  # the render step being trained (error messages)
         self.hole_weight = float(hole_weight)
         self.cover_weight = float(cover_weight)
         self.lpips_weight, self.lpips_patches = float(lpips_weight), int(lpips_patches)
@@ -309,8 +310,17 @@ class UA3DTalk(L.LightningModule):
         # to 0 (rejected by the renderer) nor overflow (beyond the bound a Gaussian is sub-pixel / covers
         # everything either way, so the clamped gradient loses nothing useful)
         log_scales = log_scales.clamp(LOG_SCALE_RANGE[0], LOG_SCALE_RANGE[1])
-        return rasterize(means, quats, torch.exp(log_scales), g.opacities if opacities is None else opacities,
-                         g.colors(), viewmat, K, width, height, sh_degree=g.active_sh_degree, backend=self.backend)
+        try:
+            return rasterize(means, quats, torch.exp(log_scales), g.opacities if opacities is None else opacities,
+                             g.colors(), viewmat, K, width, height, sh_degree=g.active_sh_degree, backend=self.backend)
+        except ValueError as e:
+            step = self._step_in_progress
+            if step is None or "NaN or Inf" not in str(e):
+                raise
+            # a network parameter went non-finite (they are not scanned every step): name it
+            _check_all_finite(self._trained_parameters(), step)
+            raise NonFiniteLossError(f"step {step}: the deformed Gaussians are not finite ({e}); training stopped "
+                                     "before the optimizer step, the last checkpoint is intact") from None
 
     def render_face(self, cond: Conditioning, i: int, viewmat, K, width, height, deform: bool = True,
                     step: Optional[int] = None) -> BranchRender:
@@ -474,7 +484,10 @@ class UA3DTalk(L.LightningModule):
         H, W = batch.image.shape[-2:]
         # a non-finite trained parameter stops here, named, not in the renderer
         trained = self._trained_parameters()
-        _check_all_finite(trained, step)
+        self._step_in_progress = step
+        # the Gaussians every step (they go to the renderer, which would refuse them less helpfully); the
+        # networks' parameters (34 M at paper size, 5 ms a pass) only when the loss turns out non-finite
+        _check_all_finite([(n, p) for n, p in trained if n.startswith(("face.", "mouth."))], step)
         cond = self.conditioning(batch)
         self.face.set_active_sh_degree(step // max(self.sh_increase_every, 1))
         self.mouth.set_active_sh_degree(step // max(self.sh_increase_every, 1))
@@ -534,6 +547,8 @@ class UA3DTalk(L.LightningModule):
             total = total + loss / batch.image.shape[0]
             for k, v in {**photo, "alpha": alpha_l, "hole": hole, "cover": cover, "reg": reg}.items():
                 logs[f"train/{k}"] = logs.get(f"train/{k}", 0) + v.detach() / batch.image.shape[0]
+        if not bool(torch.isfinite(total.detach())):
+            _check_all_finite(trained, step)  # name the parameter that made it so, if one did
         _check_finite("train/loss", total, step)
         for o in opts:
             o.zero_grad(set_to_none=True)
@@ -560,6 +575,7 @@ class UA3DTalk(L.LightningModule):
         for o in opts:
             self._decay_means_lr(o.optimizer if hasattr(o, "optimizer") else o, step)
             o.step()
+        self._step_in_progress = None
         logs["train/loss"] = total.detach()
         logs["train/num_gaussians_face"] = float(len(self.face))
         logs["train/num_gaussians_mouth"] = float(len(self.mouth))
