@@ -144,7 +144,9 @@ class AttentionFusion(nn.Module):
         if not 0 <= branch_dropout < 1:
             raise ValueError("branch_dropout must be in [0, 1)")
         self.n, self.branch_dropout = n_branches, float(branch_dropout)
-        self.score = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        # no bias on the last layer: a constant added to every branch's score cancels in the softmax (its
+        # gradient is zero up to rounding — a dead parameter); the per-branch `bias` is what matters
+        self.score = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1, bias=False))
         self.bias = nn.Parameter(torch.zeros(n_branches))
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
