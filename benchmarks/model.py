@@ -156,7 +156,8 @@ def main(argv=None) -> int:
           f"{t32 / tbf:.2f}× | ≤ 0.35 s |")
     print(f"| inference (deformation + render, no grad), {a.size}², {k}k, fused statistics kernel | "
           f"{f32:.1f} frames/s | {fbf:.1f} frames/s | {fbf / f32:.2f}× | ≥ 20 |")
-    print(f"| inference as above, torch reference of the statistics | {f32_ref:.1f} frames/s | {fbf_ref:.1f} frames/s | "
+    print(f"| inference as above, torch reference of the statistics | {f32_ref:.1f} frames/s | "
+          f"{fbf_ref:.1f} frames/s | "
           f"kernel / reference: {f32 / f32_ref:.2f}× / {fbf / fbf_ref:.2f}× | |")
     print(f"| fusion fwd+bwd, {k}k Gaussians, 4 views: diagonal / full_cov | {fr['diagonal'] * 1e3:.1f} ms / "
           f"{fr['full_cov'] * 1e3:.1f} ms | | {fr['full_cov'] / fr['diagonal']:.1f}× | ≥ 10× |")

@@ -80,7 +80,8 @@ def main(argv=None):
         r = {}
         for backend in ("torch", "cpu"):
             reps = max(1, args.repeats // 2) if backend == "torch" else args.repeats
-            out = subprocess.run([sys.executable, __file__, "--repeats", str(reps), "--one", backend, str(size), str(n)],
+            cmd = [sys.executable, __file__, "--repeats", str(reps), "--one", backend, str(size), str(n)]
+            out = subprocess.run(cmd,
                                  capture_output=True, text=True, check=True)
             r[backend] = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append((size, n, r))

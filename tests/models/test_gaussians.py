@@ -97,7 +97,8 @@ def test_fused_adam_is_used_and_matches_the_default_update():
     b = GaussianModel(num_points=40, seed=3)
     oa = make_optimizer(a, {"means": 1e-2})
     assert oa.defaults["fused"] is True
-    groups = [{"params": [p], "lr": 1e-2 if n == "means" else 1e-3, "name": n} for n, p in b.parameters_by_name().items()]
+    groups = [{"params": [p], "lr": 1e-2 if n == "means" else 1e-3, "name": n}
+              for n, p in b.parameters_by_name().items()]
     ob = torch.optim.Adam(groups, lr=1e-3, eps=1e-15, foreach=False)
     for _ in range(5):
         _train_step(a, oa)

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 
 
-from ua3dtalk.utils.threads import torch_threads as single_thread  # noqa: E402 (one torch thread)
+from ua3dtalk.utils.threads import torch_threads as single_thread  # noqa: E402,F401 (one torch thread)
 
 
 def train_overrides(data_root, run_dir, *extra: str) -> list[str]:

@@ -21,7 +21,8 @@ def main(argv=None) -> int:
                     help="with --emotional: clips (different utterances) per emotion and intensity")
     ap.add_argument("--seed", type=int, default=0, help="identity and speech seed (deterministic)")
     ap.add_argument("--resolution", type=int, default=None, help="override the preset's image size")
-    ap.add_argument("--features", default="mel", help="audio feature extractors to cache, comma-separated ('' for none)")
+    ap.add_argument("--features", default="mel",
+                    help="audio feature extractors to cache, comma-separated ('' for none)")
     ap.add_argument("--backend", default="auto", help="renderer backend")
     a = ap.parse_args(argv)
     from ..data.audio import MissingModelError

@@ -186,27 +186,26 @@ class FrameBatch:
         return self._map(lambda t: t.index_select(0, index.to(t.device)), [self.clip_id[i] for i in sel])
 
 
-def collate(batches: Sequence[FrameBatch]) -> FrameBatch:
-    """Concatenate ``FrameBatch`` objects (each with any B ≥ 1) along the batch dimension.
+def collate_dataclass(cls, batches: Sequence, list_fields: Sequence[str] = ()):
+    """Concatenate batch dataclasses of type ``cls`` (each with any B ≥ 1) along dimension 0.
 
-    Use as ``DataLoader(dataset, collate_fn=collate)`` for datasets whose ``__getitem__`` returns a
-    ``FrameBatch`` with B=1. Raises ``ValueError`` when an optional field is present in some
-    elements and missing in others, or when shapes disagree (e.g. different image sizes or audio
-    feature widths), naming the field.
-    """
+    Tensor fields are concatenated, ``list_fields`` (e.g. ``clip_id``) joined, optional fields must be
+    set in all elements or in none. Raises ``ValueError`` naming the field for mixed optional fields or
+    disagreeing per-item shapes, and for an empty list or an element of another type."""
     batches = list(batches)
     if not batches:
-        raise ValueError("collate: empty list of FrameBatch")
+        raise ValueError(f"collate: empty list of {cls.__name__}")
     for i, b in enumerate(batches):
-        if not isinstance(b, FrameBatch):
-            raise ValueError(f"collate: element {i} is a {type(b).__name__}, expected FrameBatch")
+        if not isinstance(b, cls):
+            raise ValueError(f"collate: element {i} is a {type(b).__name__}, expected {cls.__name__}")
     if len(batches) == 1:
         return batches[0]
-    kw: dict = {"clip_id": [c for b in batches for c in b.clip_id]}
-    for f in fields(FrameBatch):
-        if f.name == "clip_id":
-            continue
+    kw: dict = {}
+    for f in fields(cls):
         vals = [getattr(b, f.name) for b in batches]
+        if f.name in list_fields:
+            kw[f.name] = [x for v in vals for x in v]
+            continue
         present = [v is not None for v in vals]
         if not any(present):
             kw[f.name] = None
@@ -218,4 +217,15 @@ def collate(batches: Sequence[FrameBatch]) -> FrameBatch:
         except RuntimeError as e:
             shapes = sorted({tuple(v.shape[1:]) for v in vals})
             raise ValueError(f"collate: cannot concatenate `{f.name}` with per-item shapes {shapes}: {e}") from None
-    return FrameBatch(**kw)
+    return cls(**kw)
+
+
+def collate(batches: Sequence[FrameBatch]) -> FrameBatch:
+    """Concatenate ``FrameBatch`` objects (each with any B ≥ 1) along the batch dimension.
+
+    Use as ``DataLoader(dataset, collate_fn=collate)`` for datasets whose ``__getitem__`` returns a
+    ``FrameBatch`` with B=1. Raises ``ValueError`` when an optional field is present in some
+    elements and missing in others, or when shapes disagree (e.g. different image sizes or audio
+    feature widths), naming the field.
+    """
+    return collate_dataclass(FrameBatch, batches, ("clip_id",))

@@ -64,7 +64,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .audio import SAMPLE_RATE, AudioFeatures, extract_features, load_wav, make_extractor, read_feature_file
-from .batch import FrameBatch, collate
+from .batch import FrameBatch, collate, collate_dataclass
 from .cameras import Cameras, intrinsics, opengl_c2w_to_opencv_w2c
 from .formats import (
     EMOTIONS,
@@ -386,43 +386,14 @@ class PredictBatch(_BatchOps):
         return int(self.background.shape[-1])
 
 
-def _collate_dataclass(cls, batches: Sequence, list_fields: Sequence[str] = ()):
-    batches = list(batches)
-    if not batches:
-        raise ValueError(f"collate: empty list of {cls.__name__}")
-    for i, b in enumerate(batches):
-        if not isinstance(b, cls):
-            raise ValueError(f"collate: element {i} is a {type(b).__name__}, expected {cls.__name__}")
-    if len(batches) == 1:
-        return batches[0]
-    kw: dict[str, Any] = {}
-    for f in fields(cls):
-        vals = [getattr(b, f.name) for b in batches]
-        if f.name in list_fields:
-            kw[f.name] = [x for v in vals for x in v]
-            continue
-        present = [v is not None for v in vals]
-        if not any(present):
-            kw[f.name] = None
-            continue
-        if not all(present):
-            raise ValueError(f"collate: optional field `{f.name}` is set in some elements and None in others")
-        try:
-            kw[f.name] = torch.cat(vals, 0)
-        except RuntimeError as e:
-            shapes = sorted({tuple(v.shape[1:]) for v in vals})
-            raise ValueError(f"collate: cannot concatenate `{f.name}` with per-item shapes {shapes}: {e}") from None
-    return cls(**kw)
-
-
 def collate_audio(batches: Sequence[AudioBatch]) -> AudioBatch:
     """Concatenate :class:`AudioBatch` objects along the batch dimension."""
-    return _collate_dataclass(AudioBatch, batches, ("clip_id",))
+    return collate_dataclass(AudioBatch, batches, ("clip_id",))
 
 
 def collate_predict(batches: Sequence[PredictBatch]) -> PredictBatch:
     """Concatenate :class:`PredictBatch` objects along the batch dimension."""
-    return _collate_dataclass(PredictBatch, batches)
+    return collate_dataclass(PredictBatch, batches)
 
 
 def collate_batches(batches: Sequence):

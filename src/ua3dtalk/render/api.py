@@ -110,7 +110,8 @@ def validate_inputs(means, quats, scales, opacities, colors, viewmat, K, width, 
         if isinstance(sh_degree, bool) or not isinstance(sh_degree, int) or not 0 <= sh_degree <= 3:
             raise ValueError(f"rasterize: `sh_degree` must be an int in 0..3, got {sh_degree!r}")
         if k < (sh_degree + 1) ** 2:
-            raise ValueError(f"rasterize: sh_degree={sh_degree} needs {(sh_degree + 1) ** 2} coefficients, `colors` has {k}")
+            raise ValueError(f"rasterize: sh_degree={sh_degree} needs {(sh_degree + 1) ** 2} coefficients, "
+                             f"`colors` has {k}")
         return sh_degree
     raise ValueError(f"rasterize: `colors` must be [N,3] RGB or [N,K,3] SH, got shape {list(colors.shape)}")
 

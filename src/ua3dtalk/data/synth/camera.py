@@ -18,7 +18,8 @@ def intrinsics(size: int, focal_factor: float = 1.6) -> np.ndarray:
 
 def euler_to_rot(yaw: float, pitch: float, roll: float) -> np.ndarray:
     """Rotation (head frame → world) from yaw (about y), pitch (about x), roll (about z), radians."""
-    cy, sy, cp, sp, cr, sr = math.cos(yaw), math.sin(yaw), math.cos(pitch), math.sin(pitch), math.cos(roll), math.sin(roll)
+    cy, sy, cp, sp = math.cos(yaw), math.sin(yaw), math.cos(pitch), math.sin(pitch)
+    cr, sr = math.cos(roll), math.sin(roll)
     ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
     rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
     rz = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])

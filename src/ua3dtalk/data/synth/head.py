@@ -205,7 +205,8 @@ class ProceduralHead:
         self._jaw_w = np.clip((m0[:, 1] - self.mouth_y + 0.005) / 0.05, 0, 1) * np.exp(
             -((m0[:, 0] / (0.75 * self.rx)) ** 2)) * (m0[:, 2] < 0.02) * (m0[:, 1] < 0.95 * self.ry)
         self._jaw_w[(self.part == PART["neck"]).numpy() | (self.part == PART["torso"]).numpy()] = 0
-        self._cheek_w = np.exp(-(((np.abs(m0[:, 0]) - 0.5 * self.rx) / 0.02) ** 2 + ((m0[:, 1] - 0.25 * self.ry) / 0.02) ** 2))
+        self._cheek_w = np.exp(-(((np.abs(m0[:, 0]) - 0.5 * self.rx) / 0.02) ** 2
+                                 + ((m0[:, 1] - 0.25 * self.ry) / 0.02) ** 2))
         self._cheek_w *= (self.part == PART["skin"]).numpy()
 
     # -- expression ----------------------------------------------------------------------------

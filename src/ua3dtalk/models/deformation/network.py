@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from ..audio_view import AudioView
+from ..cache import InferenceCache
 from ..fields import PositionField
 from .decoder import Deltas, MultiHeadDecoder
 from .ensemble import ViewInput
@@ -63,7 +64,7 @@ class DeformationOutput:
     h: Tensor
 
 
-class DeformationNetwork(nn.Module):
+class DeformationNetwork(InferenceCache, nn.Module):
     """Uncertainty-based deformation of the face branch (see the module docstring).
 
     Args:
@@ -154,29 +155,10 @@ class DeformationNetwork(nn.Module):
         self.decoder = MultiHeadDecoder(code_dim + h_dim, hidden, heads, extra_heads, single_head, xyz_scale)
         self.compute_dtype = str(compute_dtype)
         self.cache_enabled = bool(cache)
-        self._infer_cache: Optional[tuple] = None
 
     # ------------------------------------------------------------------ inference cache
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_infer_cache"] = None  # never pickled / deep-copied
-        return state
-
-    def train(self, mode: bool = True):
-        self._infer_cache = None
-        return super().train(mode)
-
-    def clear_cache(self) -> None:
-        """Drop the inference cache."""
-        self._infer_cache = None
-
-    def _cache_key(self, xyz: Tensor) -> Optional[tuple]:
-        try:
-            tens = [xyz, *self.parameters(), *self.buffers()]
-            return tuple((t.data_ptr(), t._version, tuple(t.shape), t.dtype, t.device) for t in tens) + \
-                (self.detach_xyz, self.fusion.fusion)
-        except RuntimeError:  # inference-mode tensors have no version counter: no caching
-            return None
+    def _cache_extra(self) -> tuple:
+        return (self.detach_xyz, self.fusion.fusion)
 
     def _build_cache(self, xyz: Tensor) -> dict[str, Any]:
         with torch.no_grad():
@@ -201,15 +183,7 @@ class DeformationNetwork(nn.Module):
         ``h [N, h_dim]``, the audio ``gates``, ``pre`` (view → ``b1 + H·W_H`` ``[N, T·hidden]``) and the
         decoder's ``dec`` ``[N, hidden]``. Calls without autograd use it automatically; it is rebuilt when
         ``xyz`` or any parameter/buffer changes (in-place updates included) and dropped by ``train()``."""
-        key = self._cache_key(xyz)
-        if key is not None and self._infer_cache is not None and self._infer_cache[0] == key:
-            return self._infer_cache[2]
-        payload = self._build_cache(xyz)
-        if key is not None:
-            # the pinned references keep the keyed storages alive, so their addresses cannot be reused
-            pins = [xyz.detach(), *(t.detach() for t in self.parameters()), *(t.detach() for t in self.buffers())]
-            self._infer_cache = (key, pins, payload)
-        return payload
+        return self.cached(xyz, lambda: self._build_cache(xyz))
 
     # ------------------------------------------------------------------ helpers
     @staticmethod

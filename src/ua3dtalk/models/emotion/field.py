@@ -23,18 +23,19 @@ unchanged (keyed on their identities and version counters, like the deformation 
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
+from ..cache import InferenceCache
 from ..fields import PlaneField
 from ..prior.checks import expect
 
 __all__ = ["EmotionField"]
 
 
-class EmotionField(nn.Module):
+class EmotionField(InferenceCache, nn.Module):
     """Emotion-conditioned multi-resolution plane field (see the module docstring).
 
     Args:
@@ -59,42 +60,20 @@ class EmotionField(nn.Module):
         self.query = nn.Linear(self.emotion_dim, self.channels)
         self.codebooks = nn.ParameterList(nn.Parameter(torch.randn(codebook_base * s, self.channels)) for s in scales)
         self.cache_enabled = True
-        self._infer_cache: Optional[tuple] = None
 
     # ------------------------------------------------------------------ inference cache
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_infer_cache"] = None  # never pickled / deep-copied
-        return state
-
-    def train(self, mode: bool = True):
-        self._infer_cache = None
-        return super().train(mode)
-
-    def clear_cache(self) -> None:
-        """Drop the inference cache."""
-        self._infer_cache = None
-
-    def _cache_key(self, xyz: torch.Tensor) -> Optional[tuple]:
-        try:
-            tens = [xyz, *self.planes.parameters(), *self.planes.buffers()]
-            return tuple((t.data_ptr(), t._version, tuple(t.shape), t.dtype, t.device) for t in tens)
-        except RuntimeError:  # inference-mode tensors have no version counter: no caching
-            return None
+    def _cache_watch(self):
+        return [*self.planes.parameters(), *self.planes.buffers()]
 
     def precompute(self, xyz: torch.Tensor) -> list[torch.Tensor]:
         """Per-scale plane samples ``plane_i(xyz)`` (list of ``[N, C]``), computed without autograd and
         cached for the following calls without autograd (see the module docstring)."""
         xyz = xyz.detach()
-        key = self._cache_key(xyz)
-        if key is not None and self._infer_cache is not None and self._infer_cache[0] == key:
-            return self._infer_cache[2]
-        with torch.no_grad():
-            planes = self.planes.per_scale(xyz)
-        if key is not None:
-            pins = [xyz, *(t.detach() for t in self.planes.parameters()), *(t.detach() for t in self.planes.buffers())]
-            self._infer_cache = (key, pins, planes)
-        return planes
+
+        def build():
+            with torch.no_grad():
+                return self.planes.per_scale(xyz)
+        return self.cached(xyz, build)
 
     @property
     def out_dim(self) -> int:

@@ -53,9 +53,8 @@ namespace {
 // Taylor polynomial, ~1-2 ulp on the range that matters); double uses std::exp.
 // Only called with the result masked out when power > 0, so the input is clamped to [-87, 0].
 // ---------------------------------------------------------------------------------------------
-inline float ua_exp(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  x = x > 0.0f ? 0.0f : x;
+// exp(x) for x already clamped to [-87, 88] (2^n is then a normal number).
+inline float ua_exp_clamped(float x) {
   const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to the nearest integer
   const float t = UA_FMA(x, 1.44269504088896341f, magic);
   const float n = t - magic;
@@ -72,10 +71,16 @@ inline float ua_exp(float x) {
   p = UA_FMA(p, r, 0.5f);
   p = UA_FMA(p, r, 1.0f);
   p = UA_FMA(p, r, 1.0f);
-  const int32_t sb = (ni + 127) << 23;  // 2^n, n in [-126, 0]: always a normal number
+  const int32_t sb = (ni + 127) << 23;  // 2^n, n in [-126, 127]: always a normal number
   float s;
   std::memcpy(&s, &sb, sizeof(s));
   return p * s;
+}
+
+inline float ua_exp(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 0.0f ? 0.0f : x;
+  return ua_exp_clamped(x);
 }
 
 inline double ua_exp(double x) { return std::exp(x); }
@@ -694,26 +699,7 @@ std::vector<at::Tensor> composite_backward(const at::Tensor& grad_out, const at:
 inline float ua_exp_wide(float x) {
   x = x < -87.0f ? -87.0f : x;
   x = x > 88.0f ? 88.0f : x;
-  const float magic = 12582912.0f;
-  const float t = UA_FMA(x, 1.44269504088896341f, magic);
-  const float n = t - magic;
-  int32_t tb;
-  std::memcpy(&tb, &t, sizeof(tb));
-  const int32_t ni = tb - 0x4B400000;
-  float r = UA_FMA(n, -0.693359375f, x);
-  r = UA_FMA(n, 2.12194440e-4f, r);
-  float p = 1.0f / 5040.0f;
-  p = UA_FMA(p, r, 1.0f / 720.0f);
-  p = UA_FMA(p, r, 1.0f / 120.0f);
-  p = UA_FMA(p, r, 1.0f / 24.0f);
-  p = UA_FMA(p, r, 1.0f / 6.0f);
-  p = UA_FMA(p, r, 0.5f);
-  p = UA_FMA(p, r, 1.0f);
-  p = UA_FMA(p, r, 1.0f);
-  const int32_t sb = (ni + 127) << 23;  // n in [-126, 127]: a normal number
-  float s;
-  std::memcpy(&s, &sb, sizeof(s));
-  return p * s;
+  return ua_exp_clamped(x);
 }
 
 inline float ua_load(const float* p, int64_t i) { return p[i]; }
