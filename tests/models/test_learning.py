@@ -17,8 +17,8 @@ out whole clips, 3 per emotion, stratified by intensity). The stages' checkpoint
 Measured on a loaded 2-core machine (2026-11-24, bfloat16 ensemble matmuls, mouth-cover term, 300
 emotion steps): (a) 18.4 → 25.5 dB; (b) frames 0.50, clips 0.50; (c) R² 0.93; (d) r = 0.77, the face
 leaves 7.8 of 9.3 inner-mouth pixels open. (b) varies with the initialisation: 0.42–0.59 over code
-changes that reorder the random draws — 12 held-out clips are few. Before the mouth-cover term the mouth branch drifted behind the face (visible
-area ≈ 0 px, so r was noise: −0.02 … 0.7 between runs).
+changes that reorder the random draws — 12 held-out clips are few. Before the mouth-cover term the
+mouth branch drifted behind the face (visible area ≈ 0 px, so r was noise: −0.02 … 0.7 between runs).
 
 The measured figures are printed (``pytest -s``) and attached to the test report (``record_property``).
 """

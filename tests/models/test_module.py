@@ -535,7 +535,8 @@ def test_unknown_backend_is_refused_at_construction(cfg_factory):
 # --------------------------------------------------------------------------------------------------
 # loss terms of the render stages
 # --------------------------------------------------------------------------------------------------
-def test_mouth_hole_term_is_the_mean_face_alpha_over_the_inner_mouth():
+def test_mouth_hole_and_cover_terms_are_means_over_the_inner_mouth():
+    """hole = mean alpha, cover = mean transparency (1 − alpha), both over the inner-mouth pixels only."""
     alpha = torch.zeros(6, 5, 1)
     inner = torch.zeros(6, 5, 1)
     inner[2:4, 1:3] = 1  # 4 inner-mouth pixels
@@ -543,7 +544,10 @@ def test_mouth_hole_term_is_the_mean_face_alpha_over_the_inner_mouth():
     alpha[3, 2] = 0.5
     alpha[0, 0] = 1.0  # outside the inner mouth: not counted
     assert float(UA3DTalk._hole(alpha, inner)) == pytest.approx(1.5 / 4)
-    assert float(UA3DTalk._hole(alpha, torch.zeros_like(inner))) == 0.0  # closed mouth: no term
+    assert float(UA3DTalk._cover(alpha, inner)) == pytest.approx((0 + 0.5 + 1 + 1) / 4)
+    assert float(UA3DTalk._cover(torch.ones_like(alpha), inner)) == 0.0  # filled
+    for term in (UA3DTalk._hole, UA3DTalk._cover):
+        assert float(term(alpha, torch.zeros_like(inner))) == 0.0  # closed mouth: no term
 
 
 @pytest.mark.parametrize("stage", ["face", "fuse"])
@@ -569,18 +573,6 @@ def test_hole_term_enters_the_loss_with_its_weight(stage, dm, cfg_factory, monke
     assert rest[4.0] == pytest.approx(rest[0.0], rel=1e-3)
     gap = float(logs[4.0]["train/loss"]) - float(logs[0.0]["train/loss"])
     assert gap == pytest.approx(4 * hole, rel=1e-2)
-
-
-def test_mouth_cover_term_is_the_mean_transparency_over_the_inner_mouth():
-    alpha = torch.zeros(6, 5, 1)
-    inner = torch.zeros(6, 5, 1)
-    inner[2:4, 1:3] = 1  # 4 inner-mouth pixels
-    alpha[2, 1] = 1.0
-    alpha[3, 2] = 0.5
-    alpha[0, 0] = 0.3  # outside the inner mouth: not counted
-    assert float(UA3DTalk._cover(alpha, inner)) == pytest.approx((0 + 0.5 + 1 + 1) / 4)
-    assert float(UA3DTalk._cover(torch.ones_like(alpha), inner)) == 0.0  # filled
-    assert float(UA3DTalk._cover(alpha, torch.zeros_like(inner))) == 0.0  # closed mouth: no term
 
 
 @pytest.mark.parametrize("stage", ["mouth", "fuse"])

@@ -759,6 +759,20 @@ void ensemble_stats_impl(const scalar_t* UA_RESTRICT y, const float* UA_RESTRICT
   });
 }
 
+// y (float32 or bfloat16, contiguous [T, n, 2D]) -> member sums into mu/al/ep (contiguous float32 [n, D]).
+void ensemble_stats_dispatch(const torch::Tensor& y, const torch::Tensor& b, const torch::Tensor& mu,
+                             const torch::Tensor& al, const torch::Tensor& ep, int64_t T, int64_t n, int64_t D,
+                             double span, double c) {
+  if (y.scalar_type() == at::kFloat) {
+    ensemble_stats_impl<float>(y.data_ptr<float>(), b.data_ptr<float>(), mu.data_ptr<float>(), al.data_ptr<float>(),
+                               ep.data_ptr<float>(), T, n, D, static_cast<float>(span), static_cast<float>(c));
+  } else {
+    ensemble_stats_impl<at::BFloat16>(y.data_ptr<at::BFloat16>(), b.data_ptr<float>(), mu.data_ptr<float>(),
+                                      al.data_ptr<float>(), ep.data_ptr<float>(), T, n, D, static_cast<float>(span),
+                                      static_cast<float>(c));
+  }
+}
+
 void ensemble_stats(torch::Tensor y, torch::Tensor b, double span, double c, torch::Tensor mu, torch::Tensor al,
                     torch::Tensor ep) {
   TORCH_CHECK(y.dim() == 3 && y.size(2) % 2 == 0, "ensemble_stats: y must be [T, n, 2D], got ", y.sizes());
@@ -775,15 +789,7 @@ void ensemble_stats(torch::Tensor y, torch::Tensor b, double span, double c, tor
   }
   auto yc = y.contiguous();
   auto bc = b.contiguous();
-  if (y.scalar_type() == at::kFloat) {
-    ensemble_stats_impl<float>(yc.data_ptr<float>(), bc.data_ptr<float>(), mu.data_ptr<float>(),
-                               al.data_ptr<float>(), ep.data_ptr<float>(), T, n, D, static_cast<float>(span),
-                               static_cast<float>(c));
-  } else {
-    ensemble_stats_impl<at::BFloat16>(yc.data_ptr<at::BFloat16>(), bc.data_ptr<float>(), mu.data_ptr<float>(),
-                                      al.data_ptr<float>(), ep.data_ptr<float>(), T, n, D,
-                                      static_cast<float>(span), static_cast<float>(c));
-  }
+  ensemble_stats_dispatch(yc, bc, mu, al, ep, T, n, D, span, c);
 }
 
 // The whole no-grad stage-B evaluation of one view, blocked over Gaussians and parallel over blocks
@@ -846,15 +852,7 @@ void ensemble_view_stats(torch::Tensor x, torch::Tensor w, torch::Tensor pre, to
       auto y = at::bmm(z.view({m, T, hid}).transpose(0, 1), w2c).contiguous();  // [T, m, 2D]
       const int64_t r0 = f * n + a;
       auto mo = mu.slice(0, r0, r0 + m), ao = al.slice(0, r0, r0 + m), eo = ep.slice(0, r0, r0 + m);
-      if (dt == at::kFloat) {
-        ensemble_stats_impl<float>(y.data_ptr<float>(), bc.data_ptr<float>(), mo.data_ptr<float>(),
-                                   ao.data_ptr<float>(), eo.data_ptr<float>(), T, m, D, static_cast<float>(span),
-                                   static_cast<float>(c));
-      } else {
-        ensemble_stats_impl<at::BFloat16>(y.data_ptr<at::BFloat16>(), bc.data_ptr<float>(), mo.data_ptr<float>(),
-                                          ao.data_ptr<float>(), eo.data_ptr<float>(), T, m, D,
-                                          static_cast<float>(span), static_cast<float>(c));
-      }
+      ensemble_stats_dispatch(y, bc, mo, ao, eo, T, m, D, span, c);
     }
   });
 }
