@@ -4,17 +4,8 @@
 """
 from __future__ import annotations
 
-import importlib
+from ..utils.lazy import lazy_exports
 
-_EXPORTS = {"MetricsCallback": "metrics", "update_metrics_json": "metrics", "split_sequences": "metrics",
-            "render_sequence": "metrics", "side_by_side": "metrics"}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    mod = _EXPORTS.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'ua3dtalk.callbacks' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{mod}", __name__), name)
-    globals()[name] = value
-    return value
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "metrics": ("MetricsCallback", "update_metrics_json", "split_sequences", "render_sequence", "side_by_side"),
+}, globals())

@@ -36,7 +36,7 @@ use) so that importing the package stays cheap and never touches optional depend
 """
 from __future__ import annotations
 
-import importlib
+from ..utils.lazy import lazy_exports
 
 _EXPORTS = {
     "landmarks": ("TEMPLATE_68", "LANDMARK_EXPR_NAMES", "eye_aspect_ratio", "ear_to_au45", "normalize_landmarks",
@@ -54,18 +54,4 @@ _EXPORTS = {
                 "sync_scores", "crop_for_sync", "SyncClip", "clips_from_dataset", "train_syncnet"),
     "mfcc": ("syncnet_mfcc",),
 }
-_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    mod = _WHERE.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'ua3dtalk.metrics' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{mod}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -106,6 +106,17 @@ def project(X: np.ndarray, R: np.ndarray, t: np.ndarray, f: float, c: np.ndarray
     return f * p[..., :2] / z + c, p
 
 
+def projection_jacobian(p: np.ndarray, f: float) -> np.ndarray:
+    """∂(pinhole pixel)/∂(camera-space point) for points ``p [..., 3]`` (depth clamped at 1e-6) →
+    ``[..., 2, 3]``: ``[[f/z, 0, −f·x/z²], [0, f/z, −f·y/z²]]``."""
+    z = np.maximum(p[..., 2], 1e-6)
+    d = np.zeros(p.shape[:-1] + (2, 3))
+    d[..., 0, 0] = d[..., 1, 1] = f / z
+    d[..., 0, 2] = -f * p[..., 0] / z**2
+    d[..., 1, 2] = -f * p[..., 1] / z**2
+    return d
+
+
 def init_poses(X: np.ndarray, x: np.ndarray, w: np.ndarray, f: float, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Closed-form scaled-orthographic initialisation. X [68,3], x [N,68,2], w [68] → R [N,3,3], t [N,3]."""
     ws = w / w.sum()
@@ -145,12 +156,7 @@ def refine_poses(X: np.ndarray, x: np.ndarray, w: np.ndarray, f: float, c: np.nd
         px, p = project(X, R, t, f, c)
         r = px - x  # [N,68,2]
         rw = np.sqrt(_huber_w(np.linalg.norm(r, axis=-1), huber))
-        z = np.maximum(p[..., 2], 1e-6)
-        dproj = np.zeros(p.shape[:-1] + (2, 3))
-        dproj[..., 0, 0] = f / z
-        dproj[..., 1, 1] = f / z
-        dproj[..., 0, 2] = -f * p[..., 0] / z**2
-        dproj[..., 1, 2] = -f * p[..., 1] / z**2
+        dproj = projection_jacobian(p, f)
         RX = p - t[:, None, :]
         dp = np.concatenate([-skew(RX), np.broadcast_to(np.eye(3), RX.shape[:-1] + (3, 3))], -1)  # [N,68,3,6]
         J = dproj @ dp  # [N,68,2,6]
@@ -241,16 +247,11 @@ def refine_template(X0: np.ndarray, X: np.ndarray, x: np.ndarray, f: float, c: n
     for _ in range(iters):
         px, p = project(X, R, t, f, c)
         r = px - x  # [N,68,2]
-        z = np.maximum(p[..., 2], 1e-6)
-        dproj = np.zeros(p.shape[:-1] + (2, 3))
-        dproj[..., 0, 0] = f / z
-        dproj[..., 1, 1] = f / z
-        dproj[..., 0, 2] = -f * p[..., 0] / z**2
-        dproj[..., 1, 2] = -f * p[..., 1] / z**2
+        dproj = projection_jacobian(p, f)
         J = dproj @ R[:, None]  # [N,68,2,3]
         H = np.einsum("nkai,nkaj->kij", J, J)  # [68,3,3]
         g = np.einsum("nkai,nka->ki", J, r)
-        lam = prior * n * (f / np.median(z)) ** 2
+        lam = prior * n * (f / np.median(np.maximum(p[..., 2], 1e-6))) ** 2
         H = H + lam * np.eye(3)
         g = g + lam * (X - X0)
         X = X - np.linalg.solve(H, g[..., None])[..., 0]
