@@ -24,6 +24,19 @@ def die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _write_half(f, serialize) -> None:
+    """Write the first half of what ``serialize(buffer)`` produces to the open file ``f``, durably (the
+    state a writer killed mid-write leaves behind)."""
+    import io
+
+    buf = io.BytesIO()
+    serialize(buf)
+    data = buf.getvalue()
+    f.write(data[: len(data) // 2])
+    f.flush()
+    os.fsync(f.fileno())
+
+
 def main(scenario: str, d: Path) -> None:
     import numpy as np
     import torch
@@ -35,14 +48,7 @@ def main(scenario: str, d: Path) -> None:
         real_save = torch.save
 
         def half_save(obj, f, *a, **kw):
-            import io
-
-            buf = io.BytesIO()
-            real_save(obj, buf, *a, **kw)
-            data = buf.getvalue()
-            f.write(data[: len(data) // 2])
-            f.flush()
-            os.fsync(f.fileno())
+            _write_half(f, lambda buf: real_save(obj, buf, *a, **kw))
             die()
 
         torch.save = half_save
@@ -52,15 +58,8 @@ def main(scenario: str, d: Path) -> None:
         real_save = np.save
 
         def half(file, arr, *a, **kw):
-            import io
-
-            buf = io.BytesIO()
-            real_save(buf, arr, *a, **kw)
             with open(file, "wb") as f:
-                data = buf.getvalue()
-                f.write(data[: len(data) // 2])
-                f.flush()
-                os.fsync(f.fileno())
+                _write_half(f, lambda buf: real_save(buf, arr, *a, **kw))
             die()
 
         np.save = half

@@ -131,12 +131,12 @@ def test_malicious_checkpoint_is_refused_on_resume(evil_checkpoint, trained_run,
     assert "not a loadable checkpoint" in r.text and "last.ckpt" in r.text
 
 
-def test_malicious_wav2vec2_weights_are_refused(tiny_w2v_dir, tmp_path, marker):
+def test_malicious_wav2vec2_weights_are_refused(tiny_w2v, tmp_path, marker):
     """A wav2vec2 model directory whose ``pytorch_model.bin`` carries a payload."""
     from ua3dtalk.data.audio import MissingModelError, Wav2Vec2Extractor
 
     d = tmp_path / "w2v_evil"
-    shutil.copytree(tiny_w2v_dir, d)
+    shutil.copytree(tiny_w2v, d)
     for f in d.glob("*.safetensors"):
         f.unlink()
     torch.save({"wav2vec2.masked_spec_embed": torch.zeros(32), "x": Payload(marker)}, d / "pytorch_model.bin")
@@ -145,17 +145,6 @@ def test_malicious_wav2vec2_weights_are_refused(tiny_w2v_dir, tmp_path, marker):
         Wav2Vec2Extractor(str(d))
 
 
-@pytest.fixture(scope="module")
-def tiny_w2v_dir(tmp_path_factory) -> Path:
-    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
-
-    torch.manual_seed(0)
-    cfg = Wav2Vec2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48,
-                         conv_dim=(16,) * 7, vocab_size=12, num_conv_pos_embeddings=16,
-                         num_conv_pos_embedding_groups=2)
-    path = tmp_path_factory.mktemp("models") / "tiny-w2v"
-    Wav2Vec2ForCTC(cfg).eval().save_pretrained(str(path))
-    return path
 
 
 # --------------------------------------------------------------------------------------------------
