@@ -34,7 +34,8 @@ def test_demo_writes_report_pictures_and_videos(synth_emotional_small, tmp_path)
     assert "| `val/psnr` |" in report and "| face | 6 |" in report
     # held-out evaluation with the demo's own evaluators (every metric available offline; LPIPS needs the
     # AlexNet file, absent here, and is skipped rather than made up)
-    for key in ("test/psnr", "test/ssim", "test/lmd", "test/acc_emo", "test/sync_c", "test/efid_regressor"):
+    for key in ("test/psnr", "test/ssim", "test/lmd", "test/acc_emo", "test/sync_c", "test/efid_regressor",
+                "test/acc_emo_label", "test/emo_shift"):  # + emotion control by label (emotional data)
         assert f"| `{key}` |" in report, key
     assert (out / "evaluators" / "manifest.json").is_file()
     m = json.loads((out / "metrics.json").read_text())

@@ -76,3 +76,40 @@ def test_eval_refuses_a_run_config_that_would_run_code(tmp_path, synth_emotional
     with pytest.raises(CheckpointError, match="os.system"):
         build_eval_datamodule(None, ckpt)
     assert not marker.exists()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_emotion_control_scores(short_run, synth_emotional_small):
+    """control=true: one render per requested label, scored against that label. Identical prototypes give
+    identical renders (emo_shift 0); distinct prototypes move the face (emo_shift > 0). Needs the classifier."""
+    from ua3dtalk.callbacks.metrics import split_sequences
+    from ua3dtalk.cli.eval import build_eval_datamodule, emotion_control_scores
+    from ua3dtalk.cli.infer import load_model
+    from ua3dtalk.metrics.evaluators import EmotionClassifier, EmotionClassifierConfig
+    from ua3dtalk.metrics.suite import Evaluators
+
+    ckpt = short_run / "checkpoints" / "face" / "last.ckpt"
+    model = load_model(ckpt, "torch")
+    dm = build_eval_datamodule(model, ckpt)
+    ds, seqs = split_sequences(dm, "val", 1, 4)
+    torch.manual_seed(0)
+    ev = Evaluators(emotion=EmotionClassifier(EmotionClassifierConfig()).eval())
+    ctl = model.emotion_control
+    names = ["neutral", "happy", "sad"]
+    with torch.no_grad():
+        ctl.prototypes.zero_()
+        ctl.counts.zero_()
+        ctl.counts[:, 2] = 1
+        ctl.prototypes[:, 2] = torch.randn(ctl.dim)  # every emotion the same embedding
+    same = emotion_control_scores(model, ds, seqs, ev, names, stride=2, progress=False)
+    assert set(same["per_emotion"]) == set(names)
+    assert all(0.0 <= v <= 1.0 for v in same["per_emotion"].values())
+    assert same["emo_shift"] == 0.0
+    with torch.no_grad():  # distinct embeddings, large enough to move the (barely trained) deformation
+        ctl.prototypes[:, 2] = 30 * torch.randn(len(ctl.emotions), ctl.dim)
+    diff = emotion_control_scores(model, ds, seqs, ev, names, stride=2, progress=False)
+    assert diff["emo_shift"] > 0.0
+    # the classifier sees the same frames whatever the label: each frame is right for at most one label
+    assert sum(same["per_emotion"].values()) <= 1.0 + 1e-6
+    with pytest.raises(ValueError, match="emotion classifier"):
+        emotion_control_scores(model, ds, seqs, Evaluators(), names, progress=False)

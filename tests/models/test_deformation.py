@@ -327,6 +327,43 @@ def test_uniform_fusion_module_is_mean_of_view_means():
     torch.testing.assert_close(out.mu, torch.stack([e.mu for e in out.estimates.values()]).mean(0))
 
 
+@pytest.mark.parametrize("fusion", ["diagonal", "uniform", "full_cov", "concat"])
+def test_view_dropout_leaves_views_out_only_in_training(fusion):
+    """view_dropout: a training forward fuses a random non-empty subset of the views (a left-out view
+    gets no gradient and weight 0); eval mode always fuses every view; 0 changes nothing."""
+    torch.manual_seed(0)
+    dims, views = small_views()
+    fu = UncertaintyFusion(dims, out_dim=8, hidden=16, members=3, fusion=fusion, view_dropout=0.5)
+    ref = UncertaintyFusion(dims, out_dim=8, hidden=16, members=3, fusion=fusion)
+    ref.load_state_dict(fu.state_dict())
+    fu.eval(), ref.eval()
+    torch.testing.assert_close(fu(views).mu, ref(views).mu)
+    assert fu.active_views() == tuple(dims)
+    fu.train()
+    subsets = set()
+    for i in range(40):
+        torch.manual_seed(i)
+        active = fu.active_views()
+        torch.manual_seed(i)
+        fu.zero_grad()
+        out = fu(views, step=10**6)
+        out.mu.square().sum().backward()
+        subsets.add(active)
+        assert 1 <= len(active) <= len(dims)
+        if fusion == "concat":
+            continue
+        for name in dims:
+            got = any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in fu.blocks[name].parameters())
+            assert got == (name in active), (name, active)
+            if name not in active:
+                assert num(out.weights[name]) == 0.0
+        if fusion == "uniform":
+            torch.testing.assert_close(out.mu, torch.stack([out.estimates[n].mu for n in active]).mean(0))
+    assert len(subsets) > 4  # random subsets, not a fixed pattern
+    with pytest.raises(ValueError, match="view_dropout"):
+        UncertaintyFusion(dims, view_dropout=1.0)
+
+
 def test_fusion_rejects_bad_views():
     dims, views = small_views()
     fu = UncertaintyFusion(dims, out_dim=8, hidden=16, members=2)
@@ -463,6 +500,29 @@ def test_deformation_network_view_subsets():
         net(inp["xyz"], content=inp["content"], emotion=inp["emotion"][:, :10])
     with pytest.raises(ValueError):
         DeformationNetwork(29, views=("audio", "pose"))
+
+
+def test_emotion_position_gives_the_emotion_view_h():
+    """emotion_position=True: the emotion view is [f_emotion, H] (192+h_dim); the cached no-grad path equals
+    the autograd path; the position field then also learns through the emotion view."""
+    torch.manual_seed(0)
+    inp = net_inputs()
+    net = DeformationNetwork(29, views=("content", "emotion"), emotion_position=True, **SMALL)
+    assert net.view_dims["emotion"] == 192 + net.h_dim
+    kw = dict(content=inp["content"], emotion=inp["emotion"])
+    net.eval()
+    with torch.enable_grad():
+        ref = net(inp["xyz"], **kw).deltas.xyz
+    with torch.no_grad():
+        got = net(inp["xyz"], **kw).deltas.xyz
+    torch.testing.assert_close(got, ref.detach(), rtol=1e-5, atol=1e-9)
+    # the same f_emotion at every Gaussian: only with H can the emotion view vary over the head
+    same = inp["emotion"][:, :1].expand_as(inp["emotion"]).contiguous()
+    for pos in (True, False):
+        m = DeformationNetwork(29, views=("emotion",), emotion_position=pos, **SMALL).eval()
+        mu = m(inp["xyz"], emotion=same).fusion.estimates["emotion"].mu[0]  # [N, code]
+        spread = float((mu - mu[:1]).abs().max())
+        assert (spread > 1e-4) if pos else (spread < 1e-6), (pos, spread)
 
 
 def test_mouth_deformation_is_xyz_only():

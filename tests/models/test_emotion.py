@@ -436,6 +436,20 @@ def test_prototypes_and_label_control():
     torch.testing.assert_close(ema.from_label("neutral", 1), torch.full((1, 2), 0.5))  # rate = momentum
 
 
+def test_batched_label_prototypes_with_fallback():
+    """from_labels: the prototype of each row's (emotion, level); unknown labels, unseen emotions keep the
+    fallback row; an unknown level (0) uses the emotion's count-weighted mean."""
+    ctl = EmotionControl(dim=2, momentum=None)
+    ctl.update_prototypes(torch.tensor([[1.0, 0], [3.0, 0], [0, 4.0]]), torch.tensor([5, 5, 2]),
+                          torch.tensor([1, 2, 3]))
+    fb = torch.full((5, 2), -7.0)
+    out = ctl.from_labels(torch.tensor([5, 5, 2, -1, 7]), torch.tensor([2, 0, 3, 1, 1]), fb)
+    torch.testing.assert_close(out, torch.tensor([[3.0, 0], [2.0, 0], [0, 4.0], [-7.0, -7], [-7.0, -7]]))
+    assert float(fb.min()) == -7.0 and float(fb.max()) == -7.0  # the fallback is not modified in place
+    with pytest.raises(ValueError, match="labels"):
+        ctl.from_labels(torch.tensor([5]), torch.tensor([1]), fb)
+
+
 def test_control_sources_and_blending():
     torch.manual_seed(0)
     ctl = EmotionControl()

@@ -214,6 +214,30 @@ def test_frozen_modules_give_the_same_conditioning_while_training(dm, cfg_factor
         assert torch.equal(getattr(ref, name), getattr(got, name)), name
 
 
+@pytest.mark.parametrize("source", ["label", "audio"])
+def test_emotion_condition_while_training(source, dm, cfg_factory):
+    """emotion_condition=label: a training render stage conditions the emotion view on the prototype of
+    each frame's (emotion, intensity) label — the embedding label-driven inference uses; validation and
+    inference (eval mode) keep the audio embedding; emotion_condition=audio always uses the audio."""
+    model = new_model(cfg_factory(f"model.emotion_condition={source}"), "face")
+    batch = val_batch(dm, 2)
+    assert bool((batch.emotion >= 0).all()) and bool((batch.intensity >= 1).all())
+    ctl = model.emotion_control
+    protos = torch.randn(2, ctl.dim)
+    ctl.update_prototypes(protos, batch.emotion, batch.intensity)
+    model.eval()
+    audio = model.conditioning(batch).emotion
+    model.train()
+    got = model.conditioning(batch).emotion
+    if source == "label":
+        torch.testing.assert_close(got, ctl.from_labels(batch.emotion, batch.intensity, audio))
+        assert not torch.allclose(got, audio)
+    else:
+        assert torch.equal(got, audio)
+    with pytest.raises(Exception, match="emotion_condition must be 'audio' or 'label'"):  # Hydra wraps it
+        build_model(cfg_factory("model.emotion_condition=prosody"), "face")
+
+
 @pytest.mark.parametrize("stage", ["prior", "emotion"])
 def test_audio_stage_updates_exactly_its_modules(stage, dm, cfg_factory):
     model = new_model(cfg_factory(), stage)

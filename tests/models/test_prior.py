@@ -14,6 +14,7 @@ from ua3dtalk.models.prior import (
     WeightsError,
     audio_context,
     decorrelation_penalty,
+    emotion_invariance_penalty,
     frame_features,
     info_nce,
 )
@@ -116,7 +117,7 @@ def test_losses_finite_and_differentiable():
     x = make_batch(8)
     out = m(x["window"], x["context"])
     losses = m.losses(out, x["expr"], x["lip"], lip_negatives=torch.randn(8, 3, LIP))
-    assert set(losses) == {"sync", "mouth", "recon", "decor", "total"}
+    assert set(losses) == {"sync", "mouth", "recon", "decor", "emotion", "total"}
     for k, v in losses.items():
         assert v.dim() == 0 and torch.isfinite(v), k
         assert v.requires_grad, k
@@ -187,6 +188,56 @@ def test_decorrelation_penalty():
     torch.testing.assert_close(decorrelation_penalty(scaled, b), ref, rtol=1e-3, atol=1e-5)
     with pytest.raises(ValueError):
         decorrelation_penalty(a[:1], b[:1])
+
+
+def test_emotion_invariance_penalty():
+    """The share of the feature variance the emotion label explains: ≈ (C−1)/n for unrelated features,
+    1 when the label determines them, scale-invariant, unknown labels ignored; minimising it removes the
+    class means (what lets a downstream MLP read the emotion off the prior)."""
+    g = torch.Generator().manual_seed(0)
+    lab = torch.randint(0, 8, (2048,), generator=g)
+    f = torch.randn(2048, 32, generator=g)
+    indep = float(emotion_invariance_penalty(f, lab))
+    assert abs(indep - 7 / 2048) < 0.004, indep
+    det = torch.nn.functional.one_hot(lab, 8).float() @ torch.randn(8, 32, generator=g)
+    assert float(emotion_invariance_penalty(det, lab)) > 0.99
+    half = f + 0.3 * det / det.std(0)
+    torch.testing.assert_close(emotion_invariance_penalty(5 * half + 2, lab), emotion_invariance_penalty(half, lab),
+                               rtol=1e-4, atol=1e-6)
+    # rows of unknown emotion do not count
+    lab2 = lab.clone()
+    lab2[:1024] = -1
+    torch.testing.assert_close(emotion_invariance_penalty(det, lab2), torch.tensor(1.0), rtol=1e-4, atol=1e-4)
+    # nothing to compare → 0, still in the graph
+    x = torch.randn(6, 3, requires_grad=True)
+    z = emotion_invariance_penalty(x, torch.full((6,), 2))
+    assert float(z.detach()) == 0.0 and z.requires_grad
+    with pytest.raises(ValueError, match="labels"):
+        emotion_invariance_penalty(f, lab[:5])
+    # gradient descent on the features removes the label's share
+    y = (0.5 * f + det).clone().requires_grad_(True)
+    opt = torch.optim.Adam([y], lr=0.05)
+    for _ in range(200):
+        opt.zero_grad()
+        emotion_invariance_penalty(y, lab).backward()
+        opt.step()
+    assert float(emotion_invariance_penalty(y, lab)) < 0.05
+
+
+def test_prior_losses_emotion_term():
+    """PriorExtraction.losses: the emotion term is 0 without labels, > 0 with them, weighted into total."""
+    m = make_model()
+    assert m.weights["emotion"] == 0.0  # off by default (the paper's prior)
+    m.weights["emotion"] = 0.5
+    x = make_batch(16)
+    out = m(x["window"], x["context"])
+    no = m.losses(out, x["expr"], x["lip"])
+    lab = torch.arange(16) % 4
+    yes = m.losses(out, x["expr"], x["lip"], emotion=lab)
+    assert float(no["emotion"]) == 0.0 and float(yes["emotion"]) > 0.0
+    torch.testing.assert_close(yes["total"] - no["total"], m.weights["emotion"] * yes["emotion"])
+    owners = _groups(_grad_owners(m, yes["emotion"]))
+    assert {"content", "style"} <= owners and "fuse" not in owners, owners
 
 
 def test_info_nce_aligned_vs_shuffled():

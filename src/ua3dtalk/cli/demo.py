@@ -100,13 +100,19 @@ def evaluate(cfg, ckpt: Path, evaluators: Optional[Any], out: Path) -> dict[str,
     """Step 4: render every frame of the held-out clips with the checkpoint and score them with the
     evaluators (``ua3dtalk-eval``'s code path); returns the namespaced metrics (``test/…`` of the held-out
     clips: ``psnr``, ``ssim``, ``lpips`` when the AlexNet file is present, ``lmd``, ``f_lmd``,
-    ``blink_err``, ``efid_*``, ``acc_emo``, ``sync_c``/``sync_d``), also merged into the run's metrics.json.
+    ``blink_err``, ``efid_*``, ``acc_emo``, ``sync_c``/``sync_d``; on an emotional dataset also the emotion
+    control by label, ``acc_emo_label``, ``acc_emo_label_clip``, ``emo_shift`` — ``ua3dtalk-eval control=true``),
+    also merged into the run's metrics.json.
     A metric whose evaluator is missing is skipped with a warning, never replaced by a made-up number."""
     from .eval import evaluate as eval_ckpt
 
-    # the DataModule's test split = its held-out clips (the val clips when nothing else is held out)
+    # the DataModule's test split = its held-out clips (the val clips when nothing else is held out);
+    # on an emotional dataset also the emotion control by label (acc_emo_label, emo_shift)
+    run_meta = json.loads((Path(cfg.paths.run_dir) / "metrics.json").read_text())
+    control = (evaluators is not None and run_meta.get("data_kind") == "emotional"
+               and run_meta.get("components", {}).get("emotion") not in (None, "none"))
     rec = eval_ckpt(ckpt, evaluators=str(evaluators) if evaluators is not None else None, split="test",
-                    out=Path(cfg.paths.run_dir), metrics="all")
+                    out=Path(cfg.paths.run_dir), metrics="all", control=control)
     skipped = rec.get("eval", {}).get("test", {}).get("skipped")
     if skipped:
         print(f"[demo] evaluate: skipped {skipped}")

@@ -2,7 +2,7 @@
 
     ua3dtalk-eval ckpt=RUN/checkpoints/fuse/last.ckpt [data=DATASET] [evaluators=DIR] [split=test|val]
                   [out=DIR] [metrics=psnr,ssim,...|all] [lpips_random_backbone=true] [syncnet=PATH]
-                  [threedmm=PATH] [max_clips=N] [max_frames=N] [backend=auto]
+                  [threedmm=PATH] [max_clips=N] [max_frames=N] [backend=auto] [control=true]
 
 The model is rebuilt from the configuration stored in the checkpoint (:func:`ua3dtalk.cli.infer.load_model`,
 fuse stage). The data split comes from the run's ``config.yaml`` (next to ``checkpoints/``) when present —
@@ -11,6 +11,13 @@ root. Every clip of the split is rendered in frame order (driven by its own audi
 :class:`~ua3dtalk.metrics.suite.MetricSuite`; ``out/metrics.json`` (default: the run directory, else the
 checkpoint's directory) receives ``<split>/<metric>`` keys, the evaluator of each and per-clip values,
 written atomically.
+
+``control=true`` also measures *emotion control* (:func:`emotion_control_scores`): the split's clips are
+rendered again with every emotion of the dataset chosen by label (class prototype, intensity 3) instead of
+the emotion heard in the audio, and the emotion classifier scores each render against the *requested*
+label: ``<split>/acc_emo_label`` (frames) and ``<split>/acc_emo_label_clip`` (clip-mean logits), chance
+1/#emotions; ``<split>/emo_shift`` is the mean absolute pixel change (0–255) of those renders against the
+neutral-label render, over the pixels the face covers.
 """
 from __future__ import annotations
 
@@ -20,7 +27,7 @@ from pathlib import Path
 from typing import Optional
 
 KEYS = {"ckpt", "data", "evaluators", "split", "out", "metrics", "lpips_random_backbone", "syncnet", "threedmm",
-        "max_clips", "max_frames", "backend"}
+        "max_clips", "max_frames", "backend", "control"}
 
 
 def parse_kv(argv) -> dict:
@@ -94,14 +101,80 @@ def build_eval_datamodule(model, ckpt: Path, data: Optional[str] = None):
     return dm
 
 
+def _face_box(landmarks, hw):
+    """[n,H,W] float masks of the landmarks' bounding boxes (landmarks [n,68,2] pixels, x = column)."""
+    import torch
+
+    h, w = int(hw[0]), int(hw[1])
+    ys, xs = torch.arange(h)[:, None], torch.arange(w)[None, :]
+    lo, hi = landmarks.amin(1), landmarks.amax(1)  # [n,2]
+    return torch.stack([((xs >= a[0]) & (xs <= b[0]) & (ys >= a[1]) & (ys <= b[1])).float()
+                        for a, b in zip(lo, hi)])
+
+
+def emotion_control_scores(model, dataset, seqs, evaluators, emotions, intensity: int = 3, stride: int = 3,
+                           max_frames: int = 40, progress: bool = True) -> dict:
+    """Emotion control by label: render ``seqs`` (every ``stride``-th frame, at most ``max_frames`` per clip)
+    once per name in ``emotions`` with that label's prototype at ``intensity`` and score the renders with the
+    emotion classifier against the *requested* label.
+
+    Returns ``{"acc_emo_label", "acc_emo_label_clip", "emo_shift", "per_emotion": {name: acc}}``;
+    ``emo_shift`` = mean |render(e) − render(neutral)| · 255 inside the face box (the bounding box of the
+    ground-truth landmarks of each frame; renders share the ground-truth cameras), averaged over the other
+    emotions — how much a label changes the face at all.
+    Raises ``ValueError`` when the checkpoint has no emotion control or no emotion classifier is loaded."""
+    import copy
+
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..callbacks.metrics import render_sequence
+    from ..data.formats import EMOTIONS
+    from ..metrics.suite import MetricSuite
+    from .infer import resolve_emotion
+
+    if getattr(evaluators, "emotion", None) is None:
+        raise ValueError("control=true needs the emotion classifier (evaluators=DIR with an emotion_classifier)")
+    short = []
+    for q in seqs:
+        q = copy.copy(q)
+        q.positions, q.items = q.positions[::stride][:max_frames], q.items[::stride][:max_frames]
+        short.append(q)
+    renders, per, per_clip, box = {}, {}, [], None
+    with torch.no_grad():
+        for emo in tqdm(list(emotions), desc="emotion control", unit="emotion", disable=not progress):
+            e = resolve_emotion(model, emo, intensity, None)
+            suite, out, boxes = MetricSuite(evaluators, ["acc_emo"]), [], []
+            for q in short:
+                pred, gt, lms, _ = render_sequence(model, dataset, q, emotion=e)
+                suite.update(pred, gt, landmarks=lms, emotion=EMOTIONS.index(emo), name=q.name)
+                out.append(pred)
+                if box is None:
+                    boxes.append(_face_box(lms, pred.shape[-2:]))
+            v = suite.compute()
+            per[emo], renders[emo] = float(v["acc_emo"]), torch.cat(out)
+            per_clip.append(float(v["acc_emo_clip"]))
+            box = torch.cat(boxes) if box is None else box
+    rec = {"acc_emo_label": float(np.mean(list(per.values()))), "acc_emo_label_clip": float(np.mean(per_clip)),
+           "per_emotion": per}
+    if "neutral" in renders and len(renders) > 1:
+        ref, area = renders["neutral"], box.sum().clamp_min(1)
+        rec["emo_shift"] = float(np.mean([float(((r - ref).abs().mean(1) * box).sum() / area) * 255
+                                          for k, r in renders.items() if k != "neutral"]))
+    return rec
+
+
 def evaluate(ckpt, data=None, evaluators=None, split: str = "test", out=None, metrics="all",
              lpips_random_backbone: bool = False, syncnet=None, threedmm=None, max_clips=None, max_frames=None,
-             backend: str = "auto", progress: bool = True) -> dict:
-    """Render and score ``split``; returns what is written to ``out/metrics.json``."""
+             backend: str = "auto", progress: bool = True, control: bool = False) -> dict:
+    """Render and score ``split``; returns what is written to ``out/metrics.json``. ``control``: also the
+    emotion-control scores of :func:`emotion_control_scores` (emotional datasets)."""
     import torch
     from tqdm.auto import tqdm
 
     from ..callbacks.metrics import render_sequence, split_sequences, update_metrics_json
+    from ..data.formats import EMOTIONS
     from ..metrics.suite import MetricSuite, load_evaluators, parse_metrics
     from .infer import load_model
 
@@ -125,11 +198,20 @@ def evaluate(ckpt, data=None, evaluators=None, split: str = "test", out=None, me
                          au45=seq.au45(), name=seq.name)
     values = suite.compute()
     res = {f"{split}/{k}": float(v) for k, v in values.items()}
+    ctrl = None
+    if control:
+        emotions = [e for e in EMOTIONS if e in {getattr(c, "emotion_name", None) for c in dm.clips}]
+        if model.emotion_control is None or len(emotions) < 2:
+            raise ValueError(f"control=true needs a checkpoint with emotion control trained on an emotional dataset "
+                             f"({dm.root} has emotions {emotions})")
+        ctrl = emotion_control_scores(model, ds, seqs, ev, emotions, progress=progress)
+        res.update({f"{split}/{k}": v for k, v in ctrl.items() if isinstance(v, float)})
     out_dir = Path(out) if out is not None else (run_dir_of(ckpt) or ckpt.parent)
     record = {**res, "metrics_evaluators": {f"{split}/{k}": v for k, v in suite.provenance(list(values)).items()},
               "eval": {split: {"checkpoint": str(ckpt), "dataset": str(dm.root), "clips": len(seqs),
                                "frames": int(suite.num_frames), "seconds": round(time.perf_counter() - t0, 2),
-                               "skipped": suite.skipped, "per_clip": suite.clips}}}
+                               "skipped": suite.skipped, "per_clip": suite.clips,
+                               **({"control_per_emotion": ctrl["per_emotion"]} if ctrl else {})}}}
     update_metrics_json(out_dir / "metrics.json", record)
     record["path"] = str(out_dir / "metrics.json")
     return record
@@ -149,7 +231,8 @@ def main(argv=None) -> int:
         rec = evaluate(a["ckpt"], a.get("data"), a.get("evaluators"), a.get("split", "test"), a.get("out"),
                        a.get("metrics", "all"), _bool(a.get("lpips_random_backbone", "false")), a.get("syncnet"),
                        a.get("threedmm"), int(a["max_clips"]) if "max_clips" in a else None,
-                       int(a["max_frames"]) if "max_frames" in a else None, a.get("backend", "auto"))
+                       int(a["max_frames"]) if "max_frames" in a else None, a.get("backend", "auto"),
+                       control=_bool(a.get("control", "false")))
     except (ValueError, FileNotFoundError, DatasetError, EvaluatorError, CheckpointError) as e:
         print(f"ua3dtalk-eval: error: {e}", file=sys.stderr)
         return 2

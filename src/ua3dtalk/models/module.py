@@ -163,6 +163,12 @@ class UA3DTalk(L.LightningModule):
             the file) unless ``lpips_random_backbone`` (tests only).
         lpips_patches, lpips_patch_size: random patches per frame and their side (pixels, ≥ 32).
         sh_increase_every: raise the active SH degree every this many steps.
+        emotion_condition: where the emotion view's embedding comes from while *training* the render stages:
+            ``audio`` (the paper, default: the distilled student's embedding of the frame's audio context) or
+            ``label`` (★: the prototype of the clip's emotion/intensity label — exactly what label-driven
+            inference feeds — for frames whose label is known, the audio embedding otherwise). With
+            ``audio`` the emotion view only sees the student's noisy guess of the emotion. Validation, test
+            and inference always use the audio embedding unless an emotion is given explicitly.
         backend: renderer backend (``auto``).
         log_images_every: validation renders logged every this many validation batches (0 = never).
     """
@@ -197,6 +203,7 @@ class UA3DTalk(L.LightningModule):
         lpips_patch_size: int = 32,
         lpips_random_backbone: bool = False,
         sh_increase_every: int = 1000,
+        emotion_condition: str = "audio",
         backend: str = "auto",
         log_images_every: int = 1,
     ):
@@ -212,6 +219,9 @@ class UA3DTalk(L.LightningModule):
                              "configured (use views without 'emotion' for the no-emotion ablation)")
         if ({"content", "style"} & set(deformation.views)) and prior is None:
             raise ValueError("UA3DTalk: the deformation has content/style views but no prior is configured")
+        if emotion_condition not in ("audio", "label"):
+            raise ValueError(f"UA3DTalk: emotion_condition must be 'audio' or 'label', got {emotion_condition!r}")
+        self.emotion_condition = emotion_condition
         self.automatic_optimization = False
         self.face, self.mouth = face, mouth
         self.deformation, self.mouth_deformation = deformation, mouth_deformation
@@ -302,6 +312,9 @@ class UA3DTalk(L.LightningModule):
                 e = emotion.to(batch.audio).expand(batch.audio.shape[0], -1)
             elif self.emotion is not None:
                 e = self.emotion.encoder(w2v=context).embedding
+                if (self.training and self.emotion_condition == "label" and self.emotion_control is not None
+                        and getattr(batch, "emotion", None) is not None):
+                    e = self.emotion_control.from_labels(batch.emotion, batch.intensity, e)
         return Conditioning(audio=audio, blink=batch.blink, content=content, style=style, emotion=e)
 
     # ------------------------------------------------------------------ rendering
@@ -390,7 +403,7 @@ class UA3DTalk(L.LightningModule):
 
     def _step_prior(self, batch, opt, step):
         out = self.prior(batch.audio, batch.context)
-        losses = self.prior.losses(out, batch.expr, batch.lip)
+        losses = self.prior.losses(out, batch.expr, batch.lip, emotion=batch.emotion)
         _check_finite("prior/total", losses["total"], step)
         opt.zero_grad(set_to_none=True)
         self.manual_backward(losses["total"])

@@ -200,6 +200,14 @@ class UncertaintyFusion(nn.Module):
         var_floor: variance floor added to every view's fusion variance.
         compute_dtype: ``"float32"`` (exact, default), ``"bfloat16"`` or ``"auto"`` ensemble matmuls (see
             :class:`~ua3dtalk.models.deformation.ensemble.EnsembleMLP`).
+        view_dropout: ★ probability of leaving each view out of a training forward (per call, i.e. per
+            frame; at least one view is always kept, never in eval mode). The fusion then runs over the
+            kept views only (a left-out view has weight 0 in ``weights``). Without it precision weighting
+            is rich-get-richer: a view's μ receives gradient in proportion to its fusion weight, so a view
+            that starts out noisier (the emotion view, whose input is constant within a clip) is starved and
+            never learns what only it can tell; with dropout every view must predict the deformation on its
+            own now and then, and its variance then measures how well it really can. ``concat`` fusion
+            zeroes a left-out view's input instead.
 
     The views may be tensors ``[B, N, d_v]`` or :class:`~ua3dtalk.models.deformation.ensemble.ViewInput`
     (segments of the view, not materialised). For ``diagonal`` / ``uniform`` fusion (and ``full_cov``
@@ -220,8 +228,12 @@ class UncertaintyFusion(nn.Module):
         logvar_max: float = 4.0,
         var_floor: float = 1e-4,
         compute_dtype: str = "float32",
+        view_dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= float(view_dropout) < 1.0:
+            raise ValueError(f"UncertaintyFusion: view_dropout must be in [0, 1), got {view_dropout!r}")
+        self.view_dropout = float(view_dropout)
         view_dims = {str(k): int(v) for k, v in dict(view_dims).items()}
         if not view_dims:
             raise ValueError("UncertaintyFusion: view_dims must name at least one view")
@@ -257,6 +269,17 @@ class UncertaintyFusion(nn.Module):
         if single_member is not None:
             return bool(single_member)
         return bool(self.training and step is not None and step < self.ensemble_switch)
+
+    def active_views(self) -> tuple[str, ...]:
+        """The views of this forward: all of them, or (training with ``view_dropout``) a random subset of
+        at least one, each kept with probability ``1 − view_dropout`` (torch's global RNG)."""
+        names = self.view_names
+        if not (self.training and self.view_dropout > 0 and len(names) > 1):
+            return names
+        keep = torch.rand(len(names)) >= self.view_dropout
+        if not bool(keep.any()):
+            keep[int(torch.randint(len(names), ()))] = True
+        return tuple(n for n, k in zip(names, keep.tolist()) if k)
 
     @property
     def needs_members(self) -> bool:
@@ -294,10 +317,11 @@ class UncertaintyFusion(nn.Module):
             :class:`FusionOutput` with ``mu [B, N, out_dim]``.
         """
         lead = self._check_views(views)
-        names = self.view_names
+        names = self.active_views()
         if self.fusion == "concat":
             assert self.concat_mlp is not None
-            xs = [views[n].materialize() if isinstance(views[n], ViewInput) else views[n] for n in names]
+            xs = [views[n].materialize() if isinstance(views[n], ViewInput) else views[n] for n in self.view_names]
+            xs = [x if n in names else torch.zeros_like(x) for n, x in zip(self.view_names, xs)]
             mu = self.concat_mlp(torch.cat(xs, dim=-1))
             return FusionOutput(mu=mu, var=None)
         single = self.is_single_member(step, single_member)
@@ -329,7 +353,10 @@ class UncertaintyFusion(nn.Module):
             var = cov.diagonal(dim1=-2, dim2=-1)
             w = [wts[i].detach().mean() for i in range(len(names))]
         assert mu.shape == (*lead, self.out_dim), mu.shape
-        return FusionOutput(mu=mu, var=var, weights=dict(zip(names, w)), estimates=ests, cov=cov)
+        weights = dict(zip(names, w))
+        if len(names) < len(self.view_dims):  # left out by view dropout: weight 0
+            weights = {n: weights.get(n, mu.new_zeros(())) for n in self.view_names}
+        return FusionOutput(mu=mu, var=var, weights=weights, estimates=ests, cov=cov)
 
 
 __all__ = ["diagonal_fusion", "full_cov_fusion", "spd_inverse", "uniform_fusion", "ensemble_covariance", "FusionOutput",

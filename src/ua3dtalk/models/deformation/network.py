@@ -90,6 +90,12 @@ class DeformationNetwork(InferenceCache, nn.Module):
             bfloat16; fused code, variances and parameter gradients stay float32) or ``"auto"``
             (bfloat16 on CPUs with fast bfloat16 matmuls, float32 elsewhere; the experiments' default).
         cache: use the inference cache (module docstring) in calls without autograd.
+        emotion_position: ★ concatenate H to the emotion view as well (192+64 instead of 192). The emotion
+            field's planes start at ≈ 1 ± 0.1, so f_emotion is at first the emotion code broadcast over the
+            head: without H the emotion view cannot say *where* an emotion moves the face (brows, lip corners)
+            until the planes have learned it, and in a few thousand CPU steps they do not.
+        view_dropout: probability of leaving a view out of a training forward
+            (:class:`~ua3dtalk.models.deformation.fusion.UncertaintyFusion`; 0 = the paper).
     """
 
     def __init__(
@@ -123,6 +129,8 @@ class DeformationNetwork(InferenceCache, nn.Module):
         var_floor: float = 1e-4,
         compute_dtype: str = "float32",
         cache: bool = True,
+        view_dropout: float = 0.0,
+        emotion_position: bool = False,
     ) -> None:
         super().__init__()
         views = tuple(str(v) for v in views)
@@ -134,6 +142,7 @@ class DeformationNetwork(InferenceCache, nn.Module):
         if len(set(views)) != len(views):
             raise ValueError(f"DeformationNetwork: duplicate views in {views}")
         self.views = views
+        self.emotion_position = bool(emotion_position)
         self.detach_xyz = bool(detach_xyz)
         self.content_dim, self.style_dim, self.emotion_dim = int(content_dim), int(style_dim), int(emotion_dim)
         self.position_field = PositionField(bounds_min, bounds_max, field_resolution, field_scales, field_channels)
@@ -147,11 +156,12 @@ class DeformationNetwork(InferenceCache, nn.Module):
             "audio": (self.audio_view.out_dim if self.audio_view is not None else 0) + h_dim,
             "content": self.content_dim + h_dim,
             "style": self.style_dim + h_dim,
-            "emotion": self.emotion_dim,
+            "emotion": self.emotion_dim + (h_dim if self.emotion_position else 0),
         }
         self.view_dims = {v: dims[v] for v in views}
         self.fusion = UncertaintyFusion(self.view_dims, code_dim, hidden, members, fusion, uncertainty,
-                                        ensemble_switch, var_floor=var_floor, compute_dtype=compute_dtype)
+                                        ensemble_switch, var_floor=var_floor, compute_dtype=compute_dtype,
+                                        view_dropout=view_dropout)
         self.decoder = MultiHeadDecoder(code_dim + h_dim, hidden, heads, extra_heads, single_head, xyz_scale)
         self.compute_dtype = str(compute_dtype)
         self.cache_enabled = bool(cache)
@@ -168,12 +178,12 @@ class DeformationNetwork(InferenceCache, nn.Module):
                 out["gates"] = self.audio_view.gates(h)
             if self.fusion.fusion != "concat":
                 for name in self.views:
-                    if name == "emotion":
+                    if name == "emotion" and not self.emotion_position:
                         continue
                     ens = self.fusion.blocks[name].ensemble
                     d_f = ens.in_dim - self.h_dim
-                    segs = [("frame", h.new_zeros(1, d_f)), ("shared", h)] if name != "audio" else \
-                        [("full", h.new_zeros(1, h.shape[0], d_f)), ("shared", h)]
+                    segs = [("frame", h.new_zeros(1, d_f)), ("shared", h)] if name not in ("audio", "emotion") \
+                        else [("full", h.new_zeros(1, h.shape[0], d_f)), ("shared", h)]
                     out["pre"][name] = ens.shared_pre(ViewInput(segs))
             out["dec"] = self.decoder.h_pre(h)
         return out
@@ -224,7 +234,8 @@ class DeformationNetwork(InferenceCache, nn.Module):
                     (batch is not None and emotion.shape[0] != batch):
                 raise ValueError(f"DeformationNetwork: emotion must be [B, N={n}, {self.emotion_dim}], got "
                                  f"{list(emotion.shape)}")
-            out["emotion"] = emotion
+            out["emotion"] = ViewInput([("full", emotion), ("shared", h)], pre=pre.get("emotion")) \
+                if self.emotion_position else emotion
         for name, t in out.items():
             assert tuple(t.shape[1:]) == (n, self.view_dims[name]), (name, t.shape)
         return {v: out[v] for v in self.views}

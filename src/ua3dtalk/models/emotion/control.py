@@ -114,6 +114,29 @@ class EmotionControl(nn.Module):
         self.counts.zero_()
 
     # ------------------------------------------------------------------ sources of e
+    @torch.no_grad()
+    def from_labels(self, labels: torch.Tensor, levels: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+        """Batched :meth:`from_label` for training: the prototype of each row's (emotion, intensity) →
+        [B,dim]; rows whose label is unknown (-1), whose level is out of range (0 = unknown: the mean of
+        the emotion's seen levels) or whose emotion has no prototype keep their row of ``fallback``
+        [B,dim] (usually the audio-derived embedding)."""
+        d = expect(fallback, "fallback", ("B", self.dim))
+        if labels.shape != (d["B"],) or levels.shape != (d["B"],):
+            raise ValueError(f"labels / levels: expected [{d['B']}], got {list(labels.shape)} / {list(levels.shape)}")
+        out = fallback.clone()
+        w = self.counts.to(self.prototypes.dtype)  # [E,L]
+        seen = w.sum(1)
+        mean = (w[..., None] * self.prototypes).sum(1) / seen.clamp_min(1)[:, None]  # [E,dim]
+        for b in range(d["B"]):
+            i, lvl = int(labels[b]), int(levels[b])
+            if not 0 <= i < len(self.emotions) or seen[i] == 0:
+                continue
+            if 1 <= lvl <= self.n_levels and self.counts[i, lvl - 1] > 0:
+                out[b] = self.prototypes[i, lvl - 1].to(out.dtype)
+            else:
+                out[b] = mean[i].to(out.dtype)
+        return out
+
     def from_label(self, emotion: Union[str, int], intensity: Optional[int] = None) -> torch.Tensor:
         """Prototype of ``emotion`` at ``intensity`` (1..n_levels) → [1,dim].
 

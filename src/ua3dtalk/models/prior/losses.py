@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from .checks import expect
 
-__all__ = ["info_nce", "decorrelation_penalty"]
+__all__ = ["info_nce", "decorrelation_penalty", "emotion_invariance_penalty", "standardise"]
 
 
 def info_nce(audio: torch.Tensor, visual: torch.Tensor, temperature: float = 0.07,
@@ -52,6 +52,15 @@ def info_nce(audio: torch.Tensor, visual: torch.Tensor, temperature: float = 0.0
     return 0.5 * (a2v + F.cross_entropy(logits.t(), target))
 
 
+def standardise(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Each column of ``x`` [B,D] to zero mean and unit variance over the batch; ``eps`` is relative to
+    the column's own variance (a constant column stays 0), so the result is invariant to its scale."""
+    x = x - x.mean(0)
+    var = x.pow(2).mean(0)
+    floor = eps * var.detach() + torch.finfo(x.dtype).tiny
+    return x / torch.sqrt(var + floor)
+
+
 def decorrelation_penalty(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Squared cross-correlation between two feature sets, normalised so that identical features
     give ≈ 1 (or more) and independent ones ≈ ``max(Da, Db)/B``.
@@ -79,12 +88,44 @@ def decorrelation_penalty(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -
     if a.shape[0] < 2:
         raise ValueError("decorrelation_penalty needs a batch of at least 2 samples")
 
-    def standardise(x):
-        x = x - x.mean(0)
-        var = x.pow(2).mean(0)
-        floor = eps * var.detach() + torch.finfo(x.dtype).tiny
-        return x / torch.sqrt(var + floor)
-
-    za, zb = standardise(a), standardise(b)
+    za, zb = standardise(a, eps), standardise(b, eps)
     c = za.t() @ zb / a.shape[0]
     return c.pow(2).sum() / min(a.shape[1], b.shape[1])
+
+
+def emotion_invariance_penalty(features: torch.Tensor, labels: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """How much of ``features`` the emotion label explains: the mean over feature columns of the
+    between-class share of the variance (the R² of a per-column regression on the one-hot label).
+
+    Rows with an unknown label (< 0) are ignored; each column is standardised over the labelled rows
+    (:func:`standardise`, so shrinking a feature does not lower the value), and the penalty is
+    ``Σ_c (n_c/n)·‖mean_c(z)‖² / D`` — 0 when every emotion has the same mean feature, 1 when the label
+    determines every feature. Independent features give ≈ ``(C−1)/n`` for ``C`` classes in the batch.
+    Fewer than 2 labelled classes → 0 (nothing to compare), still connected to the graph.
+
+    ★ Used on f_content and f_style (:class:`~ua3dtalk.models.prior.PriorExtraction` ``w_emotion``): the
+    prior then carries *what* is said and the person's speaking style but not the emotion, which the
+    emotion view alone supplies — otherwise the style view reads the emotion from the prosody of the
+    same audio, gets the fusion weight, and an emotion chosen at inference hardly shows.
+
+    Args:
+        features: [B,D].
+        labels: [B] integer emotion ids, -1 = unknown.
+    """
+    d = expect(features, "emotion_invariance features", ("B", None))
+    if not isinstance(labels, torch.Tensor) or labels.shape != (d["B"],) or labels.is_floating_point():
+        raise ValueError(f"emotion_invariance labels: expected an integer tensor [{d['B']}]")
+    zero = features.sum() * 0.0
+    ok = labels >= 0
+    if int(ok.sum()) < 2:
+        return zero
+    lab = labels[ok]
+    classes, idx = torch.unique(lab, return_inverse=True)
+    if classes.numel() < 2:
+        return zero
+    z = standardise(features[ok], eps)
+    n = z.shape[0]
+    counts = torch.bincount(idx, minlength=classes.numel()).to(z.dtype)
+    means = torch.zeros(classes.numel(), z.shape[1], dtype=z.dtype, device=z.device).index_add_(0, idx, z)
+    means = means / counts[:, None]
+    return (counts[:, None] / n * means.pow(2)).sum() / z.shape[1]

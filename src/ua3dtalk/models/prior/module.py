@@ -25,7 +25,10 @@ Losses (:meth:`PriorExtraction.losses`), all means over the batch:
   computed only for batches of at least ``decor_min_batch`` frames (default ``2·dim`` = 128): with
   fewer samples than feature dimensions any two feature sets look correlated and the penalty only
   injects noise (it is 0 then, and a warning says so once);
-* ``total`` — ``w_sync·sync + w_mouth·mouth + w_recon·recon + w_decor·decor``.
+* ``emotion`` — ★ :func:`~ua3dtalk.models.prior.losses.emotion_invariance_penalty` of f_content plus that
+  of f_style against the frames' emotion labels (batches of an emotional dataset; 0 without labels): the
+  prior carries speech content and speaking style, the emotion view alone carries the emotion;
+* ``total`` — ``w_sync·sync + w_mouth·mouth + w_recon·recon + w_decor·decor + w_emotion·emotion``.
 
 Weight files: :meth:`PriorExtraction.save_pretrained` writes the content and style encoders
 (``content.*``, ``style.*`` keys) as safetensors or a ``torch.save`` state dict;
@@ -45,7 +48,7 @@ from torch import nn
 from .checks import expect
 from .encoders import ContentEncoder, FuseNet, StyleEncoder
 from .io import WeightsError, load_checked, read_state_dict, write_state_dict
-from .losses import decorrelation_penalty, info_nce
+from .losses import decorrelation_penalty, emotion_invariance_penalty, info_nce
 
 __all__ = ["PriorOutput", "PriorExtraction", "frame_features", "audio_context"]
 
@@ -109,7 +112,8 @@ class PriorExtraction(nn.Module):
         lip_dim: size ``D_lip`` of the lip target (default 40 = mouth landmarks 48–67 × (x, y)).
         hidden: width of the hidden layers.
         temperature: InfoNCE temperature.
-        w_sync, w_mouth, w_recon, w_decor: loss weights in ``total``.
+        w_sync, w_mouth, w_recon, w_decor, w_emotion: loss weights in ``total`` (``w_emotion = 0``, the
+            default: the paper's prior, whose style view also encodes the emotion heard in the audio).
         decor_min_batch: smallest batch for which ``decor`` is computed (default ``2·dim``).
         pretrained: optional weight file for the content/style encoders, loaded at construction
             (:meth:`load_pretrained`).
@@ -119,7 +123,7 @@ class PriorExtraction(nn.Module):
     def __init__(self, in_channels: int, expr_dim: int, mouth_dims: Sequence[int] = (0, 1, 2), window: int = 16,
                  context: int = 50, context_channels: Optional[int] = None, dim: int = 64, sync_dim: int = 64,
                  lip_dim: int = 40, hidden: int = 128, temperature: float = 0.07, w_sync: float = 1.0,
-                 w_mouth: float = 1.0, w_recon: float = 1.0, w_decor: float = 0.1,
+                 w_mouth: float = 1.0, w_recon: float = 1.0, w_decor: float = 0.1, w_emotion: float = 0.0,
                  decor_min_batch: Optional[int] = None, pretrained: Optional[str] = None,
                  freeze_pretrained: bool = False):
         super().__init__()
@@ -135,7 +139,7 @@ class PriorExtraction(nn.Module):
         self.decor_min_batch = max(2, int(decor_min_batch if decor_min_batch is not None else 2 * dim))
         self._warned_decor = False
         self.weights = {"sync": float(w_sync), "mouth": float(w_mouth), "recon": float(w_recon),
-                        "decor": float(w_decor)}
+                        "decor": float(w_decor), "emotion": float(w_emotion)}
         self.content = ContentEncoder(in_channels, window, dim, mouth_dims, sync_dim, hidden)
         self.style = StyleEncoder(self.context_channels, context, dim, hidden)
         self.fuse = FuseNet(dim, expr_dim, hidden)
@@ -163,7 +167,8 @@ class PriorExtraction(nn.Module):
         return F.normalize(self.lip_proj(lip_target), dim=-1)
 
     def losses(self, out: PriorOutput, expr: torch.Tensor, lip_target: torch.Tensor,
-               lip_negatives: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+               lip_negatives: Optional[torch.Tensor] = None,
+               emotion: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """Losses of the prior stage (see the module docstring).
 
         Args:
@@ -172,10 +177,11 @@ class PriorExtraction(nn.Module):
             lip_target: [B,D_lip] lip target of the same frames.
             lip_negatives: optional [B,M,D_lip] lip targets of temporally shifted frames of the same
                 clip (hard negatives of row ``i``).
+            emotion: optional [B] emotion label ids (-1 = unknown) for the ``emotion`` term.
 
         Returns:
-            ``{"sync", "mouth", "recon", "decor", "total"}`` scalar tensors. ``decor`` is 0 for
-            ``B < decor_min_batch``.
+            ``{"sync", "mouth", "recon", "decor", "emotion", "total"}`` scalar tensors. ``decor`` is 0 for
+            ``B < decor_min_batch``; ``emotion`` is 0 without labels.
         """
         d = expect(expr, "expr", ("B", self.expr_dim))
         expect(out.content, "out.content", ("B", self.dim), d)
@@ -196,9 +202,14 @@ class PriorExtraction(nn.Module):
                               "than feature dimensions)", stacklevel=2)
                 self._warned_decor = True
             decor = out.content.new_zeros(()) + (out.content.sum() + out.style.sum()) * 0.0
+        if emotion is not None:
+            emo = emotion_invariance_penalty(out.content, emotion) + emotion_invariance_penalty(out.style, emotion)
+        else:
+            emo = (out.content.sum() + out.style.sum()) * 0.0
         w = self.weights
-        total = w["sync"] * sync + w["mouth"] * mouth + w["recon"] * recon + w["decor"] * decor
-        return {"sync": sync, "mouth": mouth, "recon": recon, "decor": decor, "total": total}
+        total = (w["sync"] * sync + w["mouth"] * mouth + w["recon"] * recon + w["decor"] * decor
+                 + w["emotion"] * emo)
+        return {"sync": sync, "mouth": mouth, "recon": recon, "decor": decor, "emotion": emo, "total": total}
 
     def context_from_windows(self, windows: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """Audio context of ``frames`` [B] from one clip's windows [N,window,C] → [B,context,C]."""
