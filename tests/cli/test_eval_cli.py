@@ -59,6 +59,9 @@ def test_eval_bad_input(short_run, tmp_path, capsys):
     assert "split" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="nowhere"):
         evaluate(ckpt, data=str(tmp_path / "nowhere"), metrics="psnr", progress=False)
+    # control=true without an emotion classifier: refused before anything is rendered
+    with pytest.raises(ValueError, match="emotion classifier"):
+        evaluate(ckpt, split="val", metrics="psnr", control=True, progress=False)
 
 
 def test_eval_refuses_a_run_config_that_would_run_code(tmp_path, synth_emotional_small):

@@ -17,7 +17,7 @@ rendered again with every emotion of the dataset chosen by label (class prototyp
 the emotion heard in the audio, and the emotion classifier scores each render against the *requested*
 label: ``<split>/acc_emo_label`` (frames) and ``<split>/acc_emo_label_clip`` (clip-mean logits), chance
 1/#emotions; ``<split>/emo_shift`` is the mean absolute pixel change (0–255) of those renders against the
-neutral-label render, over the pixels the face covers.
+neutral-label render, inside the face box of the ground-truth landmarks.
 """
 from __future__ import annotations
 
@@ -182,13 +182,21 @@ def evaluate(ckpt, data=None, evaluators=None, split: str = "test", out=None, me
     if not ckpt.is_file():
         raise FileNotFoundError(f"checkpoint not found: {ckpt}")
     groups = parse_metrics(metrics)
-    ev = load_evaluators(evaluators, groups, lpips_random_backbone=lpips_random_backbone, syncnet=syncnet,
-                         threedmm=threedmm)
+    ev = load_evaluators(evaluators, tuple(groups) + (("acc_emo",) if control else ()),
+                         lpips_random_backbone=lpips_random_backbone, syncnet=syncnet, threedmm=threedmm)
     model = load_model(ckpt, backend)
     dm = build_eval_datamodule(model, ckpt, data)
     ds, seqs = split_sequences(dm, split, max_clips, max_frames)
     if not seqs:
         raise ValueError(f"split {split!r} of {dm.root} has no frames")
+    emotions = []
+    if control:  # refused before any rendering
+        emotions = [e for e in EMOTIONS if e in {getattr(c, "emotion_name", None) for c in dm.clips}]
+        if model.emotion_control is None or len(emotions) < 2:
+            raise ValueError(f"control=true needs a checkpoint with emotion control trained on an emotional dataset "
+                             f"({dm.root} has emotions {emotions})")
+        if ev.emotion is None:
+            raise ValueError(f"control=true needs the emotion classifier: {ev.missing.get('emotion', evaluators)}")
     suite = MetricSuite(ev, groups)
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -200,10 +208,6 @@ def evaluate(ckpt, data=None, evaluators=None, split: str = "test", out=None, me
     res = {f"{split}/{k}": float(v) for k, v in values.items()}
     ctrl = None
     if control:
-        emotions = [e for e in EMOTIONS if e in {getattr(c, "emotion_name", None) for c in dm.clips}]
-        if model.emotion_control is None or len(emotions) < 2:
-            raise ValueError(f"control=true needs a checkpoint with emotion control trained on an emotional dataset "
-                             f"({dm.root} has emotions {emotions})")
         ctrl = emotion_control_scores(model, ds, seqs, ev, emotions, progress=progress)
         res.update({f"{split}/{k}": v for k, v in ctrl.items() if isinstance(v, float)})
     out_dir = Path(out) if out is not None else (run_dir_of(ckpt) or ckpt.parent)
