@@ -123,19 +123,19 @@ class EmotionControl(nn.Module):
         d = expect(fallback, "fallback", ("B", self.dim))
         if labels.shape != (d["B"],) or levels.shape != (d["B"],):
             raise ValueError(f"labels / levels: expected [{d['B']}], got {list(labels.shape)} / {list(levels.shape)}")
-        out = fallback.clone()
-        w = self.counts.to(self.prototypes.dtype)  # [E,L]
-        seen = w.sum(1)
-        mean = (w[..., None] * self.prototypes).sum(1) / seen.clamp_min(1)[:, None]  # [E,dim]
-        for b in range(d["B"]):
-            i, lvl = int(labels[b]), int(levels[b])
-            if not 0 <= i < len(self.emotions) or seen[i] == 0:
-                continue
-            if 1 <= lvl <= self.n_levels and self.counts[i, lvl - 1] > 0:
-                out[b] = self.prototypes[i, lvl - 1].to(out.dtype)
-            else:
-                out[b] = mean[i].to(out.dtype)
-        return out
+        n_emo, n_lvl = self.counts.shape
+        i = labels.long().clamp(0, n_emo - 1)
+        lvl = (levels.long() - 1).clamp(0, n_lvl - 1)
+        known = (labels >= 0) & (labels < n_emo) & (self.counts.sum(1)[i] > 0)
+        at_level = known & (levels >= 1) & (levels <= n_lvl) & (self.counts[i, lvl] > 0)
+        out = torch.where(known[:, None], self._level_means()[i].to(fallback.dtype), fallback)
+        return torch.where(at_level[:, None], self.prototypes[i, lvl].to(fallback.dtype), out)
+
+    def _level_means(self) -> torch.Tensor:
+        """[n_emotions, dim]: each emotion's prototype averaged over its seen levels, weighted by count
+        (0 for an emotion never seen)."""
+        w = self.counts.to(self.prototypes.dtype)
+        return (w[..., None] * self.prototypes).sum(1) / w.sum(1).clamp_min(1)[:, None]
 
     def from_label(self, emotion: Union[str, int], intensity: Optional[int] = None) -> torch.Tensor:
         """Prototype of ``emotion`` at ``intensity`` (1..n_levels) → [1,dim].
@@ -151,8 +151,7 @@ class EmotionControl(nn.Module):
             raise RuntimeError(f"no prototype for emotion {self.emotions[i]!r}: update_prototypes never saw it "
                                "(prototypes are accumulated during the emotion stage)")
         if intensity is None:
-            w = cnt.to(self.prototypes.dtype)
-            return ((w[:, None] * self.prototypes[i]).sum(0) / w.sum())[None]
+            return self._level_means()[i][None]
         if isinstance(intensity, bool) or int(intensity) != intensity or not 1 <= int(intensity) <= self.n_levels:
             raise ValueError(f"intensity must be an integer in 1..{self.n_levels}, got {intensity!r}")
         lvl = int(intensity) - 1
