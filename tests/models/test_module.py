@@ -19,6 +19,7 @@ prior / emotion stages). Checked:
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -39,6 +40,7 @@ from ua3dtalk.cli.infer import load_model
 from ua3dtalk.cli.train import build_datamodule, build_model, compose, fill_data_info
 from ua3dtalk.data.datamodule import AudioBatch, collate_batches
 from ua3dtalk.data.batch import FrameBatch
+from ua3dtalk.models.landmarks import landmark_loss
 from ua3dtalk.models.module import STAGES, NonFiniteLossError, UA3DTalk, stage_trainable_modules
 
 pytestmark = pytest.mark.filterwarnings(
@@ -392,6 +394,21 @@ def test_checkpoint_of_another_version_is_refused(default_checkpoint, cfg_factor
         load_model(bad)
 
 
+@pytest.mark.parametrize("stage, expected", [("emotion", False), ("face", True)])
+def test_checkpoint_from_before_the_mouth_colour_flag_loads(stage, expected, default_checkpoint, cfg_factory, tmp_path):
+    """A checkpoint written before ``mouth_color_initialised`` existed loads; the flag says whether its mouth
+    colours were trained (a mouth/face/fuse-stage checkpoint) or are still to be initialised."""
+    ck = torch.load(default_checkpoint, weights_only=True)
+    del ck["state_dict"]["mouth_color_initialised"]
+    ck["ua3dtalk"]["stage"] = stage
+    old = tmp_path / "old.ckpt"
+    torch.save(ck, old)
+    model = new_model(cfg_factory(), "mouth")
+    model.mouth_color_initialised.fill_(not expected)
+    load_model_checkpoint(model, old)
+    assert bool(model.mouth_color_initialised) is expected
+
+
 class _Payload:
     """Unpickling this object creates the directory ``marker`` (a stand-in for arbitrary code)."""
 
@@ -624,6 +641,151 @@ def test_cover_term_enters_the_loss_with_its_weight(stage, dm, cfg_factory, monk
     gap = float(logs[4.0]["train/loss"]) - float(logs[0.0]["train/loss"])
     assert gap == pytest.approx(4 * cover, rel=1e-2)
     assert not torch.equal(means[0.0], means[4.0])  # the term's gradient reaches the mouth Gaussians
+
+
+@pytest.mark.parametrize("stage", ["face", "fuse"])
+def test_landmark_term_enters_the_loss_and_its_anchors_persist(stage, dm, cfg_factory, monkeypatch):
+    """landmark_weight 1 and 5 from the same state (anchors primed on 16 training frames): the logged
+    landmark term (projected deformed anchors vs the frames' landmarks) is the same, > 0, and the losses
+    differ by exactly 4 × it; the step adds its frames to the anchors; the anchors survive a state-dict
+    round trip; weight 0 builds no anchors; a batch without landmarks skips the term."""
+    dm.stage = stage
+    ds = dm.dataset("train")
+    prime = collate_batches([ds[i] for i in range(0, len(ds), max(1, len(ds) // 16))][:16])
+    logs, models = {}, {}
+    for w in (1.0, 5.0):
+        model = new_model(cfg_factory(f"model.landmark_weight={w}"), stage)
+        model.landmark_anchors.accumulate(prime.landmarks, prime.viewmat, prime.K)
+        assert model.landmark_anchors.ready
+        logged = logs.setdefault(w, {})
+        monkeypatch.setattr(model, "log_dict", lambda d, logged=logged, **kw: logged.update(d))
+        fit_steps(model, train_loader(dm, stage))
+        models[w] = model
+    lmk = float(logs[1.0]["train/landmark"])
+    assert lmk > 1e-4 and float(logs[5.0]["train/landmark"]) == pytest.approx(lmk, rel=1e-2)
+    gap = float(logs[5.0]["train/loss"]) - float(logs[1.0]["train/loss"])
+    assert gap == pytest.approx(4 * lmk, rel=1e-2)
+    anchors = models[1.0].landmark_anchors
+    assert int(anchors.frames) == 16 + 2
+    fresh = new_model(cfg_factory("model.landmark_weight=1.0"), stage)
+    fresh.load_weights(models[1.0].state_dict())
+    torch.testing.assert_close(fresh.landmark_anchors.anchors(), anchors.anchors())
+    assert new_model(cfg_factory(), stage).landmark_anchors is None  # off by default: the paper
+    no_lm = dataclasses.replace(prime, landmarks=None)
+    assert fresh._landmark_anchors(no_lm) is None and int(fresh.landmark_anchors.frames) == 18
+
+
+def test_landmark_replay_bank(dm, cfg_factory, monkeypatch):
+    """landmark_frames > 0: every step stores its frames' conditioning in a bounded bank (reservoir once
+    full) and adds the landmark term on frames drawn from it; the bank term equals the landmark loss of
+    the deformation field at the anchors for the bank's frames."""
+    dm.stage = "face"
+    ds = dm.dataset("train")
+    model = new_model(cfg_factory("model.landmark_weight=1.0", "model.landmark_frames=8",
+                                  "+model.landmark_bank=3"), "face")
+    prime = collate_batches([ds[i] for i in range(0, len(ds), max(1, len(ds) // 16))][:16])
+    model.landmark_anchors.accumulate(prime.landmarks, prime.viewmat, prime.K)
+    logged = {}
+    monkeypatch.setattr(model, "log_dict", lambda d, **kw: logged.update(d))
+    fit_steps(model, train_loader(dm, "face"), steps=2)
+    assert model._bank_seen == 4 and len(model._bank["K"]) == 3  # capacity 3
+    assert float(logged["train/landmark_bank"]) > 1e-4
+    loader_frames = next(iter(train_loader(dm, "face")))
+    assert any(torch.equal(model._bank["landmarks"][k], loader_frames.landmarks[j]) for k in range(3) for j in range(2))
+    model.eval()
+    x = model.landmark_anchors.anchors()
+    with torch.no_grad():
+        got = model._bank_landmark(x, step=10**6, width=128, height=128)
+        b = model._bank
+        f = model.emotion_field(x, b["emotion"])
+        d = model.deformation(x, audio=b["audio"], blink=b["blink"][:, None], content=b["content"], style=b["style"],
+                              emotion=f)
+        ref = landmark_loss(x, d.deltas.xyz, b["landmarks"], model.landmark_anchors.indices, b["viewmat"], b["K"],
+                            128, 128)
+    torch.testing.assert_close(got, ref)  # all 3 frames drawn (8 asked), in another order: same mean
+    with pytest.raises(Exception, match="landmark_frames must be ≥ 0"):
+        build_model(cfg_factory("model.landmark_weight=1.0", "model.landmark_frames=-1"), "face")
+
+
+def test_landmark_term_gradient_moves_the_deformation_towards_the_landmarks(dm, cfg_factory):
+    """Only the landmark term (photometric terms weighted 0 by a huge landmark weight): a few steps on one
+    batch bring its frames' projected anchors closer to their landmarks."""
+    dm.stage = "face"
+    ds = dm.dataset("train")
+    model = new_model(cfg_factory("model.landmark_weight=1000.0"), "face")
+    prime = collate_batches([ds[i] for i in range(0, len(ds), max(1, len(ds) // 16))][:16])
+    model.landmark_anchors.accumulate(prime.landmarks, prime.viewmat, prime.K)
+    loader = train_loader(dm, "face")
+    batch = next(iter(loader))
+
+    def error() -> float:
+        x = model.landmark_anchors.anchors()
+        model.eval()  # the whole ensemble, no random member
+        cond = model.conditioning(batch)
+        with torch.no_grad():
+            tot = 0.0
+            for i in range(2):
+                r = model.render_face(cond, i, batch.viewmat[i], batch.K[i], 16, 16, anchors=x)
+                tot += float(landmark_loss(x, r.anchor_xyz, batch.landmarks[i:i + 1], model.landmark_anchors.indices,
+                                           batch.viewmat[i:i + 1], batch.K[i:i + 1], 128, 128))
+        model.train()
+        return tot
+
+    before = error()
+    fit_steps(model, loader, steps=8)
+    assert error() < 0.7 * before, (before, error())
+
+
+def test_optional_opacity_and_colour_heads_reach_the_render(dm, cfg_factory):
+    """extra_heads=[opacity,color]: Δopacity is added to the opacity logits and Δcolor to the DC colour of
+    the rendered face (a head that is computed but not applied would leave the render unchanged)."""
+    model = new_model(cfg_factory("model.deformation.extra_heads=[opacity,color]"), "face")
+    model.eval()
+    batch = val_batch(dm, 1)
+    cond = model.conditioning(batch)
+    H, W = batch.image.shape[-2:]
+    render = lambda: model.render_face(cond, 0, batch.viewmat[0], batch.K[0], W, H)  # noqa: E731
+    with torch.no_grad():
+        base = render()
+        heads = model.deformation.decoder.heads
+        heads["opacity"].bias.fill_(-30.0)  # every Gaussian transparent
+        faded = render()
+        heads["opacity"].bias.zero_()
+        heads["color"].bias.fill_(0.2)  # +0.2 RGB on every Gaussian
+        brighter = render()
+    assert float(base.alpha.mean()) > 0.05 and float(faded.alpha.max()) < 1e-6
+    torch.testing.assert_close(brighter.alpha, base.alpha, atol=1e-5, rtol=0)
+    shift = (brighter.image - base.image).sum() / base.alpha.sum() / 3  # image is premultiplied by alpha
+    assert float(shift) == pytest.approx(0.2, abs=0.03)
+
+
+def test_mouth_colour_is_initialised_from_the_inner_mouth_pixels(dm, cfg_factory):
+    """init_mouth_color: the first mouth-stage batch showing the inner mouth sets every mouth Gaussian's
+    colour to the mean ground-truth colour there (dark), once; off, the colours stay random mid-grey."""
+    dm.stage = "mouth"
+    ds = dm.dataset("train")
+    opened = sorted(range(0, len(ds), 3), key=lambda i: -float(ds[i].mouth_mask.sum()))[:2]
+    loader = DataLoader(Subset(ds, opened), batch_size=2, collate_fn=collate_batches)
+    batch = next(iter(loader))
+    m = batch.mouth_mask.float()
+    inner = (batch.image * m).sum((0, 2, 3)) / m.sum()
+    rgb = lambda model: model.mouth.sh[:, 0].detach() * 0.28209479177387814 + 0.5  # noqa: E731
+    model = new_model(cfg_factory(), "mouth")
+    assert not bool(model.mouth_color_initialised)
+    fit_steps(model, loader)
+    assert bool(model.mouth_color_initialised)
+    torch.testing.assert_close(rgb(model), inner.expand(len(model.mouth), 3), atol=0.01, rtol=0)
+    assert float(inner.mean()) < 0.35  # the synthetic inner mouth is dark: the colour did change
+    model.mouth.set_colors(torch.tensor([0.9, 0.9, 0.9]))  # once only: a later batch does not reset it
+    model._init_mouth_color(batch)
+    assert float(rgb(model).min()) > 0.89
+    off = new_model(cfg_factory("model.init_mouth_color=false"), "mouth")
+    fit_steps(off, loader)
+    assert not bool(off.mouth_color_initialised) and float((rgb(off).mean(0) - 0.5).abs().max()) < 0.05
+    closed = dataclasses.replace(batch, mouth_mask=torch.zeros_like(batch.mouth_mask))
+    fresh = new_model(cfg_factory(), "mouth")
+    fresh._init_mouth_color(closed)
+    assert not bool(fresh.mouth_color_initialised)
 
 
 def test_lpips_term_in_the_fuse_stage(dm, cfg_factory, monkeypatch):

@@ -85,9 +85,14 @@ def read_checkpoint(path, map_location="cpu") -> dict:
 def load_model_checkpoint(model, path) -> dict:
     """Load the weights of ``path`` into ``model`` (a :class:`~ua3dtalk.models.module.UA3DTalk`)."""
     ckpt = read_checkpoint(path)
+    state = ckpt["state_dict"]
+    if "mouth_color_initialised" not in state:  # written before the flag existed (2026-11-24): the mouth
+        # Gaussians' colours were trained if the mouth stage had run
+        done = (ckpt.get("ua3dtalk") or {}).get("stage") in ("mouth", "face", "fuse")
+        state = {**state, "mouth_color_initialised": torch.tensor(done)}
     try:
         model.on_load_checkpoint(ckpt)
-        model.load_weights(ckpt["state_dict"], what=str(path))
+        model.load_weights(state, what=str(path))
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from None
     return ckpt

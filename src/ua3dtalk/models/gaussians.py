@@ -99,6 +99,14 @@ class GaussianModel(nn.Module):
         """SH coefficients up to the active degree [N,(d+1)²,3] (pass ``sh_degree=active_sh_degree``)."""
         return self.sh[:, : (self.active_sh_degree + 1) ** 2]
 
+    @torch.no_grad()
+    def set_colors(self, rgb: torch.Tensor) -> None:
+        """Set every Gaussian's colour to ``rgb`` ([3] or [N,3], in [0,1]): DC term from the colour, higher SH
+        coefficients zeroed (view-independent). In place: optimizer state keeps pointing at ``sh``."""
+        rgb = torch.as_tensor(rgb, dtype=self.sh.dtype, device=self.sh.device)
+        self.sh[:, 0] = rgb_to_sh0(rgb.expand(len(self), 3))
+        self.sh[:, 1:] = 0
+
     def set_active_sh_degree(self, d: int) -> None:
         self.active_sh_degree = max(0, min(int(d), self.sh_degree))
 

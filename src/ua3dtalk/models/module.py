@@ -41,9 +41,11 @@ from torch import nn
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim_fn
 
 from ..render import rasterize
+from ..render.sh import C0 as SH_C0  # degree-0 SH basis: RGB = SH_C0·DC + 0.5
 from .deformation import DeformationNetwork, MouthDeformation
 from .emotion import EmotionControl, EmotionDistillation, EmotionField
 from .gaussians import DensityControl, GaussianModel, adam, make_optimizer
+from .landmarks import LandmarkAnchors, landmark_loss
 from .prior import PriorExtraction
 
 STAGES = ("prior", "emotion", "mouth", "face", "fuse")
@@ -74,6 +76,7 @@ class BranchRender:
     out: object  # RenderOutput
     deltas: object  # Deltas
     fusion: object  # FusionOutput
+    anchor_xyz: Optional[torch.Tensor] = None  # [1,L,3] deformation field at the landmark anchors (if asked)
 
 
 @contextmanager
@@ -169,6 +172,25 @@ class UA3DTalk(L.LightningModule):
             inference feeds — for frames whose label is known, the audio embedding otherwise). With
             ``audio`` the emotion view only sees the student's noisy guess of the emotion. Validation, test
             and inference always use the audio embedding unless an emotion is given explicitly.
+        landmark_weight: weight of the *landmark* term of the face/fuse stages (★, not in the paper; 0 = off):
+            the deformation field evaluated at canonical landmark anchors, projected with the frame's camera,
+            against the frame's 68 landmarks (:mod:`ua3dtalk.models.landmarks`). The photometric loss cannot
+            drag a lip centimetres to where the frame shows it; this term can. Needs landmarks in the batches.
+        landmark_anchors: the :class:`~ua3dtalk.models.landmarks.LandmarkAnchors` (which landmarks, prior);
+            built with its defaults when ``landmark_weight > 0`` and none is given. Its normal equations are
+            accumulated from every training frame of the render stages and saved in the checkpoint.
+        landmark_frames: frames per step on which the landmark term is *also* evaluated, drawn from a replay
+            bank of the training frames seen so far (their conditioning is constant in the render stages: the
+            prior and emotion modules are frozen). The term costs the deformation of a few dozen anchors per
+            frame, no rendering, so each step can supervise the field on many frames instead of the one it
+            renders. 0 = only the rendered frames.
+        landmark_bank: capacity of that bank (frames; reservoir replacement once full; not checkpointed,
+            refilled after a resume).
+        init_mouth_color: at the first mouth-stage step whose frames show the inner mouth, set every
+            inside-mouth Gaussian's colour to the mean ground-truth colour of those pixels (once; a flag in the
+            checkpoint). Randomly initialised colours are mid-grey, and the SH learning rate moves them by at most
+            ≈ 0.2 (RGB) in the 250 steps of the demo's mouth stage: the inner mouth rendered grey, then, in the
+            fuse stage, lip-red — never dark.
         backend: renderer backend (``auto``).
         log_images_every: validation renders logged every this many validation batches (0 = never).
     """
@@ -204,6 +226,11 @@ class UA3DTalk(L.LightningModule):
         lpips_random_backbone: bool = False,
         sh_increase_every: int = 1000,
         emotion_condition: str = "audio",
+        landmark_weight: float = 0.0,
+        landmark_anchors: Optional[LandmarkAnchors] = None,
+        landmark_frames: int = 0,
+        landmark_bank: int = 4096,
+        init_mouth_color: bool = True,
         backend: str = "auto",
         log_images_every: int = 1,
     ):
@@ -222,6 +249,19 @@ class UA3DTalk(L.LightningModule):
         if emotion_condition not in ("audio", "label"):
             raise ValueError(f"UA3DTalk: emotion_condition must be 'audio' or 'label', got {emotion_condition!r}")
         self.emotion_condition = emotion_condition
+        if landmark_weight < 0:
+            raise ValueError(f"UA3DTalk: landmark_weight must be ≥ 0, got {landmark_weight}")
+        self.landmark_weight = float(landmark_weight)
+        self.landmark_anchors = (landmark_anchors if landmark_anchors is not None else LandmarkAnchors()) \
+            if self.landmark_weight > 0 else None
+        if landmark_frames < 0 or landmark_bank < 1:
+            raise ValueError(f"UA3DTalk: landmark_frames must be ≥ 0 and landmark_bank ≥ 1 (got {landmark_frames}, "
+                             f"{landmark_bank})")
+        self.landmark_frames, self.landmark_bank = int(landmark_frames), int(landmark_bank)
+        self._bank: dict[str, torch.Tensor] = {}  # replay bank of the landmark term (see landmark_frames)
+        self.init_mouth_color = bool(init_mouth_color)
+        self.register_buffer("mouth_color_initialised", torch.tensor(False))
+        self._bank_seen = 0
         self.automatic_optimization = False
         self.face, self.mouth = face, mouth
         self.deformation, self.mouth_deformation = deformation, mouth_deformation
@@ -318,14 +358,16 @@ class UA3DTalk(L.LightningModule):
         return Conditioning(audio=audio, blink=batch.blink, content=content, style=style, emotion=e)
 
     # ------------------------------------------------------------------ rendering
-    def _render(self, g: GaussianModel, means, quats, log_scales, viewmat, K, width, height, opacities=None):
+    def _render(self, g: GaussianModel, means, quats, log_scales, viewmat, K, width, height, opacities=None,
+                colors=None):
         # deformed log-scales are kept in a finite range: exp() of a runaway Δscale must neither underflow
         # to 0 (rejected by the renderer) nor overflow (beyond the bound a Gaussian is sub-pixel / covers
         # everything either way, so the clamped gradient loses nothing useful)
         log_scales = log_scales.clamp(LOG_SCALE_RANGE[0], LOG_SCALE_RANGE[1])
         try:
             return rasterize(means, quats, torch.exp(log_scales), g.opacities if opacities is None else opacities,
-                             g.colors(), viewmat, K, width, height, sh_degree=g.active_sh_degree, backend=self.backend)
+                             g.colors() if colors is None else colors, viewmat, K, width, height,
+                             sh_degree=g.active_sh_degree, backend=self.backend)
         except ValueError as e:
             step = self._step_in_progress
             if step is None or "NaN or Inf" not in str(e):
@@ -336,25 +378,39 @@ class UA3DTalk(L.LightningModule):
                                      "before the optimizer step, the last checkpoint is intact") from None
 
     def render_face(self, cond: Conditioning, i: int, viewmat, K, width, height, deform: bool = True,
-                    step: Optional[int] = None) -> BranchRender:
+                    step: Optional[int] = None, anchors: Optional[torch.Tensor] = None) -> BranchRender:
+        """Render the face branch of frame ``i``. ``anchors`` ``[L,3]`` (canonical points, e.g. landmark
+        anchors): the deformation field is also evaluated there, in the same forward pass (the same ensemble
+        member), and returned as ``anchor_xyz`` ``[1,L,3]``."""
         g = self.face
-        deltas = fusion = None
+        deltas = fusion = anchor_xyz = opacities = colors = None
         means, quats, log_scales = g.means, g.quats, g.log_scales
         if deform:
+            n = len(g)
+            xyz = g.means if anchors is None else torch.cat([g.means, anchors.to(g.means)], 0)
             f_emo = None
             if "emotion" in self.deformation.views:
-                f_emo = self.emotion_field(g.means.detach(), cond.emotion[i:i + 1])
+                f_emo = self.emotion_field(xyz.detach(), cond.emotion[i:i + 1])
             sl = lambda t: None if t is None else t[i:i + 1]  # noqa: E731
-            d = self.deformation(g.means, audio=sl(cond.audio), blink=sl(cond.blink)[:, None],
+            d = self.deformation(xyz, audio=sl(cond.audio), blink=sl(cond.blink)[:, None],
                                  content=sl(cond.content), style=sl(cond.style), emotion=f_emo, step=step)
             deltas, fusion = d.deltas, d.fusion
+            if anchors is not None:
+                anchor_xyz = deltas.xyz[:, n:]
+                deltas = type(deltas)(**{k: v[:, :n] for k, v in deltas.as_dict().items()})
             means = means + deltas.xyz[0]
             if deltas.rot is not None:
                 quats = quats + deltas.rot[0]
             if deltas.scale is not None:
                 log_scales = log_scales + deltas.scale[0]
-        out = self._render(g, means, quats, log_scales, viewmat, K, width, height)
-        return BranchRender(out.image, out.alpha, out, deltas, fusion)
+            # optional heads: Δopacity is added to the opacity logits, Δcolor (RGB) to the SH DC term
+            if deltas.opacity is not None:
+                opacities = torch.sigmoid(g.opacity_logits + deltas.opacity[0, :, 0])
+            if deltas.color is not None:
+                colors = g.colors()
+                colors = torch.cat([colors[:, :1] + deltas.color[0][:, None] / SH_C0, colors[:, 1:]], 1)
+        out = self._render(g, means, quats, log_scales, viewmat, K, width, height, opacities, colors)
+        return BranchRender(out.image, out.alpha, out, deltas, fusion, anchor_xyz)
 
     def render_mouth(self, cond: Conditioning, i: int, viewmat, K, width, height,
                      step: Optional[int] = None) -> BranchRender:
@@ -367,9 +423,10 @@ class UA3DTalk(L.LightningModule):
         return BranchRender(out.image, out.alpha, out, d.deltas, d.fusion)
 
     def render_frame(self, cond: Conditioning, i: int, viewmat, K, width, height, background,
-                     step: Optional[int] = None):
-        """Full composite (face over mouth over background) of frame ``i``: (image [H,W,3], alpha, parts)."""
-        face = self.render_face(cond, i, viewmat, K, width, height, step=step)
+                     step: Optional[int] = None, anchors: Optional[torch.Tensor] = None):
+        """Full composite (face over mouth over background) of frame ``i``: (image [H,W,3], alpha, parts);
+        ``anchors`` as :meth:`render_face`."""
+        face = self.render_face(cond, i, viewmat, K, width, height, step=step, anchors=anchors)
         mouth = self.render_mouth(cond, i, viewmat, K, width, height, step=step)
         inner = mouth.image + (1 - mouth.alpha) * background
         image = face.image + (1 - face.alpha) * inner
@@ -507,10 +564,13 @@ class UA3DTalk(L.LightningModule):
         total = torch.zeros((), device=self.device)
         logs = {}
         renders = []
+        anchors = self._landmark_anchors(batch)
         for i in range(batch.image.shape[0]):
             img, bg, m = self._targets(batch, i)
             vm, K = batch.viewmat[i], batch.K[i]
             if self.stage == "mouth":
+                if i == 0:
+                    self._init_mouth_color(batch)
                 r = self.render_mouth(cond, i, vm, K, W, H, step=step)
                 mask = m("mouth_mask")
                 target = img * mask + bg * (1 - mask)
@@ -530,7 +590,8 @@ class UA3DTalk(L.LightningModule):
                 renders.append(("mouth", r))
             elif self.stage == "face":
                 deform = step >= self.static_warmup
-                r = self.render_face(cond, i, vm, K, W, H, deform=deform, step=step - self.static_warmup)
+                r = self.render_face(cond, i, vm, K, W, H, deform=deform, step=step - self.static_warmup,
+                                     anchors=anchors if deform else None)
                 mask = torch.clamp(m("face_mask") + m("hair_mask"), 0, 1)
                 target = img * mask + bg * (1 - mask)
                 pred = r.image + (1 - r.alpha) * bg
@@ -541,7 +602,7 @@ class UA3DTalk(L.LightningModule):
                 reg = self._reg(r.deltas)
                 renders.append(("face", r))
             else:  # fuse
-                pred, alpha, rf, rm = self.render_frame(cond, i, vm, K, W, H, bg, step=step)
+                pred, alpha, rf, rm = self.render_frame(cond, i, vm, K, W, H, bg, step=step, anchors=anchors)
                 mask = torch.clamp(m("face_mask") + m("hair_mask") + m("mouth_mask"), 0, 1)
                 target = img * mask + bg * (1 - mask)
                 photo = self._photometric(pred, target)
@@ -555,11 +616,24 @@ class UA3DTalk(L.LightningModule):
                 renders += [("face", rf), ("mouth", rm)]
             loss = (photo["l1"] + self.ssim_weight * photo["ssim"] + self.alpha_weight * alpha_l
                     + self.hole_weight * hole + self.cover_weight * cover + self.reg_weight * reg)
+            face_r = next((r for name, r in renders[::-1] if name == "face"), None) if self.stage != "mouth" else None
+            if face_r is not None and face_r.anchor_xyz is not None:
+                photo["landmark"] = landmark_loss(anchors, face_r.anchor_xyz, batch.landmarks[i:i + 1],
+                                                  self.landmark_anchors.indices, vm[None], K[None], W, H)
+                loss = loss + self.landmark_weight * photo["landmark"]
             if "lpips" in photo:
                 loss = loss + self.lpips_weight * photo["lpips"]
             total = total + loss / batch.image.shape[0]
             for k, v in {**photo, "alpha": alpha_l, "hole": hole, "cover": cover, "reg": reg}.items():
                 logs[f"train/{k}"] = logs.get(f"train/{k}", 0) + v.detach() / batch.image.shape[0]
+        if anchors is not None and self.landmark_frames > 0:
+            self._bank_add(batch, cond)
+            deform_step = step - self.static_warmup if self.stage == "face" else step
+            if self.stage == "fuse" or deform_step >= 0:
+                bank = self._bank_landmark(anchors, deform_step, W, H)
+                if bank is not None:
+                    total = total + self.landmark_weight * bank
+                    logs["train/landmark_bank"] = bank.detach()
         if not bool(torch.isfinite(total.detach())):
             _check_all_finite(trained, step)  # name the parameter that made it so, if one did
         _check_finite("train/loss", total, step)
@@ -599,6 +673,63 @@ class UA3DTalk(L.LightningModule):
         self.log_dict(logs, prog_bar=False, batch_size=batch.image.shape[0])
         self.log("loss", total.detach(), prog_bar=True, logger=False, batch_size=batch.image.shape[0])
         return total.detach()
+
+    def _landmark_anchors(self, batch) -> Optional[torch.Tensor]:
+        """Accumulate the batch's landmarks into the anchors (render stages) and return the anchors ``[L,3]``
+        to supervise the face deformation with, or None (term off, no landmarks, too few frames yet)."""
+        lm = getattr(batch, "landmarks", None)
+        if self.landmark_anchors is None or lm is None:
+            return None
+        self.landmark_anchors.accumulate(lm, batch.viewmat, batch.K)
+        if self.stage == "mouth" or not self.landmark_anchors.ready:
+            return None
+        return self.landmark_anchors.anchors()
+
+    def _init_mouth_color(self, batch) -> None:
+        """``init_mouth_color``: the mouth Gaussians take the mean colour of the batch's inner-mouth pixels
+        (the first time a batch has some)."""
+        if not self.init_mouth_color or bool(self.mouth_color_initialised):
+            return
+        m = batch.mouth_mask.to(batch.image.dtype)  # [B,1,H,W]
+        if float(m.sum()) < 1:
+            return
+        rgb = (batch.image * m).sum((0, 2, 3)) / m.sum()
+        self.mouth.set_colors(rgb)
+        self.mouth_color_initialised.fill_(True)
+
+    def _bank_add(self, batch, cond: Conditioning) -> None:
+        """Store the conditioning, landmarks and cameras of the batch's frames in the replay bank
+        (reservoir sampling once it holds ``landmark_bank`` frames)."""
+        rows = {"audio": cond.audio, "blink": cond.blink, "content": cond.content, "style": cond.style,
+                "emotion": cond.emotion, "landmarks": batch.landmarks, "viewmat": batch.viewmat, "K": batch.K}
+        rows = {k: v.detach() for k, v in rows.items() if v is not None}
+        b = batch.landmarks.shape[0]
+        for j in range(b):
+            self._bank_seen += 1
+            n = len(self._bank["K"]) if self._bank else 0
+            if n < self.landmark_bank:
+                for k, v in rows.items():
+                    self._bank[k] = v[j:j + 1].clone() if n == 0 else torch.cat([self._bank[k], v[j:j + 1]])
+            else:
+                slot = int(torch.randint(self._bank_seen, (1,)))
+                if slot < self.landmark_bank:
+                    for k, v in rows.items():
+                        self._bank[k][slot] = v[j]
+
+    def _bank_landmark(self, anchors: torch.Tensor, step: int, width: int, height: int) -> Optional[torch.Tensor]:
+        """The landmark term on ``landmark_frames`` frames drawn from the replay bank (None while empty)."""
+        if not self._bank:
+            return None
+        n = len(self._bank["K"])
+        pick = torch.randperm(n, device=self._bank["K"].device)[:self.landmark_frames]
+        get = lambda k: self._bank[k][pick] if k in self._bank else None  # noqa: E731
+        f_emo = None
+        if "emotion" in self.deformation.views:
+            f_emo = self.emotion_field(anchors, get("emotion"))
+        d = self.deformation(anchors, audio=get("audio"), blink=get("blink")[:, None], content=get("content"),
+                             style=get("style"), emotion=f_emo, step=step)
+        return landmark_loss(anchors, d.deltas.xyz, get("landmarks"), self.landmark_anchors.indices, get("viewmat"),
+                             get("K"), width, height)
 
     def _trained_parameters(self) -> list[tuple[str, torch.Tensor]]:
         """(qualified name, parameter) of the current stage's trainable modules."""
