@@ -93,7 +93,8 @@ def train_loader(dm, stage: str, n: int = 2) -> DataLoader:
 
     The frames are spread over the split (several clips and emotions; several frames for the prior's
     InfoNCE); the first is a blinking frame, so that the eye input is non-zero (the eye gates of the
-    audio view get a gradient only from a blink)."""
+    audio view get a gradient only from a blink); in the fuse stage the last is the widest-open mouth
+    (``fuse_mouth_grad=inner``: the mouth branch learns from inner-mouth pixels only)."""
     dm.stage = stage
     ds = dm.dataset("train")
     m = len(ds)
@@ -102,6 +103,8 @@ def train_loader(dm, stage: str, n: int = 2) -> DataLoader:
     blink = [float(dm.clips[int(ci)].blink()[dm.clips[int(ci)].img_ids[int(pos)]]) for ci, pos in rows]
     idx[0] = max(range(m), key=lambda i: blink[i])
     assert blink[idx[0]] > 0.5, "the fixture has no blinking training frame"
+    if stage == "fuse" and n > 1:  # the fuse stage trains the mouth branch on inner-mouth pixels only
+        idx[-1] = max(range(0, m, 3), key=lambda i: float(ds[i].mouth_mask.sum()))
     return DataLoader(Subset(ds, idx), batch_size=n, collate_fn=collate_batches)
 
 
@@ -193,7 +196,9 @@ def test_render_stage_updates_exactly_its_modules(stage, dm, cfg_factory):
     model = new_model(cfg_factory(), stage)
     before = snapshot(model)
     fit_steps(model, train_loader(dm, stage, 2))
-    assert_stage_updates(model, before)
+    # the landmark anchors have no parameters; every render stage adds its frames to their statistics
+    assert_stage_updates(model, before, changed_ok={"landmark_anchors"})
+    assert int(model.landmark_anchors.frames) == 2
     # the frozen prior and emotion modules are bit-for-bit unchanged (parameters and buffers)
     after = model.state_dict()
     for frozen in ("prior", "emotion", "emotion_control"):
@@ -296,7 +301,7 @@ def test_ablation_builds_and_trains(name, dm, cfg_factory):
         assert model.emotion is None and model.emotion_field is None and "emotion" not in model.deformation.views
     before = snapshot(model)
     fit_steps(model, train_loader(dm, "fuse", 2), steps=2)  # step 0: stage A, step 1: stage B
-    assert_stage_updates(model, before)
+    assert_stage_updates(model, before, changed_ok={"landmark_anchors"})  # accumulates its statistics
     model.eval()
     img = model.render_batch(val_batch(dm, 1))
     assert img.shape == (1, 3, *dm.image_size) and bool(torch.isfinite(img).all())
@@ -648,13 +653,13 @@ def test_landmark_term_enters_the_loss_and_its_anchors_persist(stage, dm, cfg_fa
     """landmark_weight 1 and 5 from the same state (anchors primed on 16 training frames): the logged
     landmark term (projected deformed anchors vs the frames' landmarks) is the same, > 0, and the losses
     differ by exactly 4 × it; the step adds its frames to the anchors; the anchors survive a state-dict
-    round trip; weight 0 builds no anchors; a batch without landmarks skips the term."""
+    round trip; weight 0 (the paper) builds no anchors; a batch without landmarks skips the term."""
     dm.stage = stage
     ds = dm.dataset("train")
     prime = collate_batches([ds[i] for i in range(0, len(ds), max(1, len(ds) // 16))][:16])
     logs, models = {}, {}
     for w in (1.0, 5.0):
-        model = new_model(cfg_factory(f"model.landmark_weight={w}"), stage)
+        model = new_model(cfg_factory(f"model.landmark_weight={w}", "model.landmark_frames=0"), stage)
         model.landmark_anchors.accumulate(prime.landmarks, prime.viewmat, prime.K)
         assert model.landmark_anchors.ready
         logged = logs.setdefault(w, {})
@@ -667,10 +672,10 @@ def test_landmark_term_enters_the_loss_and_its_anchors_persist(stage, dm, cfg_fa
     assert gap == pytest.approx(4 * lmk, rel=1e-2)
     anchors = models[1.0].landmark_anchors
     assert int(anchors.frames) == 16 + 2
-    fresh = new_model(cfg_factory("model.landmark_weight=1.0"), stage)
+    fresh = new_model(cfg_factory("model.landmark_weight=1.0", "model.landmark_frames=0"), stage)
     fresh.load_weights(models[1.0].state_dict())
     torch.testing.assert_close(fresh.landmark_anchors.anchors(), anchors.anchors())
-    assert new_model(cfg_factory(), stage).landmark_anchors is None  # off by default: the paper
+    assert new_model(cfg_factory("model.landmark_weight=0"), stage).landmark_anchors is None  # the paper
     no_lm = dataclasses.replace(prime, landmarks=None)
     assert fresh._landmark_anchors(no_lm) is None and int(fresh.landmark_anchors.frames) == 18
 
@@ -712,7 +717,7 @@ def test_landmark_term_gradient_moves_the_deformation_towards_the_landmarks(dm, 
     batch bring its frames' projected anchors closer to their landmarks."""
     dm.stage = "face"
     ds = dm.dataset("train")
-    model = new_model(cfg_factory("model.landmark_weight=1000.0"), "face")
+    model = new_model(cfg_factory("model.landmark_weight=1000.0", "model.landmark_frames=0"), "face")
     prime = collate_batches([ds[i] for i in range(0, len(ds), max(1, len(ds) // 16))][:16])
     model.landmark_anchors.accumulate(prime.landmarks, prime.viewmat, prime.K)
     loader = train_loader(dm, "face")
@@ -786,6 +791,35 @@ def test_mouth_colour_is_initialised_from_the_inner_mouth_pixels(dm, cfg_factory
     fresh = new_model(cfg_factory(), "mouth")
     fresh._init_mouth_color(closed)
     assert not bool(fresh.mouth_color_initialised)
+
+
+def test_fuse_stage_trains_the_mouth_branch_on_the_inner_mouth_only(dm, cfg_factory):
+    """render_frame(mouth_grad_mask=M): the same composite, but the mouth branch's gradient comes only from
+    the pixels of M (fuse_mouth_grad=inner passes the ground-truth inner mouth); the face's is untouched."""
+    model = new_model(cfg_factory(), "fuse")
+    batch = val_batch(dm, 1)
+    cond = model.conditioning(batch)
+    H, W = batch.image.shape[-2:]
+    bg = batch.background[0].permute(1, 2, 0)
+    args = (cond, 0, batch.viewmat[0], batch.K[0], W, H, bg)
+    grads = {}
+    for name, mask in (("none", None), ("zeros", torch.zeros(H, W, 1)), ("half", None)):
+        if name == "half":
+            mask = torch.zeros(H, W, 1)
+            mask[: H // 2] = 1
+        image, alpha, _, _ = model.render_frame(*args, mouth_grad_mask=mask)
+        model.zero_grad(set_to_none=True)
+        (image.sum() + alpha.sum()).backward()
+        grads[name] = (image.detach(), model.mouth.sh.grad, model.face.sh.grad.clone())
+    for name in ("zeros", "half"):
+        torch.testing.assert_close(grads[name][0], grads["none"][0])  # same values
+        torch.testing.assert_close(grads[name][2], grads["none"][2])  # the face's gradient is unchanged
+    assert grads["zeros"][1] is None or float(grads["zeros"][1].abs().max()) == 0.0
+    g_none, g_half = grads["none"][1], grads["half"][1]
+    assert float(g_none.abs().sum()) > 0 and 0 < float(g_half.abs().sum()) < float(g_none.abs().sum())
+    assert model.fuse_mouth_grad == "inner"
+    with pytest.raises(Exception, match="fuse_mouth_grad must be 'inner' or 'all'"):
+        build_model(cfg_factory("model.fuse_mouth_grad=some"), "fuse")
 
 
 def test_lpips_term_in_the_fuse_stage(dm, cfg_factory, monkeypatch):

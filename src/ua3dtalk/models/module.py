@@ -191,6 +191,11 @@ class UA3DTalk(L.LightningModule):
             checkpoint). Randomly initialised colours are mid-grey, and the SH learning rate moves them by at most
             ≈ 0.2 (RGB) in the 250 steps of the demo's mouth stage: the inner mouth rendered grey, then, in the
             fuse stage, lip-red — never dark.
+        fuse_mouth_grad: which pixels of the ``fuse`` stage's composite train the inside-mouth branch:
+            ``inner`` (default, ★) the ground-truth inner mouth only, as in the ``mouth`` stage; ``all`` every
+            pixel. With ``all``, the lips of the (many) closed-mouth frames — where the face is not quite
+            opaque, the mouth branch behind it shows through — recolour the inner mouth lip-red within the
+            300 steps of the demo's fuse stage; lips that show too much of the mouth are the face's to fix.
         backend: renderer backend (``auto``).
         log_images_every: validation renders logged every this many validation batches (0 = never).
     """
@@ -231,6 +236,7 @@ class UA3DTalk(L.LightningModule):
         landmark_frames: int = 0,
         landmark_bank: int = 4096,
         init_mouth_color: bool = True,
+        fuse_mouth_grad: str = "inner",
         backend: str = "auto",
         log_images_every: int = 1,
     ):
@@ -260,6 +266,9 @@ class UA3DTalk(L.LightningModule):
         self.landmark_frames, self.landmark_bank = int(landmark_frames), int(landmark_bank)
         self._bank: dict[str, torch.Tensor] = {}  # replay bank of the landmark term (see landmark_frames)
         self.init_mouth_color = bool(init_mouth_color)
+        if fuse_mouth_grad not in ("inner", "all"):
+            raise ValueError(f"UA3DTalk: fuse_mouth_grad must be 'inner' or 'all', got {fuse_mouth_grad!r}")
+        self.fuse_mouth_grad = fuse_mouth_grad
         self.register_buffer("mouth_color_initialised", torch.tensor(False))
         self._bank_seen = 0
         self.automatic_optimization = False
@@ -423,14 +432,21 @@ class UA3DTalk(L.LightningModule):
         return BranchRender(out.image, out.alpha, out, d.deltas, d.fusion)
 
     def render_frame(self, cond: Conditioning, i: int, viewmat, K, width, height, background,
-                     step: Optional[int] = None, anchors: Optional[torch.Tensor] = None):
+                     step: Optional[int] = None, anchors: Optional[torch.Tensor] = None,
+                     mouth_grad_mask: Optional[torch.Tensor] = None):
         """Full composite (face over mouth over background) of frame ``i``: (image [H,W,3], alpha, parts);
-        ``anchors`` as :meth:`render_face`."""
+        ``anchors`` as :meth:`render_face`. ``mouth_grad_mask`` [H,W,1]: the mouth branch's image and alpha
+        pass gradients only there (the same values everywhere)."""
         face = self.render_face(cond, i, viewmat, K, width, height, step=step, anchors=anchors)
         mouth = self.render_mouth(cond, i, viewmat, K, width, height, step=step)
-        inner = mouth.image + (1 - mouth.alpha) * background
+        m_img, m_alpha = mouth.image, mouth.alpha
+        if mouth_grad_mask is not None:
+            g = mouth_grad_mask.to(m_img.dtype)
+            m_img = m_img * g + m_img.detach() * (1 - g)
+            m_alpha = m_alpha * g + m_alpha.detach() * (1 - g)
+        inner = m_img + (1 - m_alpha) * background
         image = face.image + (1 - face.alpha) * inner
-        alpha = 1 - (1 - face.alpha) * (1 - mouth.alpha)
+        alpha = 1 - (1 - face.alpha) * (1 - m_alpha)
         return image, alpha, face, mouth
 
     # ------------------------------------------------------------------ losses
@@ -564,7 +580,7 @@ class UA3DTalk(L.LightningModule):
         total = torch.zeros((), device=self.device)
         logs = {}
         renders = []
-        anchors = self._landmark_anchors(batch)
+        anchors = self._landmark_anchors(batch)  # of the frames of earlier steps
         for i in range(batch.image.shape[0]):
             img, bg, m = self._targets(batch, i)
             vm, K = batch.viewmat[i], batch.K[i]
@@ -602,7 +618,9 @@ class UA3DTalk(L.LightningModule):
                 reg = self._reg(r.deltas)
                 renders.append(("face", r))
             else:  # fuse
-                pred, alpha, rf, rm = self.render_frame(cond, i, vm, K, W, H, bg, step=step, anchors=anchors)
+                pred, alpha, rf, rm = self.render_frame(
+                    cond, i, vm, K, W, H, bg, step=step, anchors=anchors,
+                    mouth_grad_mask=m("mouth_mask") if self.fuse_mouth_grad == "inner" else None)
                 mask = torch.clamp(m("face_mask") + m("hair_mask") + m("mouth_mask"), 0, 1)
                 target = img * mask + bg * (1 - mask)
                 photo = self._photometric(pred, target)
@@ -627,7 +645,6 @@ class UA3DTalk(L.LightningModule):
             for k, v in {**photo, "alpha": alpha_l, "hole": hole, "cover": cover, "reg": reg}.items():
                 logs[f"train/{k}"] = logs.get(f"train/{k}", 0) + v.detach() / batch.image.shape[0]
         if anchors is not None and self.landmark_frames > 0:
-            self._bank_add(batch, cond)
             deform_step = step - self.static_warmup if self.stage == "face" else step
             if self.stage == "fuse" or deform_step >= 0:
                 bank = self._bank_landmark(anchors, deform_step, W, H)
@@ -663,6 +680,11 @@ class UA3DTalk(L.LightningModule):
             self._decay_means_lr(o.optimizer if hasattr(o, "optimizer") else o, step)
             o.step()
         self._step_in_progress = None
+        # only a step that succeeded adds its frames to the landmark anchors and the replay bank
+        if self.landmark_anchors is not None and getattr(batch, "landmarks", None) is not None:
+            self.landmark_anchors.accumulate(batch.landmarks, batch.viewmat, batch.K)
+            if self.landmark_frames > 0 and self.stage != "mouth":
+                self._bank_add(batch, cond)
         logs["train/loss"] = total.detach()
         logs["train/num_gaussians_face"] = float(len(self.face))
         logs["train/num_gaussians_mouth"] = float(len(self.mouth))
@@ -675,12 +697,11 @@ class UA3DTalk(L.LightningModule):
         return total.detach()
 
     def _landmark_anchors(self, batch) -> Optional[torch.Tensor]:
-        """Accumulate the batch's landmarks into the anchors (render stages) and return the anchors ``[L,3]``
-        to supervise the face deformation with, or None (term off, no landmarks, too few frames yet)."""
+        """The anchors ``[L,3]`` to supervise the face deformation with, or None (term off, mouth stage, no
+        landmarks in the batch, too few frames yet). Each successful render step adds its frames to them."""
         lm = getattr(batch, "landmarks", None)
         if self.landmark_anchors is None or lm is None:
             return None
-        self.landmark_anchors.accumulate(lm, batch.viewmat, batch.K)
         if self.stage == "mouth" or not self.landmark_anchors.ready:
             return None
         return self.landmark_anchors.anchors()
