@@ -539,3 +539,19 @@ def test_mouth_deformation_is_xyz_only():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     with pytest.raises(ValueError):
         MouthDeformation(29, views=("audio", "emotion"))
+
+
+def test_concat_fusion_normalises_its_input():
+    """``fusion=concat``: the concatenated views are layer-normalised before the MLP, so a per-point rescaling
+    and shift of the input leaves the code unchanged (views of very different scales: without the
+    normalisation every hidden ReLU of this MLP died at demo scale)."""
+    g = torch.Generator().manual_seed(0)
+    fu = UncertaintyFusion({"audio": 6, "emotion": 10}, out_dim=5, hidden=8, fusion="concat")
+    views = {"audio": torch.randn(2, 7, 6, generator=g), "emotion": torch.randn(2, 7, 10, generator=g)}
+    a = torch.rand(2, 7, 1, generator=g) * 100 + 0.1
+    b = torch.randn(2, 7, 1, generator=g) * 50
+    ref = fu(views).mu
+    got = fu({k: v * a + b for k, v in views.items()}).mu
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+    hidden = fu.concat_mlp[:3](torch.cat([views["audio"] * 1e3, views["emotion"] * 1e-3], -1))
+    assert 0.2 < float((hidden > 0).float().mean()) < 0.8  # a huge view does not switch every unit off or on

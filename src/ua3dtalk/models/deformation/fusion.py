@@ -192,8 +192,8 @@ class UncertaintyFusion(nn.Module):
         hidden: hidden width of the ensemble members / of the concat MLP (64).
         members: ensemble size ``T`` (10).
         fusion: ``"diagonal"`` (default ★), ``"full_cov"`` (authors'), ``"uniform"`` (mean of μ) or
-            ``"concat"`` (one MLP ``Σd_v → hidden → ReLU → D`` over the concatenated views, no
-            uncertainty blocks).
+            ``"concat"`` (one MLP ``LayerNorm → Σd_v → hidden → ReLU → D`` over the concatenated views, no
+            uncertainty blocks; the LayerNorm is ours ★).
         uncertainty: variance used by the fusion — ``"both"``, ``"aleatoric"`` or ``"epistemic"``.
         ensemble_switch: training steps of stage A (one random member per view per step).
         logvar_min, logvar_max: bounds of the members' log σ².
@@ -250,8 +250,11 @@ class UncertaintyFusion(nn.Module):
         self.compute_dtype = str(compute_dtype)
         if fusion == "concat":
             self.blocks = nn.ModuleDict()
+            d_in = sum(view_dims.values())
+            # the input is layer-normalised: the views' scales differ by orders of magnitude (plane-grid
+            # products, emotion codes, prior features), and without it every hidden ReLU died at demo scale
             self.concat_mlp: Optional[nn.Module] = nn.Sequential(
-                nn.Linear(sum(view_dims.values()), hidden), nn.ReLU(), nn.Linear(hidden, self.out_dim))
+                nn.LayerNorm(d_in), nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, self.out_dim))
         else:
             self.concat_mlp = None
             self.blocks = nn.ModuleDict({
