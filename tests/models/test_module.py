@@ -103,7 +103,7 @@ def train_loader(dm, stage: str, n: int = 2) -> DataLoader:
     blink = [float(dm.clips[int(ci)].blink()[dm.clips[int(ci)].img_ids[int(pos)]]) for ci, pos in rows]
     idx[0] = max(range(m), key=lambda i: blink[i])
     assert blink[idx[0]] > 0.5, "the fixture has no blinking training frame"
-    if stage == "fuse" and n > 1:  # the fuse stage trains the mouth branch on inner-mouth pixels only
+    if stage == "fuse" and n > 1:  # an open mouth: the mouth branch gets gradients whatever fuse_mouth_grad is
         idx[-1] = max(range(0, m, 3), key=lambda i: float(ds[i].mouth_mask.sum()))
     return DataLoader(Subset(ds, idx), batch_size=n, collate_fn=collate_batches)
 
@@ -793,33 +793,60 @@ def test_mouth_colour_is_initialised_from_the_inner_mouth_pixels(dm, cfg_factory
     assert not bool(fresh.mouth_color_initialised)
 
 
-def test_fuse_stage_trains_the_mouth_branch_on_the_inner_mouth_only(dm, cfg_factory):
-    """render_frame(mouth_grad_mask=M): the same composite, but the mouth branch's gradient comes only from
-    the pixels of M (fuse_mouth_grad=inner passes the ground-truth inner mouth); the face's is untouched."""
+def test_fuse_stage_trains_the_mouth_colours_on_the_inner_mouth_only(dm, cfg_factory):
+    """render_frame(mouth_color_mask=M): the same composite, but the mouth branch's colours get gradients
+    only from the pixels of M (fuse_mouth_grad=inner passes the ground-truth inner mouth); its positions and
+    opacities, and the face, keep their full gradients."""
     model = new_model(cfg_factory(), "fuse")
     batch = val_batch(dm, 1)
     cond = model.conditioning(batch)
     H, W = batch.image.shape[-2:]
     bg = batch.background[0].permute(1, 2, 0)
     args = (cond, 0, batch.viewmat[0], batch.K[0], W, H, bg)
-    grads = {}
-    for name, mask in (("none", None), ("zeros", torch.zeros(H, W, 1)), ("half", None)):
-        if name == "half":
-            mask = torch.zeros(H, W, 1)
-            mask[: H // 2] = 1
-        image, alpha, _, _ = model.render_frame(*args, mouth_grad_mask=mask)
+    half = torch.zeros(H, W, 1)
+    half[: H // 2] = 1
+    got = {}
+    for name, mask in (("none", None), ("zeros", torch.zeros(H, W, 1)), ("half", half)):
+        torch.manual_seed(0)
+        image, alpha, _, _ = model.render_frame(*args, mouth_color_mask=mask)
         model.zero_grad(set_to_none=True)
         (image.sum() + alpha.sum()).backward()
-        grads[name] = (image.detach(), model.mouth.sh.grad, model.face.sh.grad.clone())
+        got[name] = {"image": image.detach(), "sh": model.mouth.sh.grad, "means": model.mouth.means.grad.clone(),
+                     "opacity": model.mouth.opacity_logits.grad.clone(), "face": model.face.sh.grad.clone()}
     for name in ("zeros", "half"):
-        torch.testing.assert_close(grads[name][0], grads["none"][0])  # same values
-        torch.testing.assert_close(grads[name][2], grads["none"][2])  # the face's gradient is unchanged
-    assert grads["zeros"][1] is None or float(grads["zeros"][1].abs().max()) == 0.0
-    g_none, g_half = grads["none"][1], grads["half"][1]
-    assert float(g_none.abs().sum()) > 0 and 0 < float(g_half.abs().sum()) < float(g_none.abs().sum())
-    assert model.fuse_mouth_grad == "inner"
+        torch.testing.assert_close(got[name]["image"], got["none"]["image"])  # same values
+        for k in ("means", "opacity", "face"):  # geometry, opacity and the face learn as before
+            torch.testing.assert_close(got[name][k], got["none"][k])
+    assert got["zeros"]["sh"] is None or float(got["zeros"]["sh"].abs().max()) == 0.0
+    sh_all, sh_half = (float(got[k]["sh"].abs().sum()) for k in ("none", "half"))
+    assert sh_all > 0 and 0 < sh_half < sh_all
+    assert model.fuse_mouth_grad == "all"  # the default; inner is an option
     with pytest.raises(Exception, match="fuse_mouth_grad must be 'inner' or 'all'"):
         build_model(cfg_factory("model.fuse_mouth_grad=some"), "fuse")
+
+
+@pytest.mark.parametrize("random_bg", [True, False])
+def test_face_stage_random_background(random_bg, dm, cfg_factory, monkeypatch):
+    """face_random_background: the face stage composites the face and its target over a random colour (here
+    fixed by a patch) instead of the frame's background; the logged L1 is that composite's."""
+    model = new_model(cfg_factory(f"model.face_random_background={str(random_bg).lower()}"), "face")
+    model.static_warmup = 5  # canonical Gaussians only: the render is deterministic
+    color = torch.tensor([0.9, 0.1, 0.8])
+    monkeypatch.setattr(model, "_random_color", lambda like: color.to(like))
+    logged = {}
+    monkeypatch.setattr(model, "log_dict", lambda d, **kw: logged.update(d))
+    loader = train_loader(dm, "face", 1)
+    batch = next(iter(loader))
+    with torch.no_grad():
+        cond = model.conditioning(batch)
+        H, W = batch.image.shape[-2:]
+        r = model.render_face(cond, 0, batch.viewmat[0], batch.K[0], W, H, deform=False)
+    img, bg, m = model._targets(batch, 0)
+    mask = torch.clamp(m("face_mask") + m("hair_mask"), 0, 1)
+    behind = color.expand_as(bg) if random_bg else bg
+    expected = ((r.image + (1 - r.alpha) * behind) - (img * mask + behind * (1 - mask))).abs().mean()
+    fit_steps(model, loader)
+    assert float(logged["train/l1"]) == pytest.approx(float(expected), rel=1e-4)
 
 
 def test_lpips_term_in_the_fuse_stage(dm, cfg_factory, monkeypatch):

@@ -191,11 +191,18 @@ class UA3DTalk(L.LightningModule):
             checkpoint). Randomly initialised colours are mid-grey, and the SH learning rate moves them by at most
             ≈ 0.2 (RGB) in the 250 steps of the demo's mouth stage: the inner mouth rendered grey, then, in the
             fuse stage, lip-red — never dark.
-        fuse_mouth_grad: which pixels of the ``fuse`` stage's composite train the inside-mouth branch:
-            ``inner`` (default, ★) the ground-truth inner mouth only, as in the ``mouth`` stage; ``all`` every
-            pixel. With ``all``, the lips of the (many) closed-mouth frames — where the face is not quite
-            opaque, the mouth branch behind it shows through — recolour the inner mouth lip-red within the
-            300 steps of the demo's fuse stage; lips that show too much of the mouth are the face's to fix.
+        fuse_mouth_grad: which pixels of the ``fuse`` stage's composite train the inside-mouth branch's
+            *colours*: ``all`` (default) every pixel; ``inner`` (★) the ground-truth inner mouth only (its
+            positions and opacities learn from every pixel). With ``all``, the lips of the (many) closed-mouth
+            frames — where the face is not quite opaque, the mouth branch behind it shows through — recolour
+            the inner mouth lip-red within the 300 steps of the demo's fuse stage, so open mouths look red; with
+            ``inner`` they stay dark, but the dark mouth shows through those lips (−1.6 dB at demo scale).
+            (Blocking the mouth's opacity and position gradients as well let it spread over the chin: −3 dB.)
+        face_random_background: the ``face`` stage composites the face branch (and its target) over a random
+            uniform colour per frame instead of the frame's background (★, the random-background trick of
+            3DGS; off by default). Over the real background a semi-transparent lip looks right, and in the
+            ``fuse`` stage the mouth behind it then shows through. In the one demo-scale run with it, label
+            control had no effect at all (emo_shift 0), which is not understood yet.
         backend: renderer backend (``auto``).
         log_images_every: validation renders logged every this many validation batches (0 = never).
     """
@@ -236,7 +243,8 @@ class UA3DTalk(L.LightningModule):
         landmark_frames: int = 0,
         landmark_bank: int = 4096,
         init_mouth_color: bool = True,
-        fuse_mouth_grad: str = "inner",
+        fuse_mouth_grad: str = "all",
+        face_random_background: bool = False,
         backend: str = "auto",
         log_images_every: int = 1,
     ):
@@ -269,6 +277,7 @@ class UA3DTalk(L.LightningModule):
         if fuse_mouth_grad not in ("inner", "all"):
             raise ValueError(f"UA3DTalk: fuse_mouth_grad must be 'inner' or 'all', got {fuse_mouth_grad!r}")
         self.fuse_mouth_grad = fuse_mouth_grad
+        self.face_random_background = bool(face_random_background)
         self.register_buffer("mouth_color_initialised", torch.tensor(False))
         self._bank_seen = 0
         self.automatic_optimization = False
@@ -422,31 +431,35 @@ class UA3DTalk(L.LightningModule):
         return BranchRender(out.image, out.alpha, out, deltas, fusion, anchor_xyz)
 
     def render_mouth(self, cond: Conditioning, i: int, viewmat, K, width, height,
-                     step: Optional[int] = None) -> BranchRender:
+                     step: Optional[int] = None, color_grad_mask: Optional[torch.Tensor] = None) -> BranchRender:
+        """Render the inside-mouth branch of frame ``i``. ``color_grad_mask`` [H,W,1]: the Gaussians' colours
+        get gradients only from these pixels (a second render with detached colours supplies the others, so
+        positions and opacities still learn everywhere); the image values are unchanged."""
         g = self.mouth
         sl = lambda t: None if t is None else t[i:i + 1]  # noqa: E731
         content = sl(cond.content) if "content" in self.mouth_deformation.views else None
         d = self.mouth_deformation(g.means, audio=sl(cond.audio), blink=sl(cond.blink)[:, None], content=content,
                                    step=step)
-        out = self._render(g, g.means + d.deltas.xyz[0], g.quats, g.log_scales, viewmat, K, width, height)
-        return BranchRender(out.image, out.alpha, out, d.deltas, d.fusion)
+        means = g.means + d.deltas.xyz[0]
+        out = self._render(g, means, g.quats, g.log_scales, viewmat, K, width, height)
+        image = out.image
+        if color_grad_mask is not None:
+            fixed = self._render(g, means, g.quats, g.log_scales, viewmat, K, width, height,
+                                 colors=g.colors().detach())
+            m = color_grad_mask.to(image.dtype)
+            image = out.image * m + fixed.image * (1 - m)
+        return BranchRender(image, out.alpha, out, d.deltas, d.fusion)
 
     def render_frame(self, cond: Conditioning, i: int, viewmat, K, width, height, background,
                      step: Optional[int] = None, anchors: Optional[torch.Tensor] = None,
-                     mouth_grad_mask: Optional[torch.Tensor] = None):
+                     mouth_color_mask: Optional[torch.Tensor] = None):
         """Full composite (face over mouth over background) of frame ``i``: (image [H,W,3], alpha, parts);
-        ``anchors`` as :meth:`render_face`. ``mouth_grad_mask`` [H,W,1]: the mouth branch's image and alpha
-        pass gradients only there (the same values everywhere)."""
+        ``anchors`` as :meth:`render_face`, ``mouth_color_mask`` as ``color_grad_mask`` of :meth:`render_mouth`."""
         face = self.render_face(cond, i, viewmat, K, width, height, step=step, anchors=anchors)
-        mouth = self.render_mouth(cond, i, viewmat, K, width, height, step=step)
-        m_img, m_alpha = mouth.image, mouth.alpha
-        if mouth_grad_mask is not None:
-            g = mouth_grad_mask.to(m_img.dtype)
-            m_img = m_img * g + m_img.detach() * (1 - g)
-            m_alpha = m_alpha * g + m_alpha.detach() * (1 - g)
-        inner = m_img + (1 - m_alpha) * background
+        mouth = self.render_mouth(cond, i, viewmat, K, width, height, step=step, color_grad_mask=mouth_color_mask)
+        inner = mouth.image + (1 - mouth.alpha) * background
         image = face.image + (1 - face.alpha) * inner
-        alpha = 1 - (1 - face.alpha) * (1 - m_alpha)
+        alpha = 1 - (1 - face.alpha) * (1 - mouth.alpha)
         return image, alpha, face, mouth
 
     # ------------------------------------------------------------------ losses
@@ -609,6 +622,8 @@ class UA3DTalk(L.LightningModule):
                 r = self.render_face(cond, i, vm, K, W, H, deform=deform, step=step - self.static_warmup,
                                      anchors=anchors if deform else None)
                 mask = torch.clamp(m("face_mask") + m("hair_mask"), 0, 1)
+                if self.face_random_background:  # a see-through face shows the random colour: it is penalised
+                    bg = self._random_color(img).expand_as(bg)
                 target = img * mask + bg * (1 - mask)
                 pred = r.image + (1 - r.alpha) * bg
                 photo = self._photometric(pred, target)
@@ -620,7 +635,7 @@ class UA3DTalk(L.LightningModule):
             else:  # fuse
                 pred, alpha, rf, rm = self.render_frame(
                     cond, i, vm, K, W, H, bg, step=step, anchors=anchors,
-                    mouth_grad_mask=m("mouth_mask") if self.fuse_mouth_grad == "inner" else None)
+                    mouth_color_mask=m("mouth_mask") if self.fuse_mouth_grad == "inner" else None)
                 mask = torch.clamp(m("face_mask") + m("hair_mask") + m("mouth_mask"), 0, 1)
                 target = img * mask + bg * (1 - mask)
                 photo = self._photometric(pred, target)
@@ -705,6 +720,11 @@ class UA3DTalk(L.LightningModule):
         if self.stage == "mouth" or not self.landmark_anchors.ready:
             return None
         return self.landmark_anchors.anchors()
+
+    @staticmethod
+    def _random_color(like: torch.Tensor) -> torch.Tensor:
+        """A uniform random RGB colour [3] (``face_random_background``)."""
+        return torch.rand(3, device=like.device, dtype=like.dtype)
 
     def _init_mouth_color(self, batch) -> None:
         """``init_mouth_color``: the mouth Gaussians take the mean colour of the batch's inner-mouth pixels
