@@ -708,6 +708,15 @@ def test_landmark_replay_bank(dm, cfg_factory, monkeypatch):
         ref = landmark_loss(x, d.deltas.xyz, b["landmarks"], model.landmark_anchors.indices, b["viewmat"], b["K"],
                             128, 128)
     torch.testing.assert_close(got, ref)  # all 3 frames drawn (8 asked), in another order: same mean
+    # growth past the first allocation keeps every row: 5 × 16 frames into a 100-frame bank
+    big = new_model(cfg_factory("model.landmark_weight=1.0", "+model.landmark_bank=100"), "face")
+    with torch.no_grad():
+        cond = big.conditioning(prime)
+    for _ in range(5):
+        big._bank_add(prime, cond)
+    assert big._bank_n == 80 and big._bank_seen == 80 and len(big._bank["K"]) == 100
+    torch.testing.assert_close(big._bank["landmarks"][:80], prime.landmarks.repeat(5, 1, 1))
+    torch.testing.assert_close(big._bank["audio"][64:80], cond.audio)
     with pytest.raises(Exception, match="landmark_frames must be ≥ 0"):
         build_model(cfg_factory("model.landmark_weight=1.0", "model.landmark_frames=-1"), "face")
 

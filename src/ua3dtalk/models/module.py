@@ -279,7 +279,7 @@ class UA3DTalk(L.LightningModule):
         self.fuse_mouth_grad = fuse_mouth_grad
         self.face_random_background = bool(face_random_background)
         self.register_buffer("mouth_color_initialised", torch.tensor(False))
-        self._bank_seen = 0
+        self._bank_seen = self._bank_n = 0  # frames offered to / held by the bank
         self.automatic_optimization = False
         self.face, self.mouth = face, mouth
         self.deformation, self.mouth_deformation = deformation, mouth_deformation
@@ -744,24 +744,31 @@ class UA3DTalk(L.LightningModule):
         rows = {"audio": cond.audio, "blink": cond.blink, "content": cond.content, "style": cond.style,
                 "emotion": cond.emotion, "landmarks": batch.landmarks, "viewmat": batch.viewmat, "K": batch.K}
         rows = {k: v.detach() for k, v in rows.items() if v is not None}
-        b = batch.landmarks.shape[0]
-        for j in range(b):
+        for j in range(batch.landmarks.shape[0]):
             self._bank_seen += 1
-            n = len(self._bank["K"]) if self._bank else 0
+            n = self._bank_n
             if n < self.landmark_bank:
-                for k, v in rows.items():
-                    self._bank[k] = v[j:j + 1].clone() if n == 0 else torch.cat([self._bank[k], v[j:j + 1]])
+                if not self._bank or n == len(self._bank["K"]):  # grow by doubling, up to the capacity
+                    size = min(self.landmark_bank, max(64, 2 * n))
+                    for k, v in rows.items():
+                        new = v.new_empty((size, *v.shape[1:]))
+                        if n:
+                            new[:n] = self._bank[k][:n]
+                        self._bank[k] = new
+                slot = n
+                self._bank_n += 1
             else:
                 slot = int(torch.randint(self._bank_seen, (1,)))
-                if slot < self.landmark_bank:
-                    for k, v in rows.items():
-                        self._bank[k][slot] = v[j]
+                if slot >= self.landmark_bank:
+                    continue
+            for k, v in rows.items():
+                self._bank[k][slot] = v[j]
 
     def _bank_landmark(self, anchors: torch.Tensor, step: int, width: int, height: int) -> Optional[torch.Tensor]:
         """The landmark term on ``landmark_frames`` frames drawn from the replay bank (None while empty)."""
-        if not self._bank:
+        n = self._bank_n
+        if n == 0:
             return None
-        n = len(self._bank["K"])
         pick = torch.randperm(n, device=self._bank["K"].device)[:self.landmark_frames]
         get = lambda k: self._bank[k][pick] if k in self._bank else None  # noqa: E731
         f_emo = None
