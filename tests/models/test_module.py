@@ -108,6 +108,11 @@ def train_loader(dm, stage: str, n: int = 2) -> DataLoader:
     return DataLoader(Subset(ds, idx), batch_size=n, collate_fn=collate_batches)
 
 
+def prime_batch(ds) -> FrameBatch:
+    """16 frames spread over ``ds`` in one batch (to prime the landmark anchors: ``min_frames`` is 16)."""
+    return collate_batches([ds[i] for i in range(0, len(ds), max(1, len(ds) // 16))][:16])
+
+
 def val_batch(dm, n: int = 2) -> FrameBatch:
     dm.stage = "fuse"
     ds = dm.frame_dataset("val")
@@ -656,7 +661,7 @@ def test_landmark_term_enters_the_loss_and_its_anchors_persist(stage, dm, cfg_fa
     round trip; weight 0 (the paper) builds no anchors; a batch without landmarks skips the term."""
     dm.stage = stage
     ds = dm.dataset("train")
-    prime = collate_batches([ds[i] for i in range(0, len(ds), max(1, len(ds) // 16))][:16])
+    prime = prime_batch(ds)
     logs, models = {}, {}
     for w in (1.0, 5.0):
         model = new_model(cfg_factory(f"model.landmark_weight={w}", "model.landmark_frames=0"), stage)
@@ -688,7 +693,7 @@ def test_landmark_replay_bank(dm, cfg_factory, monkeypatch):
     ds = dm.dataset("train")
     model = new_model(cfg_factory("model.landmark_weight=1.0", "model.landmark_frames=8",
                                   "+model.landmark_bank=3"), "face")
-    prime = collate_batches([ds[i] for i in range(0, len(ds), max(1, len(ds) // 16))][:16])
+    prime = prime_batch(ds)
     model.landmark_anchors.accumulate(prime.landmarks, prime.viewmat, prime.K)
     logged = {}
     monkeypatch.setattr(model, "log_dict", lambda d, **kw: logged.update(d))
@@ -727,7 +732,7 @@ def test_landmark_term_gradient_moves_the_deformation_towards_the_landmarks(dm, 
     dm.stage = "face"
     ds = dm.dataset("train")
     model = new_model(cfg_factory("model.landmark_weight=1000.0", "model.landmark_frames=0"), "face")
-    prime = collate_batches([ds[i] for i in range(0, len(ds), max(1, len(ds) // 16))][:16])
+    prime = prime_batch(ds)
     model.landmark_anchors.accumulate(prime.landmarks, prime.viewmat, prime.K)
     loader = train_loader(dm, "face")
     batch = next(iter(loader))

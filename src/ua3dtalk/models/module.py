@@ -597,6 +597,7 @@ class UA3DTalk(L.LightningModule):
         for i in range(batch.image.shape[0]):
             img, bg, m = self._targets(batch, i)
             vm, K = batch.viewmat[i], batch.K[i]
+            face_r = None  # this frame's face-branch render (landmark term)
             if self.stage == "mouth":
                 if i == 0:
                     self._init_mouth_color(batch)
@@ -632,6 +633,7 @@ class UA3DTalk(L.LightningModule):
                 cover = torch.zeros((), device=self.device)
                 reg = self._reg(r.deltas)
                 renders.append(("face", r))
+                face_r = r
             else:  # fuse
                 pred, alpha, rf, rm = self.render_frame(
                     cond, i, vm, K, W, H, bg, step=step, anchors=anchors,
@@ -647,9 +649,9 @@ class UA3DTalk(L.LightningModule):
                     lm = None if batch.landmarks is None else batch.landmarks[i]
                     photo["lpips"] = self._perceptual(pred, target, lm, m("mouth_mask"), mask, step)
                 renders += [("face", rf), ("mouth", rm)]
+                face_r = rf
             loss = (photo["l1"] + self.ssim_weight * photo["ssim"] + self.alpha_weight * alpha_l
                     + self.hole_weight * hole + self.cover_weight * cover + self.reg_weight * reg)
-            face_r = next((r for name, r in renders[::-1] if name == "face"), None) if self.stage != "mouth" else None
             if face_r is not None and face_r.anchor_xyz is not None:
                 photo["landmark"] = landmark_loss(anchors, face_r.anchor_xyz, batch.landmarks[i:i + 1],
                                                   self.landmark_anchors.indices, vm[None], K[None], W, H)
