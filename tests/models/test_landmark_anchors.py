@@ -128,3 +128,62 @@ def test_non_finite_target_landmarks_are_ignored():
 def test_bad_arguments_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LandmarkAnchors(**kwargs)
+
+
+def test_cell_offsets_recover_each_labels_mean_expression():
+    """Two label cells whose frames show the same points, cell 1's shifted by a known expression δ (a brow
+    raise and a lip-corner pull): cell_offsets()[1] − cell_offsets()[0] recovers δ in the directions the
+    cameras observe (< 1 mm; δ is 3–6 mm); a cell without enough frames is not ready and gets 0."""
+    a = LandmarkAnchors(prior=0.0, n_cells=3, cell_prior=0.0)
+    truth = a.template.clone()
+    delta = torch.zeros_like(truth)
+    idx = a.indices.tolist()
+    for lmk, d in ((19, (0, -0.006, 0)), (24, (0, -0.006, 0)), (48, (-0.003, -0.003, 0)), (54, (0.003, -0.003, 0))):
+        delta[idx.index(lmk)] = torch.tensor(d)
+    vm, K = cameras(400, jitter=0.2)
+    cells = torch.tensor([0, 1] * 200)
+    lm = torch.cat([full_landmarks(truth + delta * c, a, vm[j:j + 1], K[j:j + 1])
+                    for j, c in enumerate(cells.tolist())])
+    a.accumulate(lm, vm, K, cells=cells)
+    a.accumulate(lm[:5], vm[:5], K[:5], cells=torch.full((5,), 2))  # 5 frames < min_frames
+    off, ready = a.cell_offsets()
+    assert ready.tolist() == [True, True, False] and a.cell_frames.tolist() == [200, 200, 5]
+    err = (off[1] - off[0] - delta).norm(dim=-1)
+    assert float(err.max()) < 1e-3, float(err.max())
+    assert float(off[2].abs().max()) == 0.0
+    # the global anchors sit between the two cells: the offsets have opposite signs
+    assert float((off[0] + off[1]).norm(dim=-1).max()) < 1e-3
+
+
+def test_cell_prior_shrinks_unobserved_depth_offsets_to_zero():
+    """A cell seen from one camera only: its depth is unobserved; the cell prior keeps the offset in the
+    image plane (the reprojection of global + offset matches the cell's landmarks) with no depth shift."""
+    a = LandmarkAnchors(prior=1.0, n_cells=2, cell_prior=10.0)
+    vm, K = cameras(200, jitter=0.15)
+    a.accumulate(full_landmarks(a.template, a, vm, K), vm, K, cells=torch.zeros(200, dtype=torch.long))
+    shifted = a.template + torch.tensor([0.004, 0.0, 0.0])
+    one_vm, one_K = vm[:1].expand(60, -1, -1), K[:1].expand(60, -1, -1)
+    a.accumulate(full_landmarks(shifted, a, one_vm, one_K), one_vm, one_K, cells=torch.ones(60, dtype=torch.long))
+    off, ready = a.cell_offsets()
+    assert bool(ready.all())
+    cam_z = one_vm[0, 2, :3]  # the camera's viewing direction in the head frame
+    assert float((off[1] @ cam_z).abs().max()) < 5e-4  # no shift along the unobserved direction
+    assert float(off[1][:, 0].mean()) > 0.002  # the observed shift is (mostly) kept
+
+
+def test_cells_are_checked():
+    vm, K = cameras(2)
+    a = LandmarkAnchors(n_cells=2)
+    lm = full_landmarks(a.template, a, vm, K)
+    with pytest.raises(ValueError, match="integer tensor"):
+        a.accumulate(lm, vm, K, cells=torch.zeros(2))
+    with pytest.raises(ValueError, match="< n_cells=2"):
+        a.accumulate(lm, vm, K, cells=torch.tensor([0, 2]))
+    with pytest.raises(ValueError, match="n_cells=0"):
+        LandmarkAnchors().accumulate(lm, vm, K, cells=torch.tensor([0, 1]))
+    with pytest.raises(RuntimeError, match="n_cells=0"):
+        LandmarkAnchors().cell_offsets()
+    with pytest.raises(ValueError, match="n_cells and cell_prior"):
+        LandmarkAnchors(n_cells=-1)
+    a.accumulate(lm, vm, K, cells=torch.tensor([-1, 1]))  # -1: a frame without a label counts globally only
+    assert a.cell_frames.tolist() == [0, 1] and int(a.frames) == 2

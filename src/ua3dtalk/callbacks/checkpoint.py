@@ -90,6 +90,12 @@ def load_model_checkpoint(model, path) -> dict:
         # Gaussians' colours were trained if the mouth stage had run
         done = (ckpt.get("ua3dtalk") or {}).get("stage") in ("mouth", "face", "fuse")
         state = {**state, "mouth_color_initialised": torch.tensor(done)}
+    anchors = getattr(model, "landmark_anchors", None)
+    if anchors is not None and anchors.n_cells and "landmark_anchors.ata" in state \
+            and "landmark_anchors.cell_ata" not in state:  # written before the per-label anchors (2026-11-24):
+        # they start empty and fill from the frames of the stages still to train
+        state = {**state, **{f"landmark_anchors.{k}": torch.zeros_like(v) for k, v in anchors.named_buffers()
+                             if k.startswith("cell_")}}
     try:
         model.on_load_checkpoint(ckpt)
         model.load_weights(state, what=str(path))

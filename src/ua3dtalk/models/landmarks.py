@@ -21,12 +21,19 @@ loss on the deformation field itself.
    expression, which the field must reproduce — and the Gaussians around each anchor share its position
    features, so they follow.
 
+3. **Per-label anchors** (``n_cells > 0``, for the emotion-swap term of
+   :class:`~ua3dtalk.models.module.UA3DTalk`): the same triangulation restricted to the frames of one
+   *cell* (an emotion label × intensity level), with a ridge prior towards the global anchors. Its
+   difference from the global anchors, :meth:`LandmarkAnchors.cell_offsets`, is that label's mean
+   canonical expression — what the data says a label does to the face, to be shown when that label is
+   requested for any audio.
+
 Shapes: landmarks ``[B,68,2]`` (x = column, y = row, pixels); viewmat ``[B,4,4]`` world→camera (OpenCV);
 K ``[B,3,3]``; anchors ``[L,3]`` for the ``L`` selected landmark indices.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -55,9 +62,15 @@ class LandmarkAnchors(nn.Module):
             curvature of the triangulation (so it is worth ``prior`` frames: negligible after a few
             hundred frames in well-observed directions, decisive along a never-observed depth).
         min_frames: frames needed before :attr:`ready` (the anchors of fewer frames are unreliable).
+        n_cells: number of label cells with anchors of their own (0 = none; see point 3 of the module
+            docstring). Buffers ``cell_ata`` ``[C,L,3,3]``, ``cell_atb`` ``[C,L,3]``, ``cell_frames`` ``[C]``.
+        cell_prior: weight of a cell's ridge prior towards the global anchors, in the same frame units as
+            ``prior``. Larger than ``prior``: a cell holds few clips, and the depth their head motion leaves
+            unobserved should show no offset.
     """
 
-    def __init__(self, indices: Sequence[int] = DEFAULT_LANDMARKS, prior: float = 1.0, min_frames: int = 16):
+    def __init__(self, indices: Sequence[int] = DEFAULT_LANDMARKS, prior: float = 1.0, min_frames: int = 16,
+                 n_cells: int = 0, cell_prior: float = 10.0):
         super().__init__()
         idx = [int(i) for i in indices]
         if not idx or min(idx) < 0 or max(idx) > 67 or len(set(idx)) != len(idx):
@@ -72,20 +85,38 @@ class LandmarkAnchors(nn.Module):
         self.register_buffer("ata", torch.zeros(len(idx), 3, 3, dtype=torch.float64))
         self.register_buffer("atb", torch.zeros(len(idx), 3, dtype=torch.float64))
         self.register_buffer("frames", torch.zeros((), dtype=torch.long))
+        if n_cells < 0 or cell_prior < 0:
+            raise ValueError(f"LandmarkAnchors: n_cells and cell_prior must be ≥ 0 (got {n_cells}, {cell_prior})")
+        self.n_cells, self.cell_prior = int(n_cells), float(cell_prior)
+        if self.n_cells:
+            self.register_buffer("cell_ata", torch.zeros(self.n_cells, len(idx), 3, 3, dtype=torch.float64))
+            self.register_buffer("cell_atb", torch.zeros(self.n_cells, len(idx), 3, dtype=torch.float64))
+            self.register_buffer("cell_frames", torch.zeros(self.n_cells, dtype=torch.long))
 
     @property
     def ready(self) -> bool:
         return int(self.frames) >= self.min_frames
 
     @torch.no_grad()
-    def accumulate(self, landmarks: torch.Tensor, viewmat: torch.Tensor, K: torch.Tensor) -> None:
-        """Add frames: landmarks ``[B,68,2]``, viewmat ``[B,4,4]``, K ``[B,3,3]``. Frames with a non-finite
+    def accumulate(self, landmarks: torch.Tensor, viewmat: torch.Tensor, K: torch.Tensor,
+                   cells: Optional[torch.Tensor] = None) -> None:
+        """Add frames: landmarks ``[B,68,2]``, viewmat ``[B,4,4]``, K ``[B,3,3]``; ``cells`` ``[B]`` (integer,
+        only with ``n_cells > 0``): each frame's label cell, or -1 for none. Frames with a non-finite
         landmark are skipped.
 
         Each landmark gives two linear equations in ``X``: with ``R, t`` the world→camera rotation and
         translation, ``(u − cx)·(R₃·X + t₃) = fx·(R₁·X + t₁)`` and the same for ``v`` with row 2."""
         lm = landmarks.detach().to(torch.float64)[:, self.indices]  # [B,L,2]
         ok = torch.isfinite(lm).flatten(1).all(1)
+        if cells is not None:
+            if not self.n_cells:
+                raise ValueError("LandmarkAnchors.accumulate: cells given but the anchors have n_cells=0")
+            if cells.shape != ok.shape or cells.is_floating_point():
+                raise ValueError(f"LandmarkAnchors.accumulate: cells must be an integer tensor [{len(ok)}], "
+                                 f"got {cells.dtype} {list(cells.shape)}")
+            if bool((cells >= self.n_cells).any()):
+                raise ValueError(f"LandmarkAnchors.accumulate: cell ids must be < n_cells={self.n_cells}, "
+                                 f"got {cells.max().item()}")
         if not bool(ok.any()):
             return
         lm, vm, K = lm[ok], viewmat.detach().to(torch.float64)[ok], K.detach().to(torch.float64)[ok]
@@ -98,9 +129,18 @@ class LandmarkAnchors(nn.Module):
             rhs.append(f[:, None] * t[:, None, a] - d * t[:, None, 2])  # [B,L]
         A = torch.stack(rows, 2)  # [B,L,2,3]
         b = torch.stack(rhs, 2)  # [B,L,2]
-        self.ata += torch.einsum("blki,blkj->lij", A, A)
-        self.atb += torch.einsum("blki,blk->li", A, b)
+        ata = torch.einsum("blki,blkj->blij", A, A)  # [B,L,3,3] per frame
+        atb = torch.einsum("blki,blk->bli", A, b)
+        self.ata += ata.sum(0)
+        self.atb += atb.sum(0)
         self.frames += int(ok.sum())
+        if cells is not None:
+            c = cells.to(self.cell_frames.device)[ok.to(cells.device)]
+            has = c >= 0
+            if bool(has.any()):
+                self.cell_ata.index_add_(0, c[has], ata[has])
+                self.cell_atb.index_add_(0, c[has], atb[has])
+                self.cell_frames.index_add_(0, c[has], torch.ones_like(c[has]))
 
     def anchors(self) -> torch.Tensor:
         """The canonical anchors ``[L,3]`` (float32, no grad). Raises before :attr:`ready`."""
@@ -111,6 +151,28 @@ class LandmarkAnchors(nn.Module):
         A = self.ata + lam[:, None, None] * eye
         b = self.atb + lam[:, None] * self.template.to(self.atb.dtype)
         return torch.linalg.solve(A, b[..., None])[..., 0].to(torch.float32)
+
+
+    def cell_offsets(self, min_frames: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each cell's anchors minus the global anchors → (offsets ``[C,L,3]`` float32, ready ``[C]`` bool).
+
+        A cell's anchors solve its own normal equations plus ``cell_prior`` (in frame units, as for
+        :meth:`anchors`) times the identity pulling towards the global anchors, so a direction its frames do not
+        observe gets no offset. Cells with fewer than ``min_frames`` frames (default :attr:`min_frames`) are not
+        ready and get zero offsets. Needs ``n_cells > 0`` and :attr:`ready`."""
+        if not self.n_cells:
+            raise RuntimeError("LandmarkAnchors.cell_offsets: built with n_cells=0")
+        base = self.anchors().to(torch.float64)  # [L,3]
+        need = self.min_frames if min_frames is None else int(min_frames)
+        n = self.cell_frames
+        ready = n >= max(need, 1)
+        lam = self.cell_prior * self.cell_ata.diagonal(dim1=2, dim2=3).sum(-1) / (3.0 * n.clamp_min(1)[:, None])
+        lam = lam.clamp_min(1e-12)  # [C,L]; empty cells solve to the base anchors
+        eye = torch.eye(3, dtype=base.dtype, device=base.device)
+        A = self.cell_ata + lam[..., None, None] * eye
+        b = self.cell_atb + lam[..., None] * base
+        off = torch.linalg.solve(A, b[..., None])[..., 0] - base
+        return torch.where(ready[:, None, None], off, torch.zeros_like(off)).to(torch.float32), ready
 
 
 def landmark_loss(anchors: torch.Tensor, offsets: torch.Tensor, landmarks: torch.Tensor, indices: torch.Tensor,

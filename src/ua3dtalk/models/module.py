@@ -45,7 +45,7 @@ from ..render.sh import C0 as SH_C0  # degree-0 SH basis: RGB = SH_C0·DC + 0.5
 from .deformation import DeformationNetwork, MouthDeformation
 from .emotion import EmotionControl, EmotionDistillation, EmotionField
 from .gaussians import DensityControl, GaussianModel, adam, make_optimizer
-from .landmarks import LandmarkAnchors, landmark_loss
+from .landmarks import LandmarkAnchors, landmark_loss, project
 from .prior import PriorExtraction
 
 STAGES = ("prior", "emotion", "mouth", "face", "fuse")
@@ -186,6 +186,15 @@ class UA3DTalk(L.LightningModule):
             renders. 0 = only the rendered frames.
         landmark_bank: capacity of that bank (frames; reservoir replacement once full; not checkpointed,
             refilled after a resume).
+        emotion_swap_weight: weight of the *emotion-swap* term (★, not in the paper; 0 = off; needs
+            ``landmark_weight > 0``, ``landmark_frames > 0`` and the emotion view). The anchors are also
+            triangulated per label cell (emotion × intensity, :meth:`LandmarkAnchors.cell_offsets`): a cell's
+            offset from the global anchors is that label's mean expression in the training data. On the replay
+            bank's frames, the emotion view's input is swapped for the prototype of another label, and the
+            field's change at the anchors must equal the difference of the two labels' offsets (projected with
+            the frame's camera, L1, in the units of the landmark term). Without it the field learns each
+            clip's expression from the *audio* view (the synthetic and MEAD audio carry the emotion too), and
+            requesting a label at inference changes the face by a fraction of a pixel.
         init_mouth_color: at the first mouth-stage step whose frames show the inner mouth, set every
             inside-mouth Gaussian's colour to the mean ground-truth colour of those pixels (once; a flag in the
             checkpoint). Randomly initialised colours are mid-grey, and the SH learning rate moves them by at most
@@ -242,6 +251,7 @@ class UA3DTalk(L.LightningModule):
         landmark_anchors: Optional[LandmarkAnchors] = None,
         landmark_frames: int = 0,
         landmark_bank: int = 4096,
+        emotion_swap_weight: float = 0.0,
         init_mouth_color: bool = True,
         fuse_mouth_grad: str = "all",
         face_random_background: bool = False,
@@ -273,6 +283,9 @@ class UA3DTalk(L.LightningModule):
                              f"{landmark_bank})")
         self.landmark_frames, self.landmark_bank = int(landmark_frames), int(landmark_bank)
         self._bank: dict[str, torch.Tensor] = {}  # replay bank of the landmark term (see landmark_frames)
+        if emotion_swap_weight < 0:
+            raise ValueError(f"UA3DTalk: emotion_swap_weight must be ≥ 0, got {emotion_swap_weight}")
+        self.emotion_swap_weight = float(emotion_swap_weight)
         self.init_mouth_color = bool(init_mouth_color)
         if fuse_mouth_grad not in ("inner", "all"):
             raise ValueError(f"UA3DTalk: fuse_mouth_grad must be 'inner' or 'all', got {fuse_mouth_grad!r}")
@@ -287,6 +300,19 @@ class UA3DTalk(L.LightningModule):
         self.emotion_field = emotion_field
         self.emotion_control = emotion_control if emotion_control is not None else (
             EmotionControl() if emotion is not None else None)
+        if self.emotion_swap_weight > 0:
+            missing = [what for what, ok in (("landmark_weight > 0", self.landmark_weight > 0),
+                                             ("landmark_frames > 0", self.landmark_frames > 0),
+                                             ("the 'emotion' deformation view", "emotion" in deformation.views),
+                                             ("emotion control", self.emotion_control is not None)) if not ok]
+            if missing:
+                raise ValueError(f"UA3DTalk: emotion_swap_weight > 0 needs {', '.join(missing)}")
+            n_cells = len(self.emotion_control.emotions) * self.emotion_control.n_levels
+            if landmark_anchors is None:
+                self.landmark_anchors = LandmarkAnchors(n_cells=n_cells)
+            elif self.landmark_anchors.n_cells != n_cells:
+                raise ValueError(f"UA3DTalk: emotion_swap_weight > 0 needs landmark_anchors with n_cells={n_cells} "
+                                 f"(emotions × intensity levels), got n_cells={self.landmark_anchors.n_cells}")
         self.face_density, self.mouth_density = face_density, mouth_density
         self.stage = stage
         self.lr_gaussians = dict(lr_gaussians or {"means": 1.6e-4, "quats": 1e-3, "log_scales": 5e-3,
@@ -664,10 +690,13 @@ class UA3DTalk(L.LightningModule):
         if anchors is not None and self.landmark_frames > 0:
             deform_step = step - self.static_warmup if self.stage == "face" else step
             if self.stage == "fuse" or deform_step >= 0:
-                bank = self._bank_landmark(anchors, deform_step, W, H)
+                bank, swap = self._bank_landmark(anchors, deform_step, W, H)
                 if bank is not None:
                     total = total + self.landmark_weight * bank
                     logs["train/landmark_bank"] = bank.detach()
+                if swap is not None:
+                    total = total + self.emotion_swap_weight * swap
+                    logs["train/emotion_swap"] = swap.detach()
         if not bool(torch.isfinite(total.detach())):
             _check_all_finite(trained, step)  # name the parameter that made it so, if one did
         _check_finite("train/loss", total, step)
@@ -699,7 +728,7 @@ class UA3DTalk(L.LightningModule):
         self._step_in_progress = None
         # only a step that succeeded adds its frames to the landmark anchors and the replay bank
         if self.landmark_anchors is not None and getattr(batch, "landmarks", None) is not None:
-            self.landmark_anchors.accumulate(batch.landmarks, batch.viewmat, batch.K)
+            self.landmark_anchors.accumulate(batch.landmarks, batch.viewmat, batch.K, cells=self._cells(batch))
             if self.landmark_frames > 0 and self.stage != "mouth":
                 self._bank_add(batch, cond)
         logs["train/loss"] = total.detach()
@@ -744,7 +773,8 @@ class UA3DTalk(L.LightningModule):
         """Store the conditioning, landmarks and cameras of the batch's frames in the replay bank
         (reservoir sampling once it holds ``landmark_bank`` frames)."""
         rows = {"audio": cond.audio, "blink": cond.blink, "content": cond.content, "style": cond.style,
-                "emotion": cond.emotion, "landmarks": batch.landmarks, "viewmat": batch.viewmat, "K": batch.K}
+                "emotion": cond.emotion, "landmarks": batch.landmarks, "viewmat": batch.viewmat, "K": batch.K,
+                "cell": self._cells(batch)}
         rows = {k: v.detach() for k, v in rows.items() if v is not None}
         for j in range(batch.landmarks.shape[0]):
             self._bank_seen += 1
@@ -766,20 +796,67 @@ class UA3DTalk(L.LightningModule):
             for k, v in rows.items():
                 self._bank[k][slot] = v[j]
 
-    def _bank_landmark(self, anchors: torch.Tensor, step: int, width: int, height: int) -> Optional[torch.Tensor]:
-        """The landmark term on ``landmark_frames`` frames drawn from the replay bank (None while empty)."""
+    def _cells(self, batch) -> Optional[torch.Tensor]:
+        """Each frame's label cell ``emotion · n_levels + intensity − 1`` ``[B]`` (-1 where unknown), or None
+        when the emotion-swap term is off or the batch has no labels."""
+        if self.emotion_swap_weight <= 0 or getattr(batch, "emotion", None) is None \
+                or getattr(batch, "intensity", None) is None:
+            return None
+        n_emo, n_lvl = len(self.emotion_control.emotions), self.emotion_control.n_levels
+        e, k = batch.emotion.long(), batch.intensity.long()
+        ok = (e >= 0) & (e < n_emo) & (k >= 1) & (k <= n_lvl)
+        return torch.where(ok, e * n_lvl + k - 1, torch.full_like(e, -1))
+
+    def _swap_plan(self, cells: torch.Tensor):
+        """For bank frames of label cells ``cells`` ``[B]``: which rows get a swapped label, the target cell of
+        each and the target-minus-own anchor offsets → (rows ``[S]``, embeddings ``[S,dim]``, offsets
+        ``[S,L,3]``), or None when fewer than two cells are ready (triangulated and with a prototype)."""
+        offsets, ready = self.landmark_anchors.cell_offsets()
+        ready = ready & (self.emotion_control.counts.view(-1) > 0).to(ready.device)
+        n_ready = int(ready.sum())
+        if n_ready < 2:
+            return None
+        own_ok = (cells >= 0) & ready[cells.clamp_min(0)]
+        rows = own_ok.nonzero()[:, 0]
+        if len(rows) == 0:
+            return None
+        own = cells[rows]
+        choices = ready.nonzero()[:, 0]  # [R]
+        # a uniformly drawn ready cell other than the row's own: draw among R−1 and skip the own cell
+        r = torch.randint(n_ready - 1, (len(rows),), device=cells.device)
+        own_pos = torch.searchsorted(choices, own)
+        target = choices[r + (r >= own_pos).long()]
+        protos = self.emotion_control.prototypes.view(-1, self.emotion_control.dim)
+        return rows, protos[target], offsets[target] - offsets[own]
+
+    def _bank_landmark(self, anchors: torch.Tensor, step: int, width: int, height: int):
+        """The landmark term on ``landmark_frames`` frames drawn from the replay bank, and the emotion-swap
+        term on those of them whose label is known → (landmark, swap); each None when it has no frames."""
         n = self._bank_n
         if n == 0:
-            return None
+            return None, None
         pick = torch.randperm(n, device=self._bank["K"].device)[:self.landmark_frames]
         get = lambda k: self._bank[k][pick] if k in self._bank else None  # noqa: E731
-        f_emo = None
-        if "emotion" in self.deformation.views:
-            f_emo = self.emotion_field(anchors, get("emotion"))
-        d = self.deformation(anchors, audio=get("audio"), blink=get("blink")[:, None], content=get("content"),
-                             style=get("style"), emotion=f_emo, step=step)
-        return landmark_loss(anchors, d.deltas.xyz, get("landmarks"), self.landmark_anchors.indices, get("viewmat"),
-                             get("K"), width, height)
+        plan = self._swap_plan(get("cell")) if self.emotion_swap_weight > 0 and "cell" in self._bank else None
+        rows = torch.arange(len(pick), device=pick.device)
+        emo = get("emotion")
+        if plan is not None:  # one forward over the frames and their label-swapped copies
+            rows = torch.cat([rows, plan[0]])
+            emo = torch.cat([emo, plan[1].to(emo)])
+        take = lambda t: None if t is None else t[rows]  # noqa: E731
+        f_emo = self.emotion_field(anchors, emo) if "emotion" in self.deformation.views else None
+        d = self.deformation(anchors, audio=take(get("audio")), blink=take(get("blink"))[:, None],
+                             content=take(get("content")), style=take(get("style")), emotion=f_emo, step=step)
+        xyz, B = d.deltas.xyz, len(pick)
+        lm = landmark_loss(anchors, xyz[:B], get("landmarks"), self.landmark_anchors.indices, get("viewmat"),
+                           get("K"), width, height)
+        if plan is None:
+            return lm, None
+        sel = plan[0]
+        vm, K = get("viewmat")[sel], get("K")[sel]
+        pred = project(anchors[None] + xyz[B:], vm, K)
+        target = project(anchors[None] + xyz[:B][sel].detach() + plan[2].to(xyz), vm, K)
+        return lm, (pred - target).abs().mean() / float(max(width, height))
 
     def _trained_parameters(self) -> list[tuple[str, torch.Tensor]]:
         """(qualified name, parameter) of the current stage's trainable modules."""
