@@ -4,6 +4,11 @@ Face stage with every module (audio, content, style, emotion views; stage-B ense
 256² frames, 10k face Gaussians, 2 threads. Data are random tensors in the FrameBatch layout (the
 timing does not depend on image content).
 
+The training step is measured twice: the photometric step alone (the batch has no landmarks), and with
+the session-5/6 geometric terms as the demo trains them: the landmark term on the rendered frame and on 32
+frames of the replay bank, and the emotion-swap term on those frames (anchors, per-label anchors, emotion
+prototypes and a full bank primed before timing).
+
 Every row is measured for float32 and bfloat16 ensemble matmuls (`compute_dtype`; the experiments use
 `auto` = bfloat16 on CPUs with fast bf16 matmuls) side by side in one run.
 
@@ -18,7 +23,7 @@ import time
 import torch
 
 
-def make_batch(size: int, channels: int, expr_dim: int = 10):
+def make_batch(size: int, channels: int, expr_dim: int = 10, landmarks: bool = False):
     from ua3dtalk.data.batch import FrameBatch
     from ua3dtalk.data.synth.camera import as_torch, head_viewmat, intrinsics
 
@@ -32,12 +37,17 @@ def make_batch(size: int, channels: int, expr_dim: int = 10):
               audio_neighbours=torch.randn(1, 8, 16, channels), blink=torch.zeros(1), emotion=torch.zeros(1).long(),
               intensity=torch.ones(1).long(), frame_index=torch.zeros(1).long(), clip_id=["bench"],
               expr=torch.zeros(1, expr_dim))
+    if landmarks:  # the generic template seen by the batch's camera
+        from ua3dtalk.models.landmarks import project
+        from ua3dtalk.preprocess.template import TEMPLATE_3D
+
+        kw["landmarks"] = project(torch.tensor(TEMPLATE_3D, dtype=torch.float32)[None], kw["viewmat"], kw["K"])
     b = FrameBatch(**kw)
     b.audio_context = torch.randn(1, 50, channels)
     return b
 
 
-def build(n: int, fusion: str, channels: int = 80, compute_dtype: str = "float32"):
+def build(n: int, fusion: str, channels: int = 80, compute_dtype: str = "float32", swap: float = 0.0):
     from omegaconf import open_dict
 
     from ua3dtalk.cli.train import build_model, compose
@@ -45,7 +55,7 @@ def build(n: int, fusion: str, channels: int = 80, compute_dtype: str = "float32
     overrides = [f"model.face.num_points={n}", f"model.deformation.fusion={fusion}",
                  "model.deformation.ensemble_switch=0", "model.static_warmup=0",
                  "model.face_density.start=1000000"]
-    overrides += [f"model.deformation.compute_dtype={compute_dtype}",
+    overrides += [f"model.emotion_swap_weight={swap}", f"model.deformation.compute_dtype={compute_dtype}",
                   f"model.mouth_deformation.compute_dtype={compute_dtype}"]
     cfg = compose(overrides)
     with open_dict(cfg):
@@ -72,11 +82,34 @@ class _Timer:
         return CB()
 
 
-def train_step_time(n: int, size: int, steps: int, fusion: str = "diagonal", compute_dtype: str = "float32") -> float:
+def prime_geometric_terms(model, batch, frames: int = 64) -> None:
+    """Make the landmark and emotion-swap terms active from the first timed step: anchors and per-label
+    anchors from ``frames`` copies of the batch (two labels), random emotion prototypes, a full bank."""
+    reps = lambda t: t.expand(frames, *t.shape[1:]).clone()  # noqa: E731
+    lm, vm, K = reps(batch.landmarks), reps(batch.viewmat), reps(batch.K)
+    anchors = model.landmark_anchors
+    if anchors.n_cells:
+        cells = torch.arange(frames) % 2  # neutral at levels 1 and 2
+        anchors.accumulate(lm, vm, K, cells=cells)
+        ctl = model.emotion_control
+        ctl.prototypes.normal_()
+        ctl.counts.fill_(1)
+    else:
+        anchors.accumulate(lm, vm, K)
+    with torch.no_grad():
+        cond = model.conditioning(batch)
+    for _ in range(frames):
+        model._bank_add(batch, cond)
+
+
+def train_step_time(n: int, size: int, steps: int, fusion: str = "diagonal", compute_dtype: str = "float32",
+                    landmarks: bool = False) -> float:
     import lightning as L
 
-    model = build(n, fusion, compute_dtype=compute_dtype)
-    batch = make_batch(size, 80)
+    model = build(n, fusion, compute_dtype=compute_dtype, swap=5.0 if landmarks else 0.0)
+    batch = make_batch(size, 80, landmarks=landmarks)
+    if landmarks:
+        prime_geometric_terms(model, batch)
     timer = _Timer()
     dl = torch.utils.data.DataLoader([batch] * (steps + 2), batch_size=None)
     tr = L.Trainer(max_steps=(steps + 2) * 2, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -144,6 +177,8 @@ def main(argv=None) -> int:
     auto = resolve_compute_dtype("auto", "cpu")
     t32 = train_step_time(a.gaussians, a.size, a.steps, compute_dtype="float32")
     tbf = train_step_time(a.gaussians, a.size, a.steps, compute_dtype="bfloat16")
+    l32 = train_step_time(a.gaussians, a.size, a.steps, compute_dtype="float32", landmarks=True)
+    lbf = train_step_time(a.gaussians, a.size, a.steps, compute_dtype="bfloat16", landmarks=True)
     f32 = inference_fps(a.gaussians, a.size, a.frames, "float32")
     f32_ref = inference_fps(a.gaussians, a.size, a.frames, "float32", fused=False)
     fbf = inference_fps(a.gaussians, a.size, a.frames, "bfloat16")
@@ -154,6 +189,8 @@ def main(argv=None) -> int:
     print("| measurement | float32 | bfloat16 matmuls | ratio | target |\n|---|---|---|---|---|")
     print(f"| training step, face stage, all modules, stage-B ensemble, {a.size}², {k}k | {t32:.3f} s | {tbf:.3f} s | "
           f"{t32 / tbf:.2f}× | ≤ 0.35 s |")
+    print(f"| the same + landmark term (frame + 32 bank frames) + emotion swap | {l32:.3f} s | {lbf:.3f} s | "
+          f"{l32 / lbf:.2f}× | |")
     print(f"| inference (deformation + render, no grad), {a.size}², {k}k, fused statistics kernel | "
           f"{f32:.1f} frames/s | {fbf:.1f} frames/s | {fbf / f32:.2f}× | ≥ 20 |")
     print(f"| inference as above, torch reference of the statistics | {f32_ref:.1f} frames/s | "

@@ -412,6 +412,56 @@ def test_decoder_options():
         dec(torch.randn(1, 4, 9))
 
 
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+def test_decoder_activation_matches_its_plain_form(activation):
+    """The decoder's decomposed first layer (``code·W_codeᵀ + H·W_Hᵀ``, shared H, cached ``h_pre``) with
+    either trunk nonlinearity equals the plain ``heads(act(Linear([code, H])))``."""
+    torch.manual_seed(0)
+    dec = MultiHeadDecoder(in_dim=12 + 6, hidden=16, init_std=0.1, activation=activation)
+    code, h = torch.randn(3, 20, 12), torch.randn(20, 6)
+    act = torch.relu if activation == "relu" else torch.nn.functional.silu
+    z = act(dec.trunk[0](torch.cat([code, h.expand(3, -1, -1)], -1)))
+    ref = torch.cat([dec.heads[n](z) for n in dec.head_names], -1)
+    for d in (dec(code, h), dec(code, h, h_pre=dec.h_pre(h, 12)), dec(code, h.expand(3, -1, -1))):
+        torch.testing.assert_close(torch.cat([d.xyz / dec.xyz_scale, d.rot, d.scale], -1), ref)
+    assert isinstance(dec.trunk[1], torch.nn.ReLU if activation == "relu" else torch.nn.SiLU)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        MultiHeadDecoder(activation="tanh")
+
+
+def test_silu_decoder_revives_a_unit_that_relu_leaves_dead():
+    """A trunk whose biases are pushed far below zero (every unit inactive on every input, as found in the
+    demo runs): with ReLU nothing reaches the trunk or the code (the output is constant), with SiLU both
+    still get a gradient and a few Adam steps bring units back to life."""
+    def dead(activation):
+        torch.manual_seed(0)
+        dec = MultiHeadDecoder(in_dim=8 + 4, hidden=16, heads=("xyz",), xyz_scale=1.0, init_std=0.1,
+                               activation=activation)
+        with torch.no_grad():
+            dec.trunk[0].bias.fill_(-3.0)
+            dec.trunk[0].weight.mul_(0.1)
+        return dec
+
+    code, h = torch.randn(2, 50, 8, requires_grad=True), torch.randn(50, 4)
+    target = torch.randn(2, 50, 3)
+    for activation, alive in (("relu", False), ("silu", True)):
+        dec = dead(activation)
+        assert float((dec.trunk[0](torch.cat([code, h.expand(2, -1, -1)], -1)) > 0).float().mean()) == 0.0
+        loss = (dec(code, h).xyz - target).pow(2).mean()
+        code.grad = None
+        loss.backward()
+        assert (float(dec.trunk[0].weight.grad.abs().sum()) > 0) is alive
+        assert (float(code.grad.abs().sum()) > 0) is alive
+        opt = torch.optim.Adam(dec.parameters(), lr=5e-2)
+        for _ in range(100):
+            opt.zero_grad()
+            (dec(code.detach(), h).xyz - target).pow(2).mean().backward()
+            opt.step()
+        with torch.no_grad():
+            active = float((dec.trunk[0](torch.cat([code, h.expand(2, -1, -1)], -1)) > 0).float().mean())
+        assert (active > 0.01) is alive, (activation, active)
+
+
 # --------------------------------------------------------------------------------------------------
 # full networks
 # --------------------------------------------------------------------------------------------------

@@ -96,6 +96,8 @@ class DeformationNetwork(InferenceCache, nn.Module):
             until the planes have learned it, and in a few thousand CPU steps they do not.
         view_dropout: probability of leaving a view out of a training forward
             (:class:`~ua3dtalk.models.deformation.fusion.UncertaintyFusion`; 0 = the paper).
+        decoder_activation: nonlinearity of the decoder's trunk, ``relu`` (the paper) or ``silu`` (★; see
+            :class:`~ua3dtalk.models.deformation.decoder.MultiHeadDecoder`).
     """
 
     def __init__(
@@ -131,6 +133,7 @@ class DeformationNetwork(InferenceCache, nn.Module):
         cache: bool = True,
         view_dropout: float = 0.0,
         emotion_position: bool = False,
+        decoder_activation: str = "relu",
     ) -> None:
         super().__init__()
         views = tuple(str(v) for v in views)
@@ -162,7 +165,8 @@ class DeformationNetwork(InferenceCache, nn.Module):
         self.fusion = UncertaintyFusion(self.view_dims, code_dim, hidden, members, fusion, uncertainty,
                                         ensemble_switch, var_floor=var_floor, compute_dtype=compute_dtype,
                                         view_dropout=view_dropout)
-        self.decoder = MultiHeadDecoder(code_dim + h_dim, hidden, heads, extra_heads, single_head, xyz_scale)
+        self.decoder = MultiHeadDecoder(code_dim + h_dim, hidden, heads, extra_heads, single_head, xyz_scale,
+                                        activation=decoder_activation)
         self.compute_dtype = str(compute_dtype)
         self.cache_enabled = bool(cache)
 
@@ -328,6 +332,7 @@ class MouthDeformation(DeformationNetwork):
         var_floor: float = 1e-4,
         compute_dtype: str = "float32",
         cache: bool = True,
+        decoder_activation: str = "relu",
     ) -> None:
         views = tuple(str(v) for v in views)
         bad = [v for v in views if v not in ("audio", "content")]
@@ -340,7 +345,7 @@ class MouthDeformation(DeformationNetwork):
             xyz_scale=xyz_scale, field_resolution=field_resolution, field_scales=field_scales,
             field_channels=field_channels, audio_dim=audio_dim, eye_dim=eye_dim, blink_dim=blink_dim,
             audio_window=audio_window, audio_seq_len=audio_seq_len, detach_xyz=detach_xyz, var_floor=var_floor,
-            compute_dtype=compute_dtype, cache=cache,
+            compute_dtype=compute_dtype, cache=cache, decoder_activation=decoder_activation,
         )
 
     def forward(  # type: ignore[override]
