@@ -291,7 +291,7 @@ ABLATIONS = {
     "no_prior": ["model.deformation.views=[audio,emotion]", "model.mouth_deformation.views=[audio]",
                  "model.prior=null"],
     "no_emotion": ["model.deformation.views=[audio,content,style]", "model.emotion=null",
-                   "model.emotion_field=null"],
+                   "model.emotion_field=null", "model.emotion_swap_weight=0"],
 }
 
 
@@ -664,7 +664,8 @@ def test_landmark_term_enters_the_loss_and_its_anchors_persist(stage, dm, cfg_fa
     prime = prime_batch(ds)
     logs, models = {}, {}
     for w in (1.0, 5.0):
-        model = new_model(cfg_factory(f"model.landmark_weight={w}", "model.landmark_frames=0"), stage)
+        model = new_model(cfg_factory(f"model.landmark_weight={w}", "model.landmark_frames=0",
+                                            "model.emotion_swap_weight=0"), stage)
         model.landmark_anchors.accumulate(prime.landmarks, prime.viewmat, prime.K)
         assert model.landmark_anchors.ready
         logged = logs.setdefault(w, {})
@@ -677,10 +678,12 @@ def test_landmark_term_enters_the_loss_and_its_anchors_persist(stage, dm, cfg_fa
     assert gap == pytest.approx(4 * lmk, rel=1e-2)
     anchors = models[1.0].landmark_anchors
     assert int(anchors.frames) == 16 + 2
-    fresh = new_model(cfg_factory("model.landmark_weight=1.0", "model.landmark_frames=0"), stage)
+    fresh = new_model(cfg_factory("model.landmark_weight=1.0", "model.landmark_frames=0",
+                                  "model.emotion_swap_weight=0"), stage)
     fresh.load_weights(models[1.0].state_dict())
     torch.testing.assert_close(fresh.landmark_anchors.anchors(), anchors.anchors())
-    assert new_model(cfg_factory("model.landmark_weight=0"), stage).landmark_anchors is None  # the paper
+    paper = new_model(cfg_factory("model.landmark_weight=0", "model.emotion_swap_weight=0"), stage)
+    assert paper.landmark_anchors is None
     no_lm = dataclasses.replace(prime, landmarks=None)
     assert fresh._landmark_anchors(no_lm) is None and int(fresh.landmark_anchors.frames) == 18
 
@@ -705,7 +708,8 @@ def test_landmark_replay_bank(dm, cfg_factory, monkeypatch):
     model.eval()
     x = model.landmark_anchors.anchors()
     with torch.no_grad():
-        got = model._bank_landmark(x, step=10**6, width=128, height=128)
+        got, swap = model._bank_landmark(x, step=10**6, width=128, height=128)
+        assert swap is None  # no emotion prototypes yet
         b = model._bank
         f = model.emotion_field(x, b["emotion"])
         d = model.deformation(x, audio=b["audio"], blink=b["blink"][:, None], content=b["content"], style=b["style"],
@@ -731,7 +735,8 @@ def test_landmark_term_gradient_moves_the_deformation_towards_the_landmarks(dm, 
     batch bring its frames' projected anchors closer to their landmarks."""
     dm.stage = "face"
     ds = dm.dataset("train")
-    model = new_model(cfg_factory("model.landmark_weight=1000.0", "model.landmark_frames=0"), "face")
+    model = new_model(cfg_factory("model.landmark_weight=1000.0", "model.landmark_frames=0",
+                                  "model.emotion_swap_weight=0"), "face")
     prime = prime_batch(ds)
     model.landmark_anchors.accumulate(prime.landmarks, prime.viewmat, prime.K)
     loader = train_loader(dm, "face")
@@ -1017,7 +1022,7 @@ def test_emotion_swap_term_teaches_labels_their_expression(dm, cfg_factory, monk
     assert after < 0.6 * before, (before, after)
 
 
-def test_emotion_swap_needs_its_inputs_and_old_checkpoints_load(default_checkpoint, cfg_factory):
+def test_emotion_swap_needs_its_inputs_and_old_checkpoints_load(default_checkpoint, cfg_factory, tmp_path):
     """The swap term is refused without the landmark term, the bank or the emotion view (named); a
     checkpoint written before the per-label anchors loads, with empty per-label anchors."""
     with pytest.raises(Exception, match="landmark_frames > 0"):
@@ -1028,9 +1033,14 @@ def test_emotion_swap_needs_its_inputs_and_old_checkpoints_load(default_checkpoi
     with pytest.raises(Exception, match="emotion_swap_weight must be ≥ 0"):
         build_model(cfg_factory("model.emotion_swap_weight=-1"), "face")
     model = new_model(cfg_factory("model.landmark_weight=1.0", "model.emotion_swap_weight=1.0"), "face")
+    ck = torch.load(default_checkpoint, weights_only=True)
+    for k in [k for k in ck["state_dict"] if k.startswith("landmark_anchors.cell_")]:
+        del ck["state_dict"][k]  # as written before the per-label anchors existed
+    old = tmp_path / "old.ckpt"
+    torch.save(ck, old)
     model.landmark_anchors.cell_frames.fill_(3)
-    assert "landmark_anchors.cell_ata" not in torch.load(default_checkpoint, weights_only=True)["state_dict"]
-    load_model_checkpoint(model, default_checkpoint)
+    load_model_checkpoint(model, old)
     assert int(model.landmark_anchors.cell_frames.sum()) == 0
+    torch.testing.assert_close(model.landmark_anchors.ata, ck["state_dict"]["landmark_anchors.ata"])
 
 

@@ -306,7 +306,8 @@ class UA3DTalk(L.LightningModule):
                                              ("the 'emotion' deformation view", "emotion" in deformation.views),
                                              ("emotion control", self.emotion_control is not None)) if not ok]
             if missing:
-                raise ValueError(f"UA3DTalk: emotion_swap_weight > 0 needs {', '.join(missing)}")
+                raise ValueError(f"UA3DTalk: emotion_swap_weight > 0 needs {', '.join(missing)} "
+                                 "(set model.emotion_swap_weight=0 to train without the emotion-swap term)")
             n_cells = len(self.emotion_control.emotions) * self.emotion_control.n_levels
             if landmark_anchors is None:
                 self.landmark_anchors = LandmarkAnchors(n_cells=n_cells)

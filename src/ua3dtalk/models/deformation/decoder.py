@@ -85,7 +85,8 @@ class MultiHeadDecoder(nn.Module):
         self.head_names = names
         self.single = bool(single)
         self.xyz_scale = float(xyz_scale)
-        self.trunk = nn.Sequential(nn.Linear(self.in_dim, self.hidden), nn.ReLU() if activation == "relu" else nn.SiLU())
+        act = nn.ReLU() if activation == "relu" else nn.SiLU()
+        self.trunk = nn.Sequential(nn.Linear(self.in_dim, self.hidden), act)
         if self.single:
             self.out = nn.Linear(self.hidden, sum(HEAD_DIMS[h] for h in names))
             self.heads = nn.ModuleDict()
