@@ -210,8 +210,9 @@ class UA3DTalk(L.LightningModule):
         face_random_background: the ``face`` stage composites the face branch (and its target) over a random
             uniform colour per frame instead of the frame's background (★, the random-background trick of
             3DGS; off by default). Over the real background a semi-transparent lip looks right, and in the
-            ``fuse`` stage the mouth behind it then shows through. In the one demo-scale run with it, label
-            control had no effect at all (emo_shift 0), which is not understood yet.
+            ``fuse`` stage the mouth behind it then shows through. In both demo-scale runs with it, the
+            deformation decoder's ReLU trunk died completely (static offsets, label control exactly 0; see
+            ``decoder_activation`` of :class:`~ua3dtalk.models.deformation.DeformationNetwork`).
         backend: renderer backend (``auto``).
         log_images_every: validation renders logged every this many validation batches (0 = never).
     """
