@@ -152,7 +152,6 @@ class LandmarkAnchors(nn.Module):
         b = self.atb + lam[:, None] * self.template.to(self.atb.dtype)
         return torch.linalg.solve(A, b[..., None])[..., 0].to(torch.float32)
 
-
     def cell_offsets(self, min_frames: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Each cell's anchors minus the global anchors → (offsets ``[C,L,3]`` float32, ready ``[C]`` bool).
 
