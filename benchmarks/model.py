@@ -87,15 +87,9 @@ def prime_geometric_terms(model, batch, frames: int = 64) -> None:
     anchors from ``frames`` copies of the batch (two labels), random emotion prototypes, a full bank."""
     reps = lambda t: t.expand(frames, *t.shape[1:]).clone()  # noqa: E731
     lm, vm, K = reps(batch.landmarks), reps(batch.viewmat), reps(batch.K)
-    anchors = model.landmark_anchors
-    if anchors.n_cells:
-        cells = torch.arange(frames) % 2  # neutral at levels 1 and 2
-        anchors.accumulate(lm, vm, K, cells=cells)
-        ctl = model.emotion_control
-        ctl.prototypes.normal_()
-        ctl.counts.fill_(1)
-    else:
-        anchors.accumulate(lm, vm, K)
+    model.landmark_anchors.accumulate(lm, vm, K, cells=torch.arange(frames) % 2)  # neutral, levels 1 and 2
+    model.emotion_control.prototypes.normal_()
+    model.emotion_control.counts.fill_(1)
     with torch.no_grad():
         cond = model.conditioning(batch)
     for _ in range(frames):

@@ -1004,7 +1004,7 @@ def test_emotion_swap_term_teaches_labels_their_expression(dm, cfg_factory, monk
     anchors = model.landmark_anchors
     ready = anchors.cell_offsets()[1]
     offsets = 0.004 * torch.randn(anchors.n_cells, len(anchors.indices), 3, generator=torch.Generator().manual_seed(2))
-    monkeypatch.setattr(anchors, "cell_offsets", lambda *a: (offsets * ready[:, None, None], ready))
+    monkeypatch.setattr(anchors, "cell_offsets", lambda *a, **k: (offsets * ready[:, None, None], ready))
     x = anchors.anchors()
     model.eval()  # the full ensemble: deterministic
 

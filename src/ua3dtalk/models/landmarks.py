@@ -152,16 +152,18 @@ class LandmarkAnchors(nn.Module):
         b = self.atb + lam[:, None] * self.template.to(self.atb.dtype)
         return torch.linalg.solve(A, b[..., None])[..., 0].to(torch.float32)
 
-    def cell_offsets(self, min_frames: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def cell_offsets(self, min_frames: Optional[int] = None,
+                     base: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Each cell's anchors minus the global anchors → (offsets ``[C,L,3]`` float32, ready ``[C]`` bool).
 
         A cell's anchors solve its own normal equations plus ``cell_prior`` (in frame units, as for
         :meth:`anchors`) times the identity pulling towards the global anchors, so a direction its frames do not
         observe gets no offset. Cells with fewer than ``min_frames`` frames (default :attr:`min_frames`) are not
-        ready and get zero offsets. Needs ``n_cells > 0`` and :attr:`ready`."""
+        ready and get zero offsets. ``base``: :meth:`anchors`, when the caller already has them. Needs
+        ``n_cells > 0`` and :attr:`ready`."""
         if not self.n_cells:
             raise RuntimeError("LandmarkAnchors.cell_offsets: built with n_cells=0")
-        base = self.anchors().to(torch.float64)  # [L,3]
+        base = (self.anchors() if base is None else base).to(torch.float64)  # [L,3]
         need = self.min_frames if min_frames is None else int(min_frames)
         n = self.cell_frames
         ready = n >= max(need, 1)

@@ -809,11 +809,12 @@ class UA3DTalk(L.LightningModule):
         ok = (e >= 0) & (e < n_emo) & (k >= 1) & (k <= n_lvl)
         return torch.where(ok, e * n_lvl + k - 1, torch.full_like(e, -1))
 
-    def _swap_plan(self, cells: torch.Tensor):
+    def _swap_plan(self, cells: torch.Tensor, anchors: Optional[torch.Tensor] = None):
         """For bank frames of label cells ``cells`` ``[B]``: which rows get a swapped label, the target cell of
         each and the target-minus-own anchor offsets → (rows ``[S]``, embeddings ``[S,dim]``, offsets
-        ``[S,L,3]``), or None when fewer than two cells are ready (triangulated and with a prototype)."""
-        offsets, ready = self.landmark_anchors.cell_offsets()
+        ``[S,L,3]``), or None when fewer than two cells are ready (triangulated and with a prototype).
+        ``anchors``: the global anchors if already solved."""
+        offsets, ready = self.landmark_anchors.cell_offsets(base=anchors)
         ready = ready & (self.emotion_control.counts.view(-1) > 0).to(ready.device)
         n_ready = int(ready.sum())
         if n_ready < 2:
@@ -839,7 +840,7 @@ class UA3DTalk(L.LightningModule):
             return None, None
         pick = torch.randperm(n, device=self._bank["K"].device)[:self.landmark_frames]
         get = lambda k: self._bank[k][pick] if k in self._bank else None  # noqa: E731
-        plan = self._swap_plan(get("cell")) if self.emotion_swap_weight > 0 and "cell" in self._bank else None
+        plan = self._swap_plan(get("cell"), anchors) if self.emotion_swap_weight > 0 and "cell" in self._bank else None
         rows = torch.arange(len(pick), device=pick.device)
         emo = get("emotion")
         if plan is not None:  # one forward over the frames and their label-swapped copies
