@@ -330,6 +330,25 @@ def synth_emotional_small(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def synth_emotional_roles(tmp_path_factory):
+    """Like :func:`synth_emotional_small` with 2 clips per emotion × intensity (24 clips), so every clip
+    role of the synthetic configs (DESIGN §5.3: evaluator, train, val, test) gets clips of every emotion.
+    Read-only."""
+    from ua3dtalk.data.synth.generate import cache_features, generate_emotional
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        subject = generate_emotional(tmp_path_factory.mktemp("synth_emotional_roles"), "tiny", seed=0,
+                                     backend="cpu", progress=False, emotions=SMALL_EMOTIONS, intensities=(1, 2, 3),
+                                     clips_per_level=2)
+        cache_features(subject, ["mel"])
+    finally:
+        torch.set_num_threads(n)
+    return subject
+
+
+@pytest.fixture(scope="session")
 def tiny_w2v(tmp_path_factory) -> Path:
     """A tiny random-initialised Wav2Vec2ForCTC saved with save_pretrained (the real loading code runs)."""
     import torch

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::Deprecat
 
 
 @pytest.mark.slow
-def test_demo_writes_report_pictures_and_videos(synth_emotional_small, tmp_path):
+def test_demo_writes_report_pictures_and_videos(synth_emotional_roles, tmp_path):
     import torch
 
     n = torch.get_num_threads()
@@ -19,7 +19,7 @@ def test_demo_writes_report_pictures_and_videos(synth_emotional_small, tmp_path)
     try:
         rc = demo.main(["--out", str(tmp_path / "demo"), "--experiment", "smoke", "--eval-epochs", "1",
                         "--sync-steps", "3", "scale=tiny", "callbacks=none",
-                        f"data.root={synth_emotional_small}", "trainer.enable_progress_bar=false",
+                        f"data.root={synth_emotional_roles}", "trainer.enable_progress_bar=false",
                         "stage_steps={prior: 2, emotion: 2, mouth: 2, face: 6, fuse: 2}"])
     finally:
         torch.set_num_threads(n)
@@ -40,3 +40,15 @@ def test_demo_writes_report_pictures_and_videos(synth_emotional_small, tmp_path)
     assert (out / "evaluators" / "manifest.json").is_file()
     m = json.loads((out / "metrics.json").read_text())
     assert set(m["demo_seconds"]) and m["experiment"] == "smoke"
+    # the evaluation protocol: evaluator, train, val and test clips pairwise disjoint (DESIGN §5.3)
+    p = m["eval_protocol"]
+    roles = {k: set(p[f"{k}_clips"]) for k in ("evaluator", "train", "val", "test")}
+    assert all(roles.values()) and p["disjoint"] and not p["overlap_allowed"]
+    for a in roles:
+        for b in roles:
+            assert a == b or not roles[a] & roles[b], (a, b)
+    man = json.loads((out / "evaluators" / "manifest.json").read_text())
+    assert set(man["clips"]) == roles["evaluator"] and set(man["heldout_clips"]) == roles["test"]
+    checks = m["evaluator_emotion_checks"]
+    assert 0 <= checks["heldout_acc"] <= 1 and checks["heldout_clips"] == len(roles["test"])
+    assert "Evaluation protocol" in report and "pairwise disjoint" in report

@@ -116,3 +116,56 @@ def test_emotion_control_scores(short_run, synth_emotional_small):
     assert sum(same["per_emotion"].values()) <= 1.0 + 1e-6
     with pytest.raises(ValueError, match="emotion classifier"):
         emotion_control_scores(model, ds, seqs, Evaluators(), names, progress=False)
+
+
+def _evaluator_dir(path, clips):
+    path.mkdir(parents=True)
+    (path / "manifest.json").write_text(json.dumps({"evaluators": {}, "clips": clips}))
+    return path
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_eval_refuses_evaluators_that_saw_a_scored_clip(short_run, tmp_path, capsys):
+    """Evaluators never score clips they were trained on (DESIGN §5.3): refused before rendering, exit 2,
+    the clip named; allow_overlap=true scores and the record says so."""
+    from ua3dtalk.data.splits import ProtocolError
+
+    ckpt = short_run / "checkpoints" / "face" / "last.ckpt"
+    rec = evaluate(ckpt, split="test", out=tmp_path / "ok", metrics="psnr", max_clips=1, max_frames=2,
+                   progress=False, evaluators=str(_evaluator_dir(tmp_path / "ev_ok", ["synth0/nowhere/001"])))
+    p = rec["eval_protocol"]
+    assert p["disjoint"] and p["evaluator_clips"] == ["synth0/nowhere/001"]
+    assert p["test_clips"] and not set(p["test_clips"]) & set(p["val_clips"])  # a real test split
+    assert not (set(p["train_clips"]) & set(p["test_clips"]))
+    assert json.loads((tmp_path / "ok" / "metrics.json").read_text())["eval_protocol"] == p
+    seen = p["test_clips"][0]
+    bad = _evaluator_dir(tmp_path / "ev_bad", ["synth0/other/001", seen])
+    out = tmp_path / "refused"
+    assert main([f"ckpt={ckpt}", "split=test", f"evaluators={bad}", f"out={out}", "metrics=psnr"]) == 2
+    err = capsys.readouterr().err
+    assert seen in err and "allow_overlap" in err and "Traceback" not in err
+    assert not out.exists()  # nothing rendered, nothing written
+    with pytest.raises(ProtocolError, match="does not record"):
+        evaluate(ckpt, split="test", metrics="psnr", progress=False,
+                 evaluators=str(_evaluator_dir(tmp_path / "ev_old", None)))
+    assert main([f"ckpt={ckpt}", "split=test", f"evaluators={bad}", f"out={out}", "metrics=psnr",
+                 "max_clips=1", "max_frames=2", "allow_overlap=true"]) == 0
+    assert "optimistic" in capsys.readouterr().out
+    m = json.loads((out / "metrics.json").read_text())["eval_protocol"]
+    assert m["overlap_allowed"] and m["overlap"] == [seen]
+
+
+def test_metrics_callback_refuses_an_overlap_at_setup(synth_emotional_small, tmp_path):
+    from ua3dtalk.callbacks.metrics import MetricsCallback
+    from ua3dtalk.data.datamodule import EmotionalTalkingHeadDataModule
+    from ua3dtalk.data.splits import ProtocolError, clip_key
+
+    dm = EmotionalTalkingHeadDataModule(str(synth_emotional_small), val_fraction=0.12, test_fraction=0.22)
+    dm.setup("fit")
+    val = clip_key(dm.split_clips["val"][0])
+    cb = MetricsCallback(metrics="psnr", evaluators=str(_evaluator_dir(tmp_path / "ev", [val])))
+    with pytest.raises(ProtocolError, match=val):
+        cb.check_protocol(dm)
+    cb = MetricsCallback(metrics="psnr", evaluators=str(tmp_path / "ev"), allow_overlap=True)
+    with pytest.warns(UserWarning, match="optimistic"):
+        assert cb.check_protocol(dm)["overlap"] == [val]

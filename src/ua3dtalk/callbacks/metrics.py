@@ -157,13 +157,16 @@ class MetricsCallback(L.Callback):
             ``default_root_dir`` (the run directory of ``ua3dtalk-train``).
         batch_size: frames rendered per forward call.
         on_validation / on_test: evaluate at the end of validation / test runs.
+        allow_overlap: score clips the evaluators were trained on (refused by default, at setup, naming
+            the clips: :func:`~ua3dtalk.data.splits.eval_protocol`); ``metrics.json`` records the
+            protocol under ``eval_protocol`` either way.
     """
 
     def __init__(self, metrics: Union[str, Sequence[str], None] = "all", evaluators: Optional[str] = None,
                  every_n_epochs: int = 1, lpips_random_backbone: bool = False, syncnet: Optional[str] = None,
                  threedmm: Optional[str] = None, max_clips: Optional[int] = None, max_frames: Optional[int] = None,
                  num_images: int = 3, out_dir: Optional[str] = None, batch_size: int = 8,
-                 on_validation: bool = True, on_test: bool = True):
+                 on_validation: bool = True, on_test: bool = True, allow_overlap: bool = False):
         super().__init__()
         self.metrics = parse_metrics(list(metrics) if not isinstance(metrics, str) and metrics is not None
                                      else metrics)
@@ -176,6 +179,8 @@ class MetricsCallback(L.Callback):
         self.max_clips, self.max_frames = max_clips, max_frames
         self.num_images, self.out_dir, self.batch_size = int(num_images), out_dir, int(batch_size)
         self.on_validation, self.on_test = bool(on_validation), bool(on_test)
+        self.allow_overlap = bool(allow_overlap)
+        self.protocol: Optional[dict] = None
         self._suite: Optional[MetricSuite] = None
         self._val_runs = 0
         self.last_metrics: dict = {}
@@ -189,6 +194,21 @@ class MetricsCallback(L.Callback):
             self._suite = MetricSuite(ev, self.metrics)
         return self._suite
 
+    def check_protocol(self, dm) -> dict:
+        """The run's ``eval_protocol`` (computed once): raises :class:`~ua3dtalk.data.splits.ProtocolError`
+        when the evaluators were trained on a val or test clip (unless ``allow_overlap``)."""
+        from ..data.splits import eval_protocol, role_clips
+
+        if self.protocol is None:
+            if getattr(dm, "clips", None) is None:
+                dm.setup("fit")
+            self.protocol = eval_protocol(self.evaluators_dir, role_clips(dm), allow_overlap=self.allow_overlap)
+        return self.protocol
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.datamodule is not None and (self.on_validation or self.on_test):
+            self.check_protocol(trainer.datamodule)
+
     def _run_dir(self, trainer) -> Path:
         return Path(self.out_dir if self.out_dir is not None else trainer.default_root_dir)
 
@@ -201,6 +221,7 @@ class MetricsCallback(L.Callback):
         groups = self.metrics if costly else tuple(g for g in self.metrics if g in CHEAP_METRICS)
         if not groups:
             return {}
+        protocol = self.check_protocol(dm)
         suite = self.suite
         suite.reset()
         ds, seqs = split_sequences(dm, split, self.max_clips, self.max_frames)
@@ -228,7 +249,7 @@ class MetricsCallback(L.Callback):
         if trainer.is_global_zero:
             run_dir = self._run_dir(trainer)
             update_metrics_json(run_dir / "metrics.json", {
-                **out,
+                **out, "eval_protocol": protocol,
                 "metrics_evaluators": {f"{split}/{rename.get(k, k)}": v
                                        for k, v in suite.provenance(list(values)).items()},
                 "metrics_callback": {split: {"stage": str(getattr(pl_module, "stage", "")),

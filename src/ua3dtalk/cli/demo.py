@@ -75,39 +75,52 @@ def _png(path: Path, img: np.ndarray) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+def data_split(cfg) -> dict:
+    """The clip-split settings of ``cfg.data`` (:data:`~ua3dtalk.data.splits.SYNTH_SPLIT` keys)."""
+    from ..data.splits import SYNTH_SPLIT
+
+    return {k: type(v)(cfg.data.get(k, 0)) for k, v in SYNTH_SPLIT.items()}
+
+
 def prepare_evaluators(cfg, out: Path, epochs: int = 0, sync_steps: int = 0) -> Optional[Any]:
     """Step 2: the metric evaluators (landmark and expression regressors, emotion classifier, SyncNet)
-    trained on the synthetic ground truth of ``cfg.data.root`` (``ua3dtalk-evaluators train``, demo-sized
-    schedule), cached in ``<out>/evaluators`` — a complete earlier set (its ``manifest.json``) is reused.
-    Returns that directory (handed to :func:`evaluate`). ``epochs`` / ``sync_steps``: 0 = the demo's
-    defaults (:data:`DEMO_EVAL_EPOCHS`, :data:`DEMO_SYNC_STEPS`)."""
+    trained on the *evaluator clips* of ``cfg.data.root`` — clips the avatar never sees (DESIGN §5.3;
+    ``ua3dtalk-evaluators train`` with the run's split settings, demo-sized schedule), cached in
+    ``<out>/evaluators``: a complete earlier set trained on the same clips is reused. Returns that
+    directory (handed to :func:`evaluate`). ``epochs`` / ``sync_steps``: 0 = the demo's defaults
+    (:data:`DEMO_EVAL_EPOCHS`, :data:`DEMO_SYNC_STEPS`)."""
+    from ..data.formats import load_dataset
+    from ..data.splits import clip_key
     from ..metrics.suite import MANIFEST_FILE
-    from .evaluators import KINDS, train_evaluators
+    from .evaluators import KINDS, evaluator_split, train_evaluators
 
     d = out / "evaluators"
     man = d / MANIFEST_FILE
+    split = data_split(cfg)
     if man.is_file():
-        done = json.loads(man.read_text()).get("evaluators", {})
-        if all(k in done for k in KINDS):
+        m = json.loads(man.read_text())
+        want = [clip_key(c) for c in evaluator_split(load_dataset(cfg.data.root), "evaluator", split)[0]]
+        if all(k in m.get("evaluators", {}) for k in KINDS) and m.get("clips") == want:
             print(f"[demo] evaluators: reusing {d}")
             return d
     train_evaluators(str(cfg.data.root), str(d), epochs=epochs or DEMO_EVAL_EPOCHS,
-                     sync_steps=sync_steps or DEMO_SYNC_STEPS, threads=1)
+                     sync_steps=sync_steps or DEMO_SYNC_STEPS, threads=1, split=split)
     return d
 
 
-def evaluate(cfg, ckpt: Path, evaluators: Optional[Any], out: Path) -> dict[str, float]:
+def evaluate(cfg, ckpt: Path, evaluators: Optional[Any], out: Path) -> dict[str, Any]:
     """Step 4: render every frame of the held-out clips with the checkpoint and score them with the
     evaluators (``ua3dtalk-eval``'s code path); returns the namespaced metrics (``test/…`` of the held-out
     clips: ``psnr``, ``ssim``, ``lpips`` when the AlexNet file is present, ``lmd``, ``f_lmd``,
     ``blink_err``, ``efid_*``, ``acc_emo``, ``sync_c``/``sync_d``; on an emotional dataset also the emotion
     control by label, ``acc_emo_label``, ``acc_emo_label_clip``, ``emo_shift`` — ``ua3dtalk-eval control=true``),
-    also merged into the run's metrics.json.
+    also merged into the run's metrics.json, with ``eval_protocol`` (the evaluator, train, val and test clips;
+    evaluators trained on a test clip are refused).
     A metric whose evaluator is missing is skipped with a warning, never replaced by a made-up number."""
     from .eval import evaluate as eval_ckpt
 
-    # the DataModule's test split = its held-out clips (the val clips when nothing else is held out);
-    # on an emotional dataset also the emotion control by label (acc_emo_label, emo_shift)
+    # the DataModule's test split = its held-out test clips; on an emotional dataset also the emotion
+    # control by label (acc_emo_label, emo_shift)
     run_meta = json.loads((Path(cfg.paths.run_dir) / "metrics.json").read_text())
     control = (evaluators is not None and run_meta.get("data_kind") == "emotional"
                and run_meta.get("components", {}).get("emotion") not in (None, "none"))
@@ -116,7 +129,38 @@ def evaluate(cfg, ckpt: Path, evaluators: Optional[Any], out: Path) -> dict[str,
     skipped = rec.get("eval", {}).get("test", {}).get("skipped")
     if skipped:
         print(f"[demo] evaluate: skipped {skipped}")
-    return {k: v for k, v in rec.items() if k.startswith("test/") and isinstance(v, float)}
+    return {**{k: v for k, v in rec.items() if k.startswith("test/") and isinstance(v, float)},
+            "eval_protocol": rec["eval_protocol"]}
+
+
+def _emotion_checks(evaluators: Optional[Path]) -> dict:
+    """``emotion_checks`` of the evaluator manifest (held-out and neutral-face shortcut accuracy)."""
+    from ..metrics.suite import read_manifest
+
+    m = read_manifest(evaluators) if evaluators is not None else None
+    return dict((m or {}).get("emotion_checks") or {})
+
+
+def _protocol_md(protocol: Optional[dict], checks: dict) -> str:
+    """The report's evaluation-protocol paragraph: clip counts per role, disjointness, classifier checks."""
+    if not protocol:
+        return "(no held-out evaluation)"
+    ev = protocol["evaluator_clips"]
+    n_ev = len(ev) if isinstance(ev, list) else "unknown"
+    lines = [f"Clips: {n_ev} evaluator, {len(protocol['train_clips'])} train, {len(protocol['val_clips'])} val, "
+             f"{len(protocol['test_clips'])} test — "
+             + ("pairwise disjoint: the evaluators never saw a scored clip, the avatar never saw a val/test clip."
+                if protocol.get("disjoint") else "**not disjoint** (see `eval_protocol` in metrics.json).")]
+    if protocol.get("overlap_allowed"):
+        lines.append(f"**allow_overlap**: the evaluators were trained on {len(protocol['overlap'])} scored clips.")
+    if checks:
+        lines.append(f"Emotion classifier on the test clips' ground truth: {checks['heldout_acc']:.3f} "
+                     f"(chance {checks['chance']:.3f}, {checks['heldout_frames']} frames).")
+        if "shortcut_acc" in checks:
+            lines.append(f"Shortcut check (test clips re-rendered with a neutral face, own pose and speech): "
+                         f"{checks['shortcut_acc']:.3f} — "
+                         + ("at chance (± 0.05)." if checks.get("shortcut_ok") else "**not at chance**."))
+    return "\n\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -266,14 +310,20 @@ def main(argv=None) -> int:
 
     steps.start("evaluate")
     test_metrics = evaluate(cfg, ckpt, evaluators, out)
+    protocol = test_metrics.pop("eval_protocol", None)
+    checks = _emotion_checks(evaluators)
+    if protocol is not None:
+        metrics["eval_protocol"] = protocol
+    if checks:
+        metrics["evaluator_emotion_checks"] = checks
     if test_metrics:
         metrics.update(test_metrics)
         _merge_json(Path(cfg.paths.run_dir) / "metrics.json", test_metrics)
 
     steps.start("render: held-out frames and one clip per emotion")
     dm = build_datamodule(cfg)
-    val_clips = list(getattr(dm, "split_clips", {}).get("val") or []) or list(dm.clips[-1:])
-    clip = val_clips[0]
+    held_out = list(getattr(dm, "split_clips", {}).get("test") or []) or list(dm.clips[-1:])
+    clip = held_out[0]
     model = load_model(ckpt)
     feats = features_for_clip(clip, cfg.data.feature)
     to8 = lambda t: (t.permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)  # noqa: E731
@@ -343,6 +393,10 @@ stages {list(metrics['stages'])}; run directory `{run_dir}`. Total time {steps.t
 {rows}
 
 {'' if test_metrics else NO_EVAL_NOTE}
+
+## Evaluation protocol
+
+{_protocol_md(protocol, checks)}
 
 ## Plots
 

@@ -3,6 +3,7 @@
     ua3dtalk-eval ckpt=RUN/checkpoints/fuse/last.ckpt [data=DATASET] [evaluators=DIR] [split=test|val]
                   [out=DIR] [metrics=psnr,ssim,...|all] [lpips_random_backbone=true] [syncnet=PATH]
                   [threedmm=PATH] [max_clips=N] [max_frames=N] [backend=auto] [control=true]
+                  [allow_overlap=true]
 
 The model is rebuilt from the configuration stored in the checkpoint (:func:`ua3dtalk.cli.infer.load_model`,
 fuse stage). The data split comes from the run's ``config.yaml`` (next to ``checkpoints/``) when present —
@@ -11,6 +12,12 @@ root. Every clip of the split is rendered in frame order (driven by its own audi
 :class:`~ua3dtalk.metrics.suite.MetricSuite`; ``out/metrics.json`` (default: the run directory, else the
 checkpoint's directory) receives ``<split>/<metric>`` keys, the evaluator of each and per-clip values,
 written atomically.
+
+Evaluation protocol (DESIGN §5.3): the clips the evaluator directory was trained on (its manifest's
+``clips``) must not include any clip of the scored split; an overlap — or an evaluator directory that does
+not record its clips — is refused with the clips named, before anything is rendered. ``allow_overlap=true``
+scores anyway and the record says so. ``metrics.json`` gets ``eval_protocol``: ``evaluator_clips``,
+``train_clips``, ``val_clips``, ``test_clips``, ``overlap``, ``overlap_allowed``, ``disjoint``.
 
 ``control=true`` also measures *emotion control* (:func:`emotion_control_scores`): the split's clips are
 rendered again with every emotion of the dataset chosen by label (class prototype, intensity 3) instead of
@@ -27,7 +34,7 @@ from pathlib import Path
 from typing import Optional
 
 KEYS = {"ckpt", "data", "evaluators", "split", "out", "metrics", "lpips_random_backbone", "syncnet", "threedmm",
-        "max_clips", "max_frames", "backend", "control"}
+        "max_clips", "max_frames", "backend", "control", "allow_overlap"}
 
 
 def parse_kv(argv) -> dict:
@@ -167,14 +174,17 @@ def emotion_control_scores(model, dataset, seqs, evaluators, emotions, intensity
 
 def evaluate(ckpt, data=None, evaluators=None, split: str = "test", out=None, metrics="all",
              lpips_random_backbone: bool = False, syncnet=None, threedmm=None, max_clips=None, max_frames=None,
-             backend: str = "auto", progress: bool = True, control: bool = False) -> dict:
+             backend: str = "auto", progress: bool = True, control: bool = False,
+             allow_overlap: bool = False) -> dict:
     """Render and score ``split``; returns what is written to ``out/metrics.json``. ``control``: also the
-    emotion-control scores of :func:`emotion_control_scores` (emotional datasets)."""
+    emotion-control scores of :func:`emotion_control_scores` (emotional datasets). Refuses evaluators
+    trained on a scored clip (:func:`~ua3dtalk.data.splits.eval_protocol`) unless ``allow_overlap``."""
     import torch
     from tqdm.auto import tqdm
 
     from ..callbacks.metrics import render_sequence, split_sequences, update_metrics_json
     from ..data.formats import EMOTIONS
+    from ..data.splits import eval_protocol, role_clips
     from ..metrics.suite import MetricSuite, load_evaluators, parse_metrics
     from .infer import load_model
 
@@ -186,6 +196,7 @@ def evaluate(ckpt, data=None, evaluators=None, split: str = "test", out=None, me
                          lpips_random_backbone=lpips_random_backbone, syncnet=syncnet, threedmm=threedmm)
     model = load_model(ckpt, backend)
     dm = build_eval_datamodule(model, ckpt, data)
+    protocol = eval_protocol(evaluators, role_clips(dm), scored=(split,), allow_overlap=allow_overlap)
     ds, seqs = split_sequences(dm, split, max_clips, max_frames)
     if not seqs:
         raise ValueError(f"split {split!r} of {dm.root} has no frames")
@@ -211,7 +222,8 @@ def evaluate(ckpt, data=None, evaluators=None, split: str = "test", out=None, me
         ctrl = emotion_control_scores(model, ds, seqs, ev, emotions, progress=progress)
         res.update({f"{split}/{k}": v for k, v in ctrl.items() if isinstance(v, float)})
     out_dir = Path(out) if out is not None else (run_dir_of(ckpt) or ckpt.parent)
-    record = {**res, "metrics_evaluators": {f"{split}/{k}": v for k, v in suite.provenance(list(values)).items()},
+    record = {**res, "eval_protocol": protocol,
+              "metrics_evaluators": {f"{split}/{k}": v for k, v in suite.provenance(list(values)).items()},
               "eval": {split: {"checkpoint": str(ckpt), "dataset": str(dm.root), "clips": len(seqs),
                                "frames": int(suite.num_frames), "seconds": round(time.perf_counter() - t0, 2),
                                "skipped": suite.skipped, "per_clip": suite.clips,
@@ -236,10 +248,14 @@ def main(argv=None) -> int:
                        a.get("metrics", "all"), _bool(a.get("lpips_random_backbone", "false")), a.get("syncnet"),
                        a.get("threedmm"), int(a["max_clips"]) if "max_clips" in a else None,
                        int(a["max_frames"]) if "max_frames" in a else None, a.get("backend", "auto"),
-                       control=_bool(a.get("control", "false")))
+                       control=_bool(a.get("control", "false")),
+                       allow_overlap=_bool(a.get("allow_overlap", "false")))
     except (ValueError, FileNotFoundError, DatasetError, EvaluatorError, CheckpointError) as e:
         print(f"ua3dtalk-eval: error: {e}", file=sys.stderr)
         return 2
+    if rec["eval_protocol"]["overlap_allowed"]:
+        print(f"ua3dtalk-eval: warning: allow_overlap=true — the evaluators were trained on "
+              f"{len(rec['eval_protocol']['overlap'])} of the scored clips; these metrics are optimistic")
     for k, v in rec.items():
         if isinstance(v, float):
             print(f"{k:>22s} = {v:.5g}    [{rec['metrics_evaluators'].get(k, '')}]")

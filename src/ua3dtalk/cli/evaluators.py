@@ -3,8 +3,16 @@
     ua3dtalk-evaluators train --data DATASET --out data/evaluators/<name>
                               [--only landmark,expression,emotion,syncnet] [--epochs 30]
                               [--sync-steps 400] [--sync-batch 32] [--seed 0] [--threads 1]
+                              [--clips evaluator|all] [--evaluator-fraction F --val-fraction F
+                               --test-fraction F --split-seed S]
 
-Trains, with progress bars, on every clip of ``DATASET`` (regular or emotional layout, DESIGN §5):
+Trains, with progress bars, on the *evaluator clips* of ``DATASET`` (DESIGN §5.3): for an emotional
+dataset the clips :func:`~ua3dtalk.data.splits.split_emotional_clips` reserves for the evaluators (the
+split fractions default to the synthetic configs', :data:`~ua3dtalk.data.splits.SYNTH_SPLIT`, and must
+match the avatar's ``data.*_fraction``), never the avatar's train/val/test clips; ``--clips all`` trains
+on every clip (then ``ua3dtalk-eval`` refuses to score any of them). A regular dataset is one clip. The
+manifest records the clips (``clips``), which ``ua3dtalk-eval`` and the metrics callback compare with the
+clips they score. Evaluators:
 
 * the landmark regressor (``.lms`` targets; LMD, F-LMD, blink error, ``efid_landmark``),
 * the expression regressor (``expr.npy`` targets; ``efid_regressor``) — skipped when there is no expr.npy,
@@ -12,8 +20,13 @@ Trains, with progress bars, on every clip of ``DATASET`` (regular or emotional l
 * SyncNet (:meth:`~ua3dtalk.metrics.syncnet.SyncNetConfig.small`, on video + ``aud.wav``; Sync-C/D),
 
 and writes them into ``--out`` in the layout :func:`ua3dtalk.metrics.suite.load_evaluators` reads, with
-``manifest.json`` (dataset, settings, held-out reports, seconds). The crop networks hold out whole clips
-(:func:`~ua3dtalk.metrics.evaluators.holdout_mask`); their reports give the held-out errors.
+``manifest.json`` (dataset, clips, settings, held-out reports, seconds). The crop networks hold out whole
+evaluator clips for early reports (:func:`~ua3dtalk.metrics.evaluators.holdout_mask`). The emotion
+classifier is also scored on the dataset's *test* clips' ground-truth frames (seen by neither the
+evaluators nor the avatar) — ``emotion_checks.heldout_acc`` — and, on synthetic data, on the same clips
+re-rendered with a neutral face but their own pose, speech articulation and blinks
+(:func:`~ua3dtalk.data.synth.generate.render_neutral_twin`) — ``emotion_checks.shortcut_acc``, which
+must be at chance (± 0.05) for the classifier to read the face rather than pose or mouth amplitude.
 
     ua3dtalk-evaluators show DIR      print the manifest of an evaluator directory
 """
@@ -24,6 +37,9 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Optional
+
+from ..data.splits import SYNTH_SPLIT
 
 KINDS = ("landmark", "expression", "emotion", "syncnet")
 
@@ -43,18 +59,94 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=1,
                    help="torch threads while training (default 1: fastest for these small nets on a shared CPU)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    t.add_argument("--clips", default="evaluator", choices=("evaluator", "all"),
+                   help="train on the clips reserved for the evaluators (default) or on every clip")
+    for k, v in SYNTH_SPLIT.items():
+        t.add_argument(f"--{k.replace('_', '-')}", type=type(v), default=v,
+                       help=f"clip split of an emotional dataset (default {v}; as the avatar's data.{k})")
     s = sub.add_parser("show", help="print the manifest of an evaluator directory")
     s.add_argument("dir")
     return p
 
 
+def evaluator_split(dataset, clips: str = "evaluator", split: Optional[dict] = None):
+    """``(train_clips, heldout_clips)`` of a loaded dataset for the evaluators: the ``evaluator`` role of
+    :func:`~ua3dtalk.data.splits.split_emotional_clips` (``split``: its fractions and seed, default
+    :data:`SYNTH_SPLIT`) and the ``test`` role (scored by neither), or every clip (``clips="all"``; no
+    held-out clips). A regular dataset is one clip, trained on whole."""
+    from ..data.formats import ClipInfo, iter_clips
+    from ..data.splits import split_emotional_clips
+
+    every = iter_clips(dataset)
+    if clips not in ("evaluator", "all"):
+        raise ValueError(f"--clips must be 'evaluator' or 'all', got {clips!r}")
+    if clips == "all" or isinstance(dataset, ClipInfo):
+        return every, []
+    sp = {**SYNTH_SPLIT, **(split or {})}
+    roles = split_emotional_clips(every, sp["val_fraction"], seed=sp["split_seed"], test_fraction=sp["test_fraction"],
+                                  evaluator_fraction=sp["evaluator_fraction"])
+    if not roles["evaluator"]:
+        raise ValueError(f"no clip of {len(every)} is reserved for the evaluators (evaluator_fraction="
+                         f"{sp['evaluator_fraction']}; every emotion needs ≥ 4 clips to spare one for them): "
+                         "use a dataset with more clips per emotion, or --clips all (then these clips cannot be "
+                         "scored with these evaluators)")
+    return [every[i] for i in roles["evaluator"]], [every[i] for i in roles["test"]]
+
+
+def emotion_checks(classifier, heldout, *, progress: bool = False) -> dict:
+    """The emotion classifier on clips neither it nor the avatar saw: accuracy on their ground-truth
+    frames (``heldout_acc``) and, for synthetic clips that can be re-rendered with a neutral face but their
+    own pose and speech (:func:`~ua3dtalk.data.synth.generate.render_neutral_twin`), on those renders
+    against the clips' labels (``shortcut_acc``: chance ± 0.05 means the classifier reads the face, not the
+    head pose or the mouth's amplitude). Empty without held-out clips."""
+    import torch
+
+    from ..metrics import evaluators as ev
+
+    if not heldout:
+        return {}
+    gt = ev.load_ground_truth(list(heldout), progress=progress)
+    box_scale = classifier.config.box_scale
+    acc = ev.emotion_accuracy(classifier, gt.images(), gt.boxes(box_scale), gt.emotion, gt.clip)
+    labels = sorted(set(gt.emotion.tolist()))
+    rec = {"heldout_clips": len(heldout), "heldout_frames": len(gt), "heldout_acc": acc["acc_emo"],
+           "heldout_acc_clip": acc["acc_emo_clip"], "chance": 1.0 / max(1, len(labels)),
+           "heldout_emotions": [classifier.config.class_names[k] for k in labels]}
+    try:
+        from ..data.synth.generate import render_neutral_twin
+    except ImportError:  # pragma: no cover - the generator ships with the package
+        return rec
+    frames, lms, lab, cl = [], [], [], []
+    for i, c in enumerate(heldout):
+        if not (c.root / "synth.json").is_file():
+            continue
+        try:
+            f, lm = render_neutral_twin(c.root)
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            rec["shortcut_skipped"] = f"{c.clip_id}: {e}"
+            return rec
+        frames.append(torch.from_numpy(f).permute(0, 3, 1, 2).float() / 255.0)
+        lms.append(torch.from_numpy(lm).float())
+        lab += [int(c.emotion)] * len(f)
+        cl += [i] * len(f)
+    if frames:
+        boxes = ev.face_boxes(torch.cat(lms), scale=box_scale)
+        sc = ev.emotion_accuracy(classifier, torch.cat(frames), boxes, torch.tensor(lab), torch.tensor(cl))
+        rec.update(shortcut_acc=sc["acc_emo"], shortcut_acc_clip=sc["acc_emo_clip"],
+                   shortcut_ok=bool(abs(sc["acc_emo"] - rec["chance"]) <= 0.05))
+    return rec
+
+
 def train_evaluators(data, out, *, only=KINDS, epochs: int = 30, batch_size: int = 64, sync_steps: int = 400,
-                     sync_batch: int = 32, seed: int = 0, threads: int = 1, progress: bool = True) -> dict:
-    """Train the evaluators ``only`` on ``data`` into ``out``; returns the manifest (also written to
-    ``out/manifest.json`` atomically, after every evaluator so a partial run is documented)."""
+                     sync_batch: int = 32, seed: int = 0, threads: int = 1, progress: bool = True,
+                     clips: str = "evaluator", split: Optional[dict] = None) -> dict:
+    """Train the evaluators ``only`` on the evaluator clips of ``data`` (:func:`evaluator_split`) into
+    ``out``; returns the manifest (also written to ``out/manifest.json`` atomically, after every evaluator
+    so a partial run is documented)."""
     import torch
 
     from ..data.formats import load_dataset
+    from ..data.splits import clip_key
     from ..metrics import evaluators as ev
     from ..metrics.suite import EVALUATOR_DIRS, MANIFEST_FILE, SYNCNET_FILES
     from ..utils.io import atomic_write_json
@@ -69,7 +161,10 @@ def train_evaluators(data, out, *, only=KINDS, epochs: int = 30, batch_size: int
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(data)
+    train_clips, heldout = evaluator_split(dataset, clips, split)
     manifest = {"dataset": str(data), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seed": int(seed),
+                "clips_role": clips, "split": None if clips == "all" else {**SYNTH_SPLIT, **(split or {})},
+                "clips": [clip_key(c) for c in train_clips], "heldout_clips": [clip_key(c) for c in heldout],
                 "evaluators": {}, "skipped": {}}
     old_threads = torch.get_num_threads()
     if threads:
@@ -77,7 +172,7 @@ def train_evaluators(data, out, *, only=KINDS, epochs: int = 30, batch_size: int
     try:
         gt = None
         if any(k in only for k in ("landmark", "expression", "emotion")):
-            gt = ev.load_ground_truth(dataset, progress=progress)
+            gt = ev.load_ground_truth(train_clips, progress=progress)
         tc = ev.TrainConfig(epochs=int(epochs), batch_size=int(batch_size), seed=int(seed), progress=progress,
                             num_threads=int(threads) if threads else None)
         fits = {"landmark": ev.fit_landmark_regressor, "expression": ev.fit_expression_regressor,
@@ -98,6 +193,14 @@ def train_evaluators(data, out, *, only=KINDS, epochs: int = 30, batch_size: int
             path = model.save(out / EVALUATOR_DIRS[kind])
             manifest["evaluators"][kind] = {"path": EVALUATOR_DIRS[kind], "kind": model.kind, "epochs": int(epochs),
                                             "report": report, "seconds": round(time.time() - t0, 1)}
+            if kind == "emotion":
+                checks = emotion_checks(model, heldout, progress=progress)
+                if checks:
+                    manifest["emotion_checks"] = checks
+                    print("ua3dtalk-evaluators: emotion classifier on held-out test clips: accuracy "
+                          f"{checks['heldout_acc']:.3f} (chance {checks['chance']:.3f})"
+                          + (f"; neutral-face shortcut check {checks['shortcut_acc']:.3f}"
+                             if "shortcut_acc" in checks else ""))
             atomic_write_json(out / MANIFEST_FILE, manifest)
             print(f"ua3dtalk-evaluators: {kind}: wrote {path} "
                   + ", ".join(f"{k}={v:.4g}" for k, v in report.items() if isinstance(v, float)))
@@ -105,9 +208,9 @@ def train_evaluators(data, out, *, only=KINDS, epochs: int = 30, batch_size: int
             from ..metrics.syncnet import SyncNetConfig, clips_from_dataset, train_syncnet
 
             t0 = time.time()
-            clips = clips_from_dataset(dataset)
-            model = train_syncnet(clips, SyncNetConfig.small(), steps=int(sync_steps), batch_size=int(sync_batch),
-                                  out=out / SYNCNET_FILES[0], seed=int(seed), progress=progress)
+            model = train_syncnet(clips_from_dataset(train_clips), SyncNetConfig.small(), steps=int(sync_steps),
+                                  batch_size=int(sync_batch), out=out / SYNCNET_FILES[0], seed=int(seed),
+                                  progress=progress)
             info = dict(model.training_info)
             info.pop("clips", None)
             manifest["evaluators"]["syncnet"] = {"path": SYNCNET_FILES[0], "config": model.config.to_dict(),
@@ -133,7 +236,8 @@ def main(argv=None) -> int:
         only = tuple(k.strip() for k in args.only.split(",") if k.strip())
         m = train_evaluators(args.data, args.out, only=only, epochs=args.epochs, batch_size=args.batch_size,
                              sync_steps=args.sync_steps, sync_batch=args.sync_batch, seed=args.seed,
-                             threads=args.threads, progress=not args.no_progress)
+                             threads=args.threads, progress=not args.no_progress, clips=args.clips,
+                             split={k: getattr(args, k) for k in SYNTH_SPLIT})
         print(f"ua3dtalk-evaluators: wrote {Path(args.out) / 'manifest.json'} "
               f"({', '.join(m['evaluators']) or 'nothing'} trained)")
     except Exception as e:  # noqa: BLE001 - CLI: one clear line, exit code 2

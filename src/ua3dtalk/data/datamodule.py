@@ -87,6 +87,7 @@ from .formats import (
     read_teeth_mask,
 )
 from .samplers import BlinkCurriculumSampler, MouthOpenCurriculumSampler, mouth_openness
+from .splits import split_emotional_clips
 
 Tensor = torch.Tensor
 
@@ -1371,69 +1372,16 @@ class TalkingHeadDataModule(L.LightningDataModule):
         return self._loader(self.predict_dataset, self.batch_size)
 
 
-def split_emotional_clips(clips: Sequence[ClipInfo], val_fraction: float = 0.34,
-                          holdout_emotions: Sequence[Union[str, int]] = (), holdout_intensities: Sequence[int] = (),
-                          seed: int = 0) -> dict[str, list[int]]:
-    """Split clips (never frames) → ``{"train", "val", "test"}`` lists of clip indices.
-
-    Clips whose emotion is in ``holdout_emotions`` or whose intensity is in ``holdout_intensities`` go
-    to ``test``. The others are grouped by emotion; each group (sorted by ``clip_id``, then shuffled
-    with a generator seeded by ``(seed, emotion id)`` within each intensity, and the intensities
-    interleaved from a random starting level) gives ``round(val_fraction · n)`` clips to
-    ``val`` — at least 1 when ``val_fraction > 0`` and the group has ≥ 2 clips, and never all of
-    them, so every emotion keeps train clips. Deterministic for ``seed``.
-    """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    emo_out = set()
-    for e in holdout_emotions:
-        if isinstance(e, str):
-            if e.strip().lower() not in EMOTIONS:
-                raise ValueError(f"unknown holdout emotion {e!r}; expected one of {', '.join(EMOTIONS)}")
-            emo_out.add(EMOTIONS.index(e.strip().lower()))
-        else:
-            emo_out.add(int(e))
-    int_out = {int(k) for k in holdout_intensities}
-    bad = int_out - set(INTENSITIES)
-    if bad:
-        raise ValueError(f"holdout_intensities must be in {INTENSITIES}, got {sorted(bad)}")
-    out: dict[str, list[int]] = {"train": [], "val": [], "test": []}
-    groups: dict[int, list[int]] = {}
-    for i, c in enumerate(clips):
-        if c.emotion in emo_out or c.intensity in int_out:
-            out["test"].append(i)
-        else:
-            groups.setdefault(c.emotion, []).append(i)
-    for emo, members in sorted(groups.items()):
-        members = sorted(members, key=lambda i: clips[i].clip_id)
-        rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, emo + 1])
-        # stratified by intensity: permute within each intensity, then interleave the intensities from a
-        # random starting level, so the val clips of an emotion cover distinct intensities and the
-        # emotions' val sets do not all share one intensity
-        by_int: dict[int, list[int]] = {}
-        for i in members:
-            by_int.setdefault(int(clips[i].intensity), []).append(i)
-        levels = sorted(by_int)
-        start = int(rng.integers(len(levels)))
-        levels = levels[start:] + levels[:start]
-        queues = [[by_int[k][j] for j in rng.permutation(len(by_int[k]))] for k in levels]
-        members = [q[r] for r in range(max(map(len, queues))) for q in queues if r < len(q)]
-        n = len(members)
-        n_val = 0
-        if val_fraction > 0 and n >= 2:
-            n_val = min(n - 1, max(1, int(round(val_fraction * n))))
-        out["val"] += members[:n_val]
-        out["train"] += members[n_val:]
-    return {k: sorted(v) for k, v in out.items()}
-
-
 class EmotionalTalkingHeadDataModule(TalkingHeadDataModule):
     """DataModule of an emotional dataset (DESIGN §5.2): one subject, many clips with ``emotion.json``.
 
-    Splits are by clip, never by frame (:func:`split_emotional_clips`): every frame of a clip is in
-    the same split, so no test frame's neighbours are trained on. Held-out emotions / intensities form
-    the ``test`` split (test = val when nothing is held out). Emotion labels come from each clip's
-    ``emotion.json`` (``FrameBatch.emotion`` / ``AudioBatch.emotion``).
+    Splits are by clip, never by frame (:func:`~ua3dtalk.data.splits.split_emotional_clips`): every
+    frame of a clip is in the same split, so no test frame's neighbours are trained on. Four disjoint
+    roles (DESIGN §5.3): ``evaluator`` clips (reserved for the metric evaluators; never loaded by any
+    loader here), ``train``, ``val`` (validation and model selection) and ``test`` (``test_fraction`` of
+    each emotion's clips, plus held-out emotions / intensities). With ``test_fraction = 0`` and nothing held
+    out, test = val (and a warning says so). Emotion labels come from each clip's ``emotion.json``
+    (``FrameBatch.emotion`` / ``AudioBatch.emotion``). :attr:`split_clips` maps each role to its clips.
 
     Args:
         root, …: as :class:`TalkingHeadDataModule` (the same arguments, same meaning).
@@ -1441,6 +1389,8 @@ class EmotionalTalkingHeadDataModule(TalkingHeadDataModule):
         holdout_emotions: emotions (names or ids) used only for testing.
         holdout_intensities: intensities (1..3) used only for testing.
         split_seed: seed of the clip split (independent of ``seed``).
+        test_fraction: fraction of each emotion's clips used only for testing.
+        evaluator_fraction: fraction of each emotion's clips reserved for the evaluators.
     """
 
     def __init__(self, root: str, feature: str = "mel", extractor_model: Optional[str] = None,
@@ -1453,14 +1403,22 @@ class EmotionalTalkingHeadDataModule(TalkingHeadDataModule):
                  predict_audio: Optional[str] = None, predict_emotion: Union[str, int] = "audio",
                  predict_intensity: Optional[int] = None, predict_blink: str = "zeros",
                  val_fraction: float = 0.34, holdout_emotions: Sequence[Union[str, int]] = (),
-                 holdout_intensities: Sequence[int] = (), split_seed: int = 0):
+                 holdout_intensities: Sequence[int] = (), split_seed: int = 0, test_fraction: float = 0.0,
+                 evaluator_fraction: float = 0.0):
         super().__init__(root, feature, extractor_model, neighbours, background, batch_size, audio_batch_size,
                          num_workers, cache_size, sampler, stage, limit_val_frames, seed, context, segment_seconds,
                          extractor_layer, index, pin_memory, sampler_power, sampler_uniform_mix, jaw_column,
                          predict_audio, predict_emotion, predict_intensity, predict_blink)
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction),
+                        ("evaluator_fraction", evaluator_fraction)):
+            if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= float(f) < 1.0:
+                raise ValueError(f"data.{name} must be a number in [0, 1), got {f!r}")
+        if val_fraction + test_fraction + evaluator_fraction >= 1.0:
+            raise ValueError(f"data.val_fraction + data.test_fraction + data.evaluator_fraction must be < 1, got "
+                             f"{val_fraction} + {test_fraction} + {evaluator_fraction}")
         self.val_fraction = float(val_fraction)
+        self.test_fraction = float(test_fraction)
+        self.evaluator_fraction = float(evaluator_fraction)
         self.holdout_emotions = tuple(holdout_emotions)
         self.holdout_intensities = tuple(int(k) for k in holdout_intensities)
         self.split_seed = int(split_seed)
@@ -1471,15 +1429,19 @@ class EmotionalTalkingHeadDataModule(TalkingHeadDataModule):
 
     def _make_splits(self, clips: list[ClipInfo]) -> dict[str, np.ndarray]:
         s = split_emotional_clips(clips, self.val_fraction, self.holdout_emotions, self.holdout_intensities,
-                                  self.split_seed)
-        if self.holdout_emotions or self.holdout_intensities:
+                                  self.split_seed, self.test_fraction, self.evaluator_fraction)
+        if self.holdout_emotions or self.holdout_intensities or self.test_fraction > 0:
             if not s["test"]:
-                warnings.warn(f"no clip matches holdout_emotions={self.holdout_emotions} / holdout_intensities="
-                              f"{self.holdout_intensities}; the test split is empty", DatasetWarning, stacklevel=3)
+                warnings.warn(f"the test split is empty (test_fraction={self.test_fraction}, holdout_emotions="
+                              f"{self.holdout_emotions}, holdout_intensities={self.holdout_intensities})",
+                              DatasetWarning, stacklevel=3)
         else:
+            warnings.warn("test = val: no test_fraction and nothing held out, so the test metrics come from the "
+                          "validation clips (set data.test_fraction for a real test split)", DatasetWarning,
+                          stacklevel=3)
             s["test"] = s["val"]
         if not s["val"]:
             warnings.warn("the validation split is empty (every emotion has a single clip or val_fraction=0)",
                           DatasetWarning, stacklevel=3)
         self.split_clips = {k: [clips[i] for i in v] for k, v in s.items()}
-        return {k: all_positions(clips, None, v) for k, v in s.items()}
+        return {k: all_positions(clips, None, v) for k, v in s.items() if k != "evaluator"}

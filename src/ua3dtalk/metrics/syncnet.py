@@ -626,7 +626,7 @@ class SyncClip:
 
 def clips_from_dataset(data, *, split: Optional[str] = None) -> list[SyncClip]:
     """:class:`SyncClip` s of a dataset in the DESIGN §5 layout: a path (regular or emotional root), a
-    :class:`~ua3dtalk.data.formats.ClipInfo` or :class:`~ua3dtalk.data.formats.EmotionalData`.
+    :class:`~ua3dtalk.data.formats.ClipInfo`, a list of them or an :class:`~ua3dtalk.data.formats.EmotionalData`.
 
     Frames are the training images (``gt_imgs`` when present, else ``ori_imgs``), landmarks
     ``ori_imgs/<i>.lms``, audio ``aud.wav`` from the first frame on. ``split`` ("train" / "val")
@@ -640,7 +640,7 @@ def clips_from_dataset(data, *, split: Optional[str] = None) -> list[SyncClip]:
     if isinstance(data, (str, Path)):
         data = load_dataset(data)
     out = []
-    for clip in iter_clips(data):
+    for clip in (list(data) if isinstance(data, (list, tuple)) else iter_clips(data)):
         pos = np.arange(len(clip)) if split is None else np.asarray(clip.splits.get(split, []))
         if len(pos) == 0:
             continue
