@@ -1,4 +1,4 @@
-"""``ua3dtalk-tables`` on fixture run directories, against hand-computed means and standard deviations."""
+"""``ua3dtalk-tables`` on fixture run directories, against hand-computed means and 95 % t-intervals."""
 from __future__ import annotations
 
 import json
@@ -21,8 +21,9 @@ RUNS = [
     ("paper_hdtf", "RD_Radio34_009", 0, "hdtf", {"val/psnr": 27.0, "test/lmd": 3.2}),
     ("paper_hdtf", "RD_Radio34_009", 1, "hdtf", {"val/psnr": 27.5, "test/lmd": 3.0}),
 ]
-# hand-computed: psnr 30, 31, 32.5 → mean 31.1667, sample std 1.2583; lpips .05 .07 .06 → .0600 ± .0100
-#                psnr 29, 30 → 29.50 ± 0.71; lpips .08 .09 → .0850 ± .0071;  E-FID 10 vs 12.5 → −20.0 %
+# hand-computed, ± = t(0.975, n−1)·s/√n with t(0.975, 2) = 4.3027, t(0.975, 1) = 12.7062:
+#   psnr 30, 31, 32.5 → mean 31.1667, s 1.2583 → ± 3.1258;  lpips .05 .07 .06 → .0600, s .0100 → ± .0248
+#   psnr 29, 30 → 29.50, s 0.7071 → ± 6.35;  lpips .08 .09 → .0850, s .0071 → ± .0635;  E-FID 10 vs 12.5 → −20.0 %
 
 
 @pytest.fixture
@@ -63,10 +64,10 @@ def test_ablation_table_means_std_and_bold(runs_dir):
     text = make_table(find_runs([runs_dir]), "ablation", "md", published=[], metrics=["psnr", "lpips", "sync_c"])
     head = [c.strip() for c in text.splitlines()[2].strip("|").split("|")]
     assert head == ["Method", "PSNR ↑", "LPIPS ↓", "Sync-C ↑", "n"]
-    full = ["UA-3DTalk (full)", "**31.17 ± 1.26**", "**0.0600 ± 0.0100**", "**6.000**", "3"]
+    full = ["UA-3DTalk (full)", "**31.17 ± 3.13**", "**0.0600 ± 0.0248**", "**6.000** (n=1)", "3"]
     assert _row(text, "UA-3DTalk (full)") == full
-    assert _row(text, "uniform fusion") == ["uniform fusion", "29.50 ± 0.71", "0.0850 ± 0.0071", "—", "2"]
-    assert _row(text, "TalkingGaussian-like baseline")[1:] == ["28.00", "0.1000", "5.000", "1"]
+    assert _row(text, "uniform fusion") == ["uniform fusion", "29.50 ± 6.35", "0.0850 ± 0.0635", "—", "2"]
+    assert _row(text, "TalkingGaussian-like baseline")[1:] == ["28.00 (n=1)", "0.1000 (n=1)", "5.000 (n=1)", "1"]
     labels = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     assert labels[1:] == ["UA-3DTalk (full)", "uniform fusion", "TalkingGaussian-like baseline"]  # paper order
     assert "paper_hdtf" not in text  # not an ablation row
@@ -76,8 +77,8 @@ def test_published_rows_and_claims(runs_dir, published):
     pub = load_published([published])
     text = make_table(find_runs([runs_dir]), "ablation", "md", published=pub, metrics=["psnr", "lpips", "e_fid"])
     assert _row(text, "PeerNet [1]") == ["PeerNet [1]", "**31.50**", "0.0700", "—", "–"]
-    assert _row(text, "UA-3DTalk (full)")[1] == "31.17 ± 1.26"  # no longer the best
-    assert _row(text, "UA-3DTalk (full)")[2] == "**0.0600 ± 0.0100**"
+    assert _row(text, "UA-3DTalk (full)")[1] == "31.17 ± 3.13"  # no longer the best
+    assert _row(text, "UA-3DTalk (full)")[2] == "**0.0600 ± 0.0248**"
     assert "[1] A. Author, Peer Paper, 2025. https://example.org/peer" in text
     claim = next(line for line in text.splitlines() if line.startswith("- E-FID"))
     assert "-5.2 %" in claim and claim.endswith("-20.0 %")  # (10 − 12.5) / 12.5 from the runs
@@ -87,7 +88,7 @@ def test_published_rows_and_claims(runs_dir, published):
 def test_paper_tables_select_by_dataset_kind(runs_dir):
     runs = find_runs([runs_dir])
     t1 = make_table(runs, "paper_t1", "md", metrics=["psnr", "lmd"])
-    assert _row(t1, "paper_hdtf")[1:] == ["**27.25 ± 0.35**", "**3.100 ± 0.141**", "2"]
+    assert _row(t1, "paper_hdtf")[1:] == ["**27.25 ± 3.18**", "**3.100 ± 1.271**", "2"]
     assert "paper_mead" not in t1
     t2 = make_table(runs, "paper_t2", "md", metrics=["psnr"])
     assert "paper_mead" in t2 and "baseline_talkinggaussian" in t2 and "abl_fusion_uniform" not in t2
@@ -99,8 +100,9 @@ def test_latex_format(runs_dir):
     tex = make_table(find_runs([runs_dir]), "ablation", "latex", metrics=["psnr", "lpips"])
     assert tex.startswith("\\begin{table}") and tex.rstrip().endswith("\\end{table}")
     assert "PSNR $\\uparrow$ & LPIPS $\\downarrow$" in tex
-    assert "UA-3DTalk (full) & \\textbf{31.17 $\\pm$ 1.26} & \\textbf{0.0600 $\\pm$ 0.0100} & 3 \\\\" in tex
-    assert "TalkingGaussian-like baseline & 28.00 & 0.1000 & 1 \\\\" in tex
+    assert "UA-3DTalk (full) & \\textbf{31.17 $\\pm$ 3.13} & \\textbf{0.0600 $\\pm$ 0.0248} & 3 \\\\" in tex
+    assert "TalkingGaussian-like baseline & 28.00 (n=1) & 0.1000 (n=1) & 1 \\\\" in tex
+    assert "95\\,\\% confidence interval" in tex and "Student's $t$" in tex
 
 
 def test_random_backbone_lpips_is_never_used_as_lpips(tmp_path):
@@ -109,7 +111,7 @@ def test_random_backbone_lpips_is_never_used_as_lpips(tmp_path):
     (d / "metrics.json").write_text(json.dumps({"experiment": "abl_heads_single", "seed": 0,
                                                 "val/lpips_randbackbone": 0.2, "val/psnr": 20.0}))
     text = make_table(find_runs([d]), "ablation", "md", metrics=["psnr", "lpips"])
-    assert _row(text, "single head")[1:3] == ["**20.00**", "—"]
+    assert _row(text, "single head")[1:3] == ["**20.00** (n=1)", "—"]
 
 
 def test_cli_main_writes_file_and_reports_errors(runs_dir, published, tmp_path, capsys):
@@ -153,7 +155,7 @@ def test_wandb_runs_from_the_api():
 
     runs = wandb_runs("team/ua3dtalk", api=FakeApi())
     text = make_table(runs, "ablation", "md", metrics=["psnr"])
-    assert _row(text, "UA-3DTalk (full)")[1:] == ["**31.00 ± 1.41**", "2"]
+    assert _row(text, "UA-3DTalk (full)")[1:] == ["**31.00 ± 12.71**", "2"]
 
 
 def test_ties_at_the_displayed_precision_are_all_bold(tmp_path):
@@ -163,8 +165,8 @@ def test_ties_at_the_displayed_precision_are_all_bold(tmp_path):
         d.mkdir()
         (d / "metrics.json").write_text(json.dumps({"experiment": exp, "seed": 0, "val/psnr": v}))
     text = make_table(find_runs([tmp_path]), "ablation", "md", metrics=["psnr"])
-    assert _row(text, "single head")[1] == _row(text, "uniform fusion")[1] == "**31.00**"
-    assert _row(text, "concatenation fusion")[1] == "30.90"
+    assert _row(text, "single head")[1] == _row(text, "uniform fusion")[1] == "**31.00** (n=1)"
+    assert _row(text, "concatenation fusion")[1] == "30.90 (n=1)"
 
 
 def test_nonfinite_values_are_flagged_not_averaged_silently(tmp_path, capsys):
@@ -173,7 +175,7 @@ def test_nonfinite_values_are_flagged_not_averaged_silently(tmp_path, capsys):
         d.mkdir()
         (d / "metrics.json").write_text(json.dumps({"experiment": "paper_mead", "seed": seed, "val/psnr": v}))
     text = make_table(find_runs([tmp_path]), "ablation", "md", metrics=["psnr"])
-    assert _row(text, "UA-3DTalk (full)")[1:] == ["**31.00 ± 1.41** †", "3"]  # mean of the 2 finite runs, marked
+    assert _row(text, "UA-3DTalk (full)")[1:] == ["**31.00 ± 12.71** (n=2) †", "3"]  # mean of the 2 finite runs, marked
     assert "† some runs" in text
     err = capsys.readouterr().err
     assert "s2" in err and "val/psnr" in err and "nan" in err

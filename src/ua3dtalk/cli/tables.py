@@ -2,15 +2,27 @@
 
     ua3dtalk-tables --runs outputs/runs --table ablation
     ua3dtalk-tables --runs outputs/runs/paper_mead outputs/runs/baseline_talkinggaussian --table paper_t2 --format latex
+    ua3dtalk-tables --runs outputs/runs --table ablation --format json   # mean, ci95, std, n of every cell
     ua3dtalk-tables --wandb my-team/ua3dtalk --table ablation            # online wandb runs (summaries)
 
-Every ``metrics.json`` under the given directories is one run (written by ``ua3dtalk-train``). Runs are
-grouped by experiment name; each cell is the mean ± sample standard deviation over the group's runs
-(seeds × subjects; ``n`` column), using the ``test/<metric>`` key when present, else ``val/<metric>``.
-The best value of each column is bold (lower or higher is better per metric, arrows in the header).
-Published numbers from a cited yaml (``experiments/published/*.yaml``) are appended as rows marked
-with their citation, and the paper's relative claims are set against the same comparison in the runs
-(full model vs. baseline).
+Every ``metrics.json`` under the given directories is one run (written by ``ua3dtalk-train``); a file that
+is not valid JSON or not a JSON object is an error naming the file. Runs are grouped by experiment name;
+each cell is ``mean ± h`` over the group's runs (seeds × subjects), where ``h`` is the half-width of the
+two-sided 95 % Student-t confidence interval of the mean, ``h = t(0.975, n−1) · s / √n`` (``s`` the
+sample standard deviation, ``n`` the runs that have the metric). The ``n`` column counts the row's runs; a
+cell whose ``n`` differs (metric missing or non-finite in some runs) says ``(n=k)``, and a cell of a single
+run prints ``value (n=1)``: no interval. The ``test/<metric>`` key is used when present, else
+``val/<metric>``. The best mean of each column is bold (lower or higher is better per metric, arrows in the
+header).
+
+E-FID is one column per feature extractor (``test/efid_landmark`` → ``E-FID (landmark)``, ``efid_regressor``,
+``efid_3dmm`` …): numbers of different extractors are not comparable and are never averaged together.
+
+Published numbers from a cited yaml (``experiments/published/*.yaml``) are appended as rows marked with
+their citation (a published E-FID goes to its own column, named after the extractor the yaml states in
+``e_fid_extractor``, else marked as not stated), and the paper's relative claims are set against the same
+*kind* of change in the runs (our full model vs. our baseline), followed by a line saying what the runs
+compare and on which data.
 
 Tables:
 
@@ -27,6 +39,7 @@ import argparse
 import fnmatch
 import json
 import math
+import re
 import statistics
 import sys
 import warnings
@@ -38,13 +51,24 @@ from typing import Iterable, Optional, Sequence
 @dataclass(frozen=True)
 class Metric:
     """A table column: metric id, header label, direction, decimals and accepted key names (without
-    the ``test/`` / ``val/`` prefix; a trailing ``*`` matches an extractor suffix such as ``e_fid_landmark``)."""
+    the ``test/`` / ``val/`` prefix; a trailing ``*`` would match any suffix).
+
+    E-FID columns are built per feature extractor (:func:`efid_metric`): ``family`` is then ``"e_fid"``,
+    ``extractor`` the extractor name, and ``published`` marks a column holding published numbers only."""
 
     id: str
     label: str
     higher_is_better: bool
     decimals: int
     keys: tuple[str, ...]
+    family: str = ""
+    extractor: Optional[str] = None
+    published: bool = False
+
+    @property
+    def base(self) -> str:
+        """The metric id of the family (``e_fid`` for every E-FID column)."""
+        return self.family or self.id
 
 
 METRICS: dict[str, Metric] = {m.id: m for m in (
@@ -56,11 +80,52 @@ METRICS: dict[str, Metric] = {m.id: m for m in (
     Metric("f_lmd", "F-LMD", False, 3, ("f_lmd",)),
     Metric("sync_c", "Sync-C", True, 3, ("sync_c",)),
     Metric("sync_d", "Sync-D", False, 3, ("sync_d",)),
-    Metric("e_fid", "E-FID", False, 3, ("e_fid", "efid", "e_fid_*", "efid_*")),
+    # the bare key only (extractor not recorded); ``efid_<extractor>`` keys get a column each (efid_metric)
+    Metric("e_fid", "E-FID", False, 3, ("e_fid", "efid")),
     Metric("acc_emo", "Acc_emo", True, 3, ("acc_emo",)),
     Metric("blink_err", "Blink err.", False, 3, ("blink_err", "blink_error")),
 )}
 PREFIXES = ("test/", "val/")
+#: extractors of ua3dtalk.metrics.efid, in column order (others follow alphabetically)
+EFID_EXTRACTORS = ("landmark", "regressor", "3dmm")
+_EFID_KEY = re.compile(r"^(?:test|val)/e_?fid(?:_([A-Za-z0-9_]+))?$")
+CI_LEVEL = 0.95
+
+
+def efid_metric(extractor: Optional[str]) -> Metric:
+    """The column of one E-FID feature extractor (``None``/``""``: runs whose key names no extractor)."""
+    base = METRICS["e_fid"]
+    if not extractor:
+        return Metric("e_fid", "E-FID (extractor not recorded)", False, base.decimals, base.keys, "e_fid", "")
+    return Metric(f"e_fid_{extractor}", f"E-FID ({extractor})", False, base.decimals,
+                  (f"efid_{extractor}", f"e_fid_{extractor}"), "e_fid", extractor)
+
+
+def published_efid_metric(extractor: Optional[str], cite: str) -> Metric:
+    """The column of a published E-FID: by the extractor its source states, else one per citation."""
+    base = METRICS["e_fid"]
+    if extractor:
+        return Metric(f"e_fid@paper:{extractor}", f"E-FID (paper: {extractor})", False, base.decimals, (), "e_fid",
+                      str(extractor), True)
+    return Metric(f"e_fid@paper{cite}", f"E-FID (paper {cite}, extractor not stated)", False, base.decimals, (),
+                  "e_fid", None, True)
+
+
+def metric_def(mid: str) -> Metric:
+    """The column of a metric id: :data:`METRICS`, or ``e_fid_<extractor>`` / ``efid_<extractor>``."""
+    if mid in METRICS:
+        return METRICS[mid]
+    m = re.fullmatch(r"e_?fid_([A-Za-z0-9_]+)", mid)
+    if m:
+        return efid_metric(m.group(1))
+    raise KeyError(mid)
+
+
+def efid_extractors(runs: Iterable["Run"]) -> list[str]:
+    """The E-FID extractors that appear in the runs' keys (``""`` for a key without one), in column order."""
+    found = {m.group(1) or "" for r in runs for k in r.metrics if (m := _EFID_KEY.match(k))}
+    return sorted(found, key=lambda e: (e == "", EFID_EXTRACTORS.index(e) if e in EFID_EXTRACTORS
+                                        else len(EFID_EXTRACTORS), e))
 
 
 @dataclass(frozen=True)
@@ -144,7 +209,10 @@ def run_from_metrics(meta: dict, source: str) -> Run:
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Run]:
-    """Every run (``metrics.json``) at or under ``paths``."""
+    """Every run (``metrics.json``) at or under ``paths``.
+
+    A file that cannot be read, is not valid JSON or is not a JSON object is an error (:class:`TablesError`
+    naming the file): a run must never vanish from a mean silently."""
     runs = []
     for p in paths:
         p = Path(p)
@@ -156,7 +224,12 @@ def find_runs(paths: Sequence[str | Path]) -> list[Run]:
                 meta = json.loads(f.read_text())
             except json.JSONDecodeError as e:
                 raise TablesError(f"{f}: invalid JSON ({e})") from None
-            if isinstance(meta, dict) and "experiment" in meta and "demo_seconds" not in meta:  # not the demo's copy
+            except (OSError, UnicodeDecodeError) as e:
+                raise TablesError(f"{f}: cannot be read ({e})") from None
+            if not isinstance(meta, dict):
+                raise TablesError(f"{f}: a metrics.json must be a JSON object (one run), got a JSON "
+                                  f"{type(meta).__name__}; fix or remove the file")
+            if "experiment" in meta and "demo_seconds" not in meta:  # not the demo's copy
                 runs.append(run_from_metrics(meta, str(f)))
     return runs
 
@@ -199,7 +272,7 @@ def metric_key(run: Run, metric: Metric) -> Optional[str]:
 
 
 def metric_value(run: Run, metric: Metric) -> Optional[float]:
-    """The run's value of ``metric`` (``test/`` before ``val/``; exact keys before suffixed ones)."""
+    """The run's value of ``metric`` (``test/`` before ``val/``; exact keys before patterns)."""
     for prefix in PREFIXES:
         for pat in metric.keys:
             if "*" not in pat:
@@ -216,10 +289,14 @@ def metric_value(run: Run, metric: Metric) -> Optional[float]:
 
 @dataclass
 class Cell:
+    """One cell: ``mean``, sample ``std`` (ddof=1), ``ci95`` (half-width of the 95 % Student-t interval of
+    the mean) over ``n`` values; ``std``/``ci95`` are None when n < 2."""
+
     mean: Optional[float]
     std: Optional[float]
     n: int
     nonfinite: int = 0  # runs whose value is NaN/inf (left out of the mean; the cell is marked †)
+    ci95: Optional[float] = None
 
 
 @dataclass
@@ -231,16 +308,33 @@ class Row:
     cite: str = ""
     experiment: str = ""
     datasets: list[str] = field(default_factory=list)
+    kinds: dict[str, str] = field(default_factory=dict)  # dataset → "regular" | "emotional" | ""
+    subjects: list[str] = field(default_factory=list)
+
+
+def t_quantile(n: int, level: float = CI_LEVEL) -> float:
+    """Two-sided Student-t quantile ``t((1 + level) / 2, n − 1)`` for ``n ≥ 2`` values."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + level / 2, n - 1))
+
+
+def ci_halfwidth(std: float, n: int, level: float = CI_LEVEL) -> float:
+    """Half-width of the two-sided Student-t confidence interval of a mean: ``t(·, n−1) · s / √n``."""
+    return t_quantile(n, level) * std / math.sqrt(n)
 
 
 def aggregate(values: Iterable[Optional[float]]) -> Cell:
-    """Mean and sample standard deviation (ddof=1; None for a single value) of the non-missing values."""
+    """Mean, sample standard deviation (ddof=1) and 95 % t-interval half-width of the non-missing values
+    (std and interval None for a single value)."""
     vals = [v for v in values if v is not None]
     if not vals:
         return Cell(None, None, 0)
     mean = statistics.fmean(vals)
-    std = statistics.stdev(vals) if len(vals) > 1 else None
-    return Cell(mean, std, len(vals))
+    if len(vals) < 2:
+        return Cell(mean, None, 1)
+    std = statistics.stdev(vals)
+    return Cell(mean, std, len(vals), ci95=ci_halfwidth(std, len(vals)))
 
 
 def select_runs(runs: Sequence[Run], spec: TableSpec, experiments: Optional[Sequence[str]] = None,
@@ -270,12 +364,19 @@ def _order_key(name: str, order: Sequence[str]) -> tuple:
     return (len(order), name)
 
 
-def group_rows(runs: Sequence[Run], spec: TableSpec, metrics: Sequence[str], table: str) -> list[Row]:
+def _as_metric(m: str | Metric) -> Metric:
+    return m if isinstance(m, Metric) else metric_def(m)
+
+
+def group_rows(runs: Sequence[Run], spec: TableSpec, metrics: Sequence[str | Metric], table: str) -> list[Row]:
+    """One row per experiment; ``metrics``: columns (:class:`Metric`) or metric ids."""
+    cols = [_as_metric(m) for m in metrics]
     groups: dict[str, list[Run]] = {}
     for r in runs:
         groups.setdefault(r.experiment, []).append(r)
     rows = []
     order = spec.order if spec.order else ()
+
     def key(n):
         return _order_key(n, order) if order else ((0 if n.startswith("paper") else 1), n)
 
@@ -285,17 +386,19 @@ def group_rows(runs: Sequence[Run], spec: TableSpec, metrics: Sequence[str], tab
         if len(datasets) > 1:
             warnings.warn(f"experiment {name!r} has runs on several datasets {datasets}; they are averaged together "
                           "(use --dataset to keep one)", stacklevel=2)
+        kinds = {d: next((r.kind for r in rs if r.dataset == d and r.kind), "") for d in datasets}
         label = ABLATION_LABELS.get(name, name) if table == "ablation" else name
         cells = {}
-        for m in metrics:
-            cells[m] = aggregate(metric_value(r, METRICS[m]) for r in rs)
+        for m in cols:
+            cells[m.id] = aggregate(metric_value(r, m) for r in rs)
             for r in rs:
-                k = metric_key(r, METRICS[m])
-                if k is not None and not math.isfinite(r.metrics[k]) and metric_value(r, METRICS[m]) is None:
-                    cells[m].nonfinite += 1
+                k = metric_key(r, m)
+                if k is not None and not math.isfinite(r.metrics[k]) and metric_value(r, m) is None:
+                    cells[m.id].nonfinite += 1
                     print(f"ua3dtalk-tables: warning: {r.source}: {k} is {r.metrics[k]} — left out of the "
                           f"mean of {name!r} (cell marked †)", file=sys.stderr)
-        rows.append(Row(label, cells, len(rs), experiment=name, datasets=datasets))
+        rows.append(Row(label, cells, len(rs), experiment=name, datasets=datasets, kinds=kinds,
+                        subjects=sorted({r.subject for r in rs if r.subject})))
     return rows
 
 
@@ -315,7 +418,8 @@ def default_published_dir() -> Optional[Path]:
 
 
 def load_published(paths: Sequence[str | Path]) -> list[dict]:
-    """Read published-number yamls: ``{source: {citation, url, ...}, rows: [...], claims: [...]}``."""
+    """Read published-number yamls: ``{source: {citation, url, e_fid_extractor, ...}, rows: [...],
+    claims: [...]}``."""
     import yaml
 
     out = []
@@ -331,6 +435,9 @@ def load_published(paths: Sequence[str | Path]) -> list[dict]:
                 raise TablesError(f"{f}: invalid YAML ({e})") from None
             if not isinstance(doc, dict) or "source" not in doc or "citation" not in (doc.get("source") or {}):
                 raise TablesError(f"{f}: a published-numbers file needs `source: {{citation: ...}}`")
+            ex = doc["source"].get("e_fid_extractor")
+            if ex is not None and not isinstance(ex, str):
+                raise TablesError(f"{f}: source.e_fid_extractor must be a string (or null), got {ex!r}")
             for r in doc.get("rows") or []:
                 if not isinstance(r, dict) or "method" not in r or "table" not in r:
                     raise TablesError(f"{f}: every row needs `method`, `table` and `metrics`, got {r!r}")
@@ -338,22 +445,63 @@ def load_published(paths: Sequence[str | Path]) -> list[dict]:
                 if unknown:
                     raise TablesError(f"{f}: row {r['method']!r}: unknown metrics {sorted(unknown)}; "
                                       f"known: {', '.join(METRICS)}")
+                ex = r.get("e_fid_extractor")
+                if ex is not None and not isinstance(ex, str):
+                    raise TablesError(f"{f}: row {r['method']!r}: e_fid_extractor must be a string, got {ex!r}")
             doc["_file"] = str(f)
             out.append(doc)
     return out
 
 
-def published_rows(docs: Sequence[dict], table: str, metrics: Sequence[str]) -> list[Row]:
+def _published_efid_column(doc: dict, row: dict, cite: str) -> Metric:
+    ex = row.get("e_fid_extractor") or (doc.get("source") or {}).get("e_fid_extractor")
+    return published_efid_metric(ex, cite)
+
+
+def published_columns(docs: Sequence[dict], table: str) -> list[Metric]:
+    """The published E-FID columns of ``table`` (one per stated extractor, else one per source)."""
+    out: dict[str, Metric] = {}
+    for k, doc in enumerate(docs, 1):
+        for r in doc.get("rows") or []:
+            if r["table"] == table and (r.get("metrics") or {}).get("e_fid") is not None:
+                col = _published_efid_column(doc, r, f"[{k}]")
+                out.setdefault(col.id, col)
+    return list(out.values())
+
+
+def published_rows(docs: Sequence[dict], table: str, metrics: Sequence[str | Metric]) -> list[Row]:
+    cols = [_as_metric(m) for m in metrics]
     rows = []
     for k, doc in enumerate(docs, 1):
         for r in doc.get("rows") or []:
             if r["table"] != table:
                 continue
             vals = r.get("metrics") or {}
-            cells = {m: Cell(None if vals.get(m) is None else float(vals[m]), None, 1 if vals.get(m) is not None
-                             else 0) for m in metrics}
+            efid_col = _published_efid_column(doc, r, f"[{k}]").id
+            cells = {}
+            for m in cols:
+                if m.base == "e_fid":  # a published E-FID only in its own column, never in ours
+                    v = vals.get("e_fid") if m.id == efid_col else None
+                else:
+                    v = vals.get(m.id)
+                cells[m.id] = Cell(None if v is None else float(v), None, 0 if v is None else 1)
             rows.append(Row(str(r["method"]), cells, 0, published=True, cite=f"[{k}]"))
     return rows
+
+
+def table_columns(runs: Sequence[Run], metric_ids: Sequence[str], docs: Sequence[dict] = (),
+                  table: str = "") -> list[Metric]:
+    """The columns of a table: ``e_fid`` becomes one column per E-FID extractor found in ``runs`` and one per
+    published E-FID source of ``table`` (an empty ``E-FID`` column when there is none)."""
+    cols: list[Metric] = []
+    for mid in metric_ids:
+        if mid != "e_fid":
+            cols.append(metric_def(mid))
+            continue
+        efid = [efid_metric(e) for e in efid_extractors(runs)] + published_columns(docs, table)
+        cols += efid or [METRICS["e_fid"]]
+    seen: set[str] = set()
+    return [c for c in cols if not (c.id in seen or seen.add(c.id))]
 
 
 def claims_for(docs: Sequence[dict], table: str) -> list[tuple[str, dict]]:
@@ -366,6 +514,7 @@ def claims_for(docs: Sequence[dict], table: str) -> list[tuple[str, dict]]:
 
 
 def _our_change(rows: Sequence[Row], metric: str, kind: str, full: str, baseline: str) -> Optional[float]:
+    """Change of the column ``metric`` (a column id) from ``baseline`` to ``full`` in the runs' rows."""
     by = {r.experiment: r for r in rows if not r.published}
     if full not in by or baseline not in by:
         return None
@@ -377,17 +526,70 @@ def _our_change(rows: Sequence[Row], metric: str, kind: str, full: str, baseline
     return a.mean - b.mean
 
 
+def _claim_defaults(c: dict) -> tuple[str, str]:
+    return str(c.get("ours_full", "paper_mead")), str(c.get("ours_baseline", "baseline_talkinggaussian"))
+
+
+def _runs_phrase(row: Optional[Row], name: str) -> str:
+    if row is None:
+        return f"{name} (no runs in this table)"
+    data = ", ".join(f"{d or 'dataset not recorded'}" + (f" [{row.kinds.get(d)}]" if row.kinds.get(d) else "")
+                     for d in row.datasets) or "dataset not recorded"
+    subj = f"; {len(row.subjects)} subject{'s' if len(row.subjects) != 1 else ''}" if row.subjects else ""
+    return f"{name} ({row.n_runs} run{'s' if row.n_runs != 1 else ''} on {data}{subj})"
+
+
+def comparison_lines(rows: Sequence[Row], claims: Sequence[tuple[str, dict]]) -> list[str]:
+    """One line per (full, baseline) pair of the claims: what the runs compare, on which data, and that it is
+    not the paper's comparison."""
+    by = {r.experiment: r for r in rows if not r.published}
+    pairs: dict[tuple[str, str], list[str]] = {}
+    for _, c in claims:
+        if c.get("metric") in METRICS:
+            vs = pairs.setdefault(_claim_defaults(c), [])
+            if c.get("vs", "peers") not in vs:
+                vs.append(str(c.get("vs", "peers")))
+    out = []
+    for (full, base), vs in pairs.items():
+        out.append(f"What these runs compare: {_runs_phrase(by.get(full), full)} vs. {_runs_phrase(by.get(base), base)}"
+                   f" — our full model against our own baseline on our data; not the paper's comparison "
+                   f"(UA-3DTalk vs. {' / '.join(vs)} on the paper's datasets), so the two changes are not "
+                   "directly comparable.")
+    return out
+
+
+def claim_entries(rows: Sequence[Row], columns: Sequence[Metric],
+                  claims: Sequence[tuple[str, dict]]) -> list[dict]:
+    """The claims with the same kind of change computed from the runs (per E-FID extractor column)."""
+    out = []
+    for cite, c in claims:
+        m = METRICS.get(c.get("metric", ""))
+        if m is None:
+            continue
+        kind = c.get("kind", "relative")
+        full, base = _claim_defaults(c)
+        cols = [col for col in columns if col.base == m.id and not col.published] or [m]
+        ours = [(col, _our_change(rows, col.id, kind, full, base)) for col in cols]
+        if len(ours) > 1:  # several E-FID extractors: the ones both experiments have (else all, as n/a)
+            ours = [o for o in ours if o[1] is not None] or ours
+        out.append({"cite": cite, "metric": m, "kind": kind, "value": float(c["value"]),
+                    "vs": str(c.get("vs", "peers")), "full": full, "baseline": base, "ours": ours})
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # rendering
 # --------------------------------------------------------------------------------------------------
 
 
-def best_values(rows: Sequence[Row], metrics: Sequence[str], include_published: bool = True) -> dict[str, float]:
+def best_values(rows: Sequence[Row], metrics: Sequence[str | Metric], include_published: bool = True
+                ) -> dict[str, float]:
     best = {}
-    for m in metrics:
-        vals = [r.cells[m].mean for r in rows if r.cells[m].mean is not None and (include_published or not r.published)]
+    for m in map(_as_metric, metrics):
+        vals = [r.cells[m.id].mean for r in rows
+                if r.cells[m.id].mean is not None and (include_published or not r.published)]
         if vals:
-            best[m] = max(vals) if METRICS[m].higher_is_better else min(vals)
+            best[m.id] = max(vals) if m.higher_is_better else min(vals)
     return best
 
 
@@ -398,16 +600,20 @@ def _is_best(value: Optional[float], best: Optional[float], metric: Metric) -> b
     return f"{value:.{metric.decimals}f}" == f"{best:.{metric.decimals}f}"
 
 
-def fmt_cell(c: Cell, metric: Metric, bold: bool, latex: bool) -> str:
+def fmt_cell(c: Cell, metric: Metric, bold: bool, latex: bool, n_runs: Optional[int] = None) -> str:
+    """``mean ± ci95`` (bold when best), then ``(n=k)`` when the cell has one value or fewer than the row's
+    ``n_runs``, then † when runs had a non-finite value. ``n_runs=None``: a published number (value only)."""
     mark = ("$^\\dagger$" if latex else " †") if c.nonfinite else ""
     if c.mean is None:
         return ("—" if not latex else "--") + mark
     d = metric.decimals
     s = f"{c.mean:.{d}f}"
-    if c.std is not None:
-        s += (f" $\\pm$ {c.std:.{d}f}" if latex else f" ± {c.std:.{d}f}")
+    if n_runs is not None and c.ci95 is not None:
+        s += (f" $\\pm$ {c.ci95:.{d}f}" if latex else f" ± {c.ci95:.{d}f}")
     if bold:
         s = f"\\textbf{{{s}}}" if latex else f"**{s}**"
+    if n_runs is not None and (c.n == 1 or c.n != n_runs):
+        s += f" (n={c.n})"
     return s + mark
 
 
@@ -424,16 +630,40 @@ def _fmt_claim(metric: Metric, kind: str, value: float) -> str:
     return f"{value:+.{metric.decimals}f}"
 
 
-def render(rows: Sequence[Row], metrics: Sequence[str], title: str, fmt: str = "md",
+def _claim_line(e: dict) -> str:
+    m = e["metric"]
+    ours = []
+    for col, v in e["ours"]:
+        txt = "n/a" if v is None else _fmt_claim(m, e["kind"], v)
+        ours.append(txt if col.id == m.id and col.label == m.label else f"{col.label} {txt}")
+    return (f"{m.label}: {_fmt_claim(m, e['kind'], e['value'])} for UA-3DTalk vs. {e['vs']} {e['cite']}; "
+            f"these runs, {e['full']} vs. {e['baseline']}: " + ", ".join(ours))
+
+
+CI_NOTE = ("± = half-width of the 95 % confidence interval of the mean, Student's t with n−1 degrees of freedom "
+           "(t(0.975, n−1)·s/√n) over the runs of each experiment (seeds × subjects); n = runs of the row, "
+           "(n=k) when a cell has a different number of runs with that metric, (n=1): a single run, no interval")
+
+
+CI_NOTE_LATEX = ("$\\pm$ = half-width of the 95\\,\\% confidence interval of the mean, Student's $t$ with $n-1$ "
+                 "degrees of freedom ($t_{0.975,\\,n-1}\\,s/\\sqrt{n}$) over the runs of each experiment (seeds "
+                 "$\\times$ subjects); $n$ = runs of the row, ($n$=$k$) when a cell has a different number of runs "
+                 "with that metric, ($n$=1): a single run, no interval; best mean in bold.")
+
+
+def render(rows: Sequence[Row], metrics: Sequence[str | Metric], title: str, fmt: str = "md",
            docs: Sequence[dict] = (), claims: Sequence[tuple[str, dict]] = (), table: str = "") -> str:
+    cols = [_as_metric(m) for m in metrics]
+    if fmt == "json":
+        return render_json(rows, cols, title, docs, claims, table)
     latex = fmt == "latex"
-    best = best_values(rows, metrics)
-    head = ["Method"] + [f"{METRICS[m].label} {'↑' if METRICS[m].higher_is_better else '↓'}" for m in metrics] + ["n"]
+    best = best_values(rows, cols)
+    head = ["Method"] + [f"{m.label} {'↑' if m.higher_is_better else '↓'}" for m in cols] + ["n"]
     body = []
     for r in rows:
         label = r.label + (f" {r.cite}" if r.published else "")
-        cells = [fmt_cell(r.cells[m], METRICS[m], _is_best(r.cells[m].mean, best.get(m), METRICS[m]), latex)
-                 for m in metrics]
+        cells = [fmt_cell(r.cells[m.id], m, _is_best(r.cells[m.id].mean, best.get(m.id), m), latex,
+                          None if r.published else r.n_runs) for m in cols]
         n = "–" if r.published else str(r.n_runs)
         body.append(([_latex_escape(label)] if latex else [label]) + cells + [n])
     notes = []
@@ -441,22 +671,16 @@ def render(rows: Sequence[Row], metrics: Sequence[str], title: str, fmt: str = "
         src = doc["source"]
         notes.append(f"[{k}] {src['citation']}" + (f" {src['url']}" if src.get("url") else "")
                      + (f" — {src['note']}" if src.get("note") else ""))
-    claim_lines = []
-    for cite, c in claims:
-        m = METRICS.get(c.get("metric", ""))
-        if m is None:
-            continue
-        kind = c.get("kind", "relative")
-        ours = _our_change(rows, m.id, kind, c.get("ours_full", "paper_mead"), c.get("ours_baseline",
-                                                                                      "baseline_talkinggaussian"))
-        full, base = c.get("ours_full", "paper_mead"), c.get("ours_baseline", "baseline_talkinggaussian")
-        line = (f"{m.label}: {_fmt_claim(m, kind, float(c['value']))} for UA-3DTalk vs. {c.get('vs', 'peers')} "
-                f"{cite}; these runs, {full} vs. {base}: " + ("n/a" if ours is None else _fmt_claim(m, kind, ours)))
-        claim_lines.append(line)
+    entries = claim_entries(rows, cols, claims)
+    claim_lines = [_claim_line(e) for e in entries]
+    compare = comparison_lines(rows, claims) if entries else []
+    efid_note = ("E-FID: one column per feature extractor (not comparable across columns, never averaged "
+                 "together); a published E-FID has its own column." if sum(m.base == "e_fid" for m in cols) > 1
+                 or any(m.published for m in cols) else "")
     if latex:
-        cols = "l" + "c" * (len(metrics) + 1)
+        n_cols = "l" + "c" * (len(cols) + 1)
         out = ["\\begin{table}[t]", "\\centering", f"\\caption{{{_latex_escape(title)}}}",
-               f"\\begin{{tabular}}{{{cols}}}", "\\toprule",
+               f"\\begin{{tabular}}{{{n_cols}}}", "\\toprule",
                " & ".join(_latex_escape(h).replace("↑", "$\\uparrow$").replace("↓", "$\\downarrow$") for h in head)
                + " \\\\", "\\midrule"]
         prev_pub = False
@@ -466,9 +690,12 @@ def render(rows: Sequence[Row], metrics: Sequence[str], title: str, fmt: str = "
             prev_pub = r.published
             out.append(" & ".join(b) + " \\\\")
         out += ["\\bottomrule", "\\end{tabular}"]
+        out.append(f"\\par\\footnotesize {CI_NOTE_LATEX}")
+        if efid_note:
+            out.append(f"\\par\\footnotesize {_latex_escape(efid_note)}")
         if any(c.nonfinite for r in rows for c in r.cells.values()):
             out.append("\\par\\footnotesize $^\\dagger$ some runs have a non-finite value, left out of the mean.")
-        for line in claim_lines + notes:
+        for line in claim_lines + compare + notes:
             out.append(f"\\par\\footnotesize {_latex_escape(line)}")
         out.append("\\end{table}")
         return "\n".join(out) + "\n"
@@ -476,17 +703,58 @@ def render(rows: Sequence[Row], metrics: Sequence[str], title: str, fmt: str = "
            "|" + "|".join(["---"] + [":-:"] * (len(head) - 1)) + "|"]
     out += ["| " + " | ".join(b) + " |" for b in body]
     out.append("")
-    out.append("Mean ± sample std over the runs of each experiment (seeds × subjects; n = runs); best in bold; "
-               "`test/` metrics when present, else `val/`.")
+    out.append(f"{CI_NOTE}. Best mean in bold; `test/` metrics when present, else `val/`.")
+    if efid_note:
+        out.append(efid_note)
     if any(c.nonfinite for r in rows for c in r.cells.values()):
         out.append("† some runs of this cell have a non-finite value (NaN/inf), left out of the mean "
                    "(the files are named on stderr).")
     if claim_lines:
-        out += ["", "Published improvements (paper) and the same comparison in these runs:", ""] + [
+        out += ["", "Published improvements (paper) and the same kind of change in these runs:", ""] + [
             f"- {c}" for c in claim_lines]
+        if compare:
+            out += [""] + compare
     if notes:
         out += [""] + [f"{n}  " for n in notes]
     return "\n".join(out) + "\n"
+
+
+def _num(x: Optional[float]) -> Optional[float]:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def render_json(rows: Sequence[Row], columns: Sequence[Metric], title: str, docs: Sequence[dict] = (),
+                claims: Sequence[tuple[str, dict]] = (), table: str = "") -> str:
+    """The table as JSON: every cell with ``mean``, ``ci95`` (95 % Student-t half-width), ``std`` and ``n``."""
+    best = best_values(rows, columns)
+    entries = claim_entries(rows, columns, claims)
+    doc = {
+        "table": table, "title": title,
+        "interval": {"ci95": "half-width of the two-sided 95 % Student-t confidence interval of the mean, "
+                             "t(0.975, n-1) * std / sqrt(n); null when n < 2", "std": "sample std (ddof=1)"},
+        "columns": [{"id": m.id, "label": m.label, "metric": m.base, "higher_is_better": m.higher_is_better,
+                     "decimals": m.decimals, **({"extractor": m.extractor} if m.base == "e_fid" else {}),
+                     "published": m.published} for m in columns],
+        "rows": [{"label": r.label, "experiment": r.experiment or None, "published": r.published,
+                  "cite": r.cite or None, "n_runs": None if r.published else r.n_runs, "datasets": r.datasets,
+                  "dataset_kinds": r.kinds, "subjects": r.subjects,
+                  "cells": {m.id: {"mean": _num(r.cells[m.id].mean), "ci95": _num(r.cells[m.id].ci95),
+                                   "std": _num(r.cells[m.id].std),
+                                   "n": None if r.published else r.cells[m.id].n,
+                                   "nonfinite": r.cells[m.id].nonfinite,
+                                   "best": _is_best(r.cells[m.id].mean, best.get(m.id), m)} for m in columns}}
+                 for r in rows],
+        "claims": [{"cite": e["cite"], "metric": e["metric"].id, "kind": e["kind"], "value": e["value"],
+                    "vs": e["vs"], "ours_full": e["full"], "ours_baseline": e["baseline"],
+                    "ours": {col.id: _num(v) for col, v in e["ours"]}} for e in entries],
+        "comparison": comparison_lines(rows, claims) if entries else [],
+        "sources": [{"cite": f"[{k}]", **{k2: v for k2, v in d["source"].items()}, "file": d.get("_file")}
+                    for k, d in enumerate(docs, 1)],
+    }
+    return json.dumps(doc, indent=2, ensure_ascii=False, default=str) + "\n"
+
+
+FORMATS = ("md", "latex", "json")
 
 
 def make_table(runs: Sequence[Run], table: str, fmt: str = "md", published: Sequence[dict] = (),
@@ -495,23 +763,29 @@ def make_table(runs: Sequence[Run], table: str, fmt: str = "md", published: Sequ
     """Render one table (see the module docstring) from runs and published-number documents."""
     if table not in TABLES:
         raise TablesError(f"--table: unknown table {table!r}; choose one of {', '.join(TABLES)}")
-    if fmt not in ("md", "latex"):
-        raise TablesError(f"--format must be md or latex, got {fmt!r}")
+    if fmt not in FORMATS:
+        raise TablesError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     spec = TABLES[table]
     ms = list(metrics or spec.metrics)
-    bad = [m for m in ms if m not in METRICS]
+    bad = []
+    for m in ms:
+        try:
+            metric_def(m)
+        except KeyError:
+            bad.append(m)
     if bad:
-        raise TablesError(f"--metrics: unknown {bad}; known: {', '.join(METRICS)}")
+        raise TablesError(f"--metrics: unknown {bad}; known: {', '.join(METRICS)} (or e_fid_<extractor>)")
     sel = select_runs(runs, spec, experiments, dataset)
-    rows = group_rows(sel, spec, ms, table) + published_rows(published, table, ms)
+    used = [d for d in published if any(r["table"] == table for r in d.get("rows") or [])
+            or claims_for([d], table)]  # cited as [1], [2] … in this order
+    cols = table_columns(sel, ms, used, table)
+    rows = group_rows(sel, spec, cols, table) + published_rows(used, table, cols)
     if not rows:
         raise TablesError(f"no run matches table {table!r} (experiments {list(experiments or spec.include)}, "
                           f"dataset kind {spec.kind or 'any'}"
                           + (f", dataset {dataset}" if dataset else "") + "); runs found: "
                           + (", ".join(sorted({r.experiment for r in runs})) or "none"))
-    used = [d for d in published if any(r["table"] == table for r in d.get("rows") or [])
-            or claims_for([d], table)]
-    return render(rows, ms, spec.title, fmt, used, claims_for(used, table), table)
+    return render(rows, cols, spec.title, fmt, used, claims_for(used, table), table)
 
 
 def main(argv=None) -> int:
@@ -521,13 +795,15 @@ def main(argv=None) -> int:
     ap.add_argument("--wandb", nargs="*", default=[], metavar="ENTITY/PROJECT",
                     help="also read the runs of these wandb projects (online API)")
     ap.add_argument("--table", required=True, choices=sorted(TABLES))
-    ap.add_argument("--format", default="md", choices=["md", "latex"])
+    ap.add_argument("--format", default="md", choices=list(FORMATS),
+                    help="md, latex, or json (every cell's mean, ci95, std, n)")
     ap.add_argument("--published", nargs="*", default=None,
                     help="published-number yamls or directories (default: experiments/published/; "
                          "--published with no file: none)")
     ap.add_argument("--experiments", nargs="*", default=None, help="experiment name patterns (replace the selection)")
     ap.add_argument("--dataset", default=None, help="keep the runs of this dataset directory name only")
-    ap.add_argument("--metrics", default=None, help="comma-separated metric ids: " + ", ".join(METRICS))
+    ap.add_argument("--metrics", default=None, help="comma-separated metric ids: " + ", ".join(METRICS)
+                    + " (e_fid: a column per extractor; e_fid_<extractor>: that one)")
     ap.add_argument("--out", default=None, help="write the table to this file (atomically) instead of stdout")
     a = ap.parse_args(argv)
     try:
