@@ -332,7 +332,7 @@ def synth_emotional_small(tmp_path_factory):
 @pytest.fixture(scope="session")
 def synth_emotional_roles(tmp_path_factory):
     """Like :func:`synth_emotional_small` with 2 clips per emotion × intensity (24 clips), so every clip
-    role of the synthetic configs (DESIGN §5.3: evaluator, train, val, test) gets clips of every emotion.
+    role of the synthetic configs (DESIGN §5.5: evaluator, train, val, test) gets clips of every emotion.
     Read-only."""
     from ua3dtalk.data.synth.generate import cache_features, generate_emotional
 

@@ -40,7 +40,7 @@ def test_demo_writes_report_pictures_and_videos(synth_emotional_roles, tmp_path)
     assert (out / "evaluators" / "manifest.json").is_file()
     m = json.loads((out / "metrics.json").read_text())
     assert set(m["demo_seconds"]) and m["experiment"] == "smoke"
-    # the evaluation protocol: evaluator, train, val and test clips pairwise disjoint (DESIGN §5.3)
+    # the evaluation protocol: evaluator, train, val and test clips pairwise disjoint (DESIGN §5.5)
     p = m["eval_protocol"]
     roles = {k: set(p[f"{k}_clips"]) for k in ("evaluator", "train", "val", "test")}
     assert all(roles.values()) and p["disjoint"] and not p["overlap_allowed"]

@@ -126,7 +126,7 @@ def _evaluator_dir(path, clips):
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_eval_refuses_evaluators_that_saw_a_scored_clip(short_run, tmp_path, capsys):
-    """Evaluators never score clips they were trained on (DESIGN §5.3): refused before rendering, exit 2,
+    """Evaluators never score clips they were trained on (DESIGN §5.5): refused before rendering, exit 2,
     the clip named; allow_overlap=true scores and the record says so."""
     from ua3dtalk.data.splits import ProtocolError
 

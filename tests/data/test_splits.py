@@ -1,5 +1,5 @@
 """Clip roles (evaluator / train / val / test) and the evaluation protocol that keeps them apart
-(DESIGN §5.3): roles are pairwise disjoint and stratified; evaluators trained on a scored clip are refused."""
+(DESIGN §5.5): roles are pairwise disjoint and stratified; evaluators trained on a scored clip are refused."""
 from __future__ import annotations
 
 import json

@@ -84,7 +84,7 @@ def data_split(cfg) -> dict:
 
 def prepare_evaluators(cfg, out: Path, epochs: int = 0, sync_steps: int = 0) -> Optional[Any]:
     """Step 2: the metric evaluators (landmark and expression regressors, emotion classifier, SyncNet)
-    trained on the *evaluator clips* of ``cfg.data.root`` — clips the avatar never sees (DESIGN §5.3;
+    trained on the *evaluator clips* of ``cfg.data.root`` — clips the avatar never sees (DESIGN §5.5;
     ``ua3dtalk-evaluators train`` with the run's split settings, demo-sized schedule), cached in
     ``<out>/evaluators``: a complete earlier set trained on the same clips is reused. Returns that
     directory (handed to :func:`evaluate`). ``epochs`` / ``sync_steps``: 0 = the demo's defaults

@@ -13,7 +13,7 @@ root. Every clip of the split is rendered in frame order (driven by its own audi
 checkpoint's directory) receives ``<split>/<metric>`` keys, the evaluator of each and per-clip values,
 written atomically.
 
-Evaluation protocol (DESIGN §5.3): the clips the evaluator directory was trained on (its manifest's
+Evaluation protocol (DESIGN §5.5): the clips the evaluator directory was trained on (its manifest's
 ``clips``) must not include any clip of the scored split; an overlap — or an evaluator directory that does
 not record its clips — is refused with the clips named, before anything is rendered. ``allow_overlap=true``
 scores anyway and the record says so. ``metrics.json`` gets ``eval_protocol``: ``evaluator_clips``,

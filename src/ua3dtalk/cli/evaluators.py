@@ -6,7 +6,7 @@
                               [--clips evaluator|all] [--evaluator-fraction F --val-fraction F
                                --test-fraction F --split-seed S]
 
-Trains, with progress bars, on the *evaluator clips* of ``DATASET`` (DESIGN §5.3): for an emotional
+Trains, with progress bars, on the *evaluator clips* of ``DATASET`` (DESIGN §5.5): for an emotional
 dataset the clips :func:`~ua3dtalk.data.splits.split_emotional_clips` reserves for the evaluators (the
 split fractions default to the synthetic configs', :data:`~ua3dtalk.data.splits.SYNTH_SPLIT`, and must
 match the avatar's ``data.*_fraction``), never the avatar's train/val/test clips; ``--clips all`` trains

@@ -1377,7 +1377,7 @@ class EmotionalTalkingHeadDataModule(TalkingHeadDataModule):
 
     Splits are by clip, never by frame (:func:`~ua3dtalk.data.splits.split_emotional_clips`): every
     frame of a clip is in the same split, so no test frame's neighbours are trained on. Four disjoint
-    roles (DESIGN §5.3): ``evaluator`` clips (reserved for the metric evaluators; never loaded by any
+    roles (DESIGN §5.5): ``evaluator`` clips (reserved for the metric evaluators; never loaded by any
     loader here), ``train``, ``val`` (validation and model selection) and ``test`` (``test_fraction`` of
     each emotion's clips, plus held-out emotions / intensities). With ``test_fraction = 0`` and nothing held
     out, test = val (and a warning says so). Emotion labels come from each clip's ``emotion.json``

@@ -1,4 +1,4 @@
-"""Clip roles of an emotional dataset and the evaluation protocol that keeps them apart (DESIGN §5.3).
+"""Clip roles of an emotional dataset and the evaluation protocol that keeps them apart (DESIGN §5.5).
 
 An emotional dataset's clips get four disjoint *roles* (:func:`split_emotional_clips`):
 
