@@ -28,8 +28,8 @@ test: setup  ## run the whole test suite (CPU; slow tests included)
 test-fast: setup  ## run the test suite without the tests marked slow
 	$(PY) -m pytest -m "not slow"
 
-demo: setup  ## set up, then run the demo end to end and write a report with pictures to outputs/demo
-	$(PY) -m ua3dtalk.cli.demo --out outputs/demo
+demo: setup  ## set up, then run the demo end to end and write a report with pictures to outputs/demo (SEEDS=0,1,2: one run per seed, mean ± 95 % CI)
+	$(PY) -m ua3dtalk.cli.demo --out outputs/demo $(if $(SEEDS),--seeds $(SEEDS))
 
 sweep: setup  ## the ablation table as one sweep (CPU, demo scale; SWEEP=slurm for a cluster; ARGS=hydra overrides)
 	scripts/sweep_ablation.sh $(or $(SWEEP),local) $(ARGS)

@@ -18,7 +18,7 @@ def test_demo_writes_report_pictures_and_videos(synth_emotional_roles, tmp_path)
     torch.set_num_threads(1)
     try:
         rc = demo.main(["--out", str(tmp_path / "demo"), "--experiment", "smoke", "--eval-epochs", "1",
-                        "--sync-steps", "3", "scale=tiny", "callbacks=none",
+                        "--sync-steps", "3", "--seeds", "0,1", "scale=tiny", "callbacks=none",
                         f"data.root={synth_emotional_roles}", "trainer.enable_progress_bar=false",
                         "stage_steps={prior: 2, emotion: 2, mouth: 2, face: 6, fuse: 2}"])
     finally:
@@ -52,3 +52,10 @@ def test_demo_writes_report_pictures_and_videos(synth_emotional_roles, tmp_path)
     checks = m["evaluator_emotion_checks"]
     assert 0 <= checks["heldout_acc"] <= 1 and checks["heldout_clips"] == len(roles["test"])
     assert "Evaluation protocol" in report and "pairwise disjoint" in report
+    # two seeds: each its own run, its own test metrics, and mean ± 95 % t-interval over them
+    st = m["seed_stats"]["test/psnr"]
+    assert st["n"] == 2 and len(m["seeds"]) == 2 and (out / "run_seed1" / "metrics.json").is_file()
+    vals = [m["seeds"][s]["test/psnr"] for s in ("0", "1")]
+    assert st["values"] == vals and abs(st["mean"] - sum(vals) / 2) < 1e-9
+    assert abs(st["ci95"] - 12.706 * abs(vals[0] - vals[1]) / 2) < 1e-3 * max(1.0, st["ci95"])  # t(0.975, 1)
+    assert "## Over seeds" in report

@@ -155,8 +155,11 @@ def test_audio_batch_ops_and_errors(hand_made):
         AudioBatch(audio=torch.zeros(2, 15, 2), context=b.context[:2], waveform=b.waveform[:2],
                    emotion=b.emotion[:2], intensity=b.intensity[:2], frame_index=b.frame_index[:2],
                    clip_id=["a", "b"])
-    with pytest.raises(ValueError, match="`context` has C"):
-        AudioBatch(audio=b.audio[:1], context=torch.zeros(1, 50, 3), waveform=b.waveform[:1],
+    # the context has its own channel count (the DataModule's context_feature), its batch size is checked
+    AudioBatch(audio=b.audio[:1], context=torch.zeros(1, 50, 3), waveform=b.waveform[:1],
+               emotion=b.emotion[:1], intensity=b.intensity[:1], frame_index=b.frame_index[:1], clip_id=["a"])
+    with pytest.raises(ValueError, match="`context`"):
+        AudioBatch(audio=b.audio[:1], context=torch.zeros(2, 50, 3), waveform=b.waveform[:1],
                    emotion=b.emotion[:1], intensity=b.intensity[:1], frame_index=b.frame_index[:1], clip_id=["a"])
     no_lip = AudioFrameDataset([clip], all_positions([clip]), "ramp", lip=False)[0]
     with pytest.raises(ValueError, match="`lip`"):

@@ -24,7 +24,7 @@ def _similarity(rng, pts):
 
 @pytest.fixture(scope="module")
 def gt(synth_emo8):
-    """Ground truth of all clips: landmarks [N,68,2], expr [N,10], AU45 [N], clip lengths."""
+    """Ground truth of all clips: landmarks [N,68,2], expr [N,K], AU45 [N], clip lengths."""
     from ua3dtalk.data.formats import iter_clips, load_emotional
 
     L, E, A, n = [], [], [], []
@@ -90,9 +90,16 @@ def test_mouth_open_tracks_ground_truth_jaw_open(gt):
     lms, expr, _, _ = gt
     coef = landmark_expression(lms)
     names = list(LANDMARK_EXPR_NAMES)
-    r_mouth = np.corrcoef(coef[:, names.index("mouth_open")], expr[:, 0])[0, 1]  # expr column 0 = jaw_open
-    r_eye = np.corrcoef(coef[:, names.index("eye_open")], expr[:, 7])[0, 1]  # column 7 = eye_open
-    r_brow = np.corrcoef(coef[:, names.index("brow_raise")], expr[:, 5])[0, 1]  # column 5 = brow_raise
+    from ua3dtalk.data.synth.head import EXPR, ProceduralHead
+
+    # ground truth of the generator: the jaw opening, the lid aperture (blinks and the lid action units)
+    # and the mean brow height (brow action units)
+    head = ProceduralHead(0, 600)
+    aperture = np.array([sum(head.eye_aperture(e)) for e in expr])
+    brow = np.array([-head.brow_offset(np.linspace(-1, 1, 5), e)[1].mean() for e in expr])
+    r_mouth = np.corrcoef(coef[:, names.index("mouth_open")], expr[:, EXPR["jaw_open"]])[0, 1]
+    r_eye = np.corrcoef(coef[:, names.index("eye_open")], aperture)[0, 1]
+    r_brow = np.corrcoef(coef[:, names.index("brow_raise")], brow)[0, 1]
     assert r_mouth > 0.9, r_mouth
     assert r_eye > 0.9, r_eye
     assert r_brow > 0.7, r_brow
@@ -106,8 +113,15 @@ def test_ear_drops_on_blink_frames(gt):
     assert ear[blink].mean() < 0.5 * np.median(ear[~blink]), (ear[blink].mean(), np.median(ear[~blink]))
 
 
-def test_ear_to_au45_recovers_ground_truth_blinks(gt):
+def test_ear_to_au45_recovers_ground_truth_blinks(gt, synth_emo8):
+    """On clips whose lids only blink (no lid action unit in the emotion) the EAR proxy reproduces the
+    ground-truth AU45 (the blink); the lid action units of the other emotions (AU5 wide eyes, AU6/AU7
+    narrowing, drooping lids) ramp in and out and move the EAR too, which the clip-level proxy reads as
+    partial closure."""
+    from ua3dtalk.data.formats import iter_clips, load_emotional
+
     lms, _, au45, lengths = gt
+    emotions = [c.emotion_name for c in iter_clips(load_emotional(synth_emo8))]
     ear = eye_aspect_ratio(lms)
     errs, off = [], 0
     for n in lengths:
@@ -115,9 +129,11 @@ def test_ear_to_au45_recovers_ground_truth_blinks(gt):
         assert pred.min() >= 0 and pred.max() <= 5
         errs.append(blink_error(pred, au45[off:off + n]))
         off += n
-    assert max(errs) < 0.2, errs
+    still = [e for e, name in zip(errs, emotions) if name in ("neutral", "contempt")]
+    assert len(still) == 6 and max(still) < 0.2, errs
+    assert max(errs) < 1.5 and np.mean(errs) < 0.5, errs
     # a constant-AU45 prediction is much worse on clips that blink
-    assert blink_error(np.zeros_like(au45), au45) > 3 * np.mean(errs)
+    assert blink_error(np.zeros_like(au45), au45) > 3 * np.mean(still)
 
 
 def test_ear_to_au45_mapping():

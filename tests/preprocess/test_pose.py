@@ -90,19 +90,20 @@ def test_synthetic_cameras_are_exact_with_the_generators_own_landmarks(synth_cli
 
 def test_synthetic_cameras_match_ground_truth_up_to_similarity(synth_clip):
     """Ground-truth landmarks of a ua3dtalk-synth clip, generic template: relative head rotations
-    within 1.5° median (they vary by ≈ 6°; the rest is the cartoon head's expressions and shape read
-    as pose), camera centres within 40 % of their spread after a similarity alignment when the focal
-    length is known; with the focal length searched the rotations are as good."""
+    within 25 % of their range in median and 50 % at most (the cartoon head's shape and expressions
+    read as pose; the range is ≈ 14° in this clip), camera centres within 40 % of their spread after a
+    similarity alignment when the focal length is known; with the focal length searched the rotations
+    are as good."""
     clip, lms = _gt(synth_clip)
     f_gt = float(clip.cameras.K[0, 0])
     fit = P.fit_clip(lms, clip.width, clip.height, focal=f_gt, smooth_sigma=0)
     rot_err, centre_err, rot_range = _compare(fit.R, fit.camera_centers(), clip)
     assert rot_range > 3.0
-    assert np.median(rot_err) < 1.5 and rot_err.max() < 3.0, rot_err
+    assert np.median(rot_err) < 0.25 * rot_range and rot_err.max() < 0.5 * rot_range, (rot_err, rot_range)
     assert centre_err < 0.4, centre_err
     searched = P.fit_clip(lms, clip.width, clip.height, smooth_sigma=0)
     rot_err2, _, _ = _compare(searched.R, searched.camera_centers(), clip)
-    assert np.median(rot_err2) < 1.5 and rot_err2.max() < 3.0, rot_err2
+    assert np.median(rot_err2) < 0.25 * rot_range and rot_err2.max() < 0.5 * rot_range, (rot_err2, rot_range)
     assert 1.0 <= searched.focal / max(clip.width, clip.height) <= 4.0
 
 
@@ -131,8 +132,8 @@ def test_pipeline_on_a_rendered_synthetic_video(synth_clip, tmp_path):
     ours = load_clip(out)
     assert len(ours) == len(clip)
     R = ours.cameras.viewmats[:, :3, :3].astype(np.float64)
-    rot_err, centre_err, _ = _compare(R, ours.cameras.camera_centers().astype(np.float64), clip)
-    assert np.median(rot_err) < 1.5 and centre_err < 0.4, (rot_err, centre_err)
+    rot_err, centre_err, rot_range = _compare(R, ours.cameras.camera_centers().astype(np.float64), clip)
+    assert np.median(rot_err) < 0.25 * rot_range and centre_err < 0.4, (rot_err, rot_range, centre_err)
     errs = np.loadtxt(out / "preprocess" / "reprojection.csv", delimiter=",", skiprows=1)
     assert errs.shape == (len(clip), 3) and errs[:, 2].mean() < 1.0  # rigid points, pixels at 64²
     rec = json.loads((out / "preprocess" / "pose.json").read_text())

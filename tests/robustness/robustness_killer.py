@@ -79,16 +79,16 @@ def main(scenario: str, d: Path) -> None:
     elif scenario == "synth":
         import ua3dtalk.data.synth.generate as gen
 
-        real = gen.atomic_write_bytes
+        real = gen._write_bytes  # every file of a clip goes through it
         calls = [0]
 
         def counting(path, data):
             calls[0] += 1
-            if calls[0] == 40:  # 4 files per frame: after 10 frames
+            if calls[0] == 50:  # 5 files per frame: after 10 frames
                 die()
             real(path, data)
 
-        gen.atomic_write_bytes = counting
+        gen._write_bytes = counting
         gen.generate_subject(d, "tiny", seed=0, backend="cpu", progress=False)
     elif scenario == "preprocess":
         import ua3dtalk.preprocess.pipeline as pp

@@ -207,7 +207,7 @@ def test_disk_full_during_a_feature_cache_write_keeps_the_previous_cache(regular
 def test_disk_full_while_generating_a_dataset_leaves_nothing(tmp_path, monkeypatch):
     import ua3dtalk.data.synth.generate as gen
 
-    real = gen.atomic_write_bytes
+    real = gen._write_bytes  # every file of a clip goes through it
     calls = [0]
 
     def full(path, data):
@@ -216,7 +216,7 @@ def test_disk_full_while_generating_a_dataset_leaves_nothing(tmp_path, monkeypat
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         real(path, data)
 
-    monkeypatch.setattr(gen, "atomic_write_bytes", full)
+    monkeypatch.setattr(gen, "_write_bytes", full)
     with pytest.raises(OSError):
         gen.generate_subject(tmp_path / "out", "tiny", seed=0, backend="cpu", progress=False)
     assert tree(tmp_path / "out") == {} and os.listdir(tmp_path / "out") == []

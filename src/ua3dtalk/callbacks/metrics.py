@@ -105,7 +105,7 @@ def split_sequences(dm, split: str, max_clips: Optional[int] = None, max_frames:
         k += len(pos)
     positions = np.concatenate(rows) if rows else np.zeros((0, 2), np.int64)
     ds = FrameDataset(dm.clips, positions, dm.feature_name, dm.neighbours, dm.background, cache_size=0,
-                      context=dm.context)
+                      context=dm.context, context_feature=getattr(dm, "context_feature_name", None))
     return ds, out
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -124,13 +125,47 @@ def evaluate(cfg, ckpt: Path, evaluators: Optional[Any], out: Path) -> dict[str,
     run_meta = json.loads((Path(cfg.paths.run_dir) / "metrics.json").read_text())
     control = (evaluators is not None and run_meta.get("data_kind") == "emotional"
                and run_meta.get("components", {}).get("emotion") not in (None, "none"))
-    rec = eval_ckpt(ckpt, evaluators=str(evaluators) if evaluators is not None else None, split="test",
-                    out=Path(cfg.paths.run_dir), metrics="all", control=control)
+    prev = run_meta.get("eval", {}).get("test", {})
+    if (prev.get("checkpoint") == str(ckpt) and prev.get("checkpoint_mtime_ns") == ckpt.stat().st_mtime_ns
+            and run_meta.get("eval_protocol", {}).get("evaluator_dir") == (None if evaluators is None
+                                                                           else str(evaluators))
+            and (not control or "test/acc_emo_label" in run_meta)):
+        print(f"[demo] evaluate: reusing the evaluation of {ckpt} in {cfg.paths.run_dir}/metrics.json")
+        rec = run_meta
+    else:
+        rec = eval_ckpt(ckpt, evaluators=str(evaluators) if evaluators is not None else None, split="test",
+                        out=Path(cfg.paths.run_dir), metrics="all", control=control)
     skipped = rec.get("eval", {}).get("test", {}).get("skipped")
     if skipped:
         print(f"[demo] evaluate: skipped {skipped}")
     return {**{k: v for k, v in rec.items() if k.startswith("test/") and isinstance(v, float)},
             "eval_protocol": rec["eval_protocol"]}
+
+
+def _seed_stats(per_seed: dict[int, dict]) -> dict[str, dict]:
+    """``{key: {mean, ci95, std, n, values}}`` over the seeds of every ``test/*`` key (95 % Student-t
+    interval, :func:`ua3dtalk.cli.tables.aggregate`)."""
+    from .tables import aggregate
+
+    keys = sorted({k for m in per_seed.values() for k in m if k.startswith("test/")})
+    out = {}
+    for k in keys:
+        vals = [m.get(k) for m in per_seed.values()]
+        c = aggregate(v for v in vals if v is not None and np.isfinite(v))
+        out[k] = {"mean": c.mean, "ci95": c.ci95, "std": c.std, "n": c.n, "values": vals}
+    return out
+
+
+def _seeds_md(stats: dict[str, dict]) -> str:
+    """The report's table of test metrics over seeds (mean ± 95 % t-interval)."""
+    if not stats:
+        return ""
+    rows = "\n".join(f"| `{k}` | {v['mean']:.4g} ± {v['ci95']:.2g} | {v['n']} | "
+                      + ", ".join(f"{x:.4g}" for x in v["values"] if x is not None) + " |"
+                      for k, v in stats.items() if v["mean"] is not None and v["ci95"] is not None)
+    return ("## Over seeds\n\nHeld-out test metrics over the seeds: mean ± half-width of the 95 % Student-t "
+            "interval (n − 1 degrees of freedom).\n\n| metric | mean ± 95 % CI | n | per seed |\n|---|---|---|---|\n"
+            f"{rows}\n")
 
 
 def _emotion_checks(evaluators: Optional[Path]) -> dict:
@@ -282,8 +317,18 @@ def main(argv=None) -> int:
     ap.add_argument("--ablation-runs", default=None, help="runs directory for the ablation plot (optional)")
     ap.add_argument("--eval-epochs", type=int, default=0, help="evaluator training epochs (0 = demo default)")
     ap.add_argument("--sync-steps", type=int, default=0, help="SyncNet training steps (0 = demo default)")
+    ap.add_argument("--seeds", default="",
+                    help="comma-separated seeds (e.g. 0,1,2): train and evaluate once per seed; the report and "
+                         "metrics.json add mean ± 95 %% t-interval over them (the first seed's run is the one "
+                         "rendered; a finished seed is reused)")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     a = ap.parse_args(argv)
+    try:
+        seeds = [int(x) for x in a.seeds.replace(" ", ",").split(",") if x.strip()]
+    except ValueError:
+        ap.error(f"--seeds: expected comma-separated integers, got {a.seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        ap.error(f"--seeds: each seed once, got {a.seeds!r}")
     import torch
 
     from ..data import read_frame
@@ -296,7 +341,8 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     steps = _Steps(6)
-    cfg = compose([f"experiment={a.experiment}", f"paths.run_dir={out / 'run'}", "resume=true", *a.overrides])
+    base = [f"experiment={a.experiment}", "resume=true", *a.overrides]
+    cfg = compose(base + [f"paths.run_dir={out / 'run'}"] + ([f"seed={seeds[0]}"] if seeds else []))
 
     steps.start(f"data: {cfg.data.root}")
     ensure_dataset(cfg)
@@ -319,17 +365,38 @@ def main(argv=None) -> int:
     if test_metrics:
         metrics.update(test_metrics)
         _merge_json(Path(cfg.paths.run_dir) / "metrics.json", test_metrics)
+    per_seed = {int(cfg.seed): test_metrics}
+    for seed in seeds[1:]:
+        print(f"[demo] seed {seed}: train and evaluate", flush=True)
+        cfg_s = compose(base + [f"paths.run_dir={out / f'run_seed{seed}'}", f"seed={seed}"])
+        ck = Path(run(cfg_s)["checkpoint"])
+        tm = evaluate(cfg_s, ck, evaluators, out)
+        tm.pop("eval_protocol", None)
+        _merge_json(Path(cfg_s.paths.run_dir) / "metrics.json", tm)
+        per_seed[seed] = tm
+    seed_stats = _seed_stats(per_seed) if len(per_seed) > 1 else {}
+    if seed_stats:
+        metrics["seeds"] = {str(k): v for k, v in per_seed.items()}
+        metrics["seed_stats"] = seed_stats
 
     steps.start("render: held-out frames and one clip per emotion")
     dm = build_datamodule(cfg)
     held_out = list(getattr(dm, "split_clips", {}).get("test") or []) or list(dm.clips[-1:])
     clip = held_out[0]
     model = load_model(ckpt)
-    feats = features_for_clip(clip, cfg.data.feature)
+    feats = features_for_clip(clip, dm.feature_name)
+    ctx = None  # data.context_feature (smoke: wav2vec2): the audio context has its own features
+    if getattr(dm, "context_feature", None) is not None:
+        from ..data.datamodule import audio_context_np, clip_frame_features
+
+        ctx = clip_frame_features(features_for_clip(clip, dm.context_feature_name))
     to8 = lambda t: (t.permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)  # noqa: E731
     gt, pred = [], []
     for j in np.linspace(0, len(clip) - 1, 5).astype(int):
         b = read_frame(clip, int(j), audio=feats, neighbours=8, background="bc+torso")
+        if ctx is not None:
+            b = dataclasses.replace(b, audio_context=torch.from_numpy(
+                audio_context_np(ctx, np.array([clip.img_ids[int(j)]]), dm.context)))
         with torch.no_grad():
             pred.append(to8(model.render_batch(b)[0]))
         gt.append(to8(b.image[0]))
@@ -394,6 +461,7 @@ stages {list(metrics['stages'])}; run directory `{run_dir}`. Total time {steps.t
 
 {'' if test_metrics else NO_EVAL_NOTE}
 
+{_seeds_md(seed_stats)}
 ## Evaluation protocol
 
 {_protocol_md(protocol, checks)}

@@ -73,11 +73,12 @@ def build_eval_datamodule(model, ckpt: Path, data: Optional[str] = None):
     if run_dir is not None:
         from omegaconf import OmegaConf
 
-        from .train import DATA_CLI_KEYS
+        from .train import DATA_CLI_KEYS, drop_unused_extractor_options
 
         dcfg = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml").data, resolve=False)
         for k in DATA_CLI_KEYS:
             dcfg.pop(k, None)
+        drop_unused_extractor_options(dcfg)
         dcfg = {k: v for k, v in dcfg.items() if not (isinstance(v, str) and "${" in v)}
     else:
         from ..data import load_dataset
@@ -224,7 +225,8 @@ def evaluate(ckpt, data=None, evaluators=None, split: str = "test", out=None, me
     out_dir = Path(out) if out is not None else (run_dir_of(ckpt) or ckpt.parent)
     record = {**res, "eval_protocol": protocol,
               "metrics_evaluators": {f"{split}/{k}": v for k, v in suite.provenance(list(values)).items()},
-              "eval": {split: {"checkpoint": str(ckpt), "dataset": str(dm.root), "clips": len(seqs),
+              "eval": {split: {"checkpoint": str(ckpt), "checkpoint_mtime_ns": ckpt.stat().st_mtime_ns,
+                               "dataset": str(dm.root), "clips": len(seqs),
                                "frames": int(suite.num_frames), "seconds": round(time.perf_counter() - t0, 2),
                                "skipped": suite.skipped, "per_clip": suite.clips,
                                **({"control_per_emotion": ctrl["per_emotion"]} if ctrl else {})}}}

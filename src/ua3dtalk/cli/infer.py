@@ -162,10 +162,13 @@ def predict_dataset(data_config: dict, audio, pose: str = "dataset", emotion: st
         background = "bc"
     else:
         cameras, background = Path(pose), "white"
+    # the training features: same model *and* layer (older checkpoints: no layer, no context feature)
     return PredictDataset(audio, features=data_config.get("feature") or "mel", cameras=cameras,
                           emotion=emotion if emotion != "audio" else "audio",
                           intensity=int(intensity) if intensity else None, background=background,
                           extractor_model=data_config.get("extractor_model"),
+                          extractor_layer=data_config.get("extractor_layer"),
+                          context_features=data_config.get("context_feature"),
                           neighbours=int(data_config.get("neighbours") or 8))
 
 

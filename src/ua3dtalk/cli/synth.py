@@ -1,7 +1,7 @@
 """``ua3dtalk-synth``: write a synthetic talking-head dataset with known ground truth (DESIGN §6).
 
-    ua3dtalk-synth --out data/synth --preset tiny|small|bench [--emotional] [--seed S] [--resolution R]
-                   [--features mel] [--backend auto|cpu|torch]
+    ua3dtalk-synth --out data/synth --preset tiny|small|bench [--emotional] [--clips-per-level N]
+                   [--seed S] [--resolution R] [--features mel] [--backend auto|cpu|torch] [--workers W]
 """
 from __future__ import annotations
 
@@ -17,8 +17,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="output root; the subject directory synth<seed> is created in it")
     ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     ap.add_argument("--emotional", action="store_true", help="8 emotions × 3 intensities (DESIGN §5.2 layout)")
-    ap.add_argument("--clips-per-level", type=int, default=1,
-                    help="with --emotional: clips (different utterances) per emotion and intensity")
+    ap.add_argument("--clips-per-level", type=int, default=None,
+                    help="with --emotional: clips (different utterances) per emotion and intensity "
+                         "(default: the preset's, " + ", ".join(f"{k} {v.clips_per_level}" for k, v in PRESETS.items())
+                         + ")")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="with --emotional: rendering processes (default: 2 for large sets on ≥ 2 CPUs, else 1)")
     ap.add_argument("--seed", type=int, default=0, help="identity and speech seed (deterministic)")
     ap.add_argument("--resolution", type=int, default=None, help="override the preset's image size")
     ap.add_argument("--features", default="mel",
@@ -39,7 +43,7 @@ def main(argv=None) -> int:
     try:
         if a.emotional:
             subject = generate_emotional(a.out, a.preset, a.seed, a.resolution, backend=a.backend,
-                                         clips_per_level=a.clips_per_level)
+                                         clips_per_level=a.clips_per_level, workers=a.workers)
         else:
             subject = generate_subject(a.out, a.preset, a.seed, a.resolution, backend=a.backend)
     except ValueError as e:

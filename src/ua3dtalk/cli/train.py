@@ -133,26 +133,81 @@ def _env_info() -> dict:
     return info
 
 
+SYNTH_W2V_MODELS = ("tiny",)
+"""Values of ``data.synth.wav2vec2``: which stand-in wav2vec2 model the CLI saves at ``data.extractor_model``."""
+
+
+def _uses_wav2vec2(data) -> bool:
+    return "wav2vec2" in (data.get("feature"), data.get("context_feature"))
+
+
+def ensure_w2v_model(cfg) -> Optional[Path]:
+    """``data.synth.wav2vec2=tiny`` with ``data.feature`` or ``data.context_feature`` = wav2vec2: save the tiny
+    random-initialised wav2vec2 model (:mod:`ua3dtalk.data.tiny_wav2vec2`) at ``data.extractor_model``
+    unless it is there already (atomic; reused when complete). Returns its directory, or None when not
+    configured."""
+    synth = cfg.data.get("synth")
+    kind = synth.get("wav2vec2") if synth is not None else None
+    if not kind or not _uses_wav2vec2(cfg.data):
+        return None
+    if kind not in SYNTH_W2V_MODELS:
+        raise ValueError(f"data.synth.wav2vec2: unknown model {kind!r}; choose {', '.join(SYNTH_W2V_MODELS)} "
+                         "(a tiny random-initialised wav2vec2) or null (data.extractor_model must then exist)")
+    path = cfg.data.get("extractor_model")
+    if not path:
+        raise ValueError("data.synth.wav2vec2=tiny needs data.extractor_model=DIR (where the tiny model is saved)")
+    from ..data.tiny_wav2vec2 import save_tiny_wav2vec2
+
+    return save_tiny_wav2vec2(str(path))
+
+
 def ensure_dataset(cfg) -> None:
-    """Generate the synthetic dataset named by ``data.synth`` when its root does not exist yet."""
+    """Generate the synthetic dataset named by ``data.synth`` when its root does not exist yet, with the
+    features of ``data.feature`` (and ``data.context_feature``) cached for every clip; first save the tiny
+    wav2vec2 model when ``data.synth.wav2vec2`` asks for it (also when the dataset exists: ``prepare_data``
+    extracts with it)."""
+    from ..data.audio import make_extractor
     from ..data.synth.generate import cache_features, generate_emotional, generate_subject
 
     synth = cfg.data.get("synth")
-    if synth is None or Path(cfg.data.root).exists():
+    if synth is None:
         return
+    ensure_w2v_model(cfg)
+    if Path(cfg.data.root).exists():
+        return
+    extractors = []
+    for key in ("feature", "context_feature"):  # built before minutes of rendering: a missing model fails first
+        feature = cfg.data.get(key, "mel" if key == "feature" else None)
+        if feature not in ("mel", "wav2vec2") or feature in [k for k, _ in extractors]:
+            continue
+        kw = ({} if feature == "mel" else {"model": cfg.data.get("extractor_model"),
+                                           "layer": cfg.data.get("extractor_layer"), "config_key": f"data.{key}"})
+        extractors.append((feature, make_extractor(feature, **kw)))
     fn = generate_emotional if synth.get("emotional") else generate_subject
     print(f"ua3dtalk-train: generating the synthetic dataset {cfg.data.root} (preset {synth.preset})", flush=True)
     subject = fn(synth.out, synth.preset, int(synth.get("seed", 0)), synth.get("resolution"))
-    cache_features(subject, [cfg.data.get("feature", "mel")])
+    cache_features(subject, [ex for _, ex in extractors])
 
 
 def datamodule_kwargs(cfg) -> dict:
-    """The ``data`` config as DataModule arguments (CLI-only keys removed, interpolations resolved)."""
+    """The ``data`` config as DataModule arguments (CLI-only keys removed, interpolations resolved; the
+    wav2vec2 options ``extractor_model`` / ``extractor_layer`` are dropped when neither ``feature`` nor
+    ``context_feature`` is wav2vec2, so that ``data.context_feature=mel`` / ``data.feature=mel`` alone
+    switches an experiment configured for wav2vec2 back to log-mel)."""
     from omegaconf import OmegaConf
 
     dcfg = OmegaConf.to_container(cfg.data, resolve=True)
     for k in DATA_CLI_KEYS:
         dcfg.pop(k, None)
+    return drop_unused_extractor_options(dcfg)
+
+
+def drop_unused_extractor_options(dcfg: dict) -> dict:
+    """``dcfg`` (DataModule arguments) without ``extractor_model`` / ``extractor_layer`` when no feature of it
+    is wav2vec2 (the DataModule refuses them for log-mel)."""
+    if dcfg.get("feature") == "mel" and not _uses_wav2vec2(dcfg):
+        for k in ("extractor_model", "extractor_layer"):
+            dcfg.pop(k, None)
     return dcfg
 
 
@@ -212,6 +267,7 @@ def fill_data_info(cfg, dm) -> None:
 
     with open_dict(cfg):
         cfg.data_info.audio_channels = int(dm.audio_channels)
+        cfg.data_info.context_channels = int(getattr(dm, "context_channels", dm.audio_channels))
         cfg.data_info.expr_dim = int(dm.expr_dim)
         cfg.data_info.height, cfg.data_info.width = (int(v) for v in dm.image_size)
 
@@ -740,7 +796,8 @@ def run(cfg) -> dict:
         raise ValueError("ua3dtalk-train: no stage to run (check `stages` and the model's modules)")
     model.stage = stages[0]
     model.data_config = {k: datamodule_kwargs(cfg).get(k) for k in
-                         ("root", "feature", "extractor_model", "neighbours", "background")}
+                         ("root", "feature", "context_feature", "extractor_model", "extractor_layer", "neighbours",
+                          "background")}
     comp = components(model.model_config)
     metrics: dict = {"experiment": str(cfg.name), "subject": str(cfg.data.get("subject", "")), "seed": int(cfg.seed),
                      "components": comp, "tags": component_tags(cfg),

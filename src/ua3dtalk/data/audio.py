@@ -33,7 +33,10 @@ is normalised to zero mean / unit variance over the whole file when the checkpoi
 ``chunk_seconds`` with ``context_seconds`` of overlap on each side whose outputs are discarded,
 which bounds memory. Weights are loaded with ``local_files_only=True`` — nothing is downloaded unless
 ``allow_download=True`` is passed explicitly (and HF_HUB_OFFLINE is not set); a missing model is a
-:class:`MissingModelError` that says how to provide it.
+:class:`MissingModelError` (one line) that says where it was looked for and how to provide it — or to
+train on ``data.feature=mel``. The cache record of a local model directory holds a SHA-1 of its
+weights. Without network access, :mod:`ua3dtalk.data.tiny_wav2vec2` saves a tiny random-initialised
+model in that layout (what the synthetic experiments use: ``data.synth.wav2vec2=tiny``).
 
 **Stored formats read** (:func:`read_feature_file`): windows ``[M,16,C]`` (``aud_ds.npy`` DeepSpeech
 C=29, ``aud_eo.npy`` ER-NeRF wav2vec C=44, ``aud.npy``, a user ``aud_w2v.npy``), ER-NeRF/
@@ -411,18 +414,32 @@ def _hf_cache_dir() -> str:
         return os.environ.get("HF_HOME", "~/.cache/huggingface") + "/hub"
 
 
-def _missing_model_message(model: str, local: bool, detail: str = "") -> str:
+def _missing_model_message(model: str, local: bool, detail: str = "", key: str = "data.feature") -> str:
+    """One line (the train CLI prints user errors as one line): what was looked for where, the training
+    config keys that fix it, and how to provide the weights."""
     if local:
-        head = f"wav2vec2 model directory {model!r} does not exist or is not a model directory{detail}."
+        where = f"wav2vec2 model directory {model!r} does not exist or is not a model directory{detail}"
+        get = DEFAULT_W2V_MODEL
     else:
-        head = (f"wav2vec2 model {model!r} is not available locally: it is neither a directory nor in the Hugging Face "
-                f"cache ({_hf_cache_dir()}){detail}.")
-    return (head + " ua3dtalk never downloads weights (DESIGN §10). Provide the model in one of two ways:\n"
-            f"  1. put it in the Hugging Face cache: on a machine with network access run "
-            f"`huggingface-cli download {model if not local else DEFAULT_W2V_MODEL}` "
-            "(or `hf download ...`) with HF_HOME pointing at the cache you use here; or\n"
-            "  2. pass a local directory in the `save_pretrained` layout (config.json + model.safetensors or "
-            "pytorch_model.bin) as the model: `ua3dtalk-features DIR --model PATH` / Wav2Vec2Extractor(model=PATH).")
+        where = (f"wav2vec2 model {model!r} is not available locally: looked for a directory of that name and in the "
+                 f"Hugging Face cache ({_hf_cache_dir()}){detail}")
+        get = model
+    return (f"{where}; ua3dtalk never downloads weights (DESIGN §10). Train on log-mel features with {key}=mel, "
+            "or give a local directory in the `save_pretrained` layout (config.json + model.safetensors or "
+            "pytorch_model.bin) as data.extractor_model=DIR (ua3dtalk-features: --model PATH), or fill the Hugging "
+            f"Face cache on a machine with network access: `huggingface-cli download {get}` (or `hf download {get}`) "
+            "with HF_HOME pointing at the cache used here.")
+
+
+def _weights_fingerprint(directory: Path) -> Optional[str]:
+    """SHA-1 of a local checkpoint's ``config.json`` and weight files (names and bytes), or None."""
+    files = sorted(p for pat in ("config.json", "*.safetensors", "*.bin") for p in directory.glob(pat) if p.is_file())
+    if not files:
+        return None
+    h = hashlib.sha1()
+    for f in files:
+        h.update(f.name.encode() + b"\0" + _sha1(f).encode())
+    return h.hexdigest()
 
 
 @contextlib.contextmanager
@@ -472,12 +489,14 @@ class Wav2Vec2Extractor:
     normalize : zero-mean/unit-variance input normalisation; None reads the checkpoint's
         ``preprocessor_config.json`` (``do_normalize``), defaulting to True.
     dtype : "float32" or "bfloat16" (CPU autocast; faster, ~1e-2 relative deviation).
+    config_key : the training config key that asked for wav2vec2 features ("data.feature",
+        "data.context_feature"), named by the missing-model message.
     """
 
     def __init__(self, model: Union[str, Path, "object"] = DEFAULT_W2V_MODEL, layer: Union[str, int] = "logits",
                  device: str = "cpu", chunk_seconds: float = 20.0, context_seconds: float = 1.0,
                  allow_download: bool = False, normalize: Optional[bool] = None, dtype: str = "float32",
-                 model_name: Optional[str] = None):
+                 model_name: Optional[str] = None, config_key: str = "data.feature"):
         import torch
 
         if isinstance(layer, str) and layer != "logits":
@@ -493,12 +512,16 @@ class Wav2Vec2Extractor:
         self.context_frames = max(0, int(round(context_seconds * FEATURE_RATE)))
         if isinstance(model, (str, Path)):
             self.model_id = str(model)
-            self.model, self._normalize_cfg = self._load(str(model), layer, allow_download)
+            self.model, self._normalize_cfg = self._load(str(model), layer, allow_download, config_key)
             is_dir = _looks_like_path(self.model_id) or Path(self.model_id).exists()
             base = Path(self.model_id.rstrip("/\\")).name if is_dir else self.model_id.split("/")[-1]
+            # a local checkpoint is identified by its bytes too: a cache made by other weights that were in
+            # the same directory is recomputed (ua3dtalk.data.tiny_wav2vec2 rewrites its directory, say)
+            self.weights_sha1 = _weights_fingerprint(Path(self.model_id).expanduser()) if is_dir else None
         else:
             self.model, self._normalize_cfg = model, None
             self.model_id = model_name or type(model).__name__
+            self.weights_sha1 = None
             base = model_name or type(model).__name__
         self.model.eval().to(self.device)
         cfg = self.model.config
@@ -526,16 +549,16 @@ class Wav2Vec2Extractor:
         self.name = f"w2v_{safe}_{'logits' if self.layer == 'logits' else f'h{self.layer}'}"
 
     @staticmethod
-    def _load(model: str, layer, allow_download: bool):
+    def _load(model: str, layer, allow_download: bool, key: str = "data.feature"):
         from transformers import Wav2Vec2ForCTC, Wav2Vec2Model
 
         p = Path(model).expanduser()
         local = p.exists() or _looks_like_path(model)
         if local:
             if not p.is_dir():
-                raise MissingModelError(_missing_model_message(model, True))
+                raise MissingModelError(_missing_model_message(model, True, key=key))
             if not (p / "config.json").is_file():
-                raise MissingModelError(_missing_model_message(model, True, " (no config.json in it)"))
+                raise MissingModelError(_missing_model_message(model, True, " (no config.json in it)", key))
         offline = (not allow_download) or _offline()
         cls = Wav2Vec2ForCTC if layer == "logits" else Wav2Vec2Model
         try:
@@ -544,7 +567,7 @@ class Wav2Vec2Extractor:
                                               output_loading_info=True)
         except (OSError, ValueError, pickle.UnpicklingError) as e:  # unpickling: refused by weights_only
             why = f" ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})"
-            raise MissingModelError(_missing_model_message(model, local, why)) from e
+            raise MissingModelError(_missing_model_message(model, local, why, key)) from e
         missing = set(info.get("missing_keys", ()))
         if layer == "logits" and any(k.startswith("lm_head") for k in missing):
             raise ValueError(f"wav2vec2 model {model!r} has no trained CTC head (lm_head missing from the checkpoint); "
@@ -563,9 +586,12 @@ class Wav2Vec2Extractor:
         return m, norm
 
     def describe(self) -> dict:
-        return {"type": "wav2vec2", "model": self.model_id, "layer": self.layer, "normalize": self.normalize,
-                "chunk_frames": self.chunk_frames, "context_frames": self.context_frames, "dtype": self.dtype,
-                "version": 1}
+        d = {"type": "wav2vec2", "model": self.model_id, "layer": self.layer, "normalize": self.normalize,
+             "chunk_frames": self.chunk_frames, "context_frames": self.context_frames, "dtype": self.dtype,
+             "version": 1}
+        if self.weights_sha1 is not None:  # local directory: which weights made the cache
+            d["weights_sha1"] = self.weights_sha1
+        return d
 
     def __call__(self, wav: np.ndarray, progress: Optional[Callable[[int], None]] = None) -> np.ndarray:
         import torch

@@ -21,12 +21,14 @@ K                  [B,3,3]             float32    intrinsics [[fx,0,cx],[0,fy,cy
 audio              [B,16,C]            float32    audio window of the frame (DESIGN §5.3)
 audio_neighbours   [B,8,16,C] | None   float32    windows of frames i-4 … i+3 (zeros outside the clip)
                                                   for the temporal attention of TalkingGaussian
-audio_context      [B,50,C] | None     float32    per-frame features of frames i-25 … i+24 (≈2 s): each
+audio_context      [B,50,C'] | None    float32    per-frame features of frames i-25 … i+24 (≈2 s): each
                                                   the mean of its window's rows 8:10, the clip's first /
                                                   last frame repeated beyond its ends — the style
                                                   encoder's input (``ua3dtalk.models.prior.module.
                                                   audio_context``; computed by
                                                   :func:`ua3dtalk.data.datamodule.audio_context_np`)
+                                                  and the emotion encoder's; C' = C unless the
+                                                  DataModule has a ``context_feature``
 blink              [B]                 float32    eye closure in [0,1] (OpenFace AU45_r clipped to
                                                   [0,2] / 2); 0 when the dataset has no ``au.csv``
 expr               [B,K] | None        float32    per-frame expression coefficients (``expr.npy``)
@@ -70,7 +72,7 @@ _SPEC: dict[str, tuple[tuple, str]] = {
     "intensity": ((), "long"),
     "frame_index": ((), "long"),
     "audio_neighbours": ((None, 16, "C"), "float"),
-    "audio_context": ((None, "C"), "float"),
+    "audio_context": ((None, "Cc"), "float"),  # own channel count: the DataModule's context_feature
     "expr": ((None,), "float"),
     "au": ((6,), "float"),
     "landmarks": ((68, 2), "float"),

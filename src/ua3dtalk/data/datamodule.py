@@ -271,7 +271,7 @@ class _BatchOps:
 
 _AUDIO_SPEC: dict[str, tuple[tuple, str]] = {
     "audio": ((16, "C"), "float"),
-    "context": ((None, "C"), "float"),
+    "context": ((None, "Cc"), "float"),  # Cc = C unless the DataModule has a context_feature
     "waveform": ((None,), "float"),
     "expr": ((None,), "float"),
     "lip": ((None,), "float"),
@@ -289,7 +289,8 @@ class AudioBatch(_BatchOps):
     field        shape         dtype    meaning
     ===========  ============  =======  ==========================================================
     audio        [B,16,C]      float32  the frame's §5.3 audio window
-    context      [B,50,C]      float32  audio context (frames i-25 … i+24, module docstring)
+    context      [B,50,C']     float32  audio context (frames i-25 … i+24, module docstring) of the
+                                        ``context_feature`` (C' = C when it is the window feature)
     waveform     [B,S]         float32  16 kHz segment of ``segment_seconds`` centred on the frame
                                         (zero-padded at clip edges; S = 0 when disabled)
     expr         [B,K] | None  float32  expression coefficients (``expr.npy``)
@@ -327,7 +328,7 @@ _PREDICT_SPEC: dict[str, tuple[tuple, str]] = {
     "K": ((3, 3), "float"),
     "audio": ((16, "C"), "float"),
     "audio_neighbours": ((None, 16, "C"), "float"),
-    "audio_context": ((None, "C"), "float"),
+    "audio_context": ((None, "Cc"), "float"),
     "blink": ((), "float"),
     "background": ((3, "H", "W"), "float"),
     "frame_index": ((), "long"),
@@ -556,15 +557,20 @@ def _common_expr(clips: Sequence[ClipInfo]) -> bool:
 class _ClipFrames(Dataset):
     """Shared plumbing: (clip, position) index, lazily opened per-process audio features."""
 
-    def __init__(self, clips: Sequence[ClipInfo], positions, feature: Optional[str], context: int):
+    def __init__(self, clips: Sequence[ClipInfo], positions, feature: Optional[str], context: int,
+                 context_feature: Optional[str] = None):
         self.clips = list(clips)
         self.index = _as_index(positions, self.clips)
         self.feature = feature
+        # the audio context (prior style, emotion encoder) may come from another feature file
+        self.context_feature = feature if context_feature is None else context_feature
         self.context = int(context or 0)
         if self.context < 0:
             raise ValueError(f"context must be ≥ 0, got {context}")
         used = [self.clips[i] for i in np.unique(self.index[:, 0])] if len(self.index) else []
         self.audio_dim = _check_features(used, feature)
+        self.context_dim = (self.audio_dim if self.context_feature == feature
+                            else _check_features(used, self.context_feature))
         self.use_expr = _common_expr(used)
         self._local: dict = {}
 
@@ -591,21 +597,23 @@ class _ClipFrames(Dataset):
             self._local[name] = LRUCache(maxsize)
         return self._local[name]
 
-    def _features(self, ci: int) -> Optional[AudioFeatures]:
-        if self.feature is None:
+    def _features(self, ci: int, feature: Optional[str] = None) -> Optional[AudioFeatures]:
+        feature = self.feature if feature is None else feature
+        if feature is None:
             return None
 
         def load():
             c = self.clips[ci]
             with warnings.catch_warnings():  # the length rule was reported when the dataset was built
                 warnings.simplefilter("ignore", DatasetWarning)
-                return read_feature_file(c.features[self.feature], c.num_frames, name=self.feature, warn=False)
+                return read_feature_file(c.features[feature], c.num_frames, name=feature, warn=False)
 
-        return self._lru("features", self.CLIP_CACHE).get(ci, load)
+        return self._lru(f"features/{feature}", self.CLIP_CACHE).get(ci, load)
 
     def _frame_feats(self, ci: int) -> np.ndarray:
+        """Per-frame features of the context feature (the audio context is built from them)."""
         def compute():
-            f = self._features(ci)
+            f = self._features(ci, self.context_feature)
             return clip_frame_features(f) if f is not None else np.zeros((self.clips[ci].num_frames, 1), np.float32)
 
         return self._lru("frame_feats", self.CLIP_CACHE).get(ci, compute)
@@ -647,15 +655,17 @@ class FrameDataset(_ClipFrames):
             labels, cropped torso RGBA), ≈ 1.5 MB each at 512² (≈ 400 MB per worker for 256 frames).
         context: frames of ``audio_context`` (0 = leave it None).
         landmarks: fill ``landmarks`` (one small ``.lms`` read per frame).
+        context_feature: stored feature name of ``audio_context`` (None = ``feature``).
     """
 
     def __init__(self, clips: Sequence[ClipInfo], positions, feature: Optional[str] = "mel", neighbours: int = 8,
-                 background: str = "bc+torso", cache_size: int = 256, context: int = 50, landmarks: bool = True):
+                 background: str = "bc+torso", cache_size: int = 256, context: int = 50, landmarks: bool = True,
+                 context_feature: Optional[str] = None):
         if background not in BACKGROUNDS:
             raise ValueError(f"background must be one of {', '.join(BACKGROUNDS)}, got {background!r}")
         if neighbours < 0:
             raise ValueError(f"neighbours must be ≥ 0, got {neighbours}")
-        super().__init__(clips, positions, feature, context)
+        super().__init__(clips, positions, feature, context, context_feature)
         self.neighbours = int(neighbours)
         self.background = background
         self.cache_size = int(cache_size)
@@ -769,13 +779,15 @@ class AudioFrameDataset(_ClipFrames):
         lip: fill ``lip`` from the landmarks (one ``.lms`` read per frame, cached per worker: 40 floats
             per frame, at most 131072 frames).
         wav_cache: decoded waveforms kept per worker (clips).
+        context_feature: stored feature name of ``context`` (None = ``feature``).
     """
 
     def __init__(self, clips: Sequence[ClipInfo], positions, feature: Optional[str] = "mel",
-                 segment_seconds: float = 2.0, context: int = 50, lip: bool = True, wav_cache: int = 16):
+                 segment_seconds: float = 2.0, context: int = 50, lip: bool = True, wav_cache: int = 16,
+                 context_feature: Optional[str] = None):
         if int(context) < 1:
             raise ValueError(f"context must be ≥ 1 for an AudioBatch, got {context}")
-        super().__init__(clips, positions, feature, context)
+        super().__init__(clips, positions, feature, context, context_feature)
         if segment_seconds < 0:
             raise ValueError(f"segment_seconds must be ≥ 0, got {segment_seconds}")
         self.segment_seconds = float(segment_seconds)
@@ -938,11 +950,14 @@ class PredictDataset(Dataset):
         intensity: 1..3, or None (0: unspecified / average of levels).
         background: "white", "black", "bc" / "bc+torso" (the track clip's ``bc.jpg``; the per-frame
             torso layer of a recording does not apply to new audio), an image path, or a tensor [3,H,W].
-        extractor_model: wav2vec2 model (hub id or directory) when ``features="wav2vec2"``.
+        extractor_model, extractor_layer: wav2vec2 model (hub id or directory) and output when an
+            extractor name is "wav2vec2".
         neighbours, context: as for :class:`FrameDataset`.
         blink: "zeros", "synthetic" (:func:`synthetic_blinks` with ``blink_seed``) or an array [N].
         loop: how a shorter camera track is extended: "mirror" (ping-pong, as ER-NeRF), "repeat", "hold".
         segment_seconds: length of the ``waveform`` segments (0 → None).
+        context_features: features of ``audio_context`` when they differ from ``features`` (the
+            DataModule's ``context_feature``), given like ``features``; None = ``features``.
     """
 
     def __init__(self, audio_path: Union[str, Path, None], features: Union[AudioFeatures, str, Any] = "mel",
@@ -951,31 +966,41 @@ class PredictDataset(Dataset):
                  emotion: Union[str, int] = "audio", intensity: Optional[int] = None,
                  background: Union[str, Path, Tensor] = "white", extractor_model: Optional[str] = None,
                  neighbours: int = 8, context: int = 50, blink: Union[str, np.ndarray] = "zeros",
-                 blink_seed: int = 0, loop: str = "mirror", segment_seconds: float = 2.0):
+                 blink_seed: int = 0, loop: str = "mirror", segment_seconds: float = 2.0,
+                 extractor_layer: Optional[Union[str, int]] = None,
+                 context_features: Union[AudioFeatures, str, Any, None] = None):
         self.audio_path = None if audio_path is None else Path(audio_path)
         wav = load_wav(self.audio_path) if self.audio_path is not None else None
-        if isinstance(features, AudioFeatures):
-            feats = features
-        else:
+
+        def as_features(spec, n: Optional[int], key: str) -> AudioFeatures:
+            if isinstance(spec, AudioFeatures):
+                return spec if n is None or spec.num_frames == n else \
+                    AudioFeatures(spec.to_array(), n, layout="windows", name=spec.name, warn=False)
             if wav is None:
                 raise ValueError("PredictDataset: audio_path is required unless precomputed AudioFeatures are given")
-            if isinstance(features, str):
-                if features not in EXTRACTOR_FEATURES:
+            if isinstance(spec, str):
+                if spec not in EXTRACTOR_FEATURES:
                     raise ValueError(f"PredictDataset: features must be AudioFeatures, an extractor object or one of "
-                                     f"{EXTRACTOR_FEATURES}, got {features!r}")
-                ex = make_extractor(features, model=extractor_model)
-            else:
-                ex = features
-            n = frames_for_audio(wav.shape[0])
-            feats = AudioFeatures(np.ascontiguousarray(ex(wav), dtype=np.float32), num_frames=n,
-                                  name=getattr(ex, "name", ""), warn=False)
+                                     f"{EXTRACTOR_FEATURES}, got {spec!r}")
+                spec = make_extractor(spec, **({} if spec == "mel" else {"model": extractor_model, "config_key": key,
+                                                                         "layer": extractor_layer}))
+            return AudioFeatures(np.ascontiguousarray(spec(wav), dtype=np.float32),
+                                 num_frames=frames_for_audio(wav.shape[0]) if n is None else n,
+                                 name=getattr(spec, "name", ""), warn=False)
+
+        feats = as_features(features, None, "data.feature")
         self.num_frames = int(feats.num_frames)
         if self.num_frames <= 0:
             raise ValueError(f"PredictDataset: {self.audio_path} is shorter than one frame (40 ms)")
         self.features = feats
         self.audio_dim = feats.dim
         self.neighbours, self.context = int(neighbours), int(context or 0)
-        self._frame_feats = clip_frame_features(feats) if self.context else None
+        # the audio context (prior style, emotion encoder): ``context_features`` (same audio), else ``features``
+        ctx_feats = (feats if context_features is None
+                     else as_features(context_features, self.num_frames, "data.context_feature"))
+        self.context_features = ctx_feats
+        self.context_dim = ctx_feats.dim
+        self._frame_feats = clip_frame_features(ctx_feats) if self.context else None
         self.segment_samples = int(round(float(segment_seconds) * SAMPLE_RATE))
         self.wav = wav if self.segment_samples > 0 else None
 
@@ -1125,6 +1150,11 @@ class TalkingHeadDataModule(L.LightningDataModule):
         pin_memory: DataLoader ``pin_memory``.
         predict_audio: audio file for ``predict_dataloader`` (default: the first val clip's audio).
         predict_emotion, predict_intensity, predict_blink: see :class:`PredictDataset`.
+        context_feature: features of the audio context (``AudioBatch.context`` /
+            ``FrameBatch.audio_context``: what the prior's style encoder and the emotion encoder's
+            ``w2v`` branch read) when they differ from ``feature``, given like ``feature`` ("wav2vec2"
+            uses ``extractor_model`` / ``extractor_layer``); None = ``feature``. The windows
+            (``audio``, ``audio_neighbours``: the audio view, the prior's content encoder) keep ``feature``.
     """
 
     def __init__(self, root: str, feature: str = "mel", extractor_model: Optional[str] = None,
@@ -1135,7 +1165,8 @@ class TalkingHeadDataModule(L.LightningDataModule):
                  index: Optional[str] = None, pin_memory: bool = False, sampler_power: float = 1.0,
                  sampler_uniform_mix: float = 0.5, jaw_column: Optional[int] = None,
                  predict_audio: Optional[str] = None, predict_emotion: Union[str, int] = "audio",
-                 predict_intensity: Optional[int] = None, predict_blink: str = "zeros"):
+                 predict_intensity: Optional[int] = None, predict_blink: str = "zeros",
+                 context_feature: Optional[str] = None):
         super().__init__()
         self.save_hyperparameters()
         if background not in BACKGROUNDS:
@@ -1146,10 +1177,12 @@ class TalkingHeadDataModule(L.LightningDataModule):
             raise ValueError("batch_size and audio_batch_size must be ≥ 1")
         if num_workers < 0:
             raise ValueError(f"num_workers must be ≥ 0, got {num_workers}")
-        if feature == "mel" and (extractor_model is not None or extractor_layer is not None):
+        if feature == "mel" and context_feature in (None, "mel") and (extractor_model is not None
+                                                                      or extractor_layer is not None):
             raise ValueError("the mel extractor takes no extractor_model / extractor_layer")
         self.root = Path(root)
         self.feature = str(feature)
+        self.context_feature = None if context_feature in (None, feature) else str(context_feature)
         self.extractor_model = extractor_model
         self.extractor_layer = extractor_layer
         self.neighbours = int(neighbours)
@@ -1174,9 +1207,11 @@ class TalkingHeadDataModule(L.LightningDataModule):
         self.predict_intensity = predict_intensity
         self.predict_blink = predict_blink
         self._extractor_obj = None
+        self._context_extractor_obj = None
         self.clips: Optional[list[ClipInfo]] = None
         self.split_index: dict[str, np.ndarray] = {}
         self._audio_dim: Optional[int] = None
+        self._context_dim: Optional[int] = None
         self._expr_dim: Optional[int] = None
         self._image_size: Optional[tuple[int, int]] = None
         self._predict: Optional[PredictDataset] = None
@@ -1198,13 +1233,27 @@ class TalkingHeadDataModule(L.LightningDataModule):
     def is_audio_stage(self) -> bool:
         return self._stage in AUDIO_STAGES
 
+    def _make_extractor(self, kind: str, key: str):
+        if kind == "mel":
+            return make_extractor("mel")
+        # key: the config key that asked for wav2vec2, named by the missing-model message
+        return make_extractor(kind, model=self.extractor_model, layer=self.extractor_layer, config_key=key)
+
     def extractor(self):
         """The feature extractor for ``feature`` in :data:`EXTRACTOR_FEATURES` (built once), else None."""
         if self.feature not in EXTRACTOR_FEATURES:
             return None
         if self._extractor_obj is None:
-            self._extractor_obj = make_extractor(self.feature, model=self.extractor_model, layer=self.extractor_layer)
+            self._extractor_obj = self._make_extractor(self.feature, "data.feature")
         return self._extractor_obj
+
+    def context_extractor(self):
+        """The extractor of a ``context_feature`` in :data:`EXTRACTOR_FEATURES` (built once), else None."""
+        if self.context_feature not in EXTRACTOR_FEATURES:
+            return None
+        if self._context_extractor_obj is None:
+            self._context_extractor_obj = self._make_extractor(self.context_feature, "data.context_feature")
+        return self._context_extractor_obj
 
     @property
     def feature_name(self) -> str:
@@ -1212,16 +1261,28 @@ class TalkingHeadDataModule(L.LightningDataModule):
         ex = self.extractor()
         return ex.name if ex is not None else self.feature
 
+    @property
+    def context_feature_name(self) -> str:
+        """Name of the feature file of the audio context (:attr:`feature_name` without a ``context_feature``)."""
+        if self.context_feature is None:
+            return self.feature_name
+        ex = self.context_extractor()
+        return ex.name if ex is not None else self.context_feature
+
+    def _context_arg(self) -> Optional[str]:
+        return None if self.context_feature is None else self.context_feature_name
+
     # ------------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:
         """Compute missing / stale feature caches (``aud_<name>.npy`` via
         :func:`~ua3dtalk.data.audio.extract_features`) for an extractor ``feature``; the only write
-        into a dataset. Stored feature names need nothing."""
-        ex = self.extractor()
-        if ex is None:
+        into a dataset. Stored feature names need nothing. The same for ``context_feature``."""
+        exs = [ex for ex in (self.extractor(), self.context_extractor()) if ex is not None]
+        if not exs:
             return
         for d in list_clip_dirs(self.root, index=self.index):
-            extract_features(d, ex)
+            for ex in exs:
+                extract_features(d, ex)
 
     def _load(self) -> list[ClipInfo]:
         return iter_clips(load_dataset(self.root, index=self.index))
@@ -1237,6 +1298,8 @@ class TalkingHeadDataModule(L.LightningDataModule):
             clips = self._load()
             name = self.feature_name
             self._audio_dim = _check_features(clips, name)
+            self._context_dim = (self._audio_dim if self.context_feature is None
+                                 else _check_features(clips, self.context_feature_name))
             self._expr_dim = int(clips[0].expr().shape[1]) if _common_expr(clips) else 0
             sizes = {(c.height, c.width) for c in clips}
             if len(sizes) > 1:
@@ -1258,6 +1321,13 @@ class TalkingHeadDataModule(L.LightningDataModule):
         """Channels ``C`` of the audio features (after :meth:`setup`)."""
         self._require_setup()
         return int(self._audio_dim)
+
+    @property
+    def context_channels(self) -> int:
+        """Channels ``C'`` of the audio context features (= :attr:`audio_channels` without a
+        ``context_feature``; after :meth:`setup`)."""
+        self._require_setup()
+        return int(self._context_dim)
 
     @property
     def expr_dim(self) -> int:
@@ -1282,7 +1352,8 @@ class TalkingHeadDataModule(L.LightningDataModule):
         key = f"frames/{split}"
         if key not in self._datasets:
             self._datasets[key] = FrameDataset(clips, self._split(split), self.feature_name, self.neighbours,
-                                               self.background, self.cache_size, self.context)
+                                               self.background, self.cache_size, self.context,
+                                               context_feature=self._context_arg())
         return self._datasets[key]
 
     def audio_dataset(self, split: str) -> AudioFrameDataset:
@@ -1291,7 +1362,8 @@ class TalkingHeadDataModule(L.LightningDataModule):
         key = f"audio/{split}"
         if key not in self._datasets:
             self._datasets[key] = AudioFrameDataset(clips, self._split(split), self.feature_name,
-                                                    self.segment_seconds, self.context)
+                                                    self.segment_seconds, self.context,
+                                                    context_feature=self._context_arg())
         return self._datasets[key]
 
     def dataset(self, split: str) -> Dataset:
@@ -1314,11 +1386,19 @@ class TalkingHeadDataModule(L.LightningDataModule):
             if self.predict_audio is not None:
                 ex = self.extractor()
                 feats = ex if ex is not None else self.feature
-                self._predict = PredictDataset(self.predict_audio, feats, **common)
+                ctx = None
+                if self.context_feature is not None:
+                    cex = self.context_extractor()
+                    ctx = cex if cex is not None else self.context_feature
+                self._predict = PredictDataset(self.predict_audio, feats, context_features=ctx, **common)
             else:
                 feats = read_feature_file(clip.features[self.feature_name], clip.num_frames, name=self.feature_name,
                                           warn=False)
-                self._predict = PredictDataset(clip.wav_path, feats, **common)
+                ctx = None
+                if self.context_feature is not None:
+                    name = self.context_feature_name
+                    ctx = read_feature_file(clip.features[name], clip.num_frames, name=name, warn=False)
+                self._predict = PredictDataset(clip.wav_path, feats, context_features=ctx, **common)
         return self._predict
 
     def curriculum_sampler(self) -> Optional[torch.utils.data.Sampler]:
@@ -1404,11 +1484,11 @@ class EmotionalTalkingHeadDataModule(TalkingHeadDataModule):
                  predict_intensity: Optional[int] = None, predict_blink: str = "zeros",
                  val_fraction: float = 0.34, holdout_emotions: Sequence[Union[str, int]] = (),
                  holdout_intensities: Sequence[int] = (), split_seed: int = 0, test_fraction: float = 0.0,
-                 evaluator_fraction: float = 0.0):
+                 evaluator_fraction: float = 0.0, context_feature: Optional[str] = None):
         super().__init__(root, feature, extractor_model, neighbours, background, batch_size, audio_batch_size,
                          num_workers, cache_size, sampler, stage, limit_val_frames, seed, context, segment_seconds,
                          extractor_layer, index, pin_memory, sampler_power, sampler_uniform_mix, jaw_column,
-                         predict_audio, predict_emotion, predict_intensity, predict_blink)
+                         predict_audio, predict_emotion, predict_intensity, predict_blink, context_feature)
         for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction),
                         ("evaluator_fraction", evaluator_fraction)):
             if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= float(f) < 1.0:
