@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from test_cli_tables import _row  # the same table-row parser as the table tests
+
 from ua3dtalk.cli.tables import TablesError, find_runs, load_published, main, make_table
 
 T_975_2 = 4.302652729911275  # Student t quantile, two-sided 95 %, 2 degrees of freedom (tables)
@@ -22,13 +24,6 @@ def _write(root: Path, exp: str, seed: int, metrics: dict, *, dataset: str = "me
     p.write_text(json.dumps({"experiment": exp, "seed": seed, "subject": subject,
                              "data": f"/data/{dataset}/{subject}", "data_kind": kind, **metrics}))
     return p
-
-
-def _row(text: str, label: str) -> list[str]:
-    for line in text.splitlines():
-        if line.startswith(f"| {label} "):
-            return [c.strip() for c in line.strip("|").split("|")]
-    raise AssertionError(f"no row {label!r} in\n{text}")
 
 
 def _head(text: str) -> list[str]:
