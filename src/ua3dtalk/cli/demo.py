@@ -4,7 +4,7 @@
 
 Steps (each timed, progress shown throughout):
 
-1. data — generate the ``small`` emotional synthetic dataset (first run only; 24 clips at 128²);
+1. data — generate the ``small`` emotional synthetic dataset (first run only; 72 clips of 3 s at 128²);
 2. evaluators — :func:`prepare_evaluators`: the metric evaluators trained on the synthetic ground
    truth (DESIGN §8), cached;
 3. train — every stage of ``experiment=demo_synth`` (``scale/demo.yaml``); resumable, so an
