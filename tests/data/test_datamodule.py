@@ -33,6 +33,7 @@ from ua3dtalk.data.datamodule import (
     waveform_segment,
 )
 from ua3dtalk.data.formats import EMOTIONS
+from ua3dtalk.data.synth.head import EXPR_NAMES
 from ua3dtalk.data.samplers import (
     BlinkCurriculumSampler,
     MouthOpenCurriculumSampler,
@@ -254,7 +255,7 @@ def test_regular_datamodule_iterates_all_stages(synth_regular):
     dm.prepare_data()
     dm.setup("fit")
     clip = dm.clips[0]
-    assert dm.audio_channels == 80 and dm.expr_dim == 10 and dm.image_size == (64, 64)
+    assert dm.audio_channels == 80 and dm.expr_dim == len(EXPR_NAMES) and dm.image_size == (64, 64)
     n_train, n_val = len(clip.splits["train"]), len(clip.splits["val"])
     assert len(dm.frame_dataset("train")) == n_train and len(dm.frame_dataset("val")) == min(4, n_val)
     assert len(dm.frame_dataset("test")) == n_val  # test = val (unlimited)
@@ -263,7 +264,7 @@ def test_regular_datamodule_iterates_all_stages(synth_regular):
     assert isinstance(b, FrameBatch) and len(b) == 2
     assert b.image.shape == (2, 3, 64, 64) and b.audio.shape == (2, 16, 80)
     assert b.audio_neighbours.shape == (2, 8, 16, 80) and b.audio_context.shape == (2, 50, 80)
-    assert b.expr.shape == (2, 10) and b.emotion.tolist() == [-1, -1]
+    assert b.expr.shape == (2, len(EXPR_NAMES)) and b.emotion.tolist() == [-1, -1]
     vb = list(dm.val_dataloader())
     assert sum(len(x) for x in vb) == min(4, n_val)
     assert all(int(i) in set(clip.img_ids[clip.splits["val"]].tolist()) for x in vb for i in x.frame_index)
@@ -272,7 +273,7 @@ def test_regular_datamodule_iterates_all_stages(synth_regular):
     a = next(iter(dm.train_dataloader()))
     assert isinstance(a, AudioBatch) and len(a) == 16
     assert a.audio.shape == (16, 16, 80) and a.context.shape == (16, 50, 80) and a.waveform.shape == (16, 32000)
-    assert a.expr.shape == (16, 10) and a.lip.shape == (16, 40)
+    assert a.expr.shape == (16, len(EXPR_NAMES)) and a.lip.shape == (16, 40)
     assert isinstance(next(iter(dm.val_dataloader())), AudioBatch)
     assert isinstance(next(iter(dm.test_dataloader())), AudioBatch)
     with pytest.raises(ValueError, match="stage"):

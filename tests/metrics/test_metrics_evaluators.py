@@ -221,6 +221,8 @@ def test_landmark_metrics_detect_wrong_mouths(trained_landmark, emo8_gt):
     bad = landmark_metrics(m, frames.flip(0), boxes.flip(0), gt_landmarks=gt.landmarks[sel], gt_au45=gt.au45[sel])
     print("landmark metrics in sync", good, "reversed", bad)
     assert good["lmd"] < 0.6 * bad["lmd"] and good["f_lmd"] < bad["f_lmd"]
-    assert good["blink_err"] < 0.5 and good["blink_err"] < 0.8 * bad["blink_err"]
+    # the floor is ~0.5 AU45 units: the emotional lid units (AU5 raise, AU7 tighten) change the eye aspect ratio
+    # that the EAR-based AU45 reads, while au.csv's AU45 follows the blink alone
+    assert good["blink_err"] < 0.6 and good["blink_err"] < 0.6 * bad["blink_err"]
     same = landmark_metrics(m, frames, boxes, gt_frames=frames)
     assert same["lmd"] == 0.0 and same["blink_err"] == 0.0
