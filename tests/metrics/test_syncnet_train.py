@@ -86,9 +86,12 @@ def test_sync_c_of_in_sync_gt_is_clearly_higher(trained):
     print(f"\nin sync: Sync-C {r_sync.conf:.3f} Sync-D {r_sync.dist:.3f} offset {r_sync.offset:+d}; "
           f"shuffled audio: Sync-C {r_shuf.conf:.3f} Sync-D {r_shuf.dist:.3f}; "
           f"other clips' audio: Sync-C {r_other.conf:.3f} Sync-D {r_other.dist:.3f}")
+    # with the emotional mouth units (lip corners, stretch, press) moving the lips independently of the speech,
+    # another clip's audio finds a spurious minimum at some offset (Sync-C ≈ 3 vs ≈ 5.8 in sync, 2026-12-03);
+    # Sync-D keeps the wide margin (≈ 5.0 in sync vs ≈ 9.5)
     for bad in (r_shuf, r_other):
-        assert r_sync.conf > 2.0 * bad.conf + 0.5
-        assert r_sync.dist < bad.dist
+        assert r_sync.conf > 1.5 * bad.conf + 0.5
+        assert r_sync.dist < 0.7 * bad.dist
 
 
 def test_saved_evaluator_gives_the_same_scores(trained):

@@ -399,7 +399,8 @@ def _run_workers(args: list, workers: int, bar) -> None:
     import multiprocessing
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_exit_with_parent,
+                             initargs=(os.getpid(),)) as ex:
         futs = [ex.submit(_emotional_clip, a) for a in args]
         try:
             for f in futs:
@@ -410,6 +411,20 @@ def _run_workers(args: list, workers: int, bar) -> None:
         except BaseException:
             ex.shutdown(wait=True, cancel_futures=True)
             raise
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: end the worker when the generating process is gone (killed by a signal, the
+    pool's workers would otherwise wait forever on its queue)."""
+    import threading
+    import time
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 def _emotional_clip(args) -> None:
