@@ -369,7 +369,8 @@ def generate_emotional(out: str | Path, preset: str = "tiny", seed: int = 0, res
     Clips are rendered on one torch thread each (the small renders are fastest that way, even more so
     on a loaded machine), by ``workers`` processes (default: 2 when there are ≥ 2 CPUs and at least
     2000 frames to render, else 1 — starting a worker costs a few seconds). The result does not
-    depend on ``workers``."""
+    depend on ``workers``. Workers are spawned processes: a script calling this with ``workers`` > 1
+    needs the usual ``if __name__ == "__main__":`` guard; they end when the calling process dies."""
     p = _preset(preset, resolution)
     cpl = p.clips_per_level if clips_per_level is None else clips_per_level
     if isinstance(cpl, bool) or int(cpl) != cpl or int(cpl) < 1:
