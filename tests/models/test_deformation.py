@@ -389,9 +389,9 @@ def test_decoder_shapes_and_near_zero_init(single):
     shapes = {k: tuple(v.shape) for k, v in d.as_dict().items()}
     assert shapes == {"xyz": (2, 30, 3), "rot": (2, 30, 4), "scale": (2, 30, 3), "opacity": (2, 30, 1),
                       "color": (2, 30, 3)}
-    for k, v in d.as_dict().items():
-        assert num(v.abs().max()) < 1e-2, k
-    assert num(d.xyz.abs().max()) < 1e-4
+    for k, v in d.as_dict().items():  # small last layers: ≈ 0 offsets, the canonical avatar at first
+        assert num(v.abs().mean()) < 1e-2, k
+    assert num(d.xyz.abs().max()) < 1e-3
     sum((v * torch.randn_like(v)).sum() for v in d.as_dict().values()).backward()
     for name, p in dec.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
@@ -421,7 +421,9 @@ def test_decoder_activation_matches_its_plain_form(activation):
     code, h = torch.randn(3, 20, 12), torch.randn(20, 6)
     act = torch.relu if activation == "relu" else torch.nn.functional.silu
     z = act(dec.trunk[0](torch.cat([code, h.expand(3, -1, -1)], -1)))
-    ref = torch.cat([dec.heads[n](z) for n in dec.head_names], -1)
+    k = dec.hidden  # one two-layer head per output: Linear → act → Linear
+    ref = torch.cat([act(z @ dec.hidden_w[i * k:(i + 1) * k].t() + dec.hidden_b[i * k:(i + 1) * k]) @ dec.out_w[i].t()
+                     + dec.out_b[i] for i in range(len(dec.head_names))], -1)
     for d in (dec(code, h), dec(code, h, h_pre=dec.h_pre(h, 12)), dec(code, h.expand(3, -1, -1))):
         torch.testing.assert_close(torch.cat([d.xyz / dec.xyz_scale, d.rot, d.scale], -1), ref)
     assert isinstance(dec.trunk[1], torch.nn.ReLU if activation == "relu" else torch.nn.SiLU)
@@ -498,7 +500,7 @@ def test_deformation_network_gradients_reach_every_parameter(b):
     d = out.deltas
     assert d.xyz.shape == (b, 40, 3) and d.rot.shape == (b, 40, 4) and d.scale.shape == (b, 40, 3)
     assert d.opacity.shape == (b, 40, 1) and d.color.shape == (b, 40, 3)
-    assert num(d.xyz.abs().max()) < 1e-4  # ≈ 0 at initialisation
+    assert num(d.xyz.abs().max()) < 1e-3  # ≈ 0 at initialisation
     sum((v * torch.randn_like(v)).sum() for v in d.as_dict().values()).backward()
     for name, p in net.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
@@ -591,17 +593,51 @@ def test_mouth_deformation_is_xyz_only():
         MouthDeformation(29, views=("audio", "emotion"))
 
 
-def test_concat_fusion_normalises_its_input():
-    """``fusion=concat``: the concatenated views are layer-normalised before the MLP, so a per-point rescaling
-    and shift of the input leaves the code unchanged (views of very different scales: without the
-    normalisation every hidden ReLU of this MLP died at demo scale)."""
-    g = torch.Generator().manual_seed(0)
-    fu = UncertaintyFusion({"audio": 6, "emotion": 10}, out_dim=5, hidden=8, fusion="concat")
-    views = {"audio": torch.randn(2, 7, 6, generator=g), "emotion": torch.randn(2, 7, 10, generator=g)}
-    a = torch.rand(2, 7, 1, generator=g) * 100 + 0.1
-    b = torch.randn(2, 7, 1, generator=g) * 50
-    ref = fu(views).mu
-    got = fu({k: v * a + b for k, v in views.items()}).mu
-    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
-    hidden = fu.concat_mlp[:3](torch.cat([views["audio"] * 1e3, views["emotion"] * 1e-3], -1))
-    assert 0.2 < float((hidden > 0).float().mean()) < 0.8  # a huge view does not switch every unit off or on
+def test_views_are_standardised_before_the_networks():
+    """Every view's own feature (and H, and the fused code) is standardised per channel with stored
+    statistics (DESIGN §4.5): after training forwards on features with large per-channel offsets and scales,
+    what reaches the ensembles has mean ≈ 0 and spread ≈ 1 per channel, and a network trained on ``s·x``
+    computes what it computes on ``x`` (any overall scale s). With ``fusion=concat`` the MLP's hidden units
+    are then active on a fair share of the inputs (before, every unit of that MLP died at demo scale)."""
+    for fusion in ("diagonal", "concat"):
+        outs = []
+        for s in (1.0, 1e3):
+            torch.manual_seed(0)
+            net = DeformationNetwork(29, fusion=fusion, ensemble_switch=0, **SMALL).train()
+            for k in range(8):
+                x = net_inputs(b=3, seed=k)
+                for name in ("content", "style", "emotion"):
+                    d = x[name].shape[-1]
+                    gk = torch.Generator().manual_seed(100 + d)  # the same channel offsets for every batch
+                    x[name] = s * (x[name] * (torch.rand(d, generator=gk) + 0.5) + torch.randn(d, generator=gk) * 2)
+                out = net(**x, step=1)
+            outs.append(out)  # the last of 8 training forwards
+        torch.testing.assert_close(outs[0].fusion.mu, outs[1].fusion.mu, atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(outs[0].deltas.rot, outs[1].deltas.rot, atol=1e-5, rtol=1e-3)
+        net.eval()
+        views, h = net.build_views(x["xyz"], x["audio"], x["blink"], x["content"], x["style"], x["emotion"])
+        assert float(h.mean(0).abs().max()) < 0.3 and 0.7 < float(h.std(0).mean()) < 1.3
+        e = views["emotion"].reshape(-1, views["emotion"].shape[-1])
+        assert float(e.mean(0).abs().mean()) < 0.3 and 0.6 < float(e.std(0).mean()) < 1.3
+        if fusion == "concat":
+            hidden = net.fusion.concat_mlp[0](torch.cat([views[n] for n in net.fusion.view_names], -1))
+            frac = (hidden > 0).float().mean(dim=(0, 1))
+            assert float(frac.mean()) > 0.2 and float((frac > 0).float().mean()) > 0.8
+
+
+def test_single_head_ablation_is_a_different_model():
+    """``heads=single`` is not ``multi`` in disguise: one two-layer head whose hidden layer every output shares
+    (64 hidden units for all outputs, fewer parameters) against one two-layer head per output (3 × 64). With
+    one-layer heads the two were the same function (concatenated weights) and the ablation row measured
+    nothing."""
+    torch.manual_seed(0)
+    multi, single = MultiHeadDecoder(48 + 64, 64, single=False), MultiHeadDecoder(48 + 64, 64, single=True)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert multi.hidden_units() == 3 * 64 and single.hidden_units() == 64
+    assert count(single) == count(multi) - 2 * (64 * 64 + 64)
+    code, h = torch.randn(1, 20, 48), torch.randn(20, 64)
+    for dec, shared in ((multi, False), (single, True)):
+        d = dec(code, h)
+        # the rotation output depends on the hidden units that feed Δxyz only when they are shared
+        g = torch.autograd.grad(d.rot.square().sum(), dec.hidden_w)[0][:64]
+        assert (float(g.abs().sum()) > 0) == shared

@@ -21,6 +21,7 @@ from ua3dtalk.models.deformation import (
     EnsembleMLP,
     MouthDeformation,
     MultiHeadDecoder,
+    RunningStandardize,
     UncertaintyBlock,
     UncertaintyFusion,
     ViewInput,
@@ -140,37 +141,52 @@ def ref_emotion_field(ef: EmotionField, xyz, e):
 
 
 def ref_decoder(dec: MultiHeadDecoder, code, h):
+    """Plain form: trunk on the materialised [code, H], then every head group's two layers separately."""
     x = torch.cat([code, h.unsqueeze(0).expand(*code.shape[:-2], *h.shape)], dim=-1)
+    act = torch.relu if dec.activation == "relu" else F.silu
     z = dec.trunk(x)
-    if dec.single:
-        parts = torch.split(dec.out(z), [{"xyz": 3, "rot": 4, "scale": 3, "opacity": 1, "color": 3}[n]
-                                         for n in dec.head_names], dim=-1)
-        outs = dict(zip(dec.head_names, parts))
-    else:
-        outs = {n: dec.heads[n](z) for n in dec.head_names}
+    outs, k = {}, dec.hidden
+    for gi, grp in enumerate(dec.groups):
+        u = act(z @ dec.hidden_w[gi * k:(gi + 1) * k].t() + dec.hidden_b[gi * k:(gi + 1) * k])
+        y = u @ dec.out_w[gi].t() + dec.out_b[gi]
+        outs.update(zip(grp, torch.split(y, [{"xyz": 3, "rot": 4, "scale": 3, "opacity": 1, "color": 3}[n]
+                                             for n in grp], dim=-1)))
+    outs = {n: outs[n] for n in dec.head_names}
     if "xyz" in outs:
         outs["xyz"] = outs["xyz"] * dec.xyz_scale
     return outs
 
 
+def ref_std(norm, x):
+    """RunningStandardize with its current (stored) statistics, no update: identity before the first update."""
+    if int(norm.updates) == 0:
+        return x
+    floor = norm.eps * (norm.var + norm.mean.square()).mean() + torch.finfo(norm.var.dtype).tiny
+    return (x - norm.mean) / torch.sqrt(norm.var + floor)
+
+
 def ref_network(net: DeformationNetwork, xyz, audio=None, blink=None, content=None, style=None, emotion=None,
                 step=None, single_member=None):
-    """(deltas dict, fused mu, fused var, estimates) of the reference network."""
+    """(deltas dict, fused mu, fused var, estimates) of the reference network (standardisations with the
+    statistics the network holds now — call it after the network's own forward, which updates them)."""
     n = xyz.shape[0]
-    h = torch.cat(ref_plane_field(net.position_field, xyz.detach() if net.detach_xyz else xyz), dim=-1)
+    h = ref_std(net.h_norm, torch.cat(ref_plane_field(net.position_field, xyz.detach() if net.detach_xyz else xyz),
+                                      dim=-1))
     views = {}
     if "audio" in net.views:
-        a = net.audio_view(audio, blink, h)  # the plain AudioView path (gates computed from H)
+        a = ref_std(net.input_norms["audio"], net.audio_view(audio, blink, h))  # the plain AudioView path
         views["audio"] = torch.cat([a, h.unsqueeze(0).expand(a.shape[0], -1, -1)], dim=-1)
     for name, f in (("content", content), ("style", style)):
         if name in net.views:
+            f = ref_std(net.input_norms[name], f)
             views[name] = torch.cat([f.unsqueeze(1).expand(-1, n, -1), h.unsqueeze(0).expand(f.shape[0], -1, -1)],
                                     dim=-1)
     if "emotion" in net.views:
-        views["emotion"] = emotion
+        e = ref_std(net.input_norms["emotion"], emotion)
+        views["emotion"] = torch.cat([e, h.unsqueeze(0).expand(e.shape[0], -1, -1)], -1) if net.emotion_position else e
     single = net.fusion.is_single_member(step, single_member)
     mu, var, ests = ref_fusion(net.fusion, views, single)
-    return ref_decoder(net.decoder, mu, h), mu, var, ests
+    return ref_decoder(net.decoder, ref_std(net.code_norm, mu), h), mu, var, ests
 
 
 # --------------------------------------------------------------------------------------------------
@@ -198,6 +214,13 @@ def make_net(cls=DeformationNetwork, dtype=torch.float64, seed=0, **kw):
     with torch.no_grad():  # non-trivial decoder outputs (the near-zero init would hide errors)
         for p in net.decoder.parameters():
             p.normal_(0, 0.3)
+        # non-trivial stored statistics (identity before the first update would hide errors)
+        g = torch.Generator().manual_seed(seed + 1)
+        for m in net.modules():
+            if isinstance(m, RunningStandardize):
+                m.mean.copy_(torch.randn(m.num_channels, generator=g).to(m.mean))
+                m.var.copy_((torch.rand(m.num_channels, generator=g) + 0.5).to(m.var))
+                m.updates.fill_(3)
     return net
 
 
@@ -621,9 +644,11 @@ def test_state_dict_layout_is_unchanged():
         assert sd[p + "w1"].shape == (3, d, 64) and sd[p + "b1"].shape == (3, 64)
         assert sd[p + "w2"].shape == (3, 64, 96) and sd[p + "b2"].shape == (3, 96)
     assert {k for k in sd if k.startswith("decoder.")} == {
-        "decoder.trunk.0.weight", "decoder.trunk.0.bias", "decoder.heads.xyz.weight", "decoder.heads.xyz.bias",
-        "decoder.heads.rot.weight", "decoder.heads.rot.bias", "decoder.heads.scale.weight",
-        "decoder.heads.scale.bias"}
+        "decoder.trunk.0.weight", "decoder.trunk.0.bias", "decoder.hidden_w", "decoder.hidden_b",
+        *(f"decoder.out_{x}.{i}" for x in "wb" for i in range(3))}
+    assert sd["decoder.hidden_w"].shape == (3 * 64, 64)  # one two-layer head per output
+    assert {k for k in sd if "norm" in k} == {f"{p}.{b}" for p in ("h_norm", "code_norm", *(
+        f"input_norms.{v}" for v in net.views)) for b in ("mean", "var", "updates")}
     bf = DeformationNetwork(29, members=3, compute_dtype="bfloat16")
     bf.load_state_dict(sd)  # the compute dtype is not part of the state
     assert set(bf.state_dict()) == set(sd)

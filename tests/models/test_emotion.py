@@ -473,3 +473,100 @@ def test_control_sources_and_blending():
     w = torch.tensor([0.0, 0.5, 1.0])
     mixed = blend(e1b, e2b, w)
     assert torch.equal(mixed[0], e1b[0]) and torch.equal(mixed[2], e2b[2])
+
+
+# ------------------------------------------------------------------------------------------ issue 15 item 4
+def _space_vs_emotion(field: EmotionField, xyz: torch.Tensor, e: torch.Tensor) -> float:
+    """Median over channels of (std of f_emotion across Gaussians) / (std across emotion embeddings)."""
+    with torch.no_grad():
+        out = field(xyz, e)  # [B,N,C]
+    return float((out.std(1).mean(0) / out.std(0).mean(0)).median())
+
+
+def test_emotion_field_varies_over_space_at_initialisation():
+    """At initialisation f_emotion varies across the Gaussians by an amount comparable to its variation
+    across emotions: per channel, std over Gaussians ≥ 0.5 × std over 8 unit-scale emotion embeddings
+    (median over channels). The position field's initialisation (planes 1 ± 0.1, the old one) makes
+    f_emotion the emotion code broadcast over the head: ≈ 0.1."""
+    torch.manual_seed(0)
+    field = EmotionField((-1, -1, -1), (1, 1, 1), resolution=16)
+    assert field.spatial_std == 0.75
+    xyz = torch.rand(2000, 3) * 2 - 1
+    e = torch.nn.functional.layer_norm(torch.randn(8, 128), (128,))  # like the student's LayerNorm-ed output
+    assert _space_vs_emotion(field, xyz, e) >= 0.5
+    # the plane products: mean ≈ 1 (K-Planes, every plane gets a gradient), spread ≈ spatial_std across points
+    with torch.no_grad():
+        planes = torch.cat(field.planes.per_scale(xyz), -1)
+    assert abs(float(planes.mean()) - 1.0) < 0.1
+    assert abs(float(planes.std(0).mean()) - 0.75) < 0.1
+    # the old initialisation fails the same check
+    field.planes.init_std = 0.1
+    field.planes.reset_parameters()
+    assert _space_vs_emotion(field, xyz, e) < 0.2
+    # spatial_std = 0: constant planes, the code broadcast over space
+    flat = EmotionField((-1, -1, -1), (1, 1, 1), resolution=8, spatial_std=0.0)
+    assert _space_vs_emotion(flat, xyz, e) < 1e-5
+    # the per-node std behind a given spread: the position field's 0.1 ↔ spatial_std ≈ 0.115
+    from ua3dtalk.models.emotion.field import plane_init_std
+
+    assert abs(plane_init_std(0.1155) - 0.1) < 2e-3 and plane_init_std(0.0) == 0.0
+    for bad in (-0.1, float("nan"), float("inf"), True, "0.5"):
+        with pytest.raises(ValueError, match="spatial_std"):
+            EmotionField(resolution=8, spatial_std=bad)
+
+
+def test_emotion_field_cache_with_the_spatial_initialisation():
+    """The inference cache (no autograd) gives the same features as the autograd path, reused across emotions."""
+    torch.manual_seed(1)
+    field = EmotionField((-1, -1, -1), (1, 1, 1), resolution=8, scales=(1, 2), emotion_dim=16, channels=8).eval()
+    xyz = torch.rand(100, 3) * 2 - 1
+    e = torch.randn(3, 16)
+    ref = field(xyz, e)
+    with torch.no_grad():
+        torch.testing.assert_close(field(xyz, e), ref.detach())
+        cache = field._infer_cache
+        assert cache is not None
+        field(xyz, 2 * e)
+        assert field._infer_cache is cache
+
+
+def test_prototypes_recomputed_as_exact_means():
+    """recompute_prototypes: the exact mean per (emotion, intensity) cell over every batch, from scratch (cells
+    absent from the data end empty even if the running means had them), unknown labels / levels skipped,
+    counts = embeddings per cell; sets ``recomputed``, which a running update clears again."""
+    ctl = EmotionControl(dim=3, momentum=0.01)
+    ctl.update_prototypes(torch.ones(2, 3), torch.tensor([1, 2]), torch.tensor([1, 1]))  # running means
+    assert not bool(ctl.recomputed)
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(3):
+        e = torch.randn(10, 3, generator=g)
+        labels = torch.randint(-1, 3, (10,), generator=g)
+        levels = torch.randint(0, 4, (10,), generator=g)
+        batches.append((e, labels, levels))
+    n = ctl.recompute_prototypes(iter(batches))
+    assert bool(ctl.recomputed)
+    e = torch.cat([b[0] for b in batches])
+    lab = torch.cat([b[1] for b in batches])
+    lvl = torch.cat([b[2] for b in batches])
+    ok = (lab >= 0) & (lvl >= 1)
+    assert n == int(ok.sum())
+    for emo in range(len(ctl.emotions)):
+        for k in (1, 2, 3):
+            m = ok & (lab == emo) & (lvl == k)
+            assert int(ctl.counts[emo, k - 1]) == int(m.sum())
+            want = e[m].mean(0) if bool(m.any()) else torch.zeros(3)
+            torch.testing.assert_close(ctl.prototypes[emo, k - 1], want)
+    assert int(ctl.counts[2, 0]) == int((ok & (lab == 2) & (lvl == 1)).sum())  # the running count is gone
+    # the flag lives in the state dict; a state dict from before the flag existed loads as "running means"
+    sd = ctl.state_dict()
+    assert bool(sd["recomputed"])
+    fresh = EmotionControl(dim=3)
+    fresh.recomputed.fill_(True)
+    fresh.load_state_dict({k: v for k, v in sd.items() if k != "recomputed"})
+    assert not bool(fresh.recomputed)
+    torch.testing.assert_close(fresh.prototypes, ctl.prototypes)
+    ctl.update_prototypes(torch.ones(1, 3), torch.tensor([0]), torch.tensor([1]))
+    assert not bool(ctl.recomputed)
+    with pytest.raises(ValueError, match="labels"):
+        ctl.recompute_prototypes([(torch.ones(2, 3), torch.tensor([0.0, 1.0]), torch.tensor([1, 1]))])

@@ -44,6 +44,8 @@ pytestmark = [
 JAW_OPEN = 0  # column of expr.npy (ua3dtalk.data.synth.head.EXPR_NAMES)
 SMALL_EMOTIONS = ("neutral", "angry", "happy", "sad")
 N_EMOTIONS = 4  # of the fixture
+LIVE_DECODER = 0.6  # health/live_decoder after the smoke schedule (DESIGN §4.5)
+LIVE_VIEW = 0.5  # health/live_<view>
 
 
 def overrides(root: Path, run_dir: Path) -> list[str]:
@@ -291,3 +293,70 @@ def test_audio_driven_mouth_area_follows_jaw_open(trained, evaluation, record_pr
     assert np.mean(face_open) > 0.5 * np.mean(gt_area), "the face branch does not part the lips"
     assert corr > 0.3, (f"the inside-mouth area does not follow the mouth opening (r = {corr:.3f}; rendered area "
                       f"{areas.mean():.2f} px vs {np.mean(gt_area):.1f} px of ground-truth inner mouth)")
+
+
+# --------------------------------------------------------------------------------------------------
+# (e) the deformation networks stay alive; (f) a corrupted view loses its fusion weight
+# --------------------------------------------------------------------------------------------------
+
+
+def test_deformation_networks_keep_live_units(trained, evaluation, record_property):
+    """After the smoke schedule, most ReLU units of every deformation network are active on some of the
+    held-out Gaussians × frames (``health/live_*``, DESIGN §4.5). Before inputs were standardised, the
+    decoder trunk ended with ≈ 9 % live units and the views' ensembles with 9–41 % at demo scale."""
+    cfg, run_dir, metrics, _ = trained
+    ecfg, dm = evaluation
+    model = stage_model(ecfg, run_dir, "fuse", "fuse")
+    model.attach_health()
+    with torch.no_grad(), _Threads(1):
+        for batch in frame_batches(dm, "val"):
+            model.render_batch(batch)
+    health = model.detach_health()
+    print(f"\n[learning] (e) held-out health: { {k: round(v, 3) for k, v in health.items()} }; the run's last "
+          f"validation: { {k: round(v, 3) for k, v in metrics.items() if k.startswith('health/')} }")
+    for k, v in health.items():
+        record_property(k, v)
+    views = [v for v in model.deformation.views]
+    assert {f"health/live_{v}" for v in views} | {"health/live_decoder"} <= set(health)
+    assert {k for k in metrics if k.startswith("health/")} >= {"health/live_decoder"}, "the run did not log health"
+    assert health["health/live_decoder"] >= LIVE_DECODER, health
+    for v in views:
+        assert health[f"health/live_{v}"] >= LIVE_VIEW, (v, health)
+    assert health["health/live_mouth_decoder"] >= LIVE_DECODER, health
+    weights = [health[f"fusion_weight/{v}"] for v in views]
+    assert sum(weights) == pytest.approx(1.0, abs=1e-3) and min(weights) > 0.02, weights
+
+
+def test_corrupted_view_gets_a_larger_variance_and_a_smaller_weight(trained, evaluation, record_property):
+    """Uncertainty that means something (DESIGN §4.5): feeding one view noise at inference raises that view's
+    predicted variance and lowers its fusion weight, on held-out frames of the trained model."""
+    cfg, run_dir, _, _ = trained
+    ecfg, dm = evaluation
+    model = stage_model(ecfg, run_dir, "fuse", "fuse")
+    net, xyz = model.deformation, model.face.means.detach()
+    g = torch.Generator().manual_seed(0)
+    ratios: dict[str, list] = {}
+    with torch.no_grad(), _Threads(1):
+        batch = next(iter(frame_batches(dm, "val", bs=4)))
+        cond = model.conditioning(batch)
+        for i in range(batch.image.shape[0]):
+            kw = dict(audio=cond.audio[i:i + 1], blink=cond.blink[i:i + 1, None], content=cond.content[i:i + 1],
+                      style=cond.style[i:i + 1], emotion=model.emotion_field(xyz, cond.emotion[i:i + 1]))
+
+            def run(**over):
+                out = net(xyz, **{**kw, **over})
+                return {v: (float(e.var.mean()), float(out.fusion.weights[v])) for v, e in out.fusion.estimates.items()}
+
+            base = run()
+            for v in net.views:
+                x = kw[v]
+                noisy = x + torch.randn(x.shape, generator=g).to(x) * 3 * x.std()
+                got = run(**{v: noisy})
+                ratios.setdefault(v, []).append((got[v][0] / base[v][0], got[v][1] - base[v][1]))
+    summary = {v: (float(np.mean([r[0] for r in rs])), float(np.mean([r[1] for r in rs]))) for v, rs in ratios.items()}
+    print("\n[learning] (f) one view fed noise: (variance ratio, fusion-weight change) "
+          + ", ".join(f"{v} ({a:.2f}, {b:+.3f})" for v, (a, b) in summary.items()))
+    for v, (a, b) in summary.items():
+        record_property(f"corrupt_{v}_var_ratio", a)
+        assert a > 1.2, f"{v}: noise raised the view's variance only ×{a:.2f}"
+        assert b < 0, f"{v}: noise did not lower the view's fusion weight ({b:+.3f})"

@@ -771,11 +771,11 @@ def test_optional_opacity_and_colour_heads_reach_the_render(dm, cfg_factory):
     render = lambda: model.render_face(cond, 0, batch.viewmat[0], batch.K[0], W, H)  # noqa: E731
     with torch.no_grad():
         base = render()
-        heads = model.deformation.decoder.heads
-        heads["opacity"].bias.fill_(-30.0)  # every Gaussian transparent
+        dec = model.deformation.decoder
+        dec.output_bias("opacity").fill_(-30.0)  # every Gaussian transparent
         faded = render()
-        heads["opacity"].bias.zero_()
-        heads["color"].bias.fill_(0.2)  # +0.2 RGB on every Gaussian
+        dec.output_bias("opacity").zero_()
+        dec.output_bias("color").fill_(0.2)  # +0.2 RGB on every Gaussian
         brighter = render()
     assert float(base.alpha.mean()) > 0.05 and float(faded.alpha.max()) < 1e-6
     torch.testing.assert_close(brighter.alpha, base.alpha, atol=1e-5, rtol=0)

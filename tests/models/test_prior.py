@@ -386,3 +386,54 @@ def test_load_pretrained_errors(tmp_path):
     torch.save(state, tmp_path / "partial.pt")
     with pytest.raises(WeightsError, match="missing keys: inp.bias"):
         m.load_pretrained(tmp_path / "partial.pt")
+
+
+# ------------------------------------------------------------------------------------------ L_recon columns
+def test_recon_dims_leave_the_emotional_coefficients_out():
+    """``recon_dims``: L_recon is the MSE over the chosen columns only — changing an emotional coefficient
+    does not change it, and its gradient does not reach the read-out rows of those coefficients; ``auto``
+    leaves them out when the dataset names them and keeps everything otherwise."""
+    emo = (3, 4, 8)
+    m = make_model(recon_dims="non_emotional", emotional_dims=emo)
+    keep = [i for i in range(K) if i not in emo]
+    assert m.recon_mode == "non_emotional" and m.recon_dims == tuple(keep) and m.emotional_dims == emo
+    x = make_batch(16)
+    out = m(x["window"], x["context"])
+    losses = m.losses(out, x["expr"], x["lip"])
+    torch.testing.assert_close(losses["recon"], ((out.expr_pred - x["expr"])[:, keep] ** 2).mean())
+    moved = x["expr"].clone()
+    moved[:, list(emo)] += 5.0
+    torch.testing.assert_close(m.losses(out, moved, x["lip"])["recon"], losses["recon"])
+    m.zero_grad()
+    losses["recon"].backward()
+    g = m.fuse.expr_head.weight.grad
+    assert float(g[list(emo)].abs().max()) == 0.0 and float(g[keep].abs().max()) > 0.0
+    # all (the paper): every coefficient
+    full = make_model()
+    assert full.recon_mode == "all" and full.recon_dims == tuple(range(K))
+    out = full(x["window"], x["context"])
+    torch.testing.assert_close(full.losses(out, x["expr"], x["lip"])["recon"],
+                               ((out.expr_pred - x["expr"]) ** 2).mean())
+    # auto: non_emotional when the dataset says which are emotional, all when it does not
+    assert make_model(recon_dims="auto", emotional_dims=list(emo)).recon_dims == tuple(keep)
+    assert make_model(recon_dims="auto", emotional_dims=None).recon_dims == tuple(range(K))
+    assert make_model(recon_dims="auto", emotional_dims=[]).recon_dims == tuple(range(K))
+    # an explicit list (sorted)
+    assert make_model(recon_dims=[2, 0]).recon_dims == (0, 2)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(recon_dims="emotional"), "recon_dims must be one of"),
+    (dict(recon_dims="non_emotional"), "needs emotional_dims"),
+    (dict(recon_dims="non_emotional", emotional_dims=list(range(K))), "nothing left"),
+    (dict(recon_dims=[0, K]), "out of range"),
+    (dict(recon_dims=[1, 1]), "repeated"),
+    (dict(recon_dims=[]), "empty"),
+    (dict(recon_dims=[True]), "integers"),
+    (dict(recon_dims=[0.5]), "integers"),
+    (dict(emotional_dims=[-1]), "out of range"),
+    (dict(emotional_dims=3), "list of column indices"),
+])
+def test_recon_dims_errors(kw, match):
+    with pytest.raises(ValueError, match=match):
+        make_model(**kw)

@@ -90,6 +90,9 @@ def load_model_checkpoint(model, path) -> dict:
         # Gaussians' colours were trained if the mouth stage had run
         done = (ckpt.get("ua3dtalk") or {}).get("stage") in ("mouth", "face", "fuse")
         state = {**state, "mouth_color_initialised": torch.tensor(done)}
+    if "emotion_control.prototypes" in state and "emotion_control.recomputed" not in state:
+        # written before the flag existed: the prototypes are the running means of the emotion stage
+        state = {**state, "emotion_control.recomputed": torch.tensor(False)}
     anchors = getattr(model, "landmark_anchors", None)
     if anchors is not None and anchors.n_cells and "landmark_anchors.ata" in state \
             and "landmark_anchors.cell_ata" not in state:  # written before the per-label anchors (2026-11-24):

@@ -138,7 +138,8 @@ def evaluate(cfg, ckpt: Path, evaluators: Optional[Any], out: Path) -> dict[str,
     skipped = rec.get("eval", {}).get("test", {}).get("skipped")
     if skipped:
         print(f"[demo] evaluate: skipped {skipped}")
-    return {**{k: v for k, v in rec.items() if k.startswith("test/") and isinstance(v, float)},
+    return {**{k: v for k, v in rec.items() if k.startswith(("test/", "health/", "fusion_weight/"))
+               and isinstance(v, float)},
             "eval_protocol": rec["eval_protocol"]}
 
 
@@ -147,7 +148,7 @@ def _seed_stats(per_seed: dict[int, dict]) -> dict[str, dict]:
     interval, :func:`ua3dtalk.cli.tables.aggregate`)."""
     from .tables import aggregate
 
-    keys = sorted({k for m in per_seed.values() for k in m if k.startswith("test/")})
+    keys = sorted({k for m in per_seed.values() for k in m if k.startswith(("test/", "health/", "fusion_weight/"))})
     out = {}
     for k in keys:
         vals = [m.get(k) for m in per_seed.values()]
@@ -430,6 +431,8 @@ def main(argv=None) -> int:
         f"{m.get('cpu_seconds', float('nan')):.0f} | "
         + ", ".join(f"`{k}` {v:.4g}" for k, v in m.items() if k.startswith("val/")) + " |"
         for s, m in metrics["stages"].items())
+    health_rows = "\n".join(f"| `{k}` | {v:.3f} |" for k, v in sorted(metrics.items())
+                            if k.startswith(("health/", "fusion_weight/")) and isinstance(v, float))
     step_rows = "\n".join(f"| {k} | {v:.0f} |" for k, v in steps.times.items())
     vids = "\n".join(f"| `{k}` | [{Path(v['out']).name}]({Path(v['out']).name}) | {v['frames']} | {v['fps']:.1f} |"
                      for k, v in videos.items())
@@ -462,6 +465,16 @@ stages {list(metrics['stages'])}; run directory `{run_dir}`. Total time {steps.t
 {'' if test_metrics else NO_EVAL_NOTE}
 
 {_seeds_md(seed_stats)}
+## Network health
+
+Live fraction of each deformation network's ReLU units on the held-out frames (`health/live_*`: active on at
+least 0.1 % of the Gaussians × frames; below 0.2 the run warns) and each view's mean fusion weight
+(`fusion_weight/*`; `mouth_` = the inside-mouth branch). DESIGN §4.5.
+
+| key | value |
+|---|---|
+{health_rows or '| (no evaluation) | |'}
+
 ## Evaluation protocol
 
 {_protocol_md(protocol, checks)}

@@ -211,13 +211,19 @@ def evaluate(ckpt, data=None, evaluators=None, split: str = "test", out=None, me
             raise ValueError(f"control=true needs the emotion classifier: {ev.missing.get('emotion', evaluators)}")
     suite = MetricSuite(ev, groups)
     t0 = time.perf_counter()
-    with torch.no_grad():
-        for seq in tqdm(seqs, desc=f"ua3dtalk-eval {split}", unit="clip", disable=not progress):
-            pred, gt, lms, label = render_sequence(model, ds, seq)
-            suite.update(pred, gt, landmarks=lms, audio=seq.audio() if "sync" in groups else None, emotion=label,
-                         au45=seq.au45(), name=seq.name)
+    model.attach_health()  # live units and fusion weights on the scored frames (DESIGN §4.5)
+    try:
+        with torch.no_grad():
+            for seq in tqdm(seqs, desc=f"ua3dtalk-eval {split}", unit="clip", disable=not progress):
+                pred, gt, lms, label = render_sequence(model, ds, seq)
+                suite.update(pred, gt, landmarks=lms, audio=seq.audio() if "sync" in groups else None,
+                             emotion=label, au45=seq.au45(), name=seq.name)
+    finally:
+        health = model.detach_health()
+    model.warn_low_health(health)
     values = suite.compute()
     res = {f"{split}/{k}": float(v) for k, v in values.items()}
+    res.update(health)
     ctrl = None
     if control:
         ctrl = emotion_control_scores(model, ds, seqs, ev, emotions, progress=progress)

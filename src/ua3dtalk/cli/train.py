@@ -263,13 +263,19 @@ def build_model(cfg, stage: Optional[str] = None):
 
 
 def fill_data_info(cfg, dm) -> None:
+    """``cfg.data_info`` from the set-up DataModule: feature channels, expression size, frame size and the
+    expression columns the dataset marks as emotional (:func:`~ua3dtalk.data.expr_semantics.emotional_expr_columns`,
+    None when it does not say)."""
     from omegaconf import open_dict
+
+    from ..data.expr_semantics import emotional_expr_columns
 
     with open_dict(cfg):
         cfg.data_info.audio_channels = int(dm.audio_channels)
         cfg.data_info.context_channels = int(getattr(dm, "context_channels", dm.audio_channels))
         cfg.data_info.expr_dim = int(dm.expr_dim)
         cfg.data_info.height, cfg.data_info.width = (int(v) for v in dm.image_size)
+        cfg.data_info.emotional_expr_dims = emotional_expr_columns(dm.clips) if getattr(dm, "clips", None) else None
 
 
 def components(mcfg: dict) -> dict[str, str]:
@@ -888,6 +894,11 @@ def run(cfg) -> dict:
                 raise SystemExit(3) from None
             finally:
                 del dm.train_dataloader  # back to the DataModule's method
+            ctl = model.emotion_control
+            if stage == "emotion" and model.emotion is not None and ctl is not None and not bool(ctl.recomputed):
+                # resumed from a checkpoint taken after the stage's last step: fit had nothing left to run and
+                # on_train_end (which recomputes the prototypes with the final student) did not fire
+                model.recompute_emotion_prototypes(dm)
             res = trainer.validate(model, datamodule=dm, verbose=False)
             stage_metrics = {k: float(v) for k, v in (res[0] if res else {}).items()}
             stage_best: dict[str, float] = {}
@@ -908,7 +919,8 @@ def run(cfg) -> dict:
             torch.set_grad_enabled(True)
         final = {}
         for stage in stages:  # later stages override earlier ones for the same key
-            final.update({k: v for k, v in metrics["stages"][stage].items() if k.startswith("val/")})
+            final.update({k: v for k, v in metrics["stages"][stage].items()
+                          if k.startswith(("val/", "health/", "fusion_weight/"))})
         metrics.update(final)
         metrics["best"] = best
         metrics["checkpoint"] = str(prev_ckpt) if prev_ckpt else None

@@ -30,6 +30,7 @@ Bad input: a non-finite loss stops training with the step and the offending tens
 from __future__ import annotations
 
 import math
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -42,7 +43,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure as
 
 from ..render import rasterize
 from ..render.sh import C0 as SH_C0  # degree-0 SH basis: RGB = SH_C0·DC + 0.5
-from .deformation import DeformationNetwork, MouthDeformation
+from .deformation import LOW_HEALTH, DeformationNetwork, HealthMeter, MouthDeformation, RunningStandardize, low_health
 from .emotion import EmotionControl, EmotionDistillation, EmotionField
 from .gaussians import DensityControl, GaussianModel, adam, make_optimizer
 from .landmarks import LandmarkAnchors, landmark_loss, project
@@ -128,6 +129,32 @@ def _check_finite(name: str, t: torch.Tensor, step: int) -> None:
 LOG_SCALE_RANGE = (-20.0, 3.0)
 
 
+def net_param_groups(nets: Sequence[nn.Module], lr_net: float, lr_grid: float) -> list[dict]:
+    """Adam parameter groups of the render stages' networks: ``grid`` (plane fields: every parameter of a
+    :class:`~ua3dtalk.models.fields.PlaneField`, and the emotion field's codebooks) at ``lr_grid`` and ``mlp``
+    (everything else) at ``lr_net``. Each group records its ``base_lr`` for the schedule; empty groups are
+    left out."""
+    from .fields import PlaneField
+
+    grid_ids = set()
+    for net in nets:
+        for m in net.modules():
+            if isinstance(m, PlaneField):
+                grid_ids.update(id(p) for p in m.parameters())
+            if isinstance(m, EmotionField):
+                grid_ids.update(id(p) for p in m.codebooks.parameters())
+    seen, grid, mlp = set(), [], []
+    for net in nets:
+        for p in net.parameters():
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            (grid if id(p) in grid_ids else mlp).append(p)
+    groups = [{"params": ps, "lr": lr, "base_lr": lr, "name": f"net_{name}"}
+              for name, ps, lr in (("grid", grid, lr_grid), ("mlp", mlp, lr_net)) if ps]
+    return groups
+
+
 class UA3DTalk(L.LightningModule):
     """UA-3DTalk avatar (see the module docstring).
 
@@ -145,7 +172,16 @@ class UA3DTalk(L.LightningModule):
         stage: one of ``prior | emotion | mouth | face | fuse``.
         lr_gaussians: learning rates of the Gaussian parameters (means, quats, log_scales,
             opacity_logits, sh); ``means`` decays exponentially to ``lr_means_final`` over ``max_steps``.
-        lr_net: learning rate of the networks (deformation, fields); lr_prior, lr_emotion for those stages.
+        lr_net: learning rate of the networks' MLPs in the render stages (ensembles, decoders, audio view,
+            emotion query; 5e-4, the authors' value); lr_prior, lr_emotion for those stages.
+        lr_grid: learning rate of the plane grids in the render stages (position fields, emotion field planes
+            and codebooks; 5e-3, the authors' value). Both groups warm up linearly over ``net_warmup`` steps
+            of the deformation and then decay exponentially to ``net_lr_final`` × their value at the end of
+            the stage (DESIGN §4.5).
+        net_warmup, net_lr_final: that schedule.
+        uncertainty_weight: weight of the views' likelihood term (DESIGN §4.5,
+            :meth:`~ua3dtalk.models.deformation.fusion.UncertaintyFusion.uncertainty_nll`; 0 = off, the paper).
+        uncertainty_beta: its β (β-NLL; 0 = the plain Gaussian NLL).
         max_steps: schedule length (steps of this stage).
         static_warmup: face stage steps without deformation (canonical Gaussians only).
         ssim_weight, reg_weight, alpha_weight: loss weights.
@@ -232,7 +268,12 @@ class UA3DTalk(L.LightningModule):
         stage: str = "face",
         lr_gaussians: Optional[dict] = None,
         lr_means_final: float = 1.6e-6,
-        lr_net: float = 5e-3,
+        lr_net: float = 5e-4,
+        lr_grid: float = 5e-3,
+        net_warmup: int = 100,
+        net_lr_final: float = 0.1,
+        uncertainty_weight: float = 0.01,
+        uncertainty_beta: float = 0.5,
         lr_prior: float = 1e-3,
         lr_emotion: float = 1e-3,
         max_steps: int = 10000,
@@ -320,6 +361,17 @@ class UA3DTalk(L.LightningModule):
         self.lr_gaussians = dict(lr_gaussians or {"means": 1.6e-4, "quats": 1e-3, "log_scales": 5e-3,
                                                   "opacity_logits": 5e-2, "sh": 2.5e-3})
         self.lr_means_final, self.lr_net, self.lr_prior, self.lr_emotion = lr_means_final, lr_net, lr_prior, lr_emotion
+        for key, v in (("lr_net", lr_net), ("lr_grid", lr_grid), ("net_lr_final", net_lr_final)):
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"UA3DTalk: {key} must be a finite number > 0, got {v!r}")
+        if int(net_warmup) < 0:
+            raise ValueError(f"UA3DTalk: net_warmup must be ≥ 0, got {net_warmup}")
+        if not (math.isfinite(uncertainty_weight) and uncertainty_weight >= 0 and math.isfinite(uncertainty_beta)
+                and 0 <= uncertainty_beta <= 1):
+            raise ValueError("UA3DTalk: uncertainty_weight must be ≥ 0 and uncertainty_beta in [0, 1] (got "
+                             f"{uncertainty_weight}, {uncertainty_beta})")
+        self.lr_grid, self.net_warmup, self.net_lr_final = float(lr_grid), int(net_warmup), float(net_lr_final)
+        self.uncertainty_weight, self.uncertainty_beta = float(uncertainty_weight), float(uncertainty_beta)
         self.max_steps, self.static_warmup = int(max_steps), int(static_warmup)
         self.ssim_weight, self.reg_weight, self.alpha_weight = ssim_weight, reg_weight, alpha_weight
         self._step_in_progress: Optional[int] = None  # the render step being trained (error messages)
@@ -368,9 +420,19 @@ class UA3DTalk(L.LightningModule):
             nets.append(self.mouth_deformation)
         if self.stage != "mouth" and self.emotion_field is not None:
             nets.append(self.emotion_field)
-        opts["net"] = adam([p for n in nets for p in n.parameters()], lr=self.lr_net)
+        opts["net"] = adam(net_param_groups(nets, self.lr_net, self.lr_grid))
         self._opt_names = self._optimizers_for_stage()
         return [opts[k] for k in self._opt_names]
+
+    def _schedule_net_lr(self, opt, step: int) -> None:
+        """Warm-up then exponential decay of the network groups (``lr_net``/``lr_grid``, see the class
+        docstring); ``step`` counts the deformation's steps in this stage."""
+        span = max(self.max_steps - (self.static_warmup if self.stage == "face" else 0), 1)
+        t = min(max(step, 0) / span, 1.0)
+        factor = min(1.0, (max(step, 0) + 1) / max(self.net_warmup, 1)) * self.net_lr_final ** t
+        for g in opt.param_groups:
+            if "base_lr" in g:
+                g["lr"] = g["base_lr"] * factor
 
     def _decay_means_lr(self, opt, step: int) -> None:
         t = min(step / max(self.max_steps, 1), 1.0)
@@ -513,7 +575,17 @@ class UA3DTalk(L.LightningModule):
             return self._step_prior(batch, opts[0], step)
         if self.stage == "emotion":
             return self._step_emotion(batch, opts[0], step)
-        return self._step_render(batch, opts, step)
+        # the standardisation statistics are updated inside the forward; a step that fails leaves them as
+        # they were (like every parameter), so a resume from the last checkpoint is unaffected
+        norms = [(m, m.mean.clone(), m.var.clone(), m.updates.clone()) for m in self.modules()
+                 if isinstance(m, RunningStandardize)]
+        try:
+            return self._step_render(batch, opts, step)
+        except BaseException:
+            with torch.no_grad():
+                for m, mean, var, updates in norms:
+                    m.mean.copy_(mean), m.var.copy_(var), m.updates.copy_(updates)
+            raise
 
     def _step_prior(self, batch, opt, step):
         out = self.prior(batch.audio, batch.context)
@@ -542,6 +614,51 @@ class UA3DTalk(L.LightningModule):
         self.log("train/emotion/student_acc", acc, prog_bar=True, batch_size=b)
         self.log("train/loss", losses["total"].detach(), prog_bar=True, batch_size=b)
         return losses["total"].detach()
+
+    def on_train_end(self) -> None:
+        """End of the emotion stage: the label prototypes become the exact eval-mode means of the final
+        student (:meth:`recompute_emotion_prototypes`); the running means of training were only a cheap
+        stand-in. Other stages: nothing."""
+        if self.stage == "emotion" and self.emotion is not None and self.emotion_control is not None:
+            n = self.recompute_emotion_prototypes()
+            self.print(f"emotion prototypes recomputed with the final student (eval mode) from {n} labelled "
+                       "training frames")
+
+    @torch.no_grad()
+    def recompute_emotion_prototypes(self, data=None) -> int:
+        """Recompute :class:`EmotionControl`'s prototypes from scratch with the *current* (final) emotion
+        student in eval mode, without gradients: the exact mean embedding per (emotion, intensity) cell
+        over the training frames (:meth:`EmotionControl.recompute_prototypes`; sets its ``recomputed`` flag).
+
+        ``data``: a DataModule with ``audio_dataset`` (every frame of its ``train`` split once, in order,
+        ``audio_batch_size`` per batch), an iterable of :class:`~ua3dtalk.data.datamodule.AudioBatch`, or
+        None — the attached trainer's DataModule, else its training loader (one pass). Under DDP every rank
+        makes the same full pass over the DataModule's split (identical prototypes, no communication).
+        Returns the number of labelled frames used (0 without an emotion module or control)."""
+        if self.emotion is None or self.emotion_control is None:
+            return 0
+        if data is None:
+            trainer = self._trainer
+            dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+            data = dm if dm is not None and hasattr(dm, "audio_dataset") else (
+                trainer.train_dataloader if trainer is not None else None)
+            if data is None:
+                raise RuntimeError("recompute_emotion_prototypes: no data (pass a DataModule or AudioBatch loader)")
+        if hasattr(data, "audio_dataset"):
+            from torch.utils.data import DataLoader
+
+            from ..data.datamodule import collate_batches
+
+            data = DataLoader(data.audio_dataset("train"), batch_size=int(data.audio_batch_size), shuffle=False,
+                              collate_fn=collate_batches, num_workers=int(getattr(data, "num_workers", 0)))
+
+        def embeddings():
+            with _eval_mode(self.emotion):
+                for batch in data:
+                    batch = batch.to(self.device)
+                    yield self.emotion.encoder(w2v=batch.context).embedding, batch.emotion, batch.intensity
+
+        return self.emotion_control.recompute_prototypes(embeddings())
 
     def _targets(self, batch, i):
         img = batch.image[i].permute(1, 2, 0)
@@ -686,6 +803,11 @@ class UA3DTalk(L.LightningModule):
                 loss = loss + self.landmark_weight * photo["landmark"]
             if "lpips" in photo:
                 loss = loss + self.lpips_weight * photo["lpips"]
+            if self.uncertainty_weight > 0:
+                nll = self._uncertainty_nll(renders)
+                if nll is not None:
+                    photo["uncertainty_nll"] = nll
+                    loss = loss + self.uncertainty_weight * nll
             total = total + loss / batch.image.shape[0]
             for k, v in {**photo, "alpha": alpha_l, "hole": hole, "cover": cover, "reg": reg}.items():
                 logs[f"train/{k}"] = logs.get(f"train/{k}", 0) + v.detach() / batch.image.shape[0]
@@ -724,6 +846,10 @@ class UA3DTalk(L.LightningModule):
                                          W, H)
                 for k, v in info.items():
                     logs[f"train/density_{name}/{k}"] = float(v)
+        net_opt = self._opt("net", opts)
+        if net_opt is not None:
+            self._schedule_net_lr(net_opt.optimizer if hasattr(net_opt, "optimizer") else net_opt,
+                                  step - self.static_warmup if self.stage == "face" else step)
         for o in opts:
             self._decay_means_lr(o.optimizer if hasattr(o, "optimizer") else o, step)
             o.step()
@@ -743,6 +869,17 @@ class UA3DTalk(L.LightningModule):
         self.log_dict(logs, prog_bar=False, batch_size=batch.image.shape[0])
         self.log("loss", total.detach(), prog_bar=True, logger=False, batch_size=batch.image.shape[0])
         return total.detach()
+
+    def _uncertainty_nll(self, renders) -> Optional[torch.Tensor]:
+        """The views' likelihood term of this frame's renders (the last one or two of ``renders``)."""
+        terms = []
+        for name, r in renders[-2:] if self.stage == "fuse" else renders[-1:]:
+            net = self.deformation if name == "face" else self.mouth_deformation
+            if r.fusion is not None:
+                t = net.fusion.uncertainty_nll(r.fusion, self.uncertainty_beta)
+                if t is not None:
+                    terms.append(t)
+        return torch.stack(terms).sum() if terms else None
 
     def _landmark_anchors(self, batch) -> Optional[torch.Tensor]:
         """The anchors ``[L,3]`` to supervise the face deformation with, or None (term off, mouth stage, no
@@ -849,7 +986,8 @@ class UA3DTalk(L.LightningModule):
         take = lambda t: None if t is None else t[rows]  # noqa: E731
         f_emo = self.emotion_field(anchors, emo) if "emotion" in self.deformation.views else None
         d = self.deformation(anchors, audio=take(get("audio")), blink=take(get("blink"))[:, None],
-                             content=take(get("content")), style=take(get("style")), emotion=f_emo, step=step)
+                             content=take(get("content")), style=take(get("style")), emotion=f_emo, step=step,
+                             update_stats=False)
         xyz, B = d.deltas.xyz, len(pick)
         lm = landmark_loss(anchors, xyz[:B], get("landmarks"), self.landmark_anchors.indices, get("viewmat"),
                            get("K"), width, height)
@@ -937,6 +1075,40 @@ class UA3DTalk(L.LightningModule):
 
     def on_validation_epoch_start(self):
         self.val_outputs = []
+        if self.stage not in ("prior", "emotion"):
+            self.attach_health()
+
+    def on_validation_epoch_end(self):
+        health = self.detach_health()
+        if health:
+            self.log_dict(health, batch_size=1)
+            self.warn_low_health(health)
+
+    # ------------------------------------------------------------------ health (DESIGN §4.5)
+    def attach_health(self) -> None:
+        """Attach fresh :class:`~ua3dtalk.models.deformation.HealthMeter` s to both deformation networks:
+        every forward without autograd (validation, evaluation) is recorded until :meth:`detach_health`."""
+        self.deformation.monitor = HealthMeter()
+        self.mouth_deformation.monitor = HealthMeter("mouth_")
+
+    def detach_health(self) -> dict[str, float]:
+        """Detach the meters and return ``health/live_*`` and ``fusion_weight/*`` of what they recorded
+        (face keys unprefixed, inside-mouth keys with ``mouth_``); empty when nothing was recorded."""
+        out: dict[str, float] = {}
+        for net in (self.deformation, self.mouth_deformation):
+            m, net.monitor = net.monitor, None
+            if m:
+                out.update(m.summary())
+        return out
+
+    def warn_low_health(self, health: dict[str, float]) -> None:
+        """Warn once per network and run when its live fraction falls below 20 %."""
+        warned = self.__dict__.setdefault("_health_warned", set())
+        for k, v in low_health(health).items():
+            if k not in warned:
+                warned.add(k)
+                warnings.warn(f"{k} = {v:.2f}: fewer than {LOW_HEALTH:.0%} of the network's ReLU units are active on "
+                              "any input (dead units give constant offsets; DESIGN §4.5)", RuntimeWarning, stacklevel=2)
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -40,7 +40,7 @@ from ...utils.io import atomic_directory
 from ...utils.threads import torch_threads
 from .camera import as_torch, head_viewmat, intrinsics, viewmat_to_transform
 from .head import EXPR, EXPR_NAMES, PART_TO_CLASS, PARTS, ProceduralHead
-from .speech import EMOTIONS, FPS, SR, expression_track, head_pose_track, synth_speech
+from .speech import EMOTIONAL_EXPR, EMOTIONS, FPS, SR, expression_track, head_pose_track, synth_speech
 
 # parsing palette (DESIGN §5.1), indexed like head.PARSING_CLASSES, then background
 PALETTE = np.array([[0, 0, 255], [100, 100, 100], [0, 255, 0], [255, 0, 0], [0, 0, 0], [255, 255, 255]], np.uint8)
@@ -272,6 +272,7 @@ def write_clip(out: Path, head: ProceduralHead, preset: Preset, seconds: float, 
     _write_npy(out / "expr_emotion.npy", expr_emotion)
     _write_npy(out / "pose.npy", pose)
     meta = {"generator": "ua3dtalk-synth", "preset": asdict(preset), "expr_names": list(EXPR_NAMES),
+            "expr_emotional": list(EMOTIONAL_EXPR),
             "num_frames": n, "fps": FPS, "emotion": emotion, "intensity": intensity, "identity_seed": head.seed,
             "gaussians": len(head.part), "mouth_area": mouth_area.round(6).tolist(), **meta_bg, **(extra_meta or {})}
     _write_json(out / "synth.json", meta)

@@ -80,6 +80,12 @@ for _k, _v in {"smile": -0.3, "brow_inner_up": -0.3, "brow_outer_up": -0.3, "che
     EXPR_MIN[EXPR[_k]] = _v
 EXPR_MAX = np.full(len(EXPR_NAMES), 1.5)
 ARTICULATION = ("jaw_open", "lip_round", "lip_spread")
+EMOTIONAL_EXPR = tuple(n for n in EXPR_NAMES
+                       if n not in ARTICULATION and any(n in proto for proto in EMOTION_EXPR.values()))
+"""The *emotional* coefficients: the action units of the emotion prototypes (``EMOTION_EXPR``), without the
+speech articulation (``jaw_open`` is also part of some prototypes but follows the vowels in every clip) —
+all but ``jaw_open``, ``lip_round``, ``lip_spread`` and ``eye_open``. Written to ``synth.json``
+(``expr_emotional``); the prior's L_recon leaves them out (``PriorExtraction(recon_dims=...)``)."""
 
 
 def intensity_weight(intensity: int) -> float:

@@ -7,6 +7,8 @@ Public API:
 * :func:`diagonal_fusion`, :func:`full_cov_fusion`, :func:`spd_inverse`, :func:`uniform_fusion`,
   :func:`ensemble_covariance`, :class:`UncertaintyFusion`, :class:`FusionOutput` (``fusion.py``);
 * :class:`MultiHeadDecoder`, :class:`Deltas` (``decoder.py``);
+* :class:`RunningStandardize` — per-channel standardisation with stored statistics (``norm.py``);
+* :class:`HealthMeter`, :func:`low_health` — live units and fusion weights (``health.py``);
 * :class:`DeformationNetwork` (face), :class:`MouthDeformation` (inside mouth), :class:`DeformationOutput`
   (``network.py``).
 """
@@ -30,6 +32,8 @@ from .fusion import (
     spd_inverse,
     uniform_fusion,
 )
+from .health import LOW_HEALTH, HealthMeter, low_health
+from .norm import RunningStandardize
 from .network import VIEW_NAMES, DeformationNetwork, DeformationOutput, MouthDeformation
 
 __all__ = [
@@ -39,4 +43,5 @@ __all__ = [
     "UncertaintyFusion", "FUSION_MODES",
     "MultiHeadDecoder", "Deltas", "HEAD_DIMS",
     "DeformationNetwork", "MouthDeformation", "DeformationOutput", "VIEW_NAMES",
+    "RunningStandardize", "HealthMeter", "low_health", "LOW_HEALTH",
 ]

@@ -507,8 +507,8 @@ class EnsembleMLP(nn.Module):
 
     Parameters (``T = members``): ``w1 [T, in_dim, hidden]``, ``b1 [T, hidden]``,
     ``w2 [T, hidden, 2·out_dim]``, ``b2 [T, 2·out_dim]`` (the first ``out_dim`` outputs are μ, the
-    rest log σ²). Each member is initialised independently like ``nn.Linear`` (uniform in
-    ``±1/√fan_in``), so members differ and the initial epistemic variance is > 0.
+    rest log σ²). Each member is initialised independently (He-normal first layer, see
+    :meth:`reset_parameters`), so members differ and the initial epistemic variance is > 0.
 
     Inputs ``x`` are tensors ``[..., in_dim]`` or :class:`ViewInput` (``[B, N, in_dim]`` by segments).
 
@@ -550,12 +550,18 @@ class EnsembleMLP(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Independent ``nn.Linear``-style init of every member: U(±1/√fan_in) for weights and biases."""
+        """Independent init of every member (DESIGN §4.5): the first layer He-normal (``N(0, 2/in_dim)``,
+        bias 0 — with standardised inputs each ReLU unit is active for about half of the inputs), μ's
+        output weights ``N(0, 1/hidden)`` (a member's μ has about unit variance; members differ, so the
+        initial epistemic variance is > 0), log σ²'s output weights ``N(0, (0.1)²/hidden)`` (σ² starts
+        near the centre of its range, the same for every input), biases 0."""
         with torch.no_grad():
-            for w, b, fan_in in ((self.w1, self.b1, self.in_dim), (self.w2, self.b2, self.hidden)):
-                bound = 1.0 / math.sqrt(fan_in)
-                w.uniform_(-bound, bound)
-                b.uniform_(-bound, bound)
+            self.w1.normal_(0.0, math.sqrt(2.0 / self.in_dim))
+            self.b1.zero_()
+            d = self.out_dim
+            self.w2[..., :d].normal_(0.0, math.sqrt(1.0 / self.hidden))
+            self.w2[..., d:].normal_(0.0, 0.1 * math.sqrt(1.0 / self.hidden))
+            self.b2.zero_()
 
     @property
     def _cdtype(self) -> Optional[torch.dtype]:

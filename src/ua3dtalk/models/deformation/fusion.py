@@ -25,6 +25,7 @@ TalkingGaussian-style single MLP over the concatenated views (no uncertainty).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
@@ -192,8 +193,8 @@ class UncertaintyFusion(nn.Module):
         hidden: hidden width of the ensemble members / of the concat MLP (64).
         members: ensemble size ``T`` (10).
         fusion: ``"diagonal"`` (default ★), ``"full_cov"`` (authors'), ``"uniform"`` (mean of μ) or
-            ``"concat"`` (one MLP ``LayerNorm → Σd_v → hidden → ReLU → D`` over the concatenated views, no
-            uncertainty blocks; the LayerNorm is ours ★).
+            ``"concat"`` (one MLP ``Σd_v → hidden → ReLU → D`` over the concatenated, standardised views, no
+            uncertainty blocks).
         uncertainty: variance used by the fusion — ``"both"``, ``"aleatoric"`` or ``"epistemic"``.
         ensemble_switch: training steps of stage A (one random member per view per step).
         logvar_min, logvar_max: bounds of the members' log σ².
@@ -251,10 +252,14 @@ class UncertaintyFusion(nn.Module):
         if fusion == "concat":
             self.blocks = nn.ModuleDict()
             d_in = sum(view_dims.values())
-            # the input is layer-normalised: the views' scales differ by orders of magnitude (plane-grid
-            # products, emotion codes, prior features), and without it every hidden ReLU died at demo scale
+            # the views arrive standardised per channel (DESIGN §4.5; a per-sample LayerNorm here could not
+            # remove the offset every sample shares, and the MLP died at demo scale); He-initialised
             self.concat_mlp: Optional[nn.Module] = nn.Sequential(
-                nn.LayerNorm(d_in), nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, self.out_dim))
+                nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, self.out_dim))
+            with torch.no_grad():
+                for lin in (self.concat_mlp[0], self.concat_mlp[2]):
+                    lin.weight.normal_(0.0, math.sqrt((2.0 if lin is self.concat_mlp[0] else 1.0) / lin.in_features))
+                    lin.bias.zero_()
         else:
             self.concat_mlp = None
             self.blocks = nn.ModuleDict({
@@ -283,6 +288,32 @@ class UncertaintyFusion(nn.Module):
         if not bool(keep.any()):
             keep[int(torch.randint(len(names), ()))] = True
         return tuple(n for n, k in zip(names, keep.tolist()) if k)
+
+    def uncertainty_nll(self, fused: FusionOutput, beta: float = 0.5) -> Optional[Tensor]:
+        """Likelihood term that gives each view's variance a meaning (DESIGN §4.5), or ``None`` when no
+        fused variance depends on a trained σ² (``uniform``/``concat`` fusion, ``uncertainty=epistemic``).
+
+        For every view ``v`` of ``fused`` (those kept by view dropout), with ``r = μ_v − sg(μ_f)`` the view's
+        residual against the stop-gradient fused code and ``s² = σ²_alea,v + sg(σ²_epi,v) + floor`` its
+        predictive variance: the β-NLL (Seitzer et al., ICLR 2022)
+        ``sg(s²)^β · ½ (sg(r)²/s² + log s²)``, averaged over dimensions, Gaussians and frames, then over views.
+        Only the aleatoric log-variance heads (and, through them, the members' hidden layers) receive its
+        gradient: the means are trained by the rendering loss alone (the term does not pull the views
+        together) and the epistemic part is what the ensemble's disagreement says. At the optimum
+        ``s² = E[r²]``: a view whose mean is far from the consensus gets a large variance, hence a small
+        fusion weight."""
+        if self.fusion in ("uniform", "concat") or self.uncertainty == "epistemic" or not fused.estimates:
+            return None
+        target = fused.mu.detach()
+        terms = []
+        for name, e in fused.estimates.items():
+            var = e.aleatoric + e.epistemic.detach() + self.blocks[name].var_floor
+            r2 = (e.mu.detach() - target).square()
+            nll = 0.5 * (r2 / var + var.log())
+            if beta:
+                nll = nll * var.detach().pow(beta)
+            terms.append(nll.mean())
+        return torch.stack(terms).mean()
 
     @property
     def needs_members(self) -> bool:

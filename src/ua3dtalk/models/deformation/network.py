@@ -43,6 +43,8 @@ from ..fields import PositionField
 from .decoder import Deltas, MultiHeadDecoder
 from .ensemble import ViewInput
 from .fusion import FusionOutput, UncertaintyFusion
+from .health import HealthMeter, record_forward
+from .norm import RunningStandardize
 
 Tensor = torch.Tensor
 
@@ -98,6 +100,9 @@ class DeformationNetwork(InferenceCache, nn.Module):
             (:class:`~ua3dtalk.models.deformation.fusion.UncertaintyFusion`; 0 = the paper).
         decoder_activation: nonlinearity of the decoder's trunk, ``relu`` (the paper) or ``silu`` (★; see
             :class:`~ua3dtalk.models.deformation.decoder.MultiHeadDecoder`).
+        norm_momentum: rate floor of the stored statistics that standardise ``H``, each view's own
+            feature and the fused code per channel (:class:`~ua3dtalk.models.deformation.norm.RunningStandardize`,
+            DESIGN §4.5).
     """
 
     def __init__(
@@ -134,6 +139,7 @@ class DeformationNetwork(InferenceCache, nn.Module):
         view_dropout: float = 0.0,
         emotion_position: bool = False,
         decoder_activation: str = "relu",
+        norm_momentum: float = 0.01,
     ) -> None:
         super().__init__()
         views = tuple(str(v) for v in views)
@@ -167,8 +173,17 @@ class DeformationNetwork(InferenceCache, nn.Module):
                                         view_dropout=view_dropout)
         self.decoder = MultiHeadDecoder(code_dim + h_dim, hidden, heads, extra_heads, single_head, xyz_scale,
                                         activation=decoder_activation)
+        # stored per-channel statistics (DESIGN §4.5): H, every view's own feature, the fused code
+        self.h_norm = RunningStandardize(h_dim, norm_momentum)
+        feat = {"audio": self.audio_view.out_dim if self.audio_view is not None else 0,
+                "content": self.content_dim, "style": self.style_dim, "emotion": self.emotion_dim}
+        self.input_norms = nn.ModuleDict({v: RunningStandardize(feat[v], norm_momentum) for v in views})
+        self.code_norm = RunningStandardize(code_dim, norm_momentum)
         self.compute_dtype = str(compute_dtype)
         self.cache_enabled = bool(cache)
+        #: a :class:`~ua3dtalk.models.deformation.health.HealthMeter` recording every forward without
+        #: autograd (validation, evaluation), or None
+        self.monitor: Optional[HealthMeter] = None
 
     # ------------------------------------------------------------------ inference cache
     def _cache_extra(self) -> tuple:
@@ -176,7 +191,7 @@ class DeformationNetwork(InferenceCache, nn.Module):
 
     def _build_cache(self, xyz: Tensor) -> dict[str, Any]:
         with torch.no_grad():
-            h = self.position_field(xyz)
+            h = self.encode_h(xyz, update=False)
             out: dict[str, Any] = {"h": h, "gates": None, "pre": {}}
             if self.audio_view is not None:
                 out["gates"] = self.audio_view.gates(h)
@@ -200,6 +215,11 @@ class DeformationNetwork(InferenceCache, nn.Module):
         return self.cached(xyz, lambda: self._build_cache(xyz))
 
     # ------------------------------------------------------------------ helpers
+    def encode_h(self, xyz: Tensor, update: bool = True) -> Tensor:
+        """``H [N, h_dim]`` of the canonical Gaussians ``xyz [N, 3]``: the position field, standardised per
+        channel with the stored statistics (updated in training when ``update``)."""
+        return self.h_norm(self.position_field(xyz.detach() if self.detach_xyz else xyz), update=update)
+
     @staticmethod
     def _frame_feature(name: str, f: Optional[Tensor], dim: int, batch: Optional[int]) -> Tensor:
         if f is None:
@@ -212,9 +232,11 @@ class DeformationNetwork(InferenceCache, nn.Module):
 
     def _views(self, xyz: Tensor, h: Tensor, audio: Optional[Tensor], blink: Optional[Tensor],
                content: Optional[Tensor], style: Optional[Tensor], emotion: Optional[Tensor],
-               cache: Optional[dict] = None) -> dict[str, Any]:
-        """The configured views as :class:`ViewInput` segments (emotion: a tensor), validated."""
+               cache: Optional[dict] = None, update: bool = True) -> dict[str, Any]:
+        """The configured views as :class:`ViewInput` segments (emotion: a tensor), validated; each view's
+        own feature standardised per channel (``input_norms``)."""
         n = xyz.shape[0]
+        norm = lambda name, t: self.input_norms[name](t, update=update)  # noqa: E731
         pre = cache["pre"] if cache is not None else {}
         out: dict[str, Any] = {}
         batch: Optional[int] = None
@@ -223,11 +245,12 @@ class DeformationNetwork(InferenceCache, nn.Module):
                 raise ValueError("DeformationNetwork: the 'audio' view is configured but no audio was given")
             assert self.audio_view is not None
             a = self.audio_view(audio, blink, h, gates=cache["gates"] if cache is not None else None)  # [B, N, 38]
+            a = norm("audio", a)
             batch = a.shape[0]
             out["audio"] = ViewInput([("full", a), ("shared", h)], pre=pre.get("audio"))
         for name, f, dim in (("content", content, self.content_dim), ("style", style, self.style_dim)):
             if name in self.views:
-                f = self._frame_feature(name, f, dim, batch)
+                f = norm(name, self._frame_feature(name, f, dim, batch))
                 batch = f.shape[0]
                 out[name] = ViewInput([("frame", f), ("shared", h)], pre=pre.get(name))
         if "emotion" in self.views:
@@ -238,6 +261,7 @@ class DeformationNetwork(InferenceCache, nn.Module):
                     (batch is not None and emotion.shape[0] != batch):
                 raise ValueError(f"DeformationNetwork: emotion must be [B, N={n}, {self.emotion_dim}], got "
                                  f"{list(emotion.shape)}")
+            emotion = norm("emotion", emotion)
             out["emotion"] = ViewInput([("full", emotion), ("shared", h)], pre=pre.get("emotion")) \
                 if self.emotion_position else emotion
         for name, t in out.items():
@@ -255,8 +279,8 @@ class DeformationNetwork(InferenceCache, nn.Module):
         ``H [N, h_dim]`` (arguments as :meth:`forward`; reference form — :meth:`forward` does not
         materialise the broadcasts)."""
         self._check_xyz(xyz)
-        h = self.position_field(xyz.detach() if self.detach_xyz else xyz)  # [N, h_dim]
-        views = self._views(xyz, h, audio, blink, content, style, emotion)
+        h = self.encode_h(xyz, update=False)  # [N, h_dim]
+        views = self._views(xyz, h, audio, blink, content, style, emotion, update=False)
         return {k: v.materialize() if isinstance(v, ViewInput) else v for k, v in views.items()}, h
 
     # ------------------------------------------------------------------ forward
@@ -270,6 +294,7 @@ class DeformationNetwork(InferenceCache, nn.Module):
         emotion: Optional[Tensor] = None,
         step: Optional[int] = None,
         single_member: Optional[bool] = None,
+        update_stats: bool = True,
     ) -> DeformationOutput:
         """Offsets of the Gaussians for ``B`` frames.
 
@@ -282,6 +307,8 @@ class DeformationNetwork(InferenceCache, nn.Module):
             emotion: ``[B, N, emotion_dim]`` emotion-field features (required with the emotion view).
             step: global training step (ensemble stage, see :class:`UncertaintyFusion`).
             single_member: force ensemble stage A (True) / B (False).
+            update_stats: in training, fold this call's inputs into the stored standardisation statistics
+                (``False`` for calls on a few special points, e.g. landmark anchors).
         Returns:
             :class:`DeformationOutput` (``deltas`` fields ``[B, N, k]``). Without autograd the inference
             cache is used (module docstring); ``h`` is then the cached tensor (do not modify it in place).
@@ -292,10 +319,13 @@ class DeformationNetwork(InferenceCache, nn.Module):
             cache = self.precompute(xyz.detach())
             h = cache["h"]
         else:
-            h = self.position_field(xyz.detach() if self.detach_xyz else xyz)  # [N, h_dim]
-        views = self._views(xyz, h, audio, blink, content, style, emotion, cache)
+            h = self.encode_h(xyz, update=update_stats)  # [N, h_dim]
+        views = self._views(xyz, h, audio, blink, content, style, emotion, cache, update=update_stats)
         fused = self.fusion(views, step=step, single_member=single_member)
-        deltas = self.decoder(fused.mu, h, h_pre=cache["dec"] if cache is not None else None)
+        code = self.code_norm(fused.mu, update=update_stats)  # the fused code at unit scale
+        deltas = self.decoder(code, h, h_pre=cache["dec"] if cache is not None else None)
+        if self.monitor is not None and not torch.is_grad_enabled():
+            record_forward(self.monitor, self, h, views, fused, code)
         return DeformationOutput(deltas=deltas, fusion=fused, h=h)
 
 
@@ -333,6 +363,7 @@ class MouthDeformation(DeformationNetwork):
         compute_dtype: str = "float32",
         cache: bool = True,
         decoder_activation: str = "relu",
+        norm_momentum: float = 0.01,
     ) -> None:
         views = tuple(str(v) for v in views)
         bad = [v for v in views if v not in ("audio", "content")]
@@ -346,6 +377,7 @@ class MouthDeformation(DeformationNetwork):
             field_channels=field_channels, audio_dim=audio_dim, eye_dim=eye_dim, blink_dim=blink_dim,
             audio_window=audio_window, audio_seq_len=audio_seq_len, detach_xyz=detach_xyz, var_floor=var_floor,
             compute_dtype=compute_dtype, cache=cache, decoder_activation=decoder_activation,
+            norm_momentum=norm_momentum,
         )
 
     def forward(  # type: ignore[override]
@@ -356,12 +388,14 @@ class MouthDeformation(DeformationNetwork):
         content: Optional[Tensor] = None,
         step: Optional[int] = None,
         single_member: Optional[bool] = None,
+        update_stats: bool = True,
         **_ignored: Optional[Tensor],
     ) -> DeformationOutput:
         """As :meth:`DeformationNetwork.forward` with the audio/content inputs only (``style``/``emotion``
         keyword arguments are accepted and ignored); ``deltas.xyz`` is ``[B, N, 3]``, the other fields
         ``None``."""
-        return super().forward(xyz, audio, blink, content, None, None, step=step, single_member=single_member)
+        return super().forward(xyz, audio, blink, content, None, None, step=step, single_member=single_member,
+                               update_stats=update_stats)
 
 
 __all__ = ["DeformationNetwork", "MouthDeformation", "DeformationOutput", "VIEW_NAMES"]

@@ -2,22 +2,29 @@
 
 * **from the audio** (default) — run the (student) encoder on the driving audio:
   :meth:`EmotionControl.from_audio`;
-* **from a label + intensity** — class/intensity *prototypes*: the running mean of the training
-  embeddings of every (emotion, level) cell, accumulated by :meth:`EmotionControl.update_prototypes`
-  during the emotion stage and stored as buffers (so they live in the checkpoint):
-  :meth:`EmotionControl.from_label`;
+* **from a label + intensity** — class/intensity *prototypes*: the mean embedding of every (emotion,
+  level) cell, stored as buffers (so they live in the checkpoint): :meth:`EmotionControl.from_label`;
 * **an explicit embedding** — :meth:`EmotionControl.explicit` (checks the shape);
 * **blending** — linear interpolation between two embeddings: :func:`blend`.
 
-Running mean: a cell that has seen ``n`` embeddings and receives ``m`` new ones with mean ``x̄`` moves
-by ``rate = max(m/(n+m), momentum)`` towards ``x̄`` — the exact mean while few samples have been seen,
-an exponential moving average with rate ``momentum`` afterwards (the encoder keeps changing during
-training, so old embeddings should be forgotten). ``momentum=None`` keeps the exact mean forever.
+Prototypes in two steps:
+
+1. *during* the emotion stage, :meth:`EmotionControl.update_prototypes` keeps a cheap running mean of
+   the student's training-mode embeddings: a cell that has seen ``n`` embeddings and receives ``m`` new
+   ones with mean ``x̄`` moves by ``rate = max(m/(n+m), momentum)`` towards ``x̄`` — the exact mean while
+   few samples have been seen, an exponential moving average with rate ``momentum`` afterwards (the
+   encoder keeps changing during training, so old embeddings should be forgotten). ``momentum=None``
+   keeps the exact mean forever. These are embeddings of *earlier* encoders, in training mode (batch
+   statistics, dropout), so they are not what the final encoder gives at inference;
+2. *at the end* of the emotion stage (:meth:`~ua3dtalk.models.module.UA3DTalk.on_train_end`),
+   :meth:`EmotionControl.recompute_prototypes` replaces them by the exact per-cell mean of the *final*
+   encoder's eval-mode embeddings of every training frame (``counts`` = frames per cell) and sets the
+   buffer ``recomputed`` (saved in the checkpoint; any later running update clears it again).
 """
 from __future__ import annotations
 
 import warnings
-from typing import Optional, Sequence, Union
+from typing import Iterable, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -69,7 +76,8 @@ class EmotionControl(nn.Module):
         momentum: floor of the running-mean rate (``None``: exact mean).
 
     Buffers (saved in checkpoints): ``prototypes`` [n_emotions, n_levels, dim], ``counts``
-    [n_emotions, n_levels] (int64, embeddings seen per cell).
+    [n_emotions, n_levels] (int64, embeddings seen per cell), ``recomputed`` (0-dim bool: the
+    prototypes are the exact eval-mode means of :meth:`recompute_prototypes`, not running means).
     """
 
     def __init__(self, dim: int = 128, emotions: Sequence[str] = EMOTIONS, n_levels: int = 3,
@@ -81,6 +89,12 @@ class EmotionControl(nn.Module):
         self.momentum = momentum
         self.register_buffer("prototypes", torch.zeros(len(self.emotions), self.n_levels, self.dim))
         self.register_buffer("counts", torch.zeros(len(self.emotions), self.n_levels, dtype=torch.long))
+        self.register_buffer("recomputed", torch.tensor(False))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before the flag existed hold running means
+        state_dict.setdefault(prefix + "recomputed", torch.tensor(False))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ prototypes
     @torch.no_grad()
@@ -108,10 +122,47 @@ class EmotionControl(nn.Module):
             rate = rate.clamp_min(self.momentum)
         protos[seen] += rate[:, None] * (mean - protos[seen])
         counts[seen] += n[seen]
+        self.recomputed.fill_(False)
+
+    def _labelled(self, e: torch.Tensor, labels: torch.Tensor, levels: torch.Tensor):
+        """Rows of ``e`` with a known emotion and level and their cell ids (``emotion·n_levels + level−1``)."""
+        d = expect(e, "e", ("B", self.dim))
+        for t, name in ((labels, "labels"), (levels, "levels")):
+            if not isinstance(t, torch.Tensor) or t.shape != (d["B"],) or t.is_floating_point():
+                raise ValueError(f"{name}: expected an integer tensor [{d['B']}]")
+        labels, levels = labels.to(e.device), levels.to(e.device)
+        ok = (labels >= 0) & (labels < len(self.emotions)) & (levels >= 1) & (levels <= self.n_levels)
+        return e.detach()[ok], labels[ok].long() * self.n_levels + (levels[ok].long() - 1)
+
+    @torch.no_grad()
+    def recompute_prototypes(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> int:
+        """Replace the prototypes by the exact mean embedding of every (emotion, intensity) cell.
+
+        ``batches`` yields ``(e [B,dim], labels [B], levels [B])`` (as :meth:`update_prototypes`; unknown
+        labels / levels are skipped) — typically the final encoder's eval-mode embeddings of every training
+        frame once. Sums are accumulated in float64. Every cell is recomputed from scratch: ``counts``
+        becomes the number of embeddings per cell, a cell without any keeps a zero prototype and count 0.
+        Sets ``recomputed``. Returns the number of labelled embeddings used.
+        """
+        ncell = len(self.emotions) * self.n_levels
+        dev = self.prototypes.device
+        sums = torch.zeros(ncell, self.dim, dtype=torch.float64, device=dev)
+        n = torch.zeros(ncell, dtype=torch.long, device=dev)
+        for e, labels, levels in batches:
+            e, cell = self._labelled(e, labels, levels)
+            if cell.numel():
+                sums.index_add_(0, cell.to(dev), e.to(dev, torch.float64))
+                n += torch.bincount(cell.to(dev), minlength=ncell)
+        mean = sums / n.clamp_min(1)[:, None].to(sums.dtype)
+        self.prototypes.copy_(mean.view_as(self.prototypes).to(self.prototypes.dtype))
+        self.counts.copy_(n.view_as(self.counts))
+        self.recomputed.fill_(True)
+        return int(n.sum())
 
     def reset_prototypes(self) -> None:
         self.prototypes.zero_()
         self.counts.zero_()
+        self.recomputed.fill_(False)
 
     # ------------------------------------------------------------------ sources of e
     @torch.no_grad()

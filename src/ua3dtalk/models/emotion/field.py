@@ -12,8 +12,22 @@ For scale ``i`` (factor ``s_i`` of ``scales``):
 
 Shapes: ``forward(xyz [N,3], e [B,emotion_dim]) → [B,N,C·len(scales)]``.
 
-Initialisation: the planes start at ≈ 1 (see :mod:`ua3dtalk.models.fields`), the codebook entries at
-N(0, 1), so the initial output is the emotion code broadcast over space with small spatial noise.
+Initialisation ★: ``plane_i(xyz) = 1 + P_i(xyz)`` starts with a zero-mean spatially varying part ``P_i``
+whose standard deviation across points is ``spatial_std`` (0.75), the codebook entries at N(0, 1). Why: the
+output at a point is ``code_i ⊙ (1 + P_i)``; its variation *across Gaussians* (for one emotion) is
+``|code_i|·std(P_i)`` and its variation *across emotions* (at one point) is ``std_e(code_i)·|1 + P_i|``. With
+the position field's initialisation (planes 1 ± 0.1, ``std(P_i)`` ≈ 0.12) the emotion features started as
+the emotion code broadcast over the head (spatial std ≈ 0.1 × the across-emotion std), so every Gaussian
+saw the same emotion input and the deformation could not tell the brows from the lips through this view.
+With ``spatial_std`` ≈ 0.75 the two variations are of the same order from step 0 (≈ 0.7 : 1 per channel,
+since ``|code_i|`` and ``std_e(code_i)`` are of the same size at initialisation) while the field keeps the
+K-Planes product (mean ≈ 1, so every plane gets a gradient of order one, see :mod:`ua3dtalk.models.fields`).
+
+Each of the three planes of a scale is drawn ``1 + σ·N(0,1)`` per grid node. Bilinear sampling at points
+spread over the cells shrinks a node's variance by ``E[w²]`` = (2/3)² (the mean squared bilinear weight,
+2/3 per axis), so a sampled plane has variance ``(4/9)σ²``, and the product of three independent planes has
+variance ``(1 + 4σ²/9)³ − 1``; ``σ = 1.5·√((1 + spatial_std²)^{1/3} − 1)`` makes that ``spatial_std²``
+(``σ`` ≈ 0.60 for 0.75; the position field's 0.1 corresponds to ``spatial_std`` ≈ 0.115).
 
 Inference cache: without autograd the plane samples ``plane_i(xyz)`` (independent of ``e``) are
 computed once per set of Gaussians and reused while ``xyz`` and the field's parameters/buffers are
@@ -32,7 +46,14 @@ from ..cache import InferenceCache
 from ..fields import PlaneField
 from ..prior.checks import expect
 
-__all__ = ["EmotionField"]
+__all__ = ["EmotionField", "plane_init_std"]
+
+
+def plane_init_std(spatial_std: float, n_planes: int = 3) -> float:
+    """Per-node standard deviation ``σ`` of ``n_planes`` planes drawn ``1 + σ·N(0,1)`` whose bilinearly
+    sampled product has standard deviation ``spatial_std`` across points: ``(1 + (4/9)σ²)^n_planes − 1 =
+    spatial_std²`` (module docstring)."""
+    return 1.5 * math.sqrt((1.0 + float(spatial_std) ** 2) ** (1.0 / n_planes) - 1.0)
 
 
 class EmotionField(InferenceCache, nn.Module):
@@ -46,17 +67,24 @@ class EmotionField(InferenceCache, nn.Module):
         scales: resolution factors of the planes; also multiply the codebook sizes (1, 2, 4).
         codebook_base: entries of the codebook at factor 1 (64; scale ``s`` has ``64·s``).
         resolution: base plane resolution (64).
+        spatial_std: standard deviation across points of each plane product's zero-mean part ``P_i`` at
+            initialisation (0.75; see the module docstring; 0 = constant planes, the code broadcast).
     """
 
     def __init__(self, bounds_min: Sequence[float] = (-1.0, -1.0, -1.0), bounds_max: Sequence[float] = (1.0, 1.0, 1.0),
                  emotion_dim: int = 128, channels: int = 64, scales: Sequence[int] = (1, 2, 4),
-                 codebook_base: int = 64, resolution: int = 64):
+                 codebook_base: int = 64, resolution: int = 64, spatial_std: float = 0.75):
         super().__init__()
         scales = tuple(int(s) for s in scales)
         if emotion_dim < 1 or codebook_base < 1:
             raise ValueError("emotion_dim and codebook_base must be positive")
+        if isinstance(spatial_std, bool) or not isinstance(spatial_std, (int, float)) \
+                or not math.isfinite(spatial_std) or spatial_std < 0:
+            raise ValueError(f"EmotionField: spatial_std must be a finite number ≥ 0, got {spatial_std!r}")
         self.emotion_dim, self.channels, self.scales = int(emotion_dim), int(channels), scales
-        self.planes = PlaneField(bounds_min, bounds_max, resolution=resolution, scales=scales, channels=channels)
+        self.spatial_std = float(spatial_std)
+        self.planes = PlaneField(bounds_min, bounds_max, resolution=resolution, scales=scales, channels=channels,
+                                 init_mean=1.0, init_std=plane_init_std(self.spatial_std))
         self.query = nn.Linear(self.emotion_dim, self.channels)
         self.codebooks = nn.ParameterList(nn.Parameter(torch.randn(codebook_base * s, self.channels)) for s in scales)
         self.cache_enabled = True

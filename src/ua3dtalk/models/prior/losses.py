@@ -106,7 +106,9 @@ def emotion_invariance_penalty(features: torch.Tensor, labels: torch.Tensor, eps
     ★ Used on f_content and f_style (:class:`~ua3dtalk.models.prior.PriorExtraction` ``w_emotion``): the
     prior then carries *what* is said and the person's speaking style but not the emotion, which the
     emotion view alone supplies — otherwise the style view reads the emotion from the prosody of the
-    same audio, gets the fusion weight, and an emotion chosen at inference hardly shows.
+    same audio, gets the fusion weight, and an emotion chosen at inference hardly shows. It acts on the
+    features; ``PriorExtraction(recon_dims="non_emotional")`` removes the cause upstream (L_recon no longer
+    asks f_prior for the emotional coefficients, which only the emotion predicts). The two combine.
 
     Args:
         features: [B,D].

@@ -20,7 +20,14 @@ Losses (:meth:`PriorExtraction.losses`), all means over the batch:
   crop); negatives are the other frames of the batch (sample neighbouring frames of a clip together
   so that temporally shifted frames are among them) and optional explicit shifted negatives;
 * ``mouth`` — MSE of ``mouth_pred`` against ``expr[:, mouth_dims]``;
-* ``recon`` — MSE of ``expr_pred`` (read out of ``f_prior``) against all of ``expr`` (L_recon);
+* ``recon`` — MSE of ``expr_pred`` (read out of ``f_prior``) against the coefficients ``recon_dims`` of
+  ``expr`` (L_recon; the paper: all of them). ★ ``recon_dims="non_emotional"`` (``"auto"``: when the dataset
+  says which coefficients are emotional) leaves the emotional coefficients out. Why: only the emotion
+  heard in the prosody predicts them, so reconstructing them makes f_style (the 2-s context) an emotion
+  classifier — the style view then carries the emotion, gets the fusion weight and competes with the
+  emotion view and the emotion label at inference. Without them L_recon asks the prior for the
+  articulation (and blinks), which the audio does determine. This removes the *incentive* to encode the
+  emotion; the ``emotion`` term below actively removes what is left (both can be on);
 * ``decor`` — :func:`~ua3dtalk.models.prior.losses.decorrelation_penalty` between f_content and f_style,
   computed only for batches of at least ``decor_min_batch`` frames (default ``2·dim`` = 128): with
   fewer samples than feature dimensions any two feature sets look correlated and the penalty only
@@ -41,6 +48,7 @@ import warnings
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,9 +58,58 @@ from .encoders import ContentEncoder, FuseNet, StyleEncoder
 from .io import WeightsError, load_checked, read_state_dict, write_state_dict
 from .losses import decorrelation_penalty, emotion_invariance_penalty, info_nce
 
-__all__ = ["PriorOutput", "PriorExtraction", "frame_features", "audio_context"]
+__all__ = ["PriorOutput", "PriorExtraction", "frame_features", "audio_context", "resolve_recon_dims",
+           "RECON_MODES"]
 
 PART_NAMES = ("content", "style")
+RECON_MODES = ("all", "non_emotional", "auto")
+
+
+def _index_list(v, name: str, k: int) -> tuple[int, ...]:
+    if isinstance(v, (str, bytes)) or not hasattr(v, "__iter__"):
+        raise ValueError(f"{name}: expected a list of column indices of expr, got {v!r}")
+    out = []
+    for i in v:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) and not (
+                isinstance(i, torch.Tensor) and i.numel() == 1 and not i.is_floating_point()):
+            raise ValueError(f"{name}: indices must be integers, got {i!r}")
+        out.append(int(i))
+    bad = [i for i in out if not 0 <= i < k]
+    if bad:
+        raise ValueError(f"{name}: indices {bad} out of range for expr_dim={k}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name}: repeated indices in {out}")
+    return tuple(out)
+
+
+def resolve_recon_dims(recon_dims: Union[str, Sequence[int]], emotional_dims: Optional[Sequence[int]],
+                       expr_dim: int) -> tuple[str, tuple[int, ...], Optional[tuple[int, ...]]]:
+    """``(mode, columns, emotional)`` of the ``recon_dims`` option (see :class:`PriorExtraction`):
+    ``mode`` ∈ {all, non_emotional, explicit}, ``columns`` the sorted columns L_recon reconstructs,
+    ``emotional`` the validated ``emotional_dims`` (None = unknown). ``ValueError`` names a bad value."""
+    emotional = None if emotional_dims is None else tuple(sorted(_index_list(emotional_dims, "emotional_dims",
+                                                                             expr_dim)))
+    if isinstance(recon_dims, str):
+        mode = recon_dims.strip().lower()
+        if mode not in RECON_MODES:
+            raise ValueError(f"recon_dims must be one of {', '.join(RECON_MODES)} or a list of column indices, "
+                             f"got {recon_dims!r}")
+        if mode == "auto":
+            mode = "all" if emotional is None else "non_emotional"
+        if mode == "all":
+            return mode, tuple(range(expr_dim)), emotional
+        if emotional is None:
+            raise ValueError("recon_dims='non_emotional' needs emotional_dims (the dataset does not say which "
+                             "expression coefficients are emotional); use recon_dims='all' or a list of columns")
+        cols = tuple(i for i in range(expr_dim) if i not in set(emotional))
+        if not cols:
+            raise ValueError(f"recon_dims='non_emotional': every one of the {expr_dim} coefficients is emotional; "
+                             "nothing left for L_recon")
+        return mode, cols, emotional
+    cols = tuple(sorted(_index_list(recon_dims, "recon_dims", expr_dim)))
+    if not cols:
+        raise ValueError("recon_dims: empty list (set w_recon=0 to switch L_recon off)")
+    return "explicit", cols, emotional
 
 
 class PriorOutput(NamedTuple):
@@ -114,6 +171,14 @@ class PriorExtraction(nn.Module):
         temperature: InfoNCE temperature.
         w_sync, w_mouth, w_recon, w_decor, w_emotion: loss weights in ``total`` (``w_emotion = 0``, the
             default: the paper's prior, whose style view also encodes the emotion heard in the audio).
+        recon_dims: the coefficients of ``expr`` that L_recon reconstructs: ``"all"`` (the paper, default),
+            ``"non_emotional"`` (all but ``emotional_dims``; an error when those are unknown), ``"auto"``
+            (``non_emotional`` when ``emotional_dims`` is given, else ``all`` — the experiment configs'
+            choice), or an explicit list of column indices. ``expr_pred`` keeps all ``K`` outputs.
+        emotional_dims: the columns of ``expr`` the dataset marks as emotional (facial action units of the
+            emotion prototypes; the synthetic generator lists them, ``data_info.emotional_expr_dims``), or
+            None when unknown (real video / MEAD: the coefficients come from a regressor without that
+            labelling).
         decor_min_batch: smallest batch for which ``decor`` is computed (default ``2·dim``).
         pretrained: optional weight file for the content/style encoders, loaded at construction
             (:meth:`load_pretrained`).
@@ -124,12 +189,15 @@ class PriorExtraction(nn.Module):
                  context: int = 50, context_channels: Optional[int] = None, dim: int = 64, sync_dim: int = 64,
                  lip_dim: int = 40, hidden: int = 128, temperature: float = 0.07, w_sync: float = 1.0,
                  w_mouth: float = 1.0, w_recon: float = 1.0, w_decor: float = 0.1, w_emotion: float = 0.0,
-                 decor_min_batch: Optional[int] = None, pretrained: Optional[str] = None,
+                 decor_min_batch: Optional[int] = None, recon_dims: Union[str, Sequence[int]] = "all",
+                 emotional_dims: Optional[Sequence[int]] = None, pretrained: Optional[str] = None,
                  freeze_pretrained: bool = False):
         super().__init__()
         mouth_dims = tuple(int(i) for i in mouth_dims)
         if any(i >= expr_dim for i in mouth_dims):
             raise ValueError(f"mouth_dims {mouth_dims} out of range for expr_dim={expr_dim}")
+        self.recon_mode, self.recon_dims, self.emotional_dims = resolve_recon_dims(recon_dims, emotional_dims,
+                                                                                   int(expr_dim))
         if temperature <= 0:
             raise ValueError("temperature must be > 0")
         self.in_channels, self.expr_dim, self.mouth_dims = int(in_channels), int(expr_dim), mouth_dims
@@ -145,6 +213,7 @@ class PriorExtraction(nn.Module):
         self.fuse = FuseNet(dim, expr_dim, hidden)
         self.lip_proj = nn.Sequential(nn.Linear(self.lip_dim, hidden), nn.LeakyReLU(0.02), nn.Linear(hidden, sync_dim))
         self.register_buffer("_mouth_idx", torch.tensor(mouth_dims, dtype=torch.long), persistent=False)
+        self.register_buffer("_recon_idx", torch.tensor(self.recon_dims, dtype=torch.long), persistent=False)
         if pretrained:
             self.load_pretrained(pretrained, freeze=freeze_pretrained)
 
@@ -192,7 +261,10 @@ class PriorExtraction(nn.Module):
             neg = self.lip_embedding(lip_negatives)
         sync = info_nce(out.sync_emb, self.lip_embedding(lip_target), self.temperature, neg)
         mouth = F.mse_loss(out.mouth_pred, expr.index_select(1, self._mouth_idx))
-        recon = F.mse_loss(out.expr_pred, expr)
+        if len(self.recon_dims) == self.expr_dim:
+            recon = F.mse_loss(out.expr_pred, expr)
+        else:
+            recon = F.mse_loss(out.expr_pred.index_select(1, self._recon_idx), expr.index_select(1, self._recon_idx))
         if expr.shape[0] >= self.decor_min_batch:
             decor = decorrelation_penalty(out.content, out.style)
         else:
