@@ -83,6 +83,7 @@ def cfg_factory(dm, synth_emotional_small, tmp_path):
 
 
 def new_model(cfg, stage: str) -> UA3DTalk:
+    torch.manual_seed(int(cfg.seed))  # the networks' initialisation (the Gaussians are seeded by the config)
     model = build_model(cfg, stage)
     model.static_warmup = 0  # deform from the first face step
     return model
