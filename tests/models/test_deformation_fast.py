@@ -794,3 +794,21 @@ def test_fused_statistics_kernel_checks_its_arguments():
         ext.ensemble_stats(y, b, 1.0, 0.0, torch.zeros(3, 4).t(), *outs[1:])
     with pytest.raises(RuntimeError, match="float32 or bfloat16"):
         ext.ensemble_stats(y.double(), b, 1.0, 0.0, *outs)
+
+
+@pytest.mark.parametrize("emotion_position", [False, True])
+def test_inference_mode_equals_no_grad(emotion_position):
+    """Under ``torch.inference_mode()`` (Lightning's validation and ``trainer.validate``) the network gives what
+    it gives under ``no_grad``: the fused statistics kernel must not record autograd in its worker threads
+    (they do not inherit the calling thread's grad mode; an op there on a weight that requires grad failed
+    with "Inference tensors cannot be saved for backward" — the emotion view, a plain tensor, hit it)."""
+    net = DeformationNetwork(11, field_resolution=8, field_scales=(1, 2), members=4, emotion_dim=24,
+                             emotion_position=emotion_position, compute_dtype="auto").eval()
+    inp = net_inputs(b=1, n=2100, dtype=torch.float32)
+    with torch.no_grad():
+        ref = net(**inp).deltas.as_dict()
+    net.clear_cache()
+    with torch.inference_mode():
+        got = net(**inp).deltas.as_dict()
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k])

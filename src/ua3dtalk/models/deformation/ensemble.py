@@ -764,8 +764,12 @@ class EnsembleMLP(nn.Module):
                 if len(xs) > 1 and len({t.shape[0] for t in xs}) > 1:
                     xs = [t.expand(src.batch, -1, -1) for t in xs]
                 xp = (torch.cat(xs, dim=-1) if len(xs) > 1 else xs[0]) if xs else none
-                opt = lambda t: none if t is None else t  # noqa: E731
-                ext.ensemble_view_stats(xp, opt(src.w), opt(src.pre), opt(src.frame_rows), head.w2c, head.b2,
+                # detached: the kernel's worker threads do not inherit this thread's no-grad/inference mode,
+                # so an op there on a weight that requires grad would be recorded (and, for tensors made in
+                # inference mode, fail: "Inference tensors cannot be saved for backward")
+                opt = lambda t: none if t is None else t.detach()  # noqa: E731
+                ext.ensemble_view_stats(opt(xp), opt(src.w), opt(src.pre), opt(src.frame_rows), opt(head.w2c),
+                                        opt(head.b2),
                                         head.span, head.lo - head.shift, self.chunk_rows, src.batch, src.n, mu, al, ep)
                 _finish(head, mu, al, ep)
                 return mu.view(shape), al.view(shape), ep.view(shape)
