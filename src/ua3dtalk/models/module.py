@@ -30,7 +30,6 @@ Bad input: a non-finite loss stops training with the step and the offending tens
 from __future__ import annotations
 
 import math
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -43,10 +42,12 @@ from torchmetrics.functional.image import structural_similarity_index_measure as
 
 from ..render import rasterize
 from ..render.sh import C0 as SH_C0  # degree-0 SH basis: RGB = SH_C0·DC + 0.5
-from .deformation import LOW_HEALTH, DeformationNetwork, HealthMeter, MouthDeformation, RunningStandardize, low_health
+from .deformation import DeformationNetwork, MouthDeformation, RunningStandardize
 from .emotion import EmotionControl, EmotionDistillation, EmotionField
 from .gaussians import DensityControl, GaussianModel, adam, make_optimizer
+from .health import HealthMixin
 from .landmarks import LandmarkAnchors, landmark_loss, project
+from .optim import net_lr_factor, net_param_groups, set_net_lr
 from .prior import PriorExtraction
 
 STAGES = ("prior", "emotion", "mouth", "face", "fuse")
@@ -129,33 +130,7 @@ def _check_finite(name: str, t: torch.Tensor, step: int) -> None:
 LOG_SCALE_RANGE = (-20.0, 3.0)
 
 
-def net_param_groups(nets: Sequence[nn.Module], lr_net: float, lr_grid: float) -> list[dict]:
-    """Adam parameter groups of the render stages' networks: ``grid`` (plane fields: every parameter of a
-    :class:`~ua3dtalk.models.fields.PlaneField`, and the emotion field's codebooks) at ``lr_grid`` and ``mlp``
-    (everything else) at ``lr_net``. Each group records its ``base_lr`` for the schedule; empty groups are
-    left out."""
-    from .fields import PlaneField
-
-    grid_ids = set()
-    for net in nets:
-        for m in net.modules():
-            if isinstance(m, PlaneField):
-                grid_ids.update(id(p) for p in m.parameters())
-            if isinstance(m, EmotionField):
-                grid_ids.update(id(p) for p in m.codebooks.parameters())
-    seen, grid, mlp = set(), [], []
-    for net in nets:
-        for p in net.parameters():
-            if id(p) in seen:
-                continue
-            seen.add(id(p))
-            (grid if id(p) in grid_ids else mlp).append(p)
-    groups = [{"params": ps, "lr": lr, "base_lr": lr, "name": f"net_{name}"}
-              for name, ps, lr in (("grid", grid, lr_grid), ("mlp", mlp, lr_net)) if ps]
-    return groups
-
-
-class UA3DTalk(L.LightningModule):
+class UA3DTalk(HealthMixin, L.LightningModule):
     """UA-3DTalk avatar (see the module docstring).
 
     Args:
@@ -427,12 +402,8 @@ class UA3DTalk(L.LightningModule):
     def _schedule_net_lr(self, opt, step: int) -> None:
         """Warm-up then exponential decay of the network groups (``lr_net``/``lr_grid``, see the class
         docstring); ``step`` counts the deformation's steps in this stage."""
-        span = max(self.max_steps - (self.static_warmup if self.stage == "face" else 0), 1)
-        t = min(max(step, 0) / span, 1.0)
-        factor = min(1.0, (max(step, 0) + 1) / max(self.net_warmup, 1)) * self.net_lr_final ** t
-        for g in opt.param_groups:
-            if "base_lr" in g:
-                g["lr"] = g["base_lr"] * factor
+        span = self.max_steps - (self.static_warmup if self.stage == "face" else 0)
+        set_net_lr(opt, net_lr_factor(step, span, self.net_warmup, self.net_lr_final))
 
     def _decay_means_lr(self, opt, step: int) -> None:
         t = min(step / max(self.max_steps, 1), 1.0)
@@ -577,8 +548,9 @@ class UA3DTalk(L.LightningModule):
             return self._step_emotion(batch, opts[0], step)
         # the standardisation statistics are updated inside the forward; a step that fails leaves them as
         # they were (like every parameter), so a resume from the last checkpoint is unaffected
-        norms = [(m, m.mean.clone(), m.var.clone(), m.updates.clone()) for m in self.modules()
-                 if isinstance(m, RunningStandardize)]
+        if "_norms" not in self.__dict__:  # the networks (and their norms) are fixed at construction
+            self.__dict__["_norms"] = [m for m in self.modules() if isinstance(m, RunningStandardize)]
+        norms = [(m, m.mean.clone(), m.var.clone(), m.updates.clone()) for m in self.__dict__["_norms"]]
         try:
             return self._step_render(batch, opts, step)
         except BaseException:
@@ -1083,32 +1055,6 @@ class UA3DTalk(L.LightningModule):
         if health:
             self.log_dict(health, batch_size=1)
             self.warn_low_health(health)
-
-    # ------------------------------------------------------------------ health (DESIGN §4.5)
-    def attach_health(self) -> None:
-        """Attach fresh :class:`~ua3dtalk.models.deformation.HealthMeter` s to both deformation networks:
-        every forward without autograd (validation, evaluation) is recorded until :meth:`detach_health`."""
-        self.deformation.monitor = HealthMeter()
-        self.mouth_deformation.monitor = HealthMeter("mouth_")
-
-    def detach_health(self) -> dict[str, float]:
-        """Detach the meters and return ``health/live_*`` and ``fusion_weight/*`` of what they recorded
-        (face keys unprefixed, inside-mouth keys with ``mouth_``); empty when nothing was recorded."""
-        out: dict[str, float] = {}
-        for net in (self.deformation, self.mouth_deformation):
-            m, net.monitor = net.monitor, None
-            if m:
-                out.update(m.summary())
-        return out
-
-    def warn_low_health(self, health: dict[str, float]) -> None:
-        """Warn once per network and run when its live fraction falls below 20 %."""
-        warned = self.__dict__.setdefault("_health_warned", set())
-        for k, v in low_health(health).items():
-            if k not in warned:
-                warned.add(k)
-                warnings.warn(f"{k} = {v:.2f}: fewer than {LOW_HEALTH:.0%} of the network's ReLU units are active on "
-                              "any input (dead units give constant offsets; DESIGN §4.5)", RuntimeWarning, stacklevel=2)
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:

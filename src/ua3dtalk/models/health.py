@@ -1,0 +1,39 @@
+"""Network health of the avatar (DESIGN §4.5): :class:`HealthMixin` attaches
+:class:`~ua3dtalk.models.deformation.HealthMeter` s to both deformation networks of a
+:class:`~ua3dtalk.models.module.UA3DTalk` and reads them back."""
+from __future__ import annotations
+
+import warnings
+
+from .deformation import LOW_HEALTH, HealthMeter, low_health
+
+__all__ = ["HealthMixin"]
+
+
+class HealthMixin:
+    """Needs ``self.deformation`` and ``self.mouth_deformation``."""
+
+    def attach_health(self) -> None:
+        """Attach fresh meters to both deformation networks: every forward without autograd (validation,
+        evaluation) is recorded until :meth:`detach_health`."""
+        self.deformation.monitor = HealthMeter()
+        self.mouth_deformation.monitor = HealthMeter("mouth_")
+
+    def detach_health(self) -> dict[str, float]:
+        """Detach the meters and return ``health/live_*`` and ``fusion_weight/*`` of what they recorded
+        (face keys unprefixed, inside-mouth keys with ``mouth_``); empty when nothing was recorded."""
+        out: dict[str, float] = {}
+        for net in (self.deformation, self.mouth_deformation):
+            m, net.monitor = net.monitor, None
+            if m:
+                out.update(m.summary())
+        return out
+
+    def warn_low_health(self, health: dict[str, float]) -> None:
+        """Warn once per network and run when its live fraction falls below 20 %."""
+        warned = self.__dict__.setdefault("_health_warned", set())
+        for k, v in low_health(health).items():
+            if k not in warned:
+                warned.add(k)
+                warnings.warn(f"{k} = {v:.2f}: fewer than {LOW_HEALTH:.0%} of the network's ReLU units are active on "
+                              "any input (dead units give constant offsets; DESIGN §4.5)", RuntimeWarning, stacklevel=2)
