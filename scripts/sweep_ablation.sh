@@ -1,28 +1,37 @@
 #!/usr/bin/env bash
 # The paper's ablation table as one sweep: full model + 8 ablation rows + TalkingGaussian-like baseline,
-# over seeds (and subjects), then the table.
+# over seeds (and subjects); every run scores its best checkpoint on the held-out test clips (test.enabled in
+# the experiments), then the table (every column from the runs themselves).
 #
-#   scripts/sweep_ablation.sh                       # CPU, synthetic data at demo scale, here (≈ 10 min per run)
+#   scripts/sweep_ablation.sh                       # CPU, synthetic data at demo scale, here (≈ 15 min per run)
 #   scripts/sweep_ablation.sh slurm                 # MEAD subjects on a SLURM cluster, one GPU job per run
 #   SUBJECTS=M003,M030,W015 SEEDS=0,1,2 scripts/sweep_ablation.sh slurm hydra.launcher.partition=a100
-#   scripts/sweep_ablation.sh local scale=tiny      # a seconds-long smoke version of the whole sweep
+#   SCALE=tiny SEEDS=0 scripts/sweep_ablation.sh    # a minutes-long smoke version of the whole sweep
 #
-# Extra arguments are Hydra overrides. Runs land in outputs/runs/<experiment>/<subject>/seed<k>/ (and in
-# wandb, group = experiment, tags = components, with logger=wandb); the table is written to
-# outputs/tables/ablation.md.
+# Resumable: every run is started with resume=true, so a rerun (after a kill, or in a later session) skips the
+# finished runs and their evaluations and continues the interrupted ones.
+# Environment: SCALE (local: demo | tiny; default demo), SEEDS (default 0,1,2), SUBJECTS (slurm),
+# UA3DTALK_ROOT (where outputs/ go; default .), PY (the Python). Extra arguments are Hydra overrides.
+# Runs land in outputs/runs/<scale>/<experiment>[+<variant>]/<subject>/seed<k>/ (and in wandb with
+# logger=wandb: group = experiment@scale, tags = components); the table in outputs/tables/ablation.{md,tex}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE="${1:-local}"; shift || true
 SEEDS="${SEEDS:-0,1,2}"
 PY="${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}"
-export WANDB_MODE="${WANDB_MODE:-offline}"
+ROOT="${UA3DTALK_ROOT:-.}"
+export WANDB_MODE="${WANDB_MODE:-offline}" UA3DTALK_ROOT="$ROOT"
 case "$MODE" in
-  local)  args=(scale=demo "seed=$SEEDS") ;;
-  slurm)  args=(launcher=slurm trainer=gpu "seed=$SEEDS" "data.subject=${SUBJECTS:-M003}") ;;
+  local)  SCALE="${SCALE:-demo}"; args=("scale=$SCALE" "seed=$SEEDS" resume=true) ;;
+  slurm)  SCALE=paper; args=(launcher=slurm trainer=gpu "seed=$SEEDS" "data.subject=${SUBJECTS:-M003}" resume=true) ;;
   *) echo "usage: $0 [local|slurm] [hydra overrides...]" >&2; exit 2 ;;
 esac
+case "$SCALE" in tiny|demo|paper) ;; *) echo "$0: SCALE must be tiny or demo, got '$SCALE'" >&2; exit 2 ;; esac
+start=$(date +%s)
 "$PY" -m ua3dtalk.cli.train -m grid=ablation "${args[@]}" "$@"
-mkdir -p outputs/tables
-"$PY" -m ua3dtalk.cli.tables --runs outputs/runs --table ablation --out outputs/tables/ablation.md
-"$PY" -m ua3dtalk.cli.tables --runs outputs/runs --table ablation --format latex --out outputs/tables/ablation.tex
-cat outputs/tables/ablation.md
+mkdir -p "$ROOT/outputs/tables"
+"$PY" -m ua3dtalk.cli.tables --runs "$ROOT/outputs/runs/$SCALE" --table ablation --out "$ROOT/outputs/tables/ablation.md"
+"$PY" -m ua3dtalk.cli.tables --runs "$ROOT/outputs/runs/$SCALE" --table ablation --format latex \
+  --out "$ROOT/outputs/tables/ablation.tex"
+cat "$ROOT/outputs/tables/ablation.md"
+echo "sweep_ablation: $(( $(date +%s) - start )) s wall for the sweep and the tables (scale $SCALE, seeds $SEEDS)"

@@ -76,8 +76,8 @@ def test_ablation_table_means_std_and_bold(runs_dir):
 def test_published_rows_and_claims(runs_dir, published):
     pub = load_published([published])
     text = make_table(find_runs([runs_dir]), "ablation", "md", published=pub, metrics=["psnr", "lpips", "e_fid"])
-    assert _row(text, "PeerNet [1]") == ["PeerNet [1]", "**31.50**", "0.0700", "—", "–"]
-    assert _row(text, "UA-3DTalk (full)")[1] == "31.17 ± 3.13"  # no longer the best
+    assert _row(text, "PeerNet [1]") == ["PeerNet [1]", "31.50", "0.0700", "—", "–"]  # cited: never bold
+    assert _row(text, "UA-3DTalk (full)")[1] == "**31.17 ± 3.13**"  # bold marks the best of our runs only
     assert _row(text, "UA-3DTalk (full)")[2] == "**0.0600 ± 0.0248**"
     assert "[1] A. Author, Peer Paper, 2025. https://example.org/peer" in text
     claim = next(line for line in text.splitlines() if line.startswith("- E-FID"))
@@ -111,7 +111,16 @@ def test_random_backbone_lpips_is_never_used_as_lpips(tmp_path):
     (d / "metrics.json").write_text(json.dumps({"experiment": "abl_heads_single", "seed": 0,
                                                 "val/lpips_randbackbone": 0.2, "val/psnr": 20.0}))
     text = make_table(find_runs([d]), "ablation", "md", metrics=["psnr", "lpips"])
-    assert _row(text, "single head")[1:3] == ["**20.00** (n=1)", "—"]
+    header = next(ln for ln in text.splitlines() if ln.startswith("| ") and "PSNR" in ln)
+    # runs without the AlexNet weights: a column of its own, labelled, never called LPIPS
+    assert "| LPIPS |" not in header and "LPIPS (random AlexNet" in header
+    assert _row(text, "single head")[1:3] == ["**20.00** (n=1)", "**0.2000** (n=1)"]
+    e = tmp_path / "e"
+    e.mkdir()
+    (e / "metrics.json").write_text(json.dumps({"experiment": "abl_fusion_uniform", "seed": 0, "test/lpips": 0.1,
+                                                "val/psnr": 21.0}))
+    mixed = make_table(find_runs([d, e]), "ablation", "md", metrics=["psnr", "lpips"])
+    assert _row(mixed, "single head")[2] == "—" and _row(mixed, "uniform fusion")[2] == "**0.1000** (n=1)"
 
 
 def test_cli_main_writes_file_and_reports_errors(runs_dir, published, tmp_path, capsys):
@@ -139,6 +148,81 @@ def test_repository_published_file_is_cited_and_valid():
     assert docs and all(d["source"]["citation"] and d["source"].get("url") for d in docs)
     claims = {c["metric"]: c["value"] for d in docs for c in d.get("claims") or []}
     assert claims == {"e_fid": -0.052, "sync_c": 0.031, "lpips": -0.015}  # the paper's abstract
+
+
+def _labels(text: str) -> list[str]:
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    return [line.split("|")[1].strip() for line in rows][1:]  # without the header
+
+
+def test_repository_published_rows_name_paper_and_table_and_come_after_our_rows(runs_dir):
+    """The real files of experiments/published/: every absolute row has a url and the table of the paper it
+    was copied from; in the table it follows our rows, marked [k], and changes none of our cells."""
+    from ua3dtalk.cli.tables import PUBLISHED_NOTE, TABLES, default_published_dir
+
+    docs = load_published([default_published_dir()])
+    pub_rows = [(d, r) for d in docs for r in d.get("rows") or []]
+    assert pub_rows, "no absolute published row in experiments/published/"
+    for d, r in pub_rows:
+        src = d["source"]
+        assert src["citation"] and str(src.get("url", "")).startswith("https://") and src.get("extracted_from")
+        assert r["table"] in TABLES and (r.get("source_table") or src.get("table")), (d["_file"], r)
+        assert r["metrics"] and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                    for v in r["metrics"].values()), (d["_file"], r)
+    runs = find_runs([runs_dir])
+    for table in sorted({r["table"] for _, r in pub_rows}):
+        expected = [r["method"] for _, r in pub_rows if r["table"] == table]
+        plain, cited = (json.loads(make_table(runs, table, "json", published=p)) for p in ([], docs))
+        ours = plain["rows"]
+        assert ours and not any(r["published"] for r in ours)
+        assert [r["label"] for r in cited["rows"]] == [r["label"] for r in ours] + expected  # ours first
+        for mine, same in zip(ours, cited["rows"]):  # our cells: same mean, interval and n as without them
+            assert same["n_runs"] == mine["n_runs"] and not same["published"]
+            for mid, cell in mine["cells"].items():
+                assert {k: same["cells"][mid][k] for k in ("mean", "ci95", "std", "n")} == \
+                    {k: cell[k] for k in ("mean", "ci95", "std", "n")}, (table, mine["label"], mid)
+        for r in cited["rows"][len(ours):]:
+            assert r["published"] and r["cite"].startswith("[") and r["source_table"] and r["n_runs"] is None
+        by_cite = {s["cite"]: s for s in cited["sources"]}
+        for r in cited["rows"][len(ours):]:
+            assert r["source_table"] in by_cite[r["cite"]]["paper_tables"] and by_cite[r["cite"]]["url"]
+        assert cited["published_note"] == PUBLISHED_NOTE
+
+        text = make_table(runs, table, "md", published=docs)
+        labels = _labels(text)
+        n_ours = len(ours)
+        assert len(labels) == n_ours + len(expected)
+        assert all(lab.rsplit(" ", 1)[-1].startswith("[") for lab in labels[n_ours:])  # cited as [k]
+        for lab in labels[n_ours:]:
+            assert _row(text, lab)[-1] == "–"  # no run count: a published number
+        lines = text.splitlines()
+        assert PUBLISHED_NOTE in lines and "Sources:" in lines
+        for s in cited["sources"]:
+            line = next(ln for ln in lines if ln.startswith(s["cite"] + " "))
+            assert s["citation"] in line and s["url"] in line
+            assert all(t in line for t in s["paper_tables"])
+
+
+def test_published_source_table_is_checked_and_printed(runs_dir, tmp_path):
+    p = tmp_path / "peer.yaml"
+    p.write_text("""
+source: {citation: "B. Author, Other Paper, 2024.", url: "https://example.org/other", table: "Table 2"}
+rows:
+  - {method: NetX, table: paper_t1, metrics: {psnr: 30.5}}
+  - {method: NetY, table: paper_t1, source_table: "Table 5 (supplement)", metrics: {psnr: 29.5}}
+""")
+    text = make_table(find_runs([runs_dir]), "paper_t1", "md", load_published([p]), metrics=["psnr"])
+    assert _labels(text) == ["paper_hdtf", "NetX [1]", "NetY [1]"]
+    assert "[1] B. Author, Other Paper, 2024. Table 2; Table 5 (supplement). https://example.org/other" in text
+    assert _row(text, "paper_hdtf")[1] == "**27.25 ± 3.18**"  # the runs' mean is untouched by the cited rows
+    for row, msg in (("{method: N, table: paper_t9, metrics: {psnr: 1.0}}", "table must be one of"),
+                     ("{method: N, table: paper_t1, source_table: 3, metrics: {psnr: 1.0}}", "source_table")):
+        p.write_text(f'source: {{citation: "C."}}\nrows:\n  - {row}\n')
+        with pytest.raises(TablesError, match=msg):
+            load_published([p])
+    p.write_text('source: {citation: "C.", table: 1}\n')
+    with pytest.raises(TablesError, match="source.table"):
+        load_published([p])
 
 
 def test_wandb_runs_from_the_api():

@@ -106,8 +106,8 @@ rows:
     assert _head(text) == ["Method", "PSNR ↑", "E-FID (landmark) ↓", "E-FID (paper: Deep3DFaceRecon) ↓",
                            "E-FID (paper [2], extractor not stated) ↓", "n"]
     assert _row(text, "UA-3DTalk (full)")[2:5] == ["**10.000** (n=1)", "—", "—"]
-    assert _row(text, "NetA [1]")[1:5] == ["**31.00**", "—", "**1.500**", "—"]
-    assert _row(text, "NetB [2]")[2:5] == ["—", "—", "**2.500**"]
+    assert _row(text, "NetA [1]")[1:5] == ["31.00", "—", "1.500", "—"]  # cited rows are never bold
+    assert _row(text, "NetB [2]")[2:5] == ["—", "—", "2.500"]
 
 
 def test_claims_are_followed_by_what_the_runs_compare(tmp_path):

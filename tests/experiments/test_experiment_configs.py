@@ -8,6 +8,7 @@ import pytest
 import yaml
 from hydra.utils import instantiate
 
+from ua3dtalk.cli.identity import variant_name
 from ua3dtalk.cli.train import (build_model, compose, component_tags, components, config_dir, datamodule_kwargs,
                                 list_experiments, model_config)
 
@@ -67,7 +68,11 @@ def test_every_experiment_instantiates(name, tmp_path, monkeypatch):
         assert (comp["prior"], comp["emotion"], comp["fusion"], comp["views"]) == ("none", "none", "concat", "audio")
     else:
         assert {k: comp[k] for k in FULL} == FULL
-    assert Path(cfg.paths.run_dir) == Path(str(tmp_path)) / "outputs" / "runs" / name / cfg.data.subject / "seed0"
+    # run identity: runs/<scale>/<experiment>[+<variant>]/<subject>/seed<k>; only the teacher override is a variant
+    assert cfg.variant == ("" if name != "paper_hdtf" else variant_name(overrides[1:])) and cfg.scale_label in (
+        "tiny", "demo", "paper")
+    runs = Path(str(tmp_path)) / "outputs" / "runs"
+    assert Path(cfg.paths.run_dir) == runs / cfg.scale_label / f"{name}{cfg.variant}" / cfg.data.subject / "seed0"
     assert type(dm).__name__ in ("TalkingHeadDataModule", "EmotionalTalkingHeadDataModule")
     assert trainer.max_steps == -1
 

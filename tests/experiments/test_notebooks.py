@@ -57,22 +57,4 @@ def test_quickstart_executes(synth_emotional_small, tmp_path):
     assert "PSNR over these frames" in _text(nb)
 
 
-@pytest.mark.slow
-def test_ablations_notebook_executes(tmp_path):
-    runs = tmp_path / "runs"
-    psnr = {"paper_mead": [30.0, 31.0], "abl_fusion_uniform": [29.0, 29.5], "baseline_talkinggaussian": [27.0]}
-    for exp, vals in psnr.items():
-        for seed, v in enumerate(vals):
-            d = runs / exp / "synth0" / f"seed{seed}"
-            (d / "logs" / "face").mkdir(parents=True)
-            (d / "metrics.json").write_text(json.dumps({"experiment": exp, "seed": seed, "subject": "synth0",
-                                                        "data": "/d/synth_small_emotional/synth0",
-                                                        "val/psnr": v, "test/lpips": 0.1 - v / 1000}))
-            (d / "logs" / "face" / "metrics.csv").write_text(
-                "step,train/loss,train/fusion_face/weight_audio,train/fusion_face/weight_emotion\n"
-                "1,0.5,0.5,0.5\n2,0.4,0.6,0.4\n3,0.3,0.7,0.3\n")
-    nb = _execute("02_ablations.ipynb", {"UA3DTALK_NB_RUNS": str(runs), "UA3DTALK_NB_OUT": str(tmp_path / "out"),
-                                         "MPLBACKEND": "Agg"}, tmp_path)
-    text = _text(nb)
-    assert "5 runs under" in text and "UA-3DTalk (full)" in text and "30.50 ± 6.35" in text
-    assert (tmp_path / "out" / "ablation.png").is_file() and (tmp_path / "out" / "fusion_weights.png").is_file()
+# notebook 02 runs on the real runs of the tiny sweep: tests/experiments/test_sweep_table.py

@@ -76,71 +76,30 @@ def _png(path: Path, img: np.ndarray) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def data_split(cfg) -> dict:
-    """The clip-split settings of ``cfg.data`` (:data:`~ua3dtalk.data.splits.SYNTH_SPLIT` keys)."""
-    from ..data.splits import SYNTH_SPLIT
-
-    return {k: type(v)(cfg.data.get(k, 0)) for k, v in SYNTH_SPLIT.items()}
-
-
 def prepare_evaluators(cfg, out: Path, epochs: int = 0, sync_steps: int = 0) -> Optional[Any]:
     """Step 2: the metric evaluators (landmark and expression regressors, emotion classifier, SyncNet)
     trained on the *evaluator clips* of ``cfg.data.root`` — clips the avatar never sees (DESIGN §5.5;
     ``ua3dtalk-evaluators train`` with the run's split settings, demo-sized schedule), cached in
-    ``<out>/evaluators``: a complete earlier set trained on the same clips is reused. Returns that
-    directory (handed to :func:`evaluate`). ``epochs`` / ``sync_steps``: 0 = the demo's defaults
-    (:data:`DEMO_EVAL_EPOCHS`, :data:`DEMO_SYNC_STEPS`)."""
-    from ..data.formats import load_dataset
-    from ..data.splits import clip_key
-    from ..metrics.suite import MANIFEST_FILE
-    from .evaluators import KINDS, evaluator_split, train_evaluators
+    ``<out>/evaluators``: a complete earlier set trained on the same clips is reused
+    (:func:`ua3dtalk.cli.run_eval.ensure_evaluators`). Returns that directory (handed to :func:`evaluate`).
+    ``epochs`` / ``sync_steps``: 0 = the demo's defaults (:data:`DEMO_EVAL_EPOCHS`, :data:`DEMO_SYNC_STEPS`)."""
+    from .run_eval import data_split, ensure_evaluators
 
-    d = out / "evaluators"
-    man = d / MANIFEST_FILE
-    split = data_split(cfg)
-    if man.is_file():
-        m = json.loads(man.read_text())
-        want = [clip_key(c) for c in evaluator_split(load_dataset(cfg.data.root), "evaluator", split)[0]]
-        if all(k in m.get("evaluators", {}) for k in KINDS) and m.get("clips") == want:
-            print(f"[demo] evaluators: reusing {d}")
-            return d
-    train_evaluators(str(cfg.data.root), str(d), epochs=epochs or DEMO_EVAL_EPOCHS,
-                     sync_steps=sync_steps or DEMO_SYNC_STEPS, threads=1, split=split)
-    return d
+    return ensure_evaluators(cfg.data.root, out / "evaluators", data_split(cfg), epochs or DEMO_EVAL_EPOCHS,
+                             sync_steps or DEMO_SYNC_STEPS, tag="demo")
 
 
 def evaluate(cfg, ckpt: Path, evaluators: Optional[Any], out: Path) -> dict[str, Any]:
     """Step 4: render every frame of the held-out clips with the checkpoint and score them with the
-    evaluators (``ua3dtalk-eval``'s code path); returns the namespaced metrics (``test/…`` of the held-out
-    clips: ``psnr``, ``ssim``, ``lpips`` when the AlexNet file is present, ``lmd``, ``f_lmd``,
-    ``blink_err``, ``efid_*``, ``acc_emo``, ``sync_c``/``sync_d``; on an emotional dataset also the emotion
-    control by label, ``acc_emo_label``, ``acc_emo_label_clip``, ``emo_shift`` — ``ua3dtalk-eval control=true``),
-    also merged into the run's metrics.json, with ``eval_protocol`` (the evaluator, train, val and test clips;
-    evaluators trained on a test clip are refused).
-    A metric whose evaluator is missing is skipped with a warning, never replaced by a made-up number."""
-    from .eval import evaluate as eval_ckpt
+    evaluators (``ua3dtalk-eval``'s code path, :func:`ua3dtalk.cli.run_eval.evaluate_checkpoint`); returns the
+    namespaced metrics (``test/…`` of the held-out clips: ``psnr``, ``ssim``, ``lpips`` when the AlexNet file
+    is present, ``lmd``, ``f_lmd``, ``blink_err``, ``efid_*``, ``acc_emo``, ``sync_c``/``sync_d``; on an
+    emotional dataset also the emotion control by label, ``acc_emo_label``, ``acc_emo_label_clip``,
+    ``emo_shift``), also merged into the run's metrics.json, with ``eval_protocol`` (the evaluator, train, val
+    and test clips; evaluators trained on a test clip are refused)."""
+    from .run_eval import evaluate_checkpoint
 
-    # the DataModule's test split = its held-out test clips; on an emotional dataset also the emotion
-    # control by label (acc_emo_label, emo_shift)
-    run_meta = json.loads((Path(cfg.paths.run_dir) / "metrics.json").read_text())
-    control = (evaluators is not None and run_meta.get("data_kind") == "emotional"
-               and run_meta.get("components", {}).get("emotion") not in (None, "none"))
-    prev = run_meta.get("eval", {}).get("test", {})
-    if (prev.get("checkpoint") == str(ckpt) and prev.get("checkpoint_mtime_ns") == ckpt.stat().st_mtime_ns
-            and run_meta.get("eval_protocol", {}).get("evaluator_dir") == (None if evaluators is None
-                                                                           else str(evaluators))
-            and (not control or "test/acc_emo_label" in run_meta)):
-        print(f"[demo] evaluate: reusing the evaluation of {ckpt} in {cfg.paths.run_dir}/metrics.json")
-        rec = run_meta
-    else:
-        rec = eval_ckpt(ckpt, evaluators=str(evaluators) if evaluators is not None else None, split="test",
-                        out=Path(cfg.paths.run_dir), metrics="all", control=control)
-    skipped = rec.get("eval", {}).get("test", {}).get("skipped")
-    if skipped:
-        print(f"[demo] evaluate: skipped {skipped}")
-    return {**{k: v for k, v in rec.items() if k.startswith(("test/", "health/", "fusion_weight/"))
-               and isinstance(v, float)},
-            "eval_protocol": rec["eval_protocol"]}
+    return evaluate_checkpoint(Path(cfg.paths.run_dir), ckpt, evaluators, tag="demo")
 
 
 def _seed_stats(per_seed: dict[int, dict]) -> dict[str, dict]:

@@ -1,11 +1,13 @@
 """``ua3dtalk-eval``: render a split of the dataset with a trained checkpoint and score it (DESIGN §8).
 
-    ua3dtalk-eval ckpt=RUN/checkpoints/fuse/last.ckpt [data=DATASET] [evaluators=DIR] [split=test|val]
+    ua3dtalk-eval ckpt=RUN|FILE.ckpt [data=DATASET] [evaluators=DIR] [split=test|val]
                   [out=DIR] [metrics=psnr,ssim,...|all] [lpips_random_backbone=true] [syncnet=PATH]
                   [threedmm=PATH] [max_clips=N] [max_frames=N] [backend=auto] [control=true]
                   [allow_overlap=true]
 
-The model is rebuilt from the configuration stored in the checkpoint (:func:`ua3dtalk.cli.infer.load_model`,
+``ckpt=RUN`` (a run directory) scores the run's best checkpoint by validation (else its last one; the command
+says which, :func:`ua3dtalk.cli.infer.resolve_checkpoint`). The model is rebuilt from the configuration stored
+in the checkpoint (:func:`ua3dtalk.cli.infer.load_model`,
 fuse stage). The data split comes from the run's ``config.yaml`` (next to ``checkpoints/``) when present —
 the same clips the run held out — else from the checkpoint's data settings; ``data=`` replaces the dataset
 root. Every clip of the split is rendered in frame order (driven by its own audio) and scored with
@@ -187,11 +189,9 @@ def evaluate(ckpt, data=None, evaluators=None, split: str = "test", out=None, me
     from ..data.formats import EMOTIONS
     from ..data.splits import eval_protocol, role_clips
     from ..metrics.suite import MetricSuite, load_evaluators, parse_metrics
-    from .infer import load_model
+    from .infer import load_model, resolve_checkpoint
 
-    ckpt = Path(ckpt)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {ckpt}")
+    ckpt = resolve_checkpoint(ckpt, "ua3dtalk-eval")
     groups = parse_metrics(metrics)
     ev = load_evaluators(evaluators, tuple(groups) + (("acc_emo",) if control else ()),
                          lpips_random_backbone=lpips_random_backbone, syncnet=syncnet, threedmm=threedmm)

@@ -1,6 +1,6 @@
 """``ua3dtalk-infer``: drive a trained avatar with new speech and a chosen emotion → mp4 (25 fps, audio muxed).
 
-    ua3dtalk-infer ckpt=RUN/checkpoints/fuse/last.ckpt audio=speech.wav out=out.mp4
+    ua3dtalk-infer ckpt=RUN audio=speech.wav out=out.mp4        # RUN's best checkpoint (or a .ckpt file)
                    [emotion=audio | emotion=happy intensity=2 | emotion=happy blend=sad:0.3]
                    [pose=dataset | pose=poses.npy | pose=transforms_val.json] [backend=auto]
 
@@ -9,6 +9,10 @@ a label uses the class/intensity prototypes learned in the emotion stage; ``blen
 blends linearly towards a second emotion. ``pose=dataset`` loops the training subject's camera
 track; a ``.npy`` holds [N,4,4] OpenCV world→camera matrices, a ``.json`` is a TalkingGaussian
 ``transforms_*.json``.
+
+``ckpt=`` is a checkpoint file or a run directory; a run directory stands for its best checkpoint by validation
+(``checkpoints/<last stage>/best.ckpt``, recorded in its ``metrics.json``), else its last one; the command
+says which it took (:func:`resolve_checkpoint`).
 """
 from __future__ import annotations
 
@@ -31,6 +35,43 @@ def parse_key_values(argv, keys) -> dict:
             raise ValueError(f"unknown argument {k!r}; expected one of {', '.join(sorted(keys))}")
         args[k] = v
     return args
+
+
+def resolve_checkpoint(arg, command: str = "ua3dtalk") -> Path:
+    """The checkpoint ``ckpt=`` stands for: a file as given; for a run directory its best checkpoint by
+    validation (``metrics.json`` → ``best_checkpoint``, else ``checkpoints/<stage>/best.ckpt`` of the latest
+    stage that has one), else its final ``last.ckpt``. Prints which it took; raises FileNotFoundError naming
+    ``arg`` when there is none."""
+    import json
+
+    p = Path(str(arg))
+    if p.is_file():
+        print(f"{command}: checkpoint {p}", flush=True)
+        return p
+    if not p.is_dir():
+        raise FileNotFoundError(f"ckpt={arg}: no such checkpoint file or run directory")
+    meta: dict = {}
+    try:
+        meta = json.loads((p / "metrics.json").read_text()) if (p / "metrics.json").is_file() else {}
+    except (OSError, ValueError):
+        meta = {}
+    best = meta.get("best_checkpoint") if isinstance(meta, dict) else None
+    if isinstance(best, dict) and best.get("path"):
+        bp = Path(best["path"])
+        bp = bp if bp.is_absolute() or bp.is_file() else p / "checkpoints" / bp.parent.name / bp.name
+        if bp.is_file():
+            print(f"{command}: checkpoint {bp} (the run's best by {best.get('monitor')} = "
+                  f"{float(best.get('score', float('nan'))):.4g})", flush=True)
+            return bp
+    stages = ("fuse", "face", "mouth", "emotion", "prior")
+    for name, why in (("best.ckpt", "the run's best by validation"), ("last.ckpt", "the run's last; no best.ckpt")):
+        for st in stages:
+            c = p / "checkpoints" / st / name
+            if c.is_file():
+                print(f"{command}: checkpoint {c} ({why})", flush=True)
+                return c
+    raise FileNotFoundError(f"ckpt={arg}: the directory holds no checkpoint (expected checkpoints/<stage>/best.ckpt "
+                            "or last.ckpt of a ua3dtalk-train run)")
 
 
 def parse_kv(argv) -> dict:
@@ -178,7 +219,7 @@ def infer(ckpt, audio, out, emotion="audio", intensity=None, blend=None, pose="d
 
     from ..utils.io import write_video
 
-    model = load_model(ckpt, backend)
+    model = load_model(resolve_checkpoint(ckpt, "ua3dtalk-infer"), backend)
     e = resolve_emotion(model, emotion, intensity, blend)
     ds = predict_dataset(model.data_config, audio, pose, emotion, intensity)
     n, t0 = [0], time.perf_counter()

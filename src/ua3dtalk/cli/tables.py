@@ -18,11 +18,12 @@ header).
 E-FID is one column per feature extractor (``test/efid_landmark`` → ``E-FID (landmark)``, ``efid_regressor``,
 ``efid_3dmm`` …): numbers of different extractors are not comparable and are never averaged together.
 
-Published numbers from a cited yaml (``experiments/published/*.yaml``) are appended as rows marked with
-their citation (a published E-FID goes to its own column, named after the extractor the yaml states in
-``e_fid_extractor``, else marked as not stated), and the paper's relative claims are set against the same
-*kind* of change in the runs (our full model vs. our baseline), followed by a line saying what the runs
-compare and on which data.
+Published numbers from a cited yaml (``experiments/published/*.yaml``) are appended after the runs' rows,
+marked with their citation ``[k]`` and never averaged with the runs (a published E-FID goes to its own
+column, named after the extractor the yaml states in ``e_fid_extractor``, else marked as not stated); the
+sources under the table name the paper and the table the numbers were copied from (``source.table``, or a
+row's own ``source_table``). The paper's relative claims are set against the same *kind* of change in the
+runs (our full model vs. our baseline), followed by a line saying what the runs compare and on which data.
 
 Tables:
 
@@ -85,6 +86,9 @@ METRICS: dict[str, Metric] = {m.id: m for m in (
     Metric("acc_emo", "Acc_emo", True, 3, ("acc_emo",)),
     Metric("blink_err", "Blink err.", False, 3, ("blink_err", "blink_error")),
 )}
+LPIPS_RANDOM = Metric("lpips_randbackbone", "LPIPS (random AlexNet†: not comparable to LPIPS)", False, 4,
+                      ("lpips_randbackbone",))
+"""The column of runs scored without the AlexNet weights (tiny / demo scale; DESIGN §8): never mixed with LPIPS."""
 PREFIXES = ("test/", "val/")
 #: extractors of ua3dtalk.metrics.efid, in column order (others follow alphabetically)
 EFID_EXTRACTORS = ("landmark", "regressor", "3dmm")
@@ -182,6 +186,12 @@ class Run:
     kind: str  # "regular" | "emotional" | ""
     metrics: dict[str, float]
     source: str
+    variant: str = ""  # "+<overrides>" of a run that changed its experiment on the command line (DESIGN §9.1)
+
+    @property
+    def row(self) -> str:
+        """The table row the run belongs to: its experiment, plus its variant."""
+        return self.experiment + self.variant
 
 
 def _dataset_of(meta: dict) -> tuple[str, str]:
@@ -205,7 +215,7 @@ def run_from_metrics(meta: dict, source: str) -> Run:
             flat[k if "/" in k else f"test/{k}"] = float(v)
     ds, kind = _dataset_of(meta)
     return Run(str(meta["experiment"]), int(meta.get("seed", 0)), str(meta.get("subject", "")), ds, kind, flat,
-               source)
+               source, variant=str(meta.get("variant") or ""))
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Run]:
@@ -245,7 +255,8 @@ def wandb_runs(path: str, api=None) -> list[Run]:
         cfg = dict(r.config or {})
         summary = {k: v for k, v in dict(r.summary or {}).items()}
         data = cfg.get("data") or {}
-        meta = {"experiment": r.group or cfg.get("name") or r.name, "seed": cfg.get("seed", 0),
+        meta = {"experiment": cfg.get("name") or r.group or r.name, "variant": cfg.get("variant") or "",
+                "seed": cfg.get("seed", 0),
                 "subject": data.get("subject", "") if isinstance(data, dict) else "",
                 "data": data.get("root", "") if isinstance(data, dict) else "", **summary}
         out.append(run_from_metrics(meta, f"wandb:{path}/{r.id}"))
@@ -310,6 +321,8 @@ class Row:
     datasets: list[str] = field(default_factory=list)
     kinds: dict[str, str] = field(default_factory=dict)  # dataset → "regular" | "emotional" | ""
     subjects: list[str] = field(default_factory=list)
+    variant: str = ""  # the runs' command-line variant of their experiment ("" = as written)
+    source_table: str = ""  # published row: the table of the cited paper its numbers were copied from
 
 
 def t_quantile(n: int, level: float = CI_LEVEL) -> float:
@@ -373,7 +386,7 @@ def group_rows(runs: Sequence[Run], spec: TableSpec, metrics: Sequence[str | Met
     cols = [_as_metric(m) for m in metrics]
     groups: dict[str, list[Run]] = {}
     for r in runs:
-        groups.setdefault(r.experiment, []).append(r)
+        groups.setdefault(r.row, []).append(r)
     rows = []
     order = spec.order if spec.order else ()
 
@@ -387,7 +400,8 @@ def group_rows(runs: Sequence[Run], spec: TableSpec, metrics: Sequence[str | Met
             warnings.warn(f"experiment {name!r} has runs on several datasets {datasets}; they are averaged together "
                           "(use --dataset to keep one)", stacklevel=2)
         kinds = {d: next((r.kind for r in rs if r.dataset == d and r.kind), "") for d in datasets}
-        label = ABLATION_LABELS.get(name, name) if table == "ablation" else name
+        exp, variant = rs[0].experiment, rs[0].variant
+        label = (ABLATION_LABELS.get(exp, exp) + variant) if table == "ablation" else name
         cells = {}
         for m in cols:
             cells[m.id] = aggregate(metric_value(r, m) for r in rs)
@@ -397,7 +411,7 @@ def group_rows(runs: Sequence[Run], spec: TableSpec, metrics: Sequence[str | Met
                     cells[m.id].nonfinite += 1
                     print(f"ua3dtalk-tables: warning: {r.source}: {k} is {r.metrics[k]} — left out of the "
                           f"mean of {name!r} (cell marked †)", file=sys.stderr)
-        rows.append(Row(label, cells, len(rs), experiment=name, datasets=datasets, kinds=kinds,
+        rows.append(Row(label, cells, len(rs), experiment=exp, variant=variant, datasets=datasets, kinds=kinds,
                         subjects=sorted({r.subject for r in rs if r.subject})))
     return rows
 
@@ -418,8 +432,9 @@ def default_published_dir() -> Optional[Path]:
 
 
 def load_published(paths: Sequence[str | Path]) -> list[dict]:
-    """Read published-number yamls: ``{source: {citation, url, e_fid_extractor, ...}, rows: [...],
-    claims: [...]}``."""
+    """Read published-number yamls: ``{source: {citation, url, table, e_fid_extractor, ...}, rows: [...],
+    claims: [...]}``. ``source.table`` (or a row's ``source_table``) names the table of the cited paper the
+    numbers come from; a row's ``table`` must be one of :data:`TABLES`."""
     import yaml
 
     out = []
@@ -435,12 +450,19 @@ def load_published(paths: Sequence[str | Path]) -> list[dict]:
                 raise TablesError(f"{f}: invalid YAML ({e})") from None
             if not isinstance(doc, dict) or "source" not in doc or "citation" not in (doc.get("source") or {}):
                 raise TablesError(f"{f}: a published-numbers file needs `source: {{citation: ...}}`")
-            ex = doc["source"].get("e_fid_extractor")
-            if ex is not None and not isinstance(ex, str):
-                raise TablesError(f"{f}: source.e_fid_extractor must be a string (or null), got {ex!r}")
+            for key in ("e_fid_extractor", "table"):
+                ex = doc["source"].get(key)
+                if ex is not None and not isinstance(ex, str):
+                    raise TablesError(f"{f}: source.{key} must be a string (or null), got {ex!r}")
             for r in doc.get("rows") or []:
                 if not isinstance(r, dict) or "method" not in r or "table" not in r:
                     raise TablesError(f"{f}: every row needs `method`, `table` and `metrics`, got {r!r}")
+                if r["table"] not in TABLES:
+                    raise TablesError(f"{f}: row {r['method']!r}: table must be one of {', '.join(TABLES)}, "
+                                      f"got {r['table']!r}")
+                st = r.get("source_table")
+                if st is not None and not isinstance(st, str):
+                    raise TablesError(f"{f}: row {r['method']!r}: source_table must be a string, got {st!r}")
                 unknown = set(r.get("metrics") or {}) - set(METRICS)
                 if unknown:
                     raise TablesError(f"{f}: row {r['method']!r}: unknown metrics {sorted(unknown)}; "
@@ -485,16 +507,48 @@ def published_rows(docs: Sequence[dict], table: str, metrics: Sequence[str | Met
                 else:
                     v = vals.get(m.id)
                 cells[m.id] = Cell(None if v is None else float(v), None, 0 if v is None else 1)
-            rows.append(Row(str(r["method"]), cells, 0, published=True, cite=f"[{k}]"))
+            rows.append(Row(str(r["method"]), cells, 0, published=True, cite=f"[{k}]",
+                            datasets=[str(r["dataset"])] if r.get("dataset") else [],
+                            source_table=_source_table(doc, r)))
     return rows
+
+
+def _source_table(doc: dict, row: dict) -> str:
+    """The table of the cited paper a published row was copied from (the row's own, else the source's)."""
+    return str(row.get("source_table") or (doc.get("source") or {}).get("table") or "")
+
+
+def source_tables(doc: dict, table: str) -> list[str]:
+    """The tables of the cited paper behind ``doc``'s rows in ``table`` (in order, once each); for a source
+    cited only for its claims, its ``source.table`` when stated."""
+    out: list[str] = []
+    rows = [r for r in doc.get("rows") or [] if r["table"] == table]
+    for name in ([_source_table(doc, r) for r in rows] if rows
+                 else [str((doc.get("source") or {}).get("table") or "")]):
+        if name and name not in out:
+            out.append(name)
+    return out
+
+
+def source_line(doc: dict, k: int, table: str) -> str:
+    """``[k] <citation> <paper table(s)>. <url> — <note>``: what a ``[k]`` row or claim was copied from."""
+    src = doc["source"]
+    tables = source_tables(doc, table)
+    return (f"[{k}] {src['citation']}" + (f" {'; '.join(tables)}." if tables else "")
+            + (f" {src['url']}" if src.get("url") else "") + (f" — {src['note']}" if src.get("note") else ""))
 
 
 def table_columns(runs: Sequence[Run], metric_ids: Sequence[str], docs: Sequence[dict] = (),
                   table: str = "") -> list[Metric]:
     """The columns of a table: ``e_fid`` becomes one column per E-FID extractor found in ``runs`` and one per
-    published E-FID source of ``table`` (an empty ``E-FID`` column when there is none)."""
+    published E-FID source of ``table`` (an empty ``E-FID`` column when there is none); ``lpips`` becomes the
+    labelled random-backbone column (:data:`LPIPS_RANDOM`) when the runs have only that key."""
     cols: list[Metric] = []
     for mid in metric_ids:
+        if mid == "lpips" and not any(metric_key(r, METRICS["lpips"]) for r in runs) and any(
+                metric_key(r, LPIPS_RANDOM) for r in runs):
+            cols.append(LPIPS_RANDOM)  # runs without the AlexNet weights: the labelled random-backbone column
+            continue
         if mid != "e_fid":
             cols.append(metric_def(mid))
             continue
@@ -515,7 +569,7 @@ def claims_for(docs: Sequence[dict], table: str) -> list[tuple[str, dict]]:
 
 def _our_change(rows: Sequence[Row], metric: str, kind: str, full: str, baseline: str) -> Optional[float]:
     """Change of the column ``metric`` (a column id) from ``baseline`` to ``full`` in the runs' rows."""
-    by = {r.experiment: r for r in rows if not r.published}
+    by = {r.experiment: r for r in rows if not r.published and not r.variant}  # the experiments as written
     if full not in by or baseline not in by:
         return None
     a, b = by[full].cells.get(metric), by[baseline].cells.get(metric)
@@ -542,7 +596,7 @@ def _runs_phrase(row: Optional[Row], name: str) -> str:
 def comparison_lines(rows: Sequence[Row], claims: Sequence[tuple[str, dict]]) -> list[str]:
     """One line per (full, baseline) pair of the claims: what the runs compare, on which data, and that it is
     not the paper's comparison."""
-    by = {r.experiment: r for r in rows if not r.published}
+    by = {r.experiment: r for r in rows if not r.published and not r.variant}  # the experiments as written
     pairs: dict[tuple[str, str], list[str]] = {}
     for _, c in claims:
         if c.get("metric") in METRICS:
@@ -645,6 +699,11 @@ CI_NOTE = ("± = half-width of the 95 % confidence interval of the mean, Student
            "(n=k) when a cell has a different number of runs with that metric, (n=1): a single run, no interval")
 
 
+PUBLISHED_NOTE = ("Rows marked [k] are published numbers copied from the cited paper and table (its data, "
+                  "subjects and metric implementations, not these runs): no n, no interval, never averaged with "
+                  "the runs above.")
+
+
 CI_NOTE_LATEX = ("$\\pm$ = half-width of the 95\\,\\% confidence interval of the mean, Student's $t$ with $n-1$ "
                  "degrees of freedom ($t_{0.975,\\,n-1}\\,s/\\sqrt{n}$) over the runs of each experiment (seeds "
                  "$\\times$ subjects); $n$ = runs of the row, ($n$=$k$) when a cell has a different number of runs "
@@ -657,7 +716,7 @@ def render(rows: Sequence[Row], metrics: Sequence[str | Metric], title: str, fmt
     if fmt == "json":
         return render_json(rows, cols, title, docs, claims, table)
     latex = fmt == "latex"
-    best = best_values(rows, cols)
+    best = best_values(rows, cols, include_published=False)  # bold marks the best of our runs only
     head = ["Method"] + [f"{m.label} {'↑' if m.higher_is_better else '↓'}" for m in cols] + ["n"]
     body = []
     for r in rows:
@@ -666,11 +725,8 @@ def render(rows: Sequence[Row], metrics: Sequence[str | Metric], title: str, fmt
                           None if r.published else r.n_runs) for m in cols]
         n = "–" if r.published else str(r.n_runs)
         body.append(([_latex_escape(label)] if latex else [label]) + cells + [n])
-    notes = []
-    for k, doc in enumerate(docs, 1):
-        src = doc["source"]
-        notes.append(f"[{k}] {src['citation']}" + (f" {src['url']}" if src.get("url") else "")
-                     + (f" — {src['note']}" if src.get("note") else ""))
+    notes = [source_line(doc, k, table) for k, doc in enumerate(docs, 1)]
+    pub_note = PUBLISHED_NOTE if any(r.published for r in rows) else ""
     entries = claim_entries(rows, cols, claims)
     claim_lines = [_claim_line(e) for e in entries]
     compare = comparison_lines(rows, claims) if entries else []
@@ -695,7 +751,9 @@ def render(rows: Sequence[Row], metrics: Sequence[str | Metric], title: str, fmt
             out.append(f"\\par\\footnotesize {_latex_escape(efid_note)}")
         if any(c.nonfinite for r in rows for c in r.cells.values()):
             out.append("\\par\\footnotesize $^\\dagger$ some runs have a non-finite value, left out of the mean.")
-        for line in claim_lines + compare + notes:
+        if pub_note:
+            out.append(f"\\par\\footnotesize {_latex_escape(pub_note)}")
+        for line in claim_lines + compare + (["Sources:"] if notes else []) + notes:
             out.append(f"\\par\\footnotesize {_latex_escape(line)}")
         out.append("\\end{table}")
         return "\n".join(out) + "\n"
@@ -709,13 +767,15 @@ def render(rows: Sequence[Row], metrics: Sequence[str | Metric], title: str, fmt
     if any(c.nonfinite for r in rows for c in r.cells.values()):
         out.append("† some runs of this cell have a non-finite value (NaN/inf), left out of the mean "
                    "(the files are named on stderr).")
+    if pub_note:
+        out.append(pub_note)
     if claim_lines:
         out += ["", "Published improvements (paper) and the same kind of change in these runs:", ""] + [
             f"- {c}" for c in claim_lines]
         if compare:
             out += [""] + compare
     if notes:
-        out += [""] + [f"{n}  " for n in notes]
+        out += ["", "Sources:", ""] + [f"{n}  " for n in notes]
     return "\n".join(out) + "\n"
 
 
@@ -726,7 +786,7 @@ def _num(x: Optional[float]) -> Optional[float]:
 def render_json(rows: Sequence[Row], columns: Sequence[Metric], title: str, docs: Sequence[dict] = (),
                 claims: Sequence[tuple[str, dict]] = (), table: str = "") -> str:
     """The table as JSON: every cell with ``mean``, ``ci95`` (95 % Student-t half-width), ``std`` and ``n``."""
-    best = best_values(rows, columns)
+    best = best_values(rows, columns, include_published=False)
     entries = claim_entries(rows, columns, claims)
     doc = {
         "table": table, "title": title,
@@ -735,9 +795,10 @@ def render_json(rows: Sequence[Row], columns: Sequence[Metric], title: str, docs
         "columns": [{"id": m.id, "label": m.label, "metric": m.base, "higher_is_better": m.higher_is_better,
                      "decimals": m.decimals, **({"extractor": m.extractor} if m.base == "e_fid" else {}),
                      "published": m.published} for m in columns],
-        "rows": [{"label": r.label, "experiment": r.experiment or None, "published": r.published,
-                  "cite": r.cite or None, "n_runs": None if r.published else r.n_runs, "datasets": r.datasets,
-                  "dataset_kinds": r.kinds, "subjects": r.subjects,
+        "rows": [{"label": r.label, "experiment": r.experiment or None, "variant": r.variant,
+                  "published": r.published, "cite": r.cite or None, "source_table": r.source_table or None,
+                  "n_runs": None if r.published else r.n_runs,
+                  "datasets": r.datasets, "dataset_kinds": r.kinds, "subjects": r.subjects,
                   "cells": {m.id: {"mean": _num(r.cells[m.id].mean), "ci95": _num(r.cells[m.id].ci95),
                                    "std": _num(r.cells[m.id].std),
                                    "n": None if r.published else r.cells[m.id].n,
@@ -748,7 +809,9 @@ def render_json(rows: Sequence[Row], columns: Sequence[Metric], title: str, docs
                     "vs": e["vs"], "ours_full": e["full"], "ours_baseline": e["baseline"],
                     "ours": {col.id: _num(v) for col, v in e["ours"]}} for e in entries],
         "comparison": comparison_lines(rows, claims) if entries else [],
-        "sources": [{"cite": f"[{k}]", **{k2: v for k2, v in d["source"].items()}, "file": d.get("_file")}
+        "published_note": PUBLISHED_NOTE if any(r.published for r in rows) else None,
+        "sources": [{"cite": f"[{k}]", **{k2: v for k2, v in d["source"].items()},
+                     "paper_tables": source_tables(d, table), "file": d.get("_file")}
                     for k, d in enumerate(docs, 1)],
     }
     return json.dumps(doc, indent=2, ensure_ascii=False, default=str) + "\n"

@@ -51,6 +51,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..utils.io import atomic_write_json, atomic_write_text
+from .config_checks import check_train_config
+from .identity import check_resume_config, claim_run_dir, identity_overrides, register_resolvers, variant_name
+
+register_resolvers()  # ${ua3dtalk_variant:} in train.yaml (also in submitit workers, which import this module)
 
 STAGES = ("prior", "emotion", "mouth", "face", "fuse")
 DATA_CLI_KEYS = ("synth", "subject", "dir")
@@ -89,8 +93,14 @@ def compose(overrides: list[str] | tuple = (), config_name: str = "train"):
     from hydra import compose as h_compose
     from hydra import initialize_config_dir
 
+    from omegaconf import OmegaConf
+
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return h_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=False)
+        cfg = h_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=False)
+    if "variant" in cfg:  # no Hydra job here: the run identity from the overrides given
+        OmegaConf.update(cfg, "variant", variant_name(overrides))
+        OmegaConf.update(cfg, "identity_overrides", identity_overrides(overrides))
+    return cfg
 
 
 def list_experiments() -> list[str]:
@@ -185,7 +195,9 @@ def ensure_dataset(cfg) -> None:
         extractors.append((feature, make_extractor(feature, **kw)))
     fn = generate_emotional if synth.get("emotional") else generate_subject
     print(f"ua3dtalk-train: generating the synthetic dataset {cfg.data.root} (preset {synth.preset})", flush=True)
-    subject = fn(synth.out, synth.preset, int(synth.get("seed", 0)), synth.get("resolution"))
+    cpl = synth.get("clips_per_level") if synth.get("emotional") else None
+    kw = {"clips_per_level": int(cpl)} if cpl else {}
+    subject = fn(synth.out, synth.preset, int(synth.get("seed", 0)), synth.get("resolution"), **kw)
     cache_features(subject, [ex for _, ex in extractors])
 
 
@@ -764,6 +776,22 @@ def active_stages(cfg, model) -> list[str]:
     return out
 
 
+def best_checkpoint_callback(cfg, stage: str, stages: list[str], ckpt_dir: Path):
+    """Lightning's ``ModelCheckpoint`` keeping ``<ckpt_dir>/best.ckpt``, the weights with the best
+    ``checkpoint_monitor`` (default ``val/psnr``) seen at validation during the last stage — the stage whose
+    weights are the finished model — saved through the project's atomic checkpoint IO; ``None`` for other
+    stages and when the last stage does not render (prior / emotion only)."""
+    if stage != stages[-1] or stage in ("prior", "emotion"):
+        return None
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    monitor = str(cfg.get("checkpoint_monitor") or "val/psnr")
+    return ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor=monitor,
+                           mode="min" if any(t in monitor.lower() for t in LOWER_IS_BETTER) else "max",
+                           save_top_k=1, save_last=False, auto_insert_metric_name=False, enable_version_counter=False,
+                           save_on_train_epoch_end=False)
+
+
 def run(cfg) -> dict:
     """Train every configured stage; returns the metrics written to ``metrics.json``."""
     import lightning as L
@@ -772,16 +800,23 @@ def run(cfg) -> dict:
     from omegaconf import OmegaConf
 
     from ..callbacks.checkpoint import AtomicCheckpointIO, PeriodicCheckpoint, load_model_checkpoint, read_checkpoint
+    from ..callbacks.media import ValidationImages
     from ..models.module import NonFiniteLossError
 
     bad = [s for s in cfg.stages if s not in STAGES]
     if bad:
         raise ValueError(f"stages: unknown stage(s) {bad}; choose from {', '.join(STAGES)}")
-    L.seed_everything(int(cfg.seed), workers=True)
+    check_train_config(cfg)  # typed, range-checked settings before any work (seed, steps, intervals, rates, …)
     run_dir = Path(cfg.paths.run_dir)
     planned_world = _planned_world(cfg)
     is_main = _world_and_rank()[1] == 0  # before the trainer exists: from the launcher's environment
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ident = {"experiment": str(cfg.name), "variant": str(cfg.get("variant") or ""),
+             "identity_overrides": list(cfg.get("identity_overrides") or []),
+             "scale": str(cfg.get("scale_label") or ""),
+             "subject": str(cfg.data.get("subject", "")), "seed": int(cfg.seed)}
+    # claim the directory before anything is written: a run is never started over another one (DESIGN §9.1)
+    new_run = claim_run_dir(run_dir, bool(cfg.resume), ident) if is_main else False
+    L.seed_everything(int(cfg.seed), workers=True)
     dm = build_datamodule(cfg)
     fill_data_info(cfg, dm)
     if len(dm.split_index.get("val", ())) == 0:
@@ -791,9 +826,9 @@ def run(cfg) -> dict:
     if is_main:
         from ..utils.io import remove_stale_temporaries_under
 
+        if not new_run:  # a resume: the configuration must be the run's (model sizes, data, schedule, …)
+            check_resume_config(run_dir, OmegaConf.to_container(cfg, resolve=True))
         remove_stale_temporaries_under(run_dir)  # left by a run killed mid-write (this host, dead pids)
-        if not cfg.resume and (run_dir / "metrics.json").is_file():
-            (run_dir / "metrics.json").unlink()  # a new run: no stale keys (callbacks merge into this file)
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         atomic_write_json(run_dir / "env.json", _env_info())
     model = build_model(cfg, None)
@@ -805,8 +840,7 @@ def run(cfg) -> dict:
                          ("root", "feature", "context_feature", "extractor_model", "extractor_layer", "neighbours",
                           "background")}
     comp = components(model.model_config)
-    metrics: dict = {"experiment": str(cfg.name), "subject": str(cfg.data.get("subject", "")), "seed": int(cfg.seed),
-                     "components": comp, "tags": component_tags(cfg),
+    metrics: dict = {**ident, "components": comp, "tags": component_tags(cfg),
                      "data": str(cfg.data.get("root")), "dataset": Path(str(cfg.data.get("root"))).parent.name,
                      "data_kind": "emotional" if hasattr(dm, "split_clips") else "regular",
                      "run_dir": str(run_dir), "stages": {}}
@@ -875,11 +909,14 @@ def run(cfg) -> dict:
                 def load_state_dict(self, state_dict):
                     val_history[:] = [dict(r) for r in state_dict.get("history", [])]
 
-            callbacks = ([PeriodicCheckpoint(last, every_n_steps=every)]
-                         + _cli_callbacks(cfg, stage, planned_world) + _user_callbacks(cfg) + [ValHistory()])
+            best_ckpt = best_checkpoint_callback(cfg, stage, stages, ckpt_dir)
+            images = [ValidationImages()] if run_loggers else []  # wandb / TensorBoard: renders every validation
+            callbacks = ([PeriodicCheckpoint(last, every_n_steps=every)] + ([best_ckpt] if best_ckpt else [])
+                         + _cli_callbacks(cfg, stage, planned_world) + _user_callbacks(cfg) + images + [ValHistory()])
             trainer = instantiate(
                 cfg.trainer, max_steps=steps * n_opt, logger=loggers, default_root_dir=str(run_dir),
-                enable_checkpointing=False, plugins=[AtomicCheckpointIO()], use_distributed_sampler=False,
+                enable_checkpointing=best_ckpt is not None, plugins=[AtomicCheckpointIO()],
+                use_distributed_sampler=False,
                 val_check_interval=max(1, min(int(cfg.val_every), n_train)), check_val_every_n_epoch=1,
                 callbacks=callbacks,
             )
@@ -911,6 +948,10 @@ def run(cfg) -> dict:
                                   "seconds": round(time.perf_counter() - t_wall, 2),
                                   "cpu_seconds": round(_cpu_seconds() - t_cpu, 2)})
             trainer.save_checkpoint(last)
+            if best_ckpt is not None and best_ckpt.best_model_path:
+                stage_metrics["best_checkpoint"] = {"path": best_ckpt.best_model_path,
+                                                    "monitor": best_ckpt.monitor,
+                                                    "score": float(best_ckpt.best_model_score)}
             if is_main:
                 atomic_write_json(done, stage_metrics)
             metrics["stages"][stage] = stage_metrics
@@ -924,6 +965,7 @@ def run(cfg) -> dict:
         metrics.update(final)
         metrics["best"] = best
         metrics["checkpoint"] = str(prev_ckpt) if prev_ckpt else None
+        metrics["best_checkpoint"] = metrics["stages"][stages[-1]].get("best_checkpoint")  # infer/eval's default
         world, rank = (int(trainer.world_size), int(trainer.global_rank)) if trainer is not None else (1, 0)
         if world > 1:
             atomic_write_json(run_dir / "fingerprints" / f"rank{rank}.json",
@@ -936,6 +978,19 @@ def run(cfg) -> dict:
                 wandb_logger.set_summary({**final, **{f"best/{k}": v for k, v in best.items()}})
             print(f"ua3dtalk-train: wrote {run_dir / 'metrics.json'}: "
                   + ", ".join(f"{k}={v:.4g}" for k, v in final.items()), flush=True)
+            if cfg.get("test") is not None and cfg.test.get("enabled"):  # every run evaluates (DESIGN §9.2)
+                from .run_eval import evaluate_run
+
+                test_metrics = evaluate_run(cfg, run_dir, metrics)
+                metrics["eval_protocol"] = test_metrics.pop("eval_protocol", None)
+                clip = test_metrics.pop("test_clip", None)
+                metrics.update(test_metrics)
+                if wandb_logger is not None:
+                    wandb_logger.set_summary({k: v for k, v in test_metrics.items() if k.startswith("test/")})
+                    if clip:
+                        wandb_logger.log_video("test/clip", [clip], caption=["ground truth (left), render (right)"])
+                print("ua3dtalk-train: test: " + ", ".join(f"{k}={v:.4g}" for k, v in test_metrics.items()
+                                                           if k.startswith("test/")), flush=True)
         return metrics
     finally:
         if wandb_logger is not None:

@@ -261,7 +261,7 @@ def load_teacher(path: Union[str, Path]) -> EmotionTeacher:
     if not p.is_file():
         raise FileNotFoundError(f"emotion teacher {str(p)!r} not found (a teacher config JSON written by "
                                 "ua3dtalk.models.emotion.save_teacher, a torch.export .pt2 file or a TorchScript "
-                                "archive)")
+                                "archive; train one with `ua3dtalk-teacher --data <emotional dataset> --out <dir>`)")
     if p.suffix == ".json":
         return _load_config_teacher(p)
     extra = {TEACHER_CONFIG: ""}
