@@ -8,7 +8,8 @@ from ua3dtalk.cli.config_checks import check_train_config
 from ua3dtalk.cli.train import compose, run
 
 BAD = [
-    ("seed=abc", "seed"), ("seed=-1", "seed"), ("val_every=0", "val_every"), ("checkpoint_every=-1", "checkpoint_every"),
+    ("seed=abc", "seed"), ("seed=-1", "seed"), ("val_every=0", "val_every"),
+    ("checkpoint_every=-1", "checkpoint_every"),
     ("stage_steps.face=-3", "stage_steps"), ("stages=[face,face]", "stages"), ("stages=[]", "stages"),
     ("model.lr_net=nan", "model.lr_net"), ("model.lr_grid=-1", "model.lr_grid"), ("model.lr_net=0", "model.lr_net"),
     ("data.root=null", "data.root"), ("interrupt_at={stage: x, step: 1}", "interrupt_at.stage"),
