@@ -103,8 +103,8 @@ def evaluate_checkpoint(run_dir: Path, ckpt: Path, evaluators: Optional[Path], *
     """Score ``ckpt`` on the run's test clips into ``<run_dir>/metrics.json`` (``ua3dtalk-eval``'s path) and
     return the namespaced metrics and ``eval_protocol``. ``control=None``: the emotion control by label when
     the run is emotional, has an emotion module trained in its emotion stage, and evaluators are given. An
-    evaluation of the same checkpoint file (path and mtime) with the same evaluators is reused. A metric whose evaluator is missing is skipped
-    with a warning, never replaced by a made-up number."""
+    evaluation of the same checkpoint file (path and mtime) with the same evaluators is reused. A metric whose
+    evaluator is missing is skipped with a warning, never replaced by a made-up number."""
     from .eval import evaluate as eval_ckpt
 
     ckpt = Path(ckpt)
