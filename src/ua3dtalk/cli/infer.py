@@ -219,7 +219,12 @@ def infer(ckpt, audio, out, emotion="audio", intensity=None, blend=None, pose="d
 
     from ..utils.io import write_video
 
-    model = load_model(resolve_checkpoint(ckpt, "ua3dtalk-infer"), backend)
+    from ..utils.io import check_output
+
+    ckpt_path = resolve_checkpoint(ckpt, "ua3dtalk-infer")
+    check_output(out, "out", {"audio": audio, "ckpt": ckpt_path, "pose": pose if str(pose) != "dataset" else None},
+                 min_free_bytes=64 << 20)
+    model = load_model(ckpt_path, backend)
     e = resolve_emotion(model, emotion, intensity, blend)
     ds = predict_dataset(model.data_config, audio, pose, emotion, intensity)
     n, t0 = [0], time.perf_counter()

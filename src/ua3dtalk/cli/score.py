@@ -305,7 +305,12 @@ def main(argv: Optional[list] = None) -> int:
     from ..metrics.evaluators import EvaluatorError
     from ..utils.io import atomic_write_json
 
+    from ..utils.io import check_output
+
     try:
+        if args.json:
+            check_output(args.json, "--json", {"pred": args.pred, "gt": args.gt, "--audio": args.audio,
+                                               "--gt-dir": args.gt_dir}, reads_back=("aud.wav",))
         res = score_videos(args.pred, args.gt, gt_dir=args.gt_dir, evaluators=args.evaluators, audio=args.audio,
                            metrics=args.metrics, lpips_random_backbone=args.lpips_random_backbone,
                            syncnet=args.syncnet, threedmm=args.threedmm, chunk=args.chunk,

@@ -872,6 +872,14 @@ def main(argv=None) -> int:
     try:
         if not a.runs and not a.wandb:
             raise TablesError("give --runs DIR... and/or --wandb ENTITY/PROJECT")
+        if a.out:
+            from ..utils.io import OutputError, check_output
+
+            try:
+                check_output(a.out, "--out", {f"--runs[{i}]": r for i, r in enumerate(a.runs)},
+                             reads_back=("metrics.json",))
+            except OutputError as e:
+                raise TablesError(str(e)) from None
         runs = find_runs(a.runs)
         for p in a.wandb:
             runs += wandb_runs(p)

@@ -135,6 +135,50 @@ def atomic_directory(path: str | os.PathLike):
         raise
 
 
+class OutputError(ValueError):
+    """An output path a command must not or cannot write (the message names the argument)."""
+
+
+def check_output(out, arg: str, inputs: dict | None = None, *, min_free_bytes: int = 16 << 20,
+                 reads_back: tuple = ()) -> Path:
+    """The one rule for a command's output file, checked before any work (DESIGN §9):
+
+    * never one of the command's own inputs (``inputs``: argument name → path; the same file, also through a
+      link), never inside an input directory under a name the command reads back (``reads_back``: file
+      names such as ``metrics.json``);
+    * its parent is (or can become) a directory — no component is an existing file — and is writable, with
+      at least ``min_free_bytes`` free.
+
+    Returns the output path; raises :class:`OutputError` naming ``arg`` (and the input it would overwrite)."""
+    o = Path(os.path.expanduser(str(out)))
+    ro = o.resolve()
+    for name, p in (inputs or {}).items():
+        if p is None:
+            continue
+        q = Path(os.path.expanduser(str(p))).resolve()
+        if ro == q or (o.exists() and q.exists() and os.path.samefile(o, q)):
+            raise OutputError(f"{arg}={out}: is the command's own input {name}={p}; write the output elsewhere")
+        if q.is_dir() and q in ro.parents and ro.name in reads_back:
+            raise OutputError(f"{arg}={out}: would be read back as an input under {name}={p} (a {ro.name}); "
+                              "write the output elsewhere")
+    if o.is_dir():
+        raise OutputError(f"{arg}={out}: is a directory; give a file name")
+    parent = ro.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"{arg}={out}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{arg}={out}: {parent} is not writable")
+    try:
+        free = shutil.disk_usage(parent).free
+    except OSError:
+        free = None
+    if free is not None and free < min_free_bytes:
+        raise OutputError(f"{arg}={out}: only {free >> 20} MB free on the disk of {parent}")
+    return o
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
