@@ -281,6 +281,7 @@ def read_feature_file(path: Union[str, Path], num_frames: Optional[int] = None, 
     unreadable file, NaN/Inf, or an unsupported shape.
     """
     path = Path(path)
+    verify_cache_record(path)
     a = _load_checked(path)
     nm = name if name is not None else path.stem.removeprefix("aud_")
     if a.ndim == 3 and a.shape[1] == WINDOW:
@@ -291,6 +292,44 @@ def read_feature_file(path: Union[str, Path], num_frames: Optional[int] = None, 
         return AudioFeatures(a, num_frames, name=nm, source=path, warn=warn)
     raise DatasetError([Problem(path, f"audio features must be [N,16,C] windows, [N,2,C] 50 Hz pairs or a [T,C] "
                                       f"50 Hz sequence, got shape {list(a.shape)}")])
+
+
+_VERIFIED: set = set()
+
+
+def verify_cache_record(path: Union[str, Path]) -> None:
+    """A cache proves itself: when ``aud_<name>.npy`` has a record ``aud_<name>.json`` (written by
+    :func:`extract_features`), the array must be the one the record names (SHA-1 — so also its shape and
+    dtype) and the clip's ``aud.wav`` must still be the audio it was computed from (size and SHA-1).
+    Raises :class:`DatasetError` naming the file and the fix; a file without a record (put there by hand)
+    is taken as it is. A verified (array, record, wav) state is remembered by mtime and size."""
+    path = Path(path)
+    meta = path.with_suffix(".json")
+    if not meta.is_file() or not path.is_file():
+        return
+    try:
+        rec = json.loads(meta.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise DatasetError([Problem(meta, "the cache record is not readable JSON; delete it and its array, or "
+                                          "recompute with `ua3dtalk-features --force`")]) from None
+    if not isinstance(rec, dict) or "npy_sha1" not in rec:
+        return
+    wav = rec.get("wav") if isinstance(rec.get("wav"), dict) else {}
+    wav_path = path.parent / str(wav.get("name") or "aud.wav")
+    st, mst = path.stat(), meta.stat()
+    wst = wav_path.stat() if wav_path.is_file() else None
+    key = (str(path), st.st_mtime_ns, st.st_size, mst.st_mtime_ns, None if wst is None else (wst.st_mtime_ns,
+                                                                                             wst.st_size))
+    if key in _VERIFIED:
+        return
+    fix = "recompute it with `ua3dtalk-features --force` (or delete the .npy and its .json)"
+    if _sha1(path) != rec["npy_sha1"]:
+        raise DatasetError([Problem(path, f"the array is not the one its record {meta.name} describes (changed "
+                                          f"after it was written); {fix}")])
+    if wst is not None and wav.get("sha1") and (wst.st_size != wav.get("size") or _sha1(wav_path) != wav["sha1"]):
+        raise DatasetError([Problem(path, f"stale: {wav_path.name} changed since this cache was computed from it "
+                                          f"({meta.name}); {fix}")])
+    _VERIFIED.add(key)
 
 
 def _read_native(path: Union[str, Path], dim1: int, channels: Optional[int], what: str) -> np.ndarray:
@@ -689,7 +728,9 @@ def extract_features(clip_dir: Union[str, Path, ClipInfo], extractor: Extractor,
             old = None
         # the record names the array it describes (``npy_sha1``): a run killed between writing the
         # array and its record leaves a pair that does not match, which is recomputed
-        if isinstance(old, dict) and {k: v for k, v in old.items() if k != "npy_sha1"} == record \
+        described = {k: v for k, v in old.items() if k not in ("npy_sha1", "shape", "dtype")} \
+            if isinstance(old, dict) else None
+        if described == record \
                 and old.get("npy_sha1") == _sha1(out):
             return out
     x = load_wav(wav_path)
@@ -700,7 +741,7 @@ def extract_features(clip_dir: Union[str, Path, ClipInfo], extractor: Extractor,
     if not np.isfinite(seq).all():
         raise RuntimeError(f"extractor {extractor.name} produced NaN/Inf for {wav_path}")
     atomic_save_npy(out, seq, clean_stale=True)
-    atomic_write_json(meta_path, {**record, "npy_sha1": _sha1(out)})
+    atomic_write_json(meta_path, {**record, "shape": list(seq.shape), "dtype": str(seq.dtype), "npy_sha1": _sha1(out)})
     return out
 
 
