@@ -17,7 +17,6 @@ Steps (each timed, progress shown throughout):
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+from .args import Parser, int_in
 
 
 #: the demo's evaluator schedule (``make evaluators`` trains longer: 15 epochs, 300 SyncNet steps)
@@ -271,12 +271,12 @@ def plot_ablation(runs_dir: Path, path: Path, metric: str = "psnr") -> Optional[
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="outputs/demo")
     ap.add_argument("--experiment", default="demo_synth")
     ap.add_argument("--ablation-runs", default=None, help="runs directory for the ablation plot (optional)")
-    ap.add_argument("--eval-epochs", type=int, default=0, help="evaluator training epochs (0 = demo default)")
-    ap.add_argument("--sync-steps", type=int, default=0, help="SyncNet training steps (0 = demo default)")
+    ap.add_argument("--eval-epochs", type=int_in(0), default=0, help="evaluator training epochs (0 = demo default)")
+    ap.add_argument("--sync-steps", type=int_in(0), default=0, help="SyncNet training steps (0 = demo default)")
     ap.add_argument("--seeds", default="",
                     help="comma-separated seeds (e.g. 0,1,2): train and evaluate once per seed; the report and "
                          "metrics.json add mean ± 95 %% t-interval over them (the first seed's run is the one "

@@ -47,6 +47,12 @@ def parse_kv(argv) -> dict:
         raise ValueError("missing required argument ckpt=PATH")
     if args.get("split", "test") not in ("test", "val", "train"):
         raise ValueError(f"split must be test, val or train, got {args['split']!r}")
+    for k in ("max_clips", "max_frames"):
+        if k in args and not (args[k].isdigit() and int(args[k]) >= 1):
+            raise ValueError(f"{k} must be a whole number ≥ 1, got {args[k]!r}")
+    from .infer import check_backend
+
+    check_backend(args.get("backend", "auto"))
     return args
 
 

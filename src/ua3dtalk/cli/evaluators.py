@@ -40,23 +40,24 @@ from pathlib import Path
 from typing import Optional
 
 from ..data.splits import SYNTH_SPLIT
+from .args import Parser, int_in
 
 KINDS = ("landmark", "expression", "emotion", "syncnet")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ua3dtalk-evaluators", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="ua3dtalk-evaluators", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train evaluators on a dataset's ground truth")
     t.add_argument("--data", required=True, help="dataset directory (regular or emotional layout)")
     t.add_argument("--out", required=True, help="output directory, e.g. data/evaluators/synth_small")
     t.add_argument("--only", default=",".join(KINDS), help=f"comma-separated subset of {','.join(KINDS)}")
-    t.add_argument("--epochs", type=int, default=30, help="epochs of the crop networks (default 30)")
-    t.add_argument("--batch-size", type=int, default=64, help="batch size of the crop networks")
-    t.add_argument("--sync-steps", type=int, default=400, help="SyncNet training steps (default 400)")
-    t.add_argument("--sync-batch", type=int, default=32, help="SyncNet batch size (default 32)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, default=1,
+    t.add_argument("--epochs", type=int_in(1), default=30, help="epochs of the crop networks (default 30)")
+    t.add_argument("--batch-size", type=int_in(1), default=64, help="batch size of the crop networks")
+    t.add_argument("--sync-steps", type=int_in(1), default=400, help="SyncNet training steps (default 400)")
+    t.add_argument("--sync-batch", type=int_in(2), default=32, help="SyncNet batch size (default 32)")
+    t.add_argument("--seed", type=int_in(0), default=0)
+    t.add_argument("--threads", type=int_in(0, 256), default=1,
                    help="torch threads while training (default 1: fastest for these small nets on a shared CPU)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     t.add_argument("--clips", default="evaluator", choices=("evaluator", "all"),

@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import sys
 from typing import Optional, Sequence
+from .args import Parser, float_in
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ua3dtalk-features", description=__doc__.split("\n\n")[0],
+    p = Parser(prog="ua3dtalk-features", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dir", help="regular dataset directory or emotional root")
     p.add_argument("--extractor", required=True, choices=("wav2vec2", "mel"))
@@ -26,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", default=None, help="'logits' (default) or a hidden-state index (e.g. 9, -1)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    p.add_argument("--chunk-seconds", type=float, default=20.0, help="wav2vec2 chunk length (bounds memory)")
+    p.add_argument("--chunk-seconds", type=float_in(0.0, 3600.0, open_lo=True), default=20.0,
+                   help="wav2vec2 chunk length (bounds memory)")
     p.add_argument("--index", default=None, help="index file listing the clips of an emotional dataset")
     p.add_argument("--force", action="store_true", help="recompute even when the cache is up to date")
     p.add_argument("--allow-download", action="store_true",

@@ -74,11 +74,33 @@ def resolve_checkpoint(arg, command: str = "ua3dtalk") -> Path:
                             "or last.ckpt of a ua3dtalk-train run)")
 
 
+def check_backend(value: str) -> str:
+    """``backend=``: one of the renderer backends (:data:`ua3dtalk.render.api.BACKENDS`)."""
+    from ..render.api import BACKENDS
+
+    if value not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {value!r}")
+    return value
+
+
 def parse_kv(argv) -> dict:
+    import math
+
     args = parse_key_values(argv, KEYS)
     for k in ("ckpt", "audio", "out"):
         if k not in args:
             raise ValueError(f"missing required argument {k}=...")
+    check_backend(args.get("backend", "auto"))
+    if "intensity" in args and args["intensity"] not in ("1", "2", "3"):
+        raise ValueError(f"intensity must be 1, 2 or 3, got {args['intensity']!r}")
+    if args.get("blend"):
+        other, _, w = args["blend"].partition(":")
+        try:
+            wf = float(w) if w else 0.5
+        except ValueError:
+            wf = float("nan")
+        if not other or not math.isfinite(wf) or not 0.0 <= wf <= 1.0:
+            raise ValueError(f"blend must be <emotion>:<weight in [0,1]>, got {args['blend']!r}")
     return args
 
 
@@ -243,8 +265,12 @@ def infer(ckpt, audio, out, emotion="audio", intensity=None, blend=None, pose="d
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(__doc__)
+        return 0
     try:
-        a = parse_kv(sys.argv[1:] if argv is None else argv)
+        a = parse_kv(argv)
         infer(a["ckpt"], a["audio"], Path(a["out"]), a.get("emotion", "audio"), a.get("intensity"), a.get("blend"),
               a.get("pose", "dataset"), a.get("backend", "auto"))
     except (ValueError, FileNotFoundError) as e:

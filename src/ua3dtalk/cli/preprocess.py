@@ -18,6 +18,7 @@ import sys
 import time
 import warnings
 from typing import Optional, Sequence
+from .args import Parser, float_in, int_in
 
 PROG = "ua3dtalk-preprocess"
 
@@ -26,24 +27,26 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     """Options shared with ``ua3dtalk-import-mead``."""
     from ua3dtalk.preprocess.landmarks import BACKENDS
 
-    p.add_argument("--size", type=int, default=512, help="output frame side in pixels (square) [512]")
+    p.add_argument("--size", type=int_in(32, 4096), default=512, help="output frame side in pixels (square) [512]")
     p.add_argument("--crop", default="auto",
                    help="auto (square input: whole frame; else a square around the face), face, center, none, "
                         "or X,Y,SIDE in input pixels [auto]")
     p.add_argument("--backend", default="auto", choices=BACKENDS, help="landmark backend [auto: fan if its weights are "
                    "on disk, else dlib, else mediapipe]")
-    p.add_argument("--smooth", type=float, default=0.5, help="landmark smoothing σ in frames, 0 = none [0.5]")
-    p.add_argument("--max-gap", type=int, default=5, help="longest run of frames without a face to interpolate [5]")
-    p.add_argument("--min-frames", type=int, default=25, help="reject shorter videos [25 = 1 s]")
-    p.add_argument("--pose-smooth", type=float, default=1.5, help="camera smoothing σ in frames [1.5]")
+    p.add_argument("--smooth", type=float_in(0.0, 100.0), default=0.5,
+                   help="landmark smoothing σ in frames, 0 = none [0.5]")
+    p.add_argument("--max-gap", type=int_in(0), default=5,
+                   help="longest run of frames without a face to interpolate [5]")
+    p.add_argument("--min-frames", type=int_in(1), default=25, help="reject shorter videos [25 = 1 s]")
+    p.add_argument("--pose-smooth", type=float_in(0.0, 100.0), default=1.5, help="camera smoothing σ in frames [1.5]")
     p.add_argument("--no-refine-template", action="store_true", help="keep the generic 3-D landmark template")
     p.add_argument("--parsing-model", default=None, help="BiSeNet face-parsing checkpoint (19 classes) instead of the "
                    "landmark/background parsing")
     p.add_argument("--features", default="mel", help="audio features to cache, comma-separated: mel, wav2vec2 "
                    "('' for none) [mel]")
     p.add_argument("--w2v-model", default=None, help="wav2vec2 checkpoint (local dir or cached hub id)")
-    p.add_argument("--jpeg-quality", type=int, default=95)
-    p.add_argument("--threads", type=int, default=2, help="worker threads [2]")
+    p.add_argument("--jpeg-quality", type=int_in(1, 100), default=95)
+    p.add_argument("--threads", type=int_in(1, 256), default=2, help="worker threads [2]")
     p.add_argument("--steps", default=None, help="comma-separated subset of the steps to run")
     p.add_argument("--force", action="store_true", help="rerun the selected steps even when their outputs are valid")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -75,14 +78,15 @@ def parse_steps(text: Optional[str]):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+    p = Parser(prog=PROG, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("video", help="input video (mp4, mov, mkv, ...; any frame rate)")
     p.add_argument("--out", required=True, help="output dataset directory")
     p.add_argument("--audio", default=None, help="speech audio file to use instead of the video's audio track")
     p.add_argument("--landmarks", default=None, help="given landmarks (directory of <i>.lms or [N,68,2] .npy, output "
                    "pixels) instead of a detector")
-    p.add_argument("--focal", type=float, default=None, help="focal length in output pixels (default: searched)")
+    p.add_argument("--focal", type=float_in(0.0, open_lo=True), default=None,
+                   help="focal length in output pixels (default: searched)")
     add_common_arguments(p)
     return p
 

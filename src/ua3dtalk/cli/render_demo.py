@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from pathlib import Path
@@ -17,16 +16,17 @@ from ..data.synth.camera import as_torch, head_viewmat, intrinsics
 from ..data.synth.head import EXPR, NEUTRAL_EXPR, ProceduralHead
 from ..render import rasterize
 from ..utils.io import atomic_write_bytes, write_video
+from .args import Parser, int_in
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="outputs/render_demo")
-    ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--gaussians", type=int, default=10000)
-    ap.add_argument("--frames", type=int, default=100)
+    ap.add_argument("--size", type=int_in(8, 4096), default=256)
+    ap.add_argument("--gaussians", type=int_in(1, 10_000_000), default=10000)
+    ap.add_argument("--frames", type=int_in(1, 100_000), default=100)
     ap.add_argument("--backend", default="auto")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int_in(0), default=0)
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

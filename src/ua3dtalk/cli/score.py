@@ -18,7 +18,6 @@ Prints the metrics (and which evaluator produced each) and writes them as JSON w
 """
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import warnings
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
+from .args import Parser, int_in
 
 SAMPLE_RATE = 16000
 
@@ -281,7 +281,7 @@ def score_videos(pred, gt, *, gt_dir=None, evaluators=None, audio=None, metrics=
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="ua3dtalk-score", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="ua3dtalk-score", description=__doc__.split("\n\n")[0])
     p.add_argument("pred", help="generated video (mp4)")
     p.add_argument("gt", help="ground-truth video (mp4, with the audio track unless --audio)")
     p.add_argument("--gt-dir", help="dataset clip directory of the ground truth (landmarks, au.csv, emotion.json)")
@@ -293,7 +293,7 @@ def _parser():
     p.add_argument("--syncnet", help="SyncNet weights (syncnet_v2.model or a project .safetensors)")
     p.add_argument("--threedmm", help="TorchScript 3DMM/expression regressor (efid_3dmm)")
     p.add_argument("--json", help="write the result here (atomically)")
-    p.add_argument("--chunk", type=int, default=DEFAULT_CHUNK,
+    p.add_argument("--chunk", type=int_in(1, 100_000), default=DEFAULT_CHUNK,
                    help=f"frames decoded and scored at a time (memory bound; default {DEFAULT_CHUNK})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p

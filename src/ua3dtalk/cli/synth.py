@@ -5,26 +5,26 @@
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
+from .args import Parser, int_in
 
 
 def main(argv=None) -> int:
     from ..data.synth.generate import PRESETS
 
-    ap = argparse.ArgumentParser(prog="ua3dtalk-synth", description=__doc__.splitlines()[0])
+    ap = Parser(prog="ua3dtalk-synth", description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="output root; the subject directory synth<seed> is created in it")
     ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     ap.add_argument("--emotional", action="store_true", help="8 emotions × 3 intensities (DESIGN §5.2 layout)")
-    ap.add_argument("--clips-per-level", type=int, default=None,
+    ap.add_argument("--clips-per-level", type=int_in(1, 100), default=None,
                     help="with --emotional: clips (different utterances) per emotion and intensity "
                          "(default: the preset's, " + ", ".join(f"{k} {v.clips_per_level}" for k, v in PRESETS.items())
                          + ")")
-    ap.add_argument("--workers", type=int, default=None,
+    ap.add_argument("--workers", type=int_in(1, 256), default=None,
                     help="with --emotional: rendering processes (default: 2 for large sets on ≥ 2 CPUs, else 1)")
-    ap.add_argument("--seed", type=int, default=0, help="identity and speech seed (deterministic)")
-    ap.add_argument("--resolution", type=int, default=None, help="override the preset's image size")
+    ap.add_argument("--seed", type=int_in(0), default=0, help="identity and speech seed (deterministic)")
+    ap.add_argument("--resolution", type=int_in(16, 2048), default=None, help="override the preset's image size")
     ap.add_argument("--features", default="mel",
                     help="audio feature extractors to cache, comma-separated ('' for none)")
     ap.add_argument("--backend", default="auto", help="renderer backend")

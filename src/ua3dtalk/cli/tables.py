@@ -47,6 +47,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
+from .args import Parser
 
 
 @dataclass(frozen=True)
@@ -852,7 +853,7 @@ def make_table(runs: Sequence[Run], table: str, fmt: str = "md", published: Sequ
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="ua3dtalk-tables", description=__doc__.splitlines()[0],
+    ap = Parser(prog="ua3dtalk-tables", description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--runs", nargs="*", default=[], help="run directories or parents of run directories")
     ap.add_argument("--wandb", nargs="*", default=[], metavar="ENTITY/PROJECT",

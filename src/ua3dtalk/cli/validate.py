@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import sys
 from typing import Optional, Sequence
+from .args import Parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ua3dtalk-validate", description=__doc__.split("\n\n")[0],
+    p = Parser(prog="ua3dtalk-validate", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dir", help="dataset directory (regular subject/clip dir, or an emotional root)")
     p.add_argument("--quick", action="store_true",
