@@ -113,6 +113,7 @@ def load_wav(path: Union[str, Path], sample_rate: int = SAMPLE_RATE) -> np.ndarr
     import soundfile as sf
 
     path = Path(path)
+    check_audio_file(path)
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except FileNotFoundError:
@@ -124,7 +125,41 @@ def load_wav(path: Union[str, Path], sample_rate: int = SAMPLE_RATE) -> np.ndarr
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if not np.isfinite(mono).all():
         raise DatasetError([Problem(path, "audio contains NaN or Inf")])
+    peak = float(np.abs(mono).max()) if mono.size else 0.0
+    if peak > MAX_AMPLITUDE:
+        raise DatasetError([Problem(path, f"audio amplitude {peak:.3g} is far outside [-1, 1] (a float file must "
+                                          f"be scaled to full scale 1; at most {MAX_AMPLITUDE:g} is accepted)")])
     return resample(mono, sr, sample_rate)
+
+
+MIN_RATE, MAX_RATE, MAX_CHANNELS, MAX_SECONDS, MAX_AMPLITUDE = 4000, 384_000, 32, 4 * 3600, 16.0
+"""Audio accepted by :func:`load_wav`: sample rate, channels, length, and peak amplitude (checked before any
+resampling, so an absurd header cannot ask for gigabytes)."""
+
+
+def check_audio_file(path: Union[str, Path]) -> None:
+    """Refuse, naming the file, audio whose header is out of range (:data:`MIN_RATE` … :data:`MAX_SECONDS`)
+    or that is not a regular file (a FIFO or device would block or never end)."""
+    import soundfile as sf
+
+    from ..utils.paths import special_file_kind
+
+    path = Path(path)
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise DatasetError([Problem(path, f"is {kind}, not a regular audio file")])
+    try:
+        info = sf.info(str(path))
+    except Exception as e:  # noqa: BLE001 - libsndfile errors
+        raise DatasetError([Problem(path, f"unreadable audio ({e})")]) from None
+    if not MIN_RATE <= int(info.samplerate) <= MAX_RATE:
+        raise DatasetError([Problem(path, f"sample rate {info.samplerate} Hz is out of range "
+                                          f"({MIN_RATE}–{MAX_RATE} Hz)")])
+    if not 1 <= int(info.channels) <= MAX_CHANNELS:
+        raise DatasetError([Problem(path, f"{info.channels} channels (1–{MAX_CHANNELS} accepted)")])
+    if info.frames / info.samplerate > MAX_SECONDS:
+        raise DatasetError([Problem(path, f"{info.frames / info.samplerate / 3600:.1f} h of audio "
+                                          f"(at most {MAX_SECONDS // 3600} h)")])
 
 
 def sequence_length(num_samples: int) -> int:

@@ -179,15 +179,35 @@ class _Report:
 # --------------------------------------------------------------------------------------------------
 
 
+MAX_IMAGE_PIXELS = 8192 * 8192
+"""Largest image (width × height) a reader decodes; a header claiming more is refused before decoding."""
+
+
+def check_image_header(path: Path, im) -> None:
+    """Refuse an image whose header claims more than :data:`MAX_IMAGE_PIXELS` (named, before decoding)."""
+    w, h = im.size
+    if w * h > MAX_IMAGE_PIXELS:
+        raise DatasetError([Problem(Path(path), f"image header claims {w}×{h} pixels (more than the "
+                                                f"{MAX_IMAGE_PIXELS // 1_000_000} MP accepted)")])
+
+
 def _open_image(path: Path):
     from PIL import Image, UnidentifiedImageError
 
+    from ..utils.paths import special_file_kind
+
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise DatasetError([Problem(Path(path), f"is {kind}, not an image file")])
     try:
         im = Image.open(path)
+        check_image_header(path, im)
         im.load()
         return im
     except FileNotFoundError:
         raise DatasetError([Problem(Path(path), "missing file")]) from None
+    except Image.DecompressionBombError as e:
+        raise DatasetError([Problem(Path(path), f"image too large ({e})")]) from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         raise DatasetError([Problem(Path(path), f"unreadable image ({e})")]) from None
 

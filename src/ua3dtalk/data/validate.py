@@ -40,6 +40,7 @@ from .formats import (
     FRAME_FILES,
     INTENSITIES,
     LENGTH_TOLERANCE,
+    MAX_IMAGE_PIXELS,
     OPTIONAL_KINDS,
     REQUIRED_KINDS,
     RIGID_TOLERANCE,
@@ -204,12 +205,48 @@ def _decode(path: Path, mode: str) -> tuple[np.ndarray, Optional[str]]:
 def _image_header(path: Path, rep: _Report, what: str) -> Optional[tuple[tuple[int, int], str]]:
     from PIL import Image, UnidentifiedImageError
 
+    from ..utils.paths import special_file_kind
+
+    kind = special_file_kind(path)
+    if kind is not None:  # a FIFO would block open() forever
+        rep.error(path, f"{what} is {kind}, not a regular file")
+        return None
     try:
         with Image.open(path) as im:
+            w, h = im.size
+            if w * h > MAX_IMAGE_PIXELS:
+                rep.error(path, f"{what}: header claims {w}×{h} pixels (more than the "
+                                f"{MAX_IMAGE_PIXELS // 1_000_000} MP accepted)")
+                return None
             return im.size, im.mode
+    except Image.DecompressionBombError as e:
+        rep.error(path, f"{what} too large ({e})")
+        return None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         rep.error(path, f"unreadable {what} ({e})")
         return None
+
+
+def _special_files(root: Path, rep: _Report) -> bool:
+    """Report every FIFO / device / socket in the clip directory and its sub-directories (one level);
+    True when there is one."""
+    from ..utils.paths import special_file_kind
+
+    found = False
+    dirs = [root] + [Path(e.path) for e in os.scandir(root) if e.is_dir(follow_symlinks=False)]
+    for d in dirs:
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            continue
+        for e in entries:
+            if e.is_dir(follow_symlinks=True) or e.is_file(follow_symlinks=True):
+                continue
+            kind = special_file_kind(e.path)
+            if kind is not None and kind != "a directory":
+                rep.error(Path(e.path), f"is {kind}, not a regular file")
+                found = True
+    return found
 
 
 def inspect_clip(root: Path | str, *, level: str = "quick", clip_id: Optional[str] = None,
@@ -236,6 +273,10 @@ def inspect_clip(root: Path | str, *, level: str = "quick", clip_id: Optional[st
                if (root / n).is_symlink() and os.path.exists(root / n) and not _inside(root / n, root_real)}
     for n in sorted(escaped):
         rep.error(root / n, f"is a symlink to {os.path.realpath(root / n)}, outside the dataset directory")
+    # named pipes, devices, sockets in place of data files would block open() or never end: refused by type,
+    # before any file of the clip is opened
+    if _special_files(root, rep):
+        return None, rep.problems
 
     # ---- transforms / splits / cameras
     parts: list[tuple[str, dict]] = []
