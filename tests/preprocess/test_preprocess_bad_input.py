@@ -134,3 +134,49 @@ def test_usage_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main([str(tmp_path / "x.mp4"), "--out", str(tmp_path / "o"), "--steps", "decode,bogus"])
     assert e.value.code == 2 and "unknown step" in capsys.readouterr().err
+
+
+def _tree(root):
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_existing_dataset_is_refused_then_replaced_only_after_success(tmp_path, capsys):
+    """Issue 18: preprocess pointed at a directory holding another dataset: refused without --force (nothing
+    changed); with --force and a video that fails (no face), the old dataset is left exactly as it was."""
+    out = tmp_path / "dataset"
+    (out / "gt_imgs").mkdir(parents=True)
+    for i in range(5):
+        (out / "gt_imgs" / f"{i}.jpg").write_bytes(b"old frame %d" % i)
+    (out / "transforms_train.json").write_text("{}")
+    before = _tree(out)
+    v = write_frames_video(tmp_path / "noise.mp4", noise_frames(30), audio=tone(1.2))
+    rc, err = _run(capsys, v, "--out", out, "--size", 128, *FAST)
+    assert rc == 2 and "--out" in err and "--force" in err and "Traceback" not in err
+    assert _tree(out) == before
+    rc, err = _run(capsys, v, "--out", out, "--size", 128, "--force", *FAST)
+    assert rc == 1 and "no face found" in err and "left unchanged" in err
+    assert _tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset", "noise.mp4"]  # no staging left behind
+
+
+def test_out_containing_the_video_or_being_a_file_is_refused(tmp_path, capsys):
+    out = tmp_path / "d"
+    out.mkdir()
+    v = write_frames_video(out / "me.mp4", noise_frames(25), audio=tone(1.0))
+    rc, err = _run(capsys, v, "--out", out, "--force", *FAST)
+    assert rc == 2 and "contains the input video" in err and v.is_file()
+    f = tmp_path / "file"
+    f.write_text("x")
+    rc, err = _run(capsys, v, "--out", f, *FAST)
+    assert rc == 2 and "is a file" in err and f.read_text() == "x"
+
+
+def test_own_output_resumes_without_force(short_astro, tmp_path, capsys):
+    out = tmp_path / "o"
+    rc, _ = _run(capsys, short_astro["with_audio"], "--out", out, "--size", 128, "--steps", "decode", *FAST)
+    assert rc == 0
+    rc, err = _run(capsys, short_astro["with_audio"], "--out", out, "--size", 128, "--steps", "decode", *FAST)
+    assert rc == 0 and "skipped (already done) decode" in err  # its own earlier output: no --force needed

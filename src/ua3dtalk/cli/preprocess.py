@@ -14,10 +14,14 @@ Also runnable as ``python -m ua3dtalk.cli.preprocess``.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Optional, Sequence
+
 from .args import Parser, float_in, int_in
 
 PROG = "ua3dtalk-preprocess"
@@ -48,7 +52,9 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jpeg-quality", type=int_in(1, 100), default=95)
     p.add_argument("--threads", type=int_in(1, 256), default=2, help="worker threads [2]")
     p.add_argument("--steps", default=None, help="comma-separated subset of the steps to run")
-    p.add_argument("--force", action="store_true", help="rerun the selected steps even when their outputs are valid")
+    p.add_argument("--force", action="store_true",
+                   help="rerun the selected steps even when their outputs are valid; into a non-empty --out that is "
+                        "not this video's preprocessing: build anew and replace it only when complete")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-validate", action="store_true", help="do not run the dataset validator at the end")
 
@@ -119,12 +125,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ua3dtalk.preprocess import STEPS, PreprocessError, Preprocessor
 
     cfg = config_from_args(a, audio=a.audio, landmarks=a.landmarks, focal=a.focal)
+    try:
+        staging = output_plan(a, steps)
+    except ValueError as e:
+        _log(f"error: {e}")
+        return 2
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
-            pre = Preprocessor(a.video, a.out, cfg, log=_log)
-            rep = pre.run(steps, force=a.force)
+            pre = Preprocessor(a.video, staging or a.out, cfg, log=_log)
+            try:
+                rep = pre.run(steps, force=a.force)
+            except BaseException:
+                if staging is not None:  # the existing dataset stays as it was
+                    shutil.rmtree(staging, ignore_errors=True)
+                    _log(f"{a.out} was left unchanged")
+                raise
+            if staging is not None:
+                swap_in(staging, Path(a.out))
+                pre = Preprocessor(a.video, a.out, cfg, log=_log)
         except PreprocessError as e:
             where = f" (step {e.step})" if e.step else ""
             _log(f"error{where}: {e}")
@@ -142,6 +162,45 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if a.no_validate or not pre.is_done("pose"):
         return 0
     return validate_and_report(a.out)
+
+
+def output_plan(a, steps) -> Optional[Path]:
+    """Where to build (DESIGN §9, outputs): ``--out`` itself when it is empty, missing, or this video's own
+    earlier preprocessing (resumed step by step); a staging directory next to it when ``--force`` replaces
+    anything else there (swapped in only after success). Refuses (ValueError, nothing changed): a non-empty
+    directory that is not this video's output without ``--force``, an ``--out`` that is a file, and an
+    ``--out`` that contains one of the inputs."""
+    from ua3dtalk.preprocess.pipeline import made_from
+
+    out = Path(a.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file, not a directory")
+    for name, p in (("video", a.video), ("--audio", a.audio), ("--landmarks", a.landmarks)):
+        if p is not None and Path(p).exists() and out.resolve() in Path(p).resolve().parents:
+            raise ValueError(f"--out {out}: contains the input {name} {p}; write the dataset elsewhere")
+    from ua3dtalk.preprocess.pipeline import STATE_DIR
+
+    if not out.is_dir() or {p.name for p in out.iterdir()} <= {STATE_DIR}:
+        return None  # empty, or only the records of an attempt that stopped before decoding
+    if Path(a.video).is_file() and made_from(out, a.video):
+        return None  # this video's own output: resumed step by step (--force reruns the selected steps in place)
+    if not a.force:
+        raise ValueError(f"--out {out}: already holds files that are not the preprocessing of {a.video}; "
+                         "--force replaces them once the new dataset is complete (nothing was changed)")
+    if steps is not None:
+        raise ValueError("--force into a non-empty --out builds the whole dataset anew: drop --steps")
+    staging = out.with_name(f".{out.name}.staging-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    _log(f"--force: building into {staging}; {out} is replaced only when it is complete")
+    return staging
+
+
+def swap_in(staging, out) -> None:
+    """Replace ``out`` by the complete ``staging`` directory (old one moved aside first, then deleted)."""
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _exists(path) -> bool:

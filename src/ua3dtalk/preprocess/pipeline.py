@@ -61,6 +61,26 @@ DEPS: dict[str, tuple[str, ...]] = {
 }
 """Steps whose outputs each step reads (a step runs only when these are complete)."""
 STATE_DIR = "preprocess"
+
+
+def video_identity(path: str | Path) -> dict:
+    """Which video a dataset was made from: its size and SHA-1 (recorded by the decode step)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"size": Path(path).stat().st_size, "sha1": h.hexdigest()}
+
+
+def made_from(out: str | Path, video: str | Path) -> bool:
+    """Whether ``out`` is this project's preprocessing of ``video`` (its decode record names the same file)."""
+    try:
+        rec = json.loads((Path(out) / STATE_DIR / "decode.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(rec, dict) and rec.get("video") == video_identity(video)
 VERSION = 1
 
 
@@ -408,6 +428,7 @@ class Preprocessor:
             pad = a["padded_samples"] / V.SAMPLE_RATE
             self.log(f"audio shorter than the video: padded with {pad:.2f} s of silence")
         self._finish("decode", n, width=size, height=size, crop=None if crop is None else crop.as_list(),
+                     video=video_identity(self.video),
                      source={"width": info.width, "height": info.height, "fps": info.fps, "tbr": info.tbr,
                              "duration": info.duration, "variable_rate": info.variable_rate}, audio=a)
 
