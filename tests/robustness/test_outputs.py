@@ -90,3 +90,25 @@ def test_infer_out_over_its_audio_is_refused(tmp_path, capsys):
     assert "out=" in _one_line(capsys) and _digest(ckpt, wav) == before
     assert main([f"ckpt={ckpt}", f"audio={wav}", f"out={ckpt}"]) == 2
     assert _digest(ckpt, wav) == before
+
+
+def test_video_writer_removes_what_a_killed_run_left(tmp_path):
+    """A SIGKILLed ua3dtalk-infer leaves its temporary mp4 (and the muxing one) next to out=; the next write of
+    that output removes them."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from ua3dtalk.utils.io import _HOST as host
+    from ua3dtalk.utils.io import write_video
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    out = tmp_path / "me.mp4"
+    stale = [tmp_path / f".me.mp4.tmp-{host}-{dead}-abc123.mp4", tmp_path / f".me.mp4.tmp-{host}-{dead}-abc123.mux.mp4"]
+    for p in stale:
+        p.write_bytes(b"half an mp4")
+    write_video(out, [np.zeros((16, 16, 3), np.uint8)] * 3, fps=25)
+    assert out.is_file() and not any(p.exists() for p in stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["me.mp4"]

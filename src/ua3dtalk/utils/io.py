@@ -223,7 +223,7 @@ def write_video(path, frames, fps: int = 25, audio_path=None) -> None:
     import imageio_ffmpeg
 
     path = Path(path)
-    with atomic_path(path, suffix=".mp4") as tmp:
+    with atomic_path(path, suffix=".mp4", clean_stale=True) as tmp:  # also what a killed earlier run left
         w = iio2.get_writer(tmp, fps=fps, codec="libx264", quality=7, macro_block_size=1,
                             ffmpeg_log_level="error", output_params=["-pix_fmt", "yuv420p"])
         try:
