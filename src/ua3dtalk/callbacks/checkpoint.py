@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Optional
 
 import lightning as L
 import torch
@@ -107,18 +108,45 @@ def load_model_checkpoint(model, path) -> dict:
     return ckpt
 
 
+def pending_log_row(trainer) -> Optional[dict]:
+    """The logger row of the batch that just ended (Lightning writes it to the loggers only *after* the
+    ``on_train_batch_end`` hooks): its logged values with ``epoch`` and ``step`` as the loggers will get them;
+    None when it cannot be read."""
+    try:
+        res = trainer._results
+        if res is None:
+            return None
+        row = {k: float(v) for k, v in res.metrics(True)["log"].items()}
+        row["epoch"] = int(trainer.current_epoch)
+        row["step"] = int(trainer.fit_loop.epoch_loop._batches_that_stepped)
+        return row
+    except Exception:  # noqa: BLE001 - a private Lightning structure: missing means "no row", never a crash
+        return None
+
+
 class PeriodicCheckpoint(L.Callback):
-    """Save ``path`` every ``every_n_steps`` training batches and when training ends."""
+    """Save ``path`` every ``every_n_steps`` training batches and when training ends. A save at the end of a
+    batch also stores that batch's logger row (``ua3dtalk_pending_log``), which Lightning logs only after the
+    hook: after a kill, the resumed run puts it back into the stage's ``metrics.csv``."""
 
     def __init__(self, path, every_n_steps: int = 100):
         self.path = Path(path)
         self.every = max(1, int(every_n_steps))
         self._batches = 0
+        self._pending: Optional[dict] = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._batches += 1
         if self._batches % self.every == 0:
-            trainer.save_checkpoint(self.path, weights_only=False)  # full state (optimizers, loops): resumable
+            self._pending = pending_log_row(trainer)
+            try:
+                trainer.save_checkpoint(self.path, weights_only=False)  # full state (optimizers, loops): resumable
+            finally:
+                self._pending = None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        if self._pending is not None:
+            checkpoint["ua3dtalk_pending_log"] = dict(self._pending)
 
     def on_train_end(self, trainer, pl_module):
         trainer.save_checkpoint(self.path, weights_only=False)

@@ -445,7 +445,7 @@ def build_loggers(cfg, run_dir: Path) -> tuple[list, Optional[Any]]:
 
 
 def _read_csv_rows(path: Path, until_step: int) -> list[dict]:
-    """Rows of a Lightning ``metrics.csv`` logged at ``step ≤ until_step`` (numbers parsed, blanks dropped)."""
+    """Rows of a Lightning ``metrics.csv`` logged at ``step ≤ until_step`` (values as written, blanks dropped)."""
     import csv
 
     rows = []
@@ -456,20 +456,14 @@ def _read_csv_rows(path: Path, until_step: int) -> list[dict]:
                     continue
             except ValueError:
                 continue
-            row = {}
-            for k, v in r.items():
-                if v in ("", None):
-                    continue
-                try:
-                    row[k] = float(v)
-                except ValueError:
-                    row[k] = v
-            row["step"] = int(row["step"])
+            row = {k: v for k, v in r.items() if v not in ("", None)}  # as written: the log is rewritten verbatim
+            row["step"] = int(float(row["step"]))
             rows.append(row)
     return rows
 
 
-def stage_csv_logger(cfg, run_dir: Path, stage: str, keep_until_step: Optional[int] = None):
+def stage_csv_logger(cfg, run_dir: Path, stage: str, keep_until_step: Optional[int] = None,
+                     pending: Optional[dict] = None):
     """The CSV logger of one stage (``<run_dir>/logs/<stage>/metrics.csv``); always on. When resuming
     (``keep_until_step`` = the checkpoint's global step), the rows logged up to that step are kept
     (Lightning's CSV writer would delete the file); later rows are logged again by the resumed run."""
@@ -485,7 +479,11 @@ def stage_csv_logger(cfg, run_dir: Path, stage: str, keep_until_step: Optional[i
         lg = CSVLogger(save_dir=str(run_dir), name="logs", version=stage)
     path = Path(lg.log_dir) / "metrics.csv"
     if keep_until_step is not None and path.is_file() and _world_and_rank()[1] == 0:
-        rows = _read_csv_rows(path, int(keep_until_step))
+        if pending is not None:  # rows up to the checkpointed batch, then that batch's own row
+            rows = [r for r in _read_csv_rows(path, int(pending["step"])) if r["step"] < int(pending["step"])]
+            rows.append({k: v for k, v in pending.items()})
+        else:
+            rows = _read_csv_rows(path, int(keep_until_step))
         exp = lg.experiment  # creating the writer deletes the old file: its rows are queued again
         exp.metrics[:0] = rows
     return lg
@@ -874,15 +872,16 @@ def run(cfg) -> dict:
             n_opt = len(model._optimizers_for_stage())
             resume_ckpt = last if (cfg.resume and last.is_file()) else None
             start_epoch = skip = 0
-            resume_step = None
+            resume_step = pending_row = None
             if resume_ckpt is not None:
                 ck = read_checkpoint(resume_ckpt)
                 start_epoch, skip = checkpoint_position(ck)
                 resume_step = int(ck.get("global_step", 0))
+                pending_row = ck.get("ua3dtalk_pending_log")
                 del ck
                 print(f"ua3dtalk-train: stage {stage}: resuming from {resume_ckpt} (epoch {start_epoch}, "
                       f"batch {skip})", flush=True)
-            csv = stage_csv_logger(cfg, run_dir, stage, keep_until_step=resume_step)
+            csv = stage_csv_logger(cfg, run_dir, stage, keep_until_step=resume_step, pending=pending_row)
             loggers = [csv] + run_loggers
             for lg in loggers:
                 if isinstance(lg, WandbRunLogger):

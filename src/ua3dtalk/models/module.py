@@ -195,8 +195,8 @@ class UA3DTalk(HealthMixin, L.LightningModule):
             prior and emotion modules are frozen). The term costs the deformation of a few dozen anchors per
             frame, no rendering, so each step can supervise the field on many frames instead of the one it
             renders. 0 = only the rendered frames.
-        landmark_bank: capacity of that bank (frames; reservoir replacement once full; not checkpointed,
-            refilled after a resume).
+        landmark_bank: capacity of that bank (frames; reservoir replacement once full; saved in the checkpoint,
+            so a resumed run draws from the same frames).
         emotion_swap_weight: weight of the *emotion-swap* term (★, not in the paper; 0 = off; needs
             ``landmark_weight > 0``, ``landmark_frames > 0`` and the emotion view). The anchors are also
             triangulated per label cell (emotion × intensity, :meth:`LandmarkAnchors.cell_offsets`): a cell's
@@ -816,6 +816,9 @@ class UA3DTalk(HealthMixin, L.LightningModule):
                     dc.accumulate(g, r.out, W, H)
                 info = dc.after_backward(g, opt.optimizer if hasattr(opt, "optimizer") else opt, rs[-1].out, step,
                                          W, H)
+                # every key every step (0 = nothing happened): a logger row never carries a stale count, and a
+                # resumed run logs exactly what an uninterrupted one does
+                info = {"cloned": 0, "split": 0, "pruned": 0, "reset": 0, "num_gaussians": len(g), **info}
                 for k, v in info.items():
                     logs[f"train/density_{name}/{k}"] = float(v)
         net_opt = self._opt("net", opts)
@@ -1061,6 +1064,10 @@ class UA3DTalk(HealthMixin, L.LightningModule):
         checkpoint["ua3dtalk"] = {"stage": self.stage, "num_face": len(self.face), "num_mouth": len(self.mouth),
                                   "version": 1, "model_config": getattr(self, "model_config", None),
                                   "data_config": getattr(self, "data_config", None)}
+        # the landmark term's replay bank (frames seen, frames held, the held rows): resumed bit for bit
+        n = self._bank_n
+        rows = {k: v[:n].detach().cpu().clone() for k, v in self._bank.items()}
+        checkpoint["ua3dtalk_landmark_bank"] = {"seen": int(self._bank_seen), "n": int(n), "rows": rows}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         meta = checkpoint.get("ua3dtalk")
@@ -1068,6 +1075,15 @@ class UA3DTalk(HealthMixin, L.LightningModule):
             raise ValueError("checkpoint was not written by ua3dtalk (no 'ua3dtalk' entry)")
         if meta.get("version") != 1:
             raise ValueError(f"checkpoint format version {meta.get('version')} is not supported (expected 1)")
+        bank = checkpoint.get("ua3dtalk_landmark_bank")
+        if isinstance(bank, dict):  # checkpoints written before the bank was saved refill it from scratch
+            rows = {k: v for k, v in (bank.get("rows") or {}).items() if isinstance(v, torch.Tensor)}
+            n = int(bank.get("n", 0))
+            if any(len(v) != n for v in rows.values()) or (n and not rows):
+                raise ValueError(f"the landmark replay bank in the checkpoint is inconsistent ({n} frames held)")
+            dev = self.face.means.device
+            self._bank = {k: v.to(dev).clone() for k, v in rows.items()}
+            self._bank_n, self._bank_seen = n, int(bank.get("seen", n))
 
     def load_weights(self, state_dict: dict, strict: bool = True, what: str = "checkpoint") -> None:
         """Load a state dict with a clear error listing mismatched keys (checkpoints of another config)."""
