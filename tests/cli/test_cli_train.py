@@ -109,10 +109,14 @@ def test_wandb_mode_resolution(monkeypatch, tmp_path):
         wandb_mode("sometimes")
 
 
-def test_wandb_offline_run_has_group_tags_and_summary(synth_emotional_small, tmp_path, one_thread):
+@pytest.mark.slow
+def test_wandb_offline_run_has_group_tags_and_summary(synth_emotional_roles, tmp_path, one_thread):
+    """An ablation row at tiny scale with wandb: one offline run with the components as tags, validation renders,
+    and — every run evaluates — test/* in metrics.json and the summary, and the rendered test clip."""
     rd = tmp_path / "run"
-    m = run(compose(["experiment=abl_fusion_uniform", *TINY, "logger=wandb", f"data.root={synth_emotional_small}",
-                     f"paths.run_dir={rd}", "stages=[face]", "stage_steps.face=2"]))
+    m = run(compose(["experiment=abl_fusion_uniform", *TINY, "logger=wandb", f"data.root={synth_emotional_roles}",
+                     f"paths.run_dir={rd}", f"test.evaluator_dir={tmp_path / 'evaluators'}", "stages=[face]",
+                     "stage_steps.face=2"]))
     assert (rd / "logs" / "face" / "metrics.csv").is_file()  # CSV is always on
     files = list((rd / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1, "one offline wandb run per training run"
@@ -120,9 +124,11 @@ def test_wandb_offline_run_has_group_tags_and_summary(synth_emotional_small, tmp
     run_id = (rd / "wandb_id.txt").read_text().strip()
     assert run_id in files[0].name
     for needle in ("abl_fusion_uniform", "fusion:uniform", "prior:learned", "heads:multi", "best/val/psnr",
-                   "trainer/global_step"):
+                   "trainer/global_step", "val/renders", "test/clip", "test/psnr", "abl_fusion_uniform+"):
         assert needle.encode() in raw, f"{needle!r} not in the wandb run"
     assert m["components"]["fusion"] == "uniform" and "fusion:uniform" in m["tags"]
+    assert math.isfinite(m["test/psnr"]) and math.isfinite(m["test/lmd"]) and (rd / "test_clip.mp4").is_file()
+    assert set(m["eval_protocol"]["evaluator_clips"]).isdisjoint(m["eval_protocol"]["test_clips"])
 
 
 # --------------------------------------------------------------------------------------------------
