@@ -35,7 +35,15 @@ def test_good_settings_pass():
     check_train_config(compose(["experiment=paper_mead", "checkpoint_every=5", "interrupt_at={stage: face, step: 0}"]))
 
 
-def test_cli_exit_2_one_line(tmp_path, train_cli):
-    p = train_cli(tmp_path, "experiment=smoke", "seed=abc", f"paths.root={tmp_path}", timeout=120)
+def test_cli_exit_2_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from ua3dtalk.cli.train import config_dir
+
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "UA3DTALK_CONFIG_DIR": str(config_dir())}
+    p = subprocess.run([sys.executable, "-m", "ua3dtalk.cli.train", "experiment=smoke", "seed=abc",
+                        f"paths.root={tmp_path}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("ua3dtalk-train: error: seed:"), p.stderr
