@@ -120,3 +120,7 @@ def test_a_second_run_into_a_run_directory_is_refused_and_changes_nothing(synth_
     assert p.returncode == 2 and "model.face.num_points" in p.stderr and "→ 123" in p.stderr, p.stderr[-2000:]
     assert "Traceback" not in p.stderr
     assert _tree(rd) == before
+    # a corrupt record of a finished stage: named, exit 2, no traceback
+    (rd / "checkpoints" / "face" / "done.json").write_text("{half a reco")
+    p = train_cli(tmp_path, *base, "resume=true", f"paths.run_dir={rd}", timeout=300)
+    assert p.returncode == 2 and "done.json" in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]

@@ -857,8 +857,16 @@ def run(cfg) -> dict:
             done = ckpt_dir / "done.json"
             last = ckpt_dir / "last.ckpt"
             if cfg.resume and done.is_file():  # finished before the interruption: take its weights
+                try:
+                    done_rec = json.loads(done.read_text())
+                except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                    raise ValueError(f"{done}: the record of the finished stage {stage} is not readable JSON ({e}); "
+                                     "delete it to train the stage again") from None
+                if not isinstance(done_rec, dict):
+                    raise ValueError(f"{done}: the record of the finished stage {stage} is not a JSON object; delete "
+                                     "it to train the stage again")
                 load_model_checkpoint(model, last)
-                metrics["stages"][stage] = json.loads(done.read_text())
+                metrics["stages"][stage] = done_rec
                 best.update(metrics["stages"][stage].get("best", {}))  # later stages define the run's keys
                 step_offset += int(metrics["stages"][stage].get("global_step", 0))
                 prev_ckpt = last
