@@ -165,7 +165,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def output_plan(a, steps) -> Optional[Path]:
-    """Where to build (DESIGN §9, outputs): ``--out`` itself when it is empty, missing, or this video's own
+    """Where to build (DESIGN §9.3): ``--out`` itself when it is empty, missing, or this video's own
     earlier preprocessing (resumed step by step); a staging directory next to it when ``--force`` replaces
     anything else there (swapped in only after success). Refuses (ValueError, nothing changed): a non-empty
     directory that is not this video's output without ``--force``, an ``--out`` that is a file, and an

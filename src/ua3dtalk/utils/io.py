@@ -141,7 +141,7 @@ class OutputError(ValueError):
 
 def check_output(out, arg: str, inputs: dict | None = None, *, min_free_bytes: int = 16 << 20,
                  reads_back: tuple = ()) -> Path:
-    """The one rule for a command's output file, checked before any work (DESIGN §9):
+    """The one rule for a command's output file, checked before any work (DESIGN §9.3):
 
     * never one of the command's own inputs (``inputs``: argument name → path; the same file, also through a
       link), never inside an input directory under a name the command reads back (``reads_back``: file
