@@ -74,13 +74,22 @@ def video_identity(path: str | Path) -> dict:
     return {"size": Path(path).stat().st_size, "sha1": h.hexdigest()}
 
 
+SOURCE_RECORD = "source.json"
+"""``<out>/preprocess/source.json``: the video a preprocessing run writes ``out`` from (written before any step)."""
+
+
 def made_from(out: str | Path, video: str | Path) -> bool:
-    """Whether ``out`` is this project's preprocessing of ``video`` (its decode record names the same file)."""
-    try:
-        rec = json.loads((Path(out) / STATE_DIR / "decode.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return isinstance(rec, dict) and rec.get("video") == video_identity(video)
+    """Whether ``out`` is this project's preprocessing of ``video`` — finished or killed half-way: its source
+    record (or decode record) names the same file (size and SHA-1)."""
+    want = video_identity(video)
+    for name in (SOURCE_RECORD, "decode.json"):
+        try:
+            rec = json.loads((Path(out) / STATE_DIR / name).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(rec, dict) and rec.get("video") == want:
+            return True
+    return False
 VERSION = 1
 
 
@@ -342,6 +351,15 @@ class Preprocessor:
             raise ValueError(f"unknown step(s) {', '.join(bad)}; steps are {', '.join(STEPS)}")
         self.out.mkdir(parents=True, exist_ok=True)
         self.state.mkdir(parents=True, exist_ok=True)
+        if self.video.is_file():  # before any step: a killed run is still recognised as this video's output
+            src = {"video": video_identity(self.video)}
+            path = self.state / SOURCE_RECORD
+            try:
+                same = json.loads(path.read_text()) == src
+            except (OSError, json.JSONDecodeError):
+                same = False
+            if not same:
+                atomic_write_json(path, src)
         ran, skipped = [], []
         for step in [s for s in STEPS if s in steps]:
             if not force and self.is_done(step):
