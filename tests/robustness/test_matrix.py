@@ -357,7 +357,7 @@ def test_features_model_option_for_mel_is_a_usage_error(regular):
     (["--preset", "enormous"], ["--preset", "tiny"]),
     (["--resolution", "0"], ["resolution"]),
     (["--resolution", "-64"], ["resolution"]),
-    (["--emotional", "--clips-per-level", "0"], ["clips_per_level"]),
+    (["--emotional", "--clips-per-level", "0"], ["--clips-per-level"]),
     (["--features", "mfcc9000"], ["--features", "mfcc9000"]),
 ], ids=["unknown-preset", "zero-resolution", "negative-resolution", "zero-clips", "unknown-extractor"])
 def test_synth_bad_arguments_write_nothing(argv, needles, tmp_path):
@@ -543,7 +543,8 @@ def test_train_resume_from_a_corrupt_checkpoint(trained_run, synth_emotional_sma
     (run_dir / "checkpoints" / "face" / "done.json").unlink()
     ck = run_dir / "checkpoints" / "face" / "last.ckpt"
     truncate(ck, 0.5)
-    r = _train(synth_emotional_small, run_dir, "stages=[face]", "stage_steps.face=2", "resume=true")
+    r = _train(synth_emotional_small, run_dir, "stages=[emotion,face]", "stage_steps.face=2", "stage_steps.emotion=2",
+               "resume=true")  # the run's own configuration (another one is refused before any checkpoint is read)
     assert_user_error(r, "last.ckpt", "not a loadable checkpoint")
 
 

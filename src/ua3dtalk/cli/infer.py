@@ -49,7 +49,7 @@ def resolve_checkpoint(arg, command: str = "ua3dtalk") -> Path:
         print(f"{command}: checkpoint {p}", flush=True)
         return p
     if not p.is_dir():
-        raise FileNotFoundError(f"ckpt={arg}: no such checkpoint file or run directory")
+        raise FileNotFoundError(f"ckpt={arg}: checkpoint not found (no such file or run directory)")
     meta: dict = {}
     try:
         meta = json.loads((p / "metrics.json").read_text()) if (p / "metrics.json").is_file() else {}

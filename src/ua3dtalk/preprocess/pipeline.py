@@ -327,6 +327,17 @@ class Preprocessor:
         atomic_write_json(self.record_path(step), rec)
         return rec
 
+    def _record_source(self) -> None:
+        """``preprocess/source.json``: the video this directory is being made from (size and SHA-1)."""
+        src = {"video": video_identity(self.video)}
+        path = self.state / SOURCE_RECORD
+        try:
+            same = json.loads(path.read_text()) == src
+        except (OSError, json.JSONDecodeError):
+            same = False
+        if not same:
+            atomic_write_json(path, src)
+
     def n_frames(self) -> int:
         r = self.record("decode")
         if r is None:
@@ -351,15 +362,6 @@ class Preprocessor:
             raise ValueError(f"unknown step(s) {', '.join(bad)}; steps are {', '.join(STEPS)}")
         self.out.mkdir(parents=True, exist_ok=True)
         self.state.mkdir(parents=True, exist_ok=True)
-        if self.video.is_file():  # before any step: a killed run is still recognised as this video's output
-            src = {"video": video_identity(self.video)}
-            path = self.state / SOURCE_RECORD
-            try:
-                same = json.loads(path.read_text()) == src
-            except (OSError, json.JSONDecodeError):
-                same = False
-            if not same:
-                atomic_write_json(path, src)
         ran, skipped = [], []
         for step in [s for s in STEPS if s in steps]:
             if not force and self.is_done(step):
@@ -392,6 +394,7 @@ class Preprocessor:
     def step_decode(self) -> None:
         cfg = self.cfg
         info = V.probe(self.video)
+        self._record_source()  # a readable video: from here on a killed run is still this video's output
         if info.duration and info.expected_frames < cfg.min_frames:
             raise PreprocessError(f"video too short: {info.duration:.2f} s = {info.expected_frames} frames at 25 fps, "
                                   f"at least {cfg.min_frames} frames are needed (--min-frames)", self.video)
