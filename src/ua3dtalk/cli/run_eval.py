@@ -32,14 +32,12 @@ def data_split(cfg) -> dict:
 
 
 def _complete(d: Path, want: list[str]) -> bool:
-    from ..metrics.suite import MANIFEST_FILE
+    """A complete evaluator set (every kind) trained on the clips ``want``; a damaged manifest is not one."""
+    from ..metrics.suite import read_manifest
     from .evaluators import KINDS
 
-    man = d / MANIFEST_FILE
-    if not man.is_file():
-        return False
     try:
-        m = json.loads(man.read_text())
+        m = read_manifest(d)
     except (OSError, ValueError):
         return False
     return isinstance(m, dict) and all(k in m.get("evaluators", {}) for k in KINDS) and m.get("clips") == want
