@@ -112,3 +112,107 @@ def test_video_writer_removes_what_a_killed_run_left(tmp_path):
     write_video(out, [np.zeros((16, 16, 3), np.uint8)] * 3, fps=25)
     assert out.is_file() and not any(p.exists() for p in stale)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["me.mp4"]
+
+
+def test_check_output_dir_rules(tmp_path):
+    from ua3dtalk.utils.io import check_output_dir
+
+    data = tmp_path / "data"
+    (data / "clip").mkdir(parents=True)
+    (data / "clip" / "aud.wav").write_bytes(b"RIFF")
+    with pytest.raises(OutputError, match=r"--out=.*own input --data="):
+        check_output_dir(data, "--out", {"--data": data})  # replacing it would delete the input
+    with pytest.raises(OutputError, match="own input"):
+        check_output_dir(tmp_path, "--out", {"--data": data})  # holds the input
+    with pytest.raises(OutputError, match="inside the input"):
+        check_output_dir(data / "teacher", "--out", {"--data": data})
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(OutputError, match="not a directory"):
+        check_output_dir(f, "--out")
+    with pytest.raises(OutputError, match="is a file, not a directory"):
+        check_output_dir(f / "sub" / "dir", "--out")
+    with pytest.raises(OutputError, match="MB free"):
+        check_output_dir(tmp_path / "new", "--out", min_free_bytes=1 << 62)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("mine")
+    with pytest.raises(OutputError, match="non-empty directory"):
+        check_output_dir(foreign, "--out", own=lambda d: (d / "manifest.json").is_file())
+    (foreign / "manifest.json").write_text("{}")  # its own earlier output: accepted
+    assert check_output_dir(foreign, "--out", own=lambda d: (d / "manifest.json").is_file()) == foreign
+    assert check_output_dir(tmp_path / "a" / "b", "paths.run_dir") == tmp_path / "a" / "b"
+    assert not (tmp_path / "a").exists()  # a check creates nothing
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        with pytest.raises(OutputError, match="not writable"):
+            check_output_dir(ro / "x", "--out")
+
+
+def test_directory_outputs_of_the_commands_are_checked_before_work(tmp_path, capsys, regular):
+    """evaluators / synth / teacher --out and the training run directory: under a file, inside or around the
+    dataset, or a foreign non-empty directory → exit 2 with one line naming the argument, nothing changed."""
+    from ua3dtalk.cli import evaluators, synth, teacher
+
+    f = tmp_path / "file"
+    f.write_text("x")
+    before = sorted((p.relative_to(regular), p.stat().st_mtime_ns) for p in regular.rglob("*"))
+    for main, args in ((evaluators.main, ["train", "--data", str(regular), "--out", str(f / "ev")]),
+                       (evaluators.main, ["train", "--data", str(regular), "--out", str(regular / "ev")]),
+                       (synth.main, ["--out", str(f / "synth"), "--preset", "tiny"]),
+                       (teacher.main, ["--data", str(regular), "--out", str(regular.parent), "--force"])):
+        assert main(args) == 2, args
+        assert "--out" in _one_line(capsys)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert evaluators.main(["train", "--data", str(regular), "--out", str(foreign)]) == 2
+    assert "non-empty directory" in _one_line(capsys)
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    assert sorted((p.relative_to(regular), p.stat().st_mtime_ns) for p in regular.rglob("*")) == before
+
+
+def test_train_run_dir_under_a_file_is_refused_before_work(tmp_path):
+    import subprocess
+    import sys
+
+    from ua3dtalk.cli.train import config_dir
+
+    f = tmp_path / "file"
+    f.write_text("x")
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "UA3DTALK_CONFIG_DIR": str(config_dir())}
+    r = subprocess.run([sys.executable, "-m", "ua3dtalk.cli.train", "experiment=smoke", f"paths.root={tmp_path}",
+                        f"paths.run_dir={f / 'run'}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=300)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "paths.run_dir" in lines[0], r.stderr[-2000:]
+    assert f.read_text() == "x"
+
+
+def test_claim_run_dir_checks_the_place(tmp_path):
+    from ua3dtalk.cli.identity import claim_run_dir
+
+    data = tmp_path / "data"
+    data.mkdir()
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(OutputError, match="paths.run_dir"):
+        claim_run_dir(f / "run", False, {})
+    with pytest.raises(OutputError, match="inside the input data.root"):
+        claim_run_dir(data / "run", False, {}, {"data.root": data})
+    assert claim_run_dir(tmp_path / "run", False, {}, {"data.root": data})
+    assert (tmp_path / "run" / "run.json").is_file()
+
+
+def test_tables_count_a_run_reached_twice_once(tmp_path, capsys):
+    from ua3dtalk.cli.tables import find_runs
+
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"experiment": "paper_mead", "seed": 0, "val/psnr": 30.0}))
+    link = tmp_path / "alias"
+    link.symlink_to(tmp_path / "runs")
+    runs = find_runs([tmp_path / "runs", run, run / "metrics.json", link])
+    assert len(runs) == 1

@@ -150,7 +150,7 @@ def train_evaluators(data, out, *, only=KINDS, epochs: int = 30, batch_size: int
     from ..data.splits import clip_key
     from ..metrics import evaluators as ev
     from ..metrics.suite import EVALUATOR_DIRS, MANIFEST_FILE, SYNCNET_FILES
-    from ..utils.io import atomic_write_json
+    from ..utils.io import atomic_write_json, check_output_dir
 
     only = tuple(only)
     bad = sorted(set(only) - set(KINDS))
@@ -159,9 +159,10 @@ def train_evaluators(data, out, *, only=KINDS, epochs: int = 30, batch_size: int
     data = Path(data)
     if not data.exists():
         raise FileNotFoundError(f"--data: dataset directory not found: {data}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(out, "--out", {"--data": data}, own=lambda d: (d / MANIFEST_FILE).is_file(),
+                           what="evaluator directory")
     dataset = load_dataset(data)
+    out.mkdir(parents=True, exist_ok=True)
     train_clips, heldout = evaluator_split(dataset, clips, split)
     manifest = {"dataset": str(data), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seed": int(seed),
                 "clips_role": clips, "split": None if clips == "all" else {**SYNTH_SPLIT, **(split or {})},

@@ -148,13 +148,18 @@ def holds_run(run_dir: Path) -> bool:
     return run_dir.is_dir() and any((run_dir / m).exists() for m in RUN_MARKERS)
 
 
-def claim_run_dir(run_dir: Path, resume: bool, record: dict) -> bool:
+def claim_run_dir(run_dir: Path, resume: bool, record: dict, inputs: dict | None = None) -> bool:
     """Claim ``run_dir`` for a new run or check it for a resume, before anything is written there.
 
     New run (``resume=false``): the directory must not hold a run; ``run.json`` (``record``) is created
     exclusively, so two jobs racing for one directory cannot both start. Returns True when a new run was
-    claimed, False on a resume. Raises :class:`RunExistsError` (one line naming the directory)."""
+    claimed, False on a resume. Raises :class:`RunExistsError` (one line naming the directory), or
+    :class:`~ua3dtalk.utils.io.OutputError` when the directory is not writable, has no room, lies under a
+    file or inside / around an input (``inputs``: key → path, e.g. the dataset)."""
+    from ..utils.io import check_output_dir
+
     run_dir = Path(run_dir)
+    check_output_dir(run_dir, "paths.run_dir", inputs, min_free_bytes=256 << 20, what="run")
     marker = run_dir / "run.json"
     if resume:
         if not holds_run(run_dir):

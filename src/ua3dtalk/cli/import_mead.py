@@ -58,6 +58,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         levels = None if a.levels is None else [int(x) for x in a.levels.split(",") if x.strip()]
     except ValueError:
         p.error("--levels must be comma-separated integers 1, 2, 3")
+    from ua3dtalk.utils.io import OutputError, check_output_dir
+
+    try:  # not the MEAD tree, not inside it; writable with room — before any decoding
+        check_output_dir(a.out, "--out", {"root": a.root}, min_free_bytes=256 << 20, what="dataset")
+    except OutputError as e:
+        _log(f"error: {e}")
+        return 2
     cfg = config_from_args(a, focal=a.focal)
     t0 = time.perf_counter()
     with warnings.catch_warnings():

@@ -39,6 +39,13 @@ def main(argv=None) -> int:
         print(f"ua3dtalk-synth: error: --features: unknown extractor(s) {', '.join(bad)}; choose mel or wav2vec2",
               file=sys.stderr)
         return 2
+    from ..utils.io import OutputError, check_output_dir
+
+    try:  # writable, room, not under a file — before minutes of rendering
+        check_output_dir(a.out, "--out", what="dataset root")
+    except OutputError as e:
+        print(f"ua3dtalk-synth: error: {e}", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     try:
         if a.emotional:

@@ -225,12 +225,17 @@ def find_runs(paths: Sequence[str | Path]) -> list[Run]:
     A file that cannot be read, is not valid JSON or is not a JSON object is an error (:class:`TablesError`
     naming the file): a run must never vanish from a mean silently."""
     runs = []
+    seen: set[Path] = set()  # a run reached twice (`--runs A A`, `--runs A A/sub`, a link) counts once
     for p in paths:
         p = Path(p)
         if not p.exists():
             raise TablesError(f"--runs: {p} does not exist")
         files = [p] if p.is_file() else sorted(p.rglob("metrics.json"))
         for f in files:
+            real = f.resolve()
+            if real in seen:
+                continue
+            seen.add(real)
             try:
                 meta = json.loads(f.read_text())
             except json.JSONDecodeError as e:

@@ -106,11 +106,14 @@ def check_inputs(data: Path, out: Path, *, epochs: int, batch_size: int, lr: flo
             raise TeacherError(f"--out: {out} exists and is not a directory")
         if not force:
             raise TeacherError(f"--out: {out} already exists (pass --force to replace it)")
-    try:
-        if out.resolve() == data.resolve() or data.resolve() in out.resolve().parents:
-            raise TeacherError(f"--out: {out} is inside the dataset --data {data}; write the teacher elsewhere")
-    except OSError:
-        pass
+    from ..utils.io import OutputError, check_output_dir
+
+    try:  # not the dataset, not inside it, not holding it; writable with room
+        check_output_dir(out, "--out", {"--data": data}, what="teacher")
+    except OutputError as e:
+        raise TeacherError(str(e)) from None
+    except OSError as e:
+        raise TeacherError(f"--out: {out}: {e}") from None
 
 
 def _device(name: str):

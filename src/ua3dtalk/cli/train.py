@@ -813,7 +813,8 @@ def run(cfg) -> dict:
              "scale": str(cfg.get("scale_label") or ""),
              "subject": str(cfg.data.get("subject", "")), "seed": int(cfg.seed)}
     # claim the directory before anything is written: a run is never started over another one (DESIGN §9.1)
-    new_run = claim_run_dir(run_dir, bool(cfg.resume), ident) if is_main else False
+    new_run = (claim_run_dir(run_dir, bool(cfg.resume), ident, {"data.root": cfg.data.get("root")})
+               if is_main else False)
     L.seed_everything(int(cfg.seed), workers=True)
     dm = build_datamodule(cfg)
     fill_data_info(cfg, dm)

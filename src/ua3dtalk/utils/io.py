@@ -179,6 +179,55 @@ def check_output(out, arg: str, inputs: dict | None = None, *, min_free_bytes: i
     return o
 
 
+def _nearest_existing(p: Path) -> Path:
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def check_output_dir(out, arg: str, inputs: dict | None = None, *, own=None, min_free_bytes: int = 64 << 20,
+                     what: str = "output") -> Path:
+    """The one rule for a command's output *directory*, checked before any work (DESIGN §9.3):
+
+    * it is not one of the command's inputs, does not contain one (replacing it would delete the input) and
+      does not lie inside an input directory (``inputs``: argument name → path);
+    * no component of the path is an existing file; the directory (or its nearest existing ancestor) is
+      writable and has at least ``min_free_bytes`` free;
+    * when it exists and is not empty, ``own(path)`` must say it is this command's own earlier output
+      (``own=None``: any existing directory is accepted — the command keeps its own files apart, e.g. a
+      dataset root holding several subjects).
+
+    Returns the path; raises :class:`OutputError` naming ``arg``."""
+    o = Path(os.path.expanduser(str(out)))
+    ro = o.resolve()
+    for name, p in (inputs or {}).items():
+        if p is None:
+            continue
+        q = Path(os.path.expanduser(str(p))).resolve()
+        if ro == q or ro in q.parents:
+            raise OutputError(f"{arg}={out}: holds the command's own input {name}={p}; write the {what} elsewhere")
+        if q.is_dir() and q in ro.parents:
+            raise OutputError(f"{arg}={out}: is inside the input {name}={p}; write the {what} elsewhere")
+    if o.exists() and not o.is_dir():
+        raise OutputError(f"{arg}={out}: exists and is not a directory")
+    base = _nearest_existing(ro)
+    if not base.is_dir():
+        raise OutputError(f"{arg}={out}: {base} is a file, not a directory")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise OutputError(f"{arg}={out}: {base} is not writable")
+    try:
+        free = shutil.disk_usage(base).free
+    except OSError:
+        free = None
+    if free is not None and free < min_free_bytes:
+        raise OutputError(f"{arg}={out}: only {free >> 20} MB free on the disk of {base} "
+                          f"(needs ≥ {min_free_bytes >> 20} MB)")
+    if own is not None and o.is_dir() and any(o.iterdir()) and not own(o):
+        raise OutputError(f"{arg}={out}: is a non-empty directory that is not an earlier {what} of this command; "
+                          "give an empty or new directory (nothing was changed)")
+    return o
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
