@@ -8,7 +8,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup test test-fast demo bench lint clean sweep tables notebooks evaluators
+.PHONY: help setup test test-fast demo bench lint clean sweep tables notebooks evaluators video
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -20,7 +20,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -c "from ua3dtalk.render import cpu_backend_status; print('cpu kernel:', cpu_backend_status(build=True))"
 	touch $(STAMP)
 
-setup: $(STAMP)  ## create .venv and install the package editable with [dev] (idempotent)
+setup: $(STAMP)  ## create .venv and install the package editable with [dev,preprocess] (idempotent)
 
 test: setup  ## run the whole test suite (CPU; slow tests included)
 	$(PY) -m pytest
@@ -30,6 +30,9 @@ test-fast: setup  ## run the test suite without the tests marked slow
 
 demo: setup  ## set up, then run the demo end to end and write a report with pictures to outputs/demo (SEEDS=0,1,2: one run per seed, mean ± 95 % CI)
 	$(PY) -m ua3dtalk.cli.demo --out outputs/demo $(if $(SEEDS),--seeds $(SEEDS))
+
+video: setup  ## your own video end to end on a CPU: VIDEO=my.mp4 AUDIO=speech.wav → outputs/video/<name>/report.md
+	VIDEO='$(VIDEO)' AUDIO='$(AUDIO)' NAME='$(NAME)' DATA='$(DATA)' EVALUATORS='$(EVALUATORS)' ARGS='$(ARGS)' scripts/own_video.sh
 
 sweep: setup  ## the ablation table as one sweep (CPU, demo scale; SWEEP=slurm for a cluster; ARGS=hydra overrides)
 	scripts/sweep_ablation.sh $(or $(SWEEP),local) $(ARGS)
@@ -50,8 +53,8 @@ evaluators: setup  ## train the metric evaluators (landmarks, expression, emotio
 notebooks: setup  ## execute the notebooks on the tiny synthetic dataset (outputs stay stripped in git)
 	$(PY) -m pytest tests/experiments/test_notebooks.py -q
 
-bench: setup  ## run the benchmarks (ratio tables, 2 threads)
-	$(PY) benchmarks/render.py
+bench: setup  ## run every benchmark in benchmarks/ (ratio tables, 2 threads; BENCH="render model" for some)
+	$(PY) -m ua3dtalk.cli.bench $(or $(BENCH),all)
 
 lint: setup  ## ruff
 	$(PY) -m ruff check src tests benchmarks

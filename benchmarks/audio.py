@@ -55,7 +55,7 @@ def main() -> None:
     from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
     from transformers.utils import logging as hf_logging
 
-    from ua3dtalk.data.audio import MelExtractor, Wav2Vec2Extractor
+    from ua3dtalk.data.extractors import MelExtractor, Wav2Vec2Extractor
 
     hf_logging.set_verbosity_error()
     torch.manual_seed(0)

@@ -118,13 +118,13 @@ def inference_fps(n: int, size: int, frames: int, compute_dtype: str = "float32"
     """Frames/s of ``render_batch`` (one frame: conditioning, deformation with the inference cache,
     rasterization), from the median per-frame time (robust to a loaded machine). ``fused``: the C++
     statistics kernel (False: its torch reference)."""
-    from ua3dtalk.models.deformation import ensemble
+    from ua3dtalk.models.deformation import fused_stats
 
     model = build(n, "diagonal", compute_dtype=compute_dtype)
     model.stage = "face"
     model.eval()
     batch = make_batch(size, 80)
-    old, ensemble.FUSED_STATS = ensemble.FUSED_STATS, fused
+    old, fused_stats.FUSED_STATS = fused_stats.FUSED_STATS, fused
     try:
         with torch.no_grad():
             for _ in range(3):
@@ -135,7 +135,7 @@ def inference_fps(n: int, size: int, frames: int, compute_dtype: str = "float32"
                 model.render_batch(batch)
                 ts.append(time.perf_counter() - t0)
     finally:
-        ensemble.FUSED_STATS = old
+        fused_stats.FUSED_STATS = old
     ts.sort()
     return 1.0 / ts[len(ts) // 2]
 

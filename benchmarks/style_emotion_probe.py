@@ -83,7 +83,8 @@ def features(dm, prior) -> tuple[dict, dict]:
     """Per role: f_style and the raw-context reference features of every frame of its clips."""
     from torch.utils.data import DataLoader
 
-    from ua3dtalk.data.datamodule import AudioFrameDataset, all_positions, collate_batches
+    from ua3dtalk.data.batch import collate_batches
+    from ua3dtalk.data.datasets import AudioFrameDataset, all_positions
 
     style, raw = {}, {}
     for role, clips in dm.split_clips.items():

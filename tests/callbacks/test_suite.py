@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from ua3dtalk.metrics.image import psnr, ssim
-from ua3dtalk.metrics.suite import Evaluators, MetricSuite, parse_metrics
+from ua3dtalk.metrics.evaluator_dir import Evaluators, parse_metrics
+from ua3dtalk.metrics.suite import MetricSuite
 
 
 def _clip(n, seed):

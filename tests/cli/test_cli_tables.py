@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from ua3dtalk.cli.tables import TablesError, find_runs, load_published, main, make_table, wandb_runs
+from ua3dtalk.cli.tables import main
+from ua3dtalk.reporting.runs import TablesError, find_runs, wandb_runs
+from ua3dtalk.reporting.tables import load_published, make_table
 
 # experiment, subject, seed, kind, metrics
 RUNS = [
@@ -142,7 +144,7 @@ def test_cli_main_writes_file_and_reports_errors(runs_dir, published, tmp_path, 
 
 
 def test_repository_published_file_is_cited_and_valid():
-    from ua3dtalk.cli.tables import default_published_dir
+    from ua3dtalk.reporting.tables import default_published_dir
 
     docs = load_published([default_published_dir()])
     assert docs and all(d["source"]["citation"] and d["source"].get("url") for d in docs)
@@ -158,7 +160,8 @@ def _labels(text: str) -> list[str]:
 def test_repository_published_rows_name_paper_and_table_and_come_after_our_rows(runs_dir):
     """The real files of experiments/published/: every absolute row has a url and the table of the paper it
     was copied from; in the table it follows our rows, marked [k], and changes none of our cells."""
-    from ua3dtalk.cli.tables import PUBLISHED_NOTE, TABLES, default_published_dir
+    from ua3dtalk.reporting.runs import TABLES
+    from ua3dtalk.reporting.tables import PUBLISHED_NOTE, default_published_dir
 
     docs = load_published([default_published_dir()])
     pub_rows = [(d, r) for d in docs for r in d.get("rows") or []]

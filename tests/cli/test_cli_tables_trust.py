@@ -11,7 +11,9 @@ import pytest
 
 from test_cli_tables import _row  # the same table-row parser as the table tests
 
-from ua3dtalk.cli.tables import TablesError, find_runs, load_published, main, make_table
+from ua3dtalk.cli.tables import main
+from ua3dtalk.reporting.runs import TablesError, find_runs
+from ua3dtalk.reporting.tables import load_published, make_table
 
 T_975_2 = 4.302652729911275  # Student t quantile, two-sided 95 %, 2 degrees of freedom (tables)
 

@@ -11,7 +11,10 @@ import pytest
 import torch
 
 from ua3dtalk.callbacks.checkpoint import read_checkpoint
-from ua3dtalk.cli.train import EpochBatchSampler, SimulatedInterruption, compose, run, wandb_mode
+from ua3dtalk.callbacks.loggers import wandb_mode
+from ua3dtalk.cli.train import compose, run
+from ua3dtalk.curriculum import SimulatedInterruption
+from ua3dtalk.data.epoch_sampler import EpochBatchSampler
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 

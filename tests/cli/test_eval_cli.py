@@ -89,7 +89,7 @@ def test_emotion_control_scores(short_run, synth_emotional_small):
     from ua3dtalk.cli.eval import build_eval_datamodule, emotion_control_scores
     from ua3dtalk.cli.infer import load_model
     from ua3dtalk.metrics.evaluators import EmotionClassifier, EmotionClassifierConfig
-    from ua3dtalk.metrics.suite import Evaluators
+    from ua3dtalk.metrics.evaluator_dir import Evaluators
 
     ckpt = short_run / "checkpoints" / "face" / "last.ckpt"
     model = load_model(ckpt, "torch")

@@ -36,7 +36,8 @@ def shared_evaluators(tmp_path_factory, data) -> Path:
 
 @pytest.mark.slow
 def test_train_writes_loadable_evaluators(synth_emotional_small, tmp_path_factory):
-    from ua3dtalk.metrics.suite import MetricSuite, load_evaluators
+    from ua3dtalk.metrics.evaluator_dir import load_evaluators
+    from ua3dtalk.metrics.suite import MetricSuite
 
     d = shared_evaluators(tmp_path_factory, synth_emotional_small)
     man = json.loads((d / "manifest.json").read_text())
@@ -48,7 +49,7 @@ def test_train_writes_loadable_evaluators(synth_emotional_small, tmp_path_factor
     for name in ("landmark", "expression", "emotion", "syncnet"):
         assert getattr(ev, name) is not None and str(d) in ev.sources[name]
     # the ground truth scored against itself through the suite: LMD 0, E-FID ≈ 0 for every extractor
-    from ua3dtalk.metrics.syncnet import clips_from_dataset
+    from ua3dtalk.metrics.syncnet_training import clips_from_dataset
 
     clip = clips_from_dataset(synth_emotional_small)[0]
     frames = clip.load_frames()
@@ -74,7 +75,8 @@ def test_train_bad_input_names_the_problem(tmp_path, capsys):
 
 
 def test_load_evaluators_reports_missing_files(tmp_path):
-    from ua3dtalk.metrics.suite import MetricSuite, load_evaluators
+    from ua3dtalk.metrics.evaluator_dir import load_evaluators
+    from ua3dtalk.metrics.suite import MetricSuite
 
     ev = load_evaluators(tmp_path, ["psnr", "lmd", "sync"])
     assert set(ev.missing) == {"landmark", "syncnet"}

@@ -23,8 +23,9 @@ def videos(synth_emotional_small, tmp_path_factory):
     """gt.mp4 (frames + aud.wav of the first clip), same.mp4 (same frames), noisy.mp4, the clip dir."""
     import soundfile as sf
 
-    from ua3dtalk.data.formats import load_dataset
-    from ua3dtalk.metrics.syncnet import SAMPLES_PER_FRAME, clips_from_dataset
+    from ua3dtalk.data.loading import load_dataset
+    from ua3dtalk.metrics.syncnet import SAMPLES_PER_FRAME
+    from ua3dtalk.metrics.syncnet_training import clips_from_dataset
     from ua3dtalk.utils.io import write_video
 
     d = tmp_path_factory.mktemp("score")
@@ -116,7 +117,7 @@ def random_evaluators(videos, tmp_path_factory):
     clip's crops, so that their outputs vary from frame to frame (a fresh random one is nearly constant)."""
     from ua3dtalk.cli.score import gt_clip_inputs
     from ua3dtalk.metrics import evaluators as E
-    from ua3dtalk.metrics.suite import EVALUATOR_DIRS
+    from ua3dtalk.metrics.evaluator_dir import EVALUATOR_DIRS
     from ua3dtalk.metrics.syncnet import SyncNet, SyncNetConfig, save_syncnet
 
     d = tmp_path_factory.mktemp("random_evaluators")
@@ -154,8 +155,8 @@ def test_streamed_scores_equal_the_whole_clip(videos, random_evaluators, one_thr
     from ua3dtalk.metrics.frechet import frechet_distance
     from ua3dtalk.metrics.image import psnr_per_frame, ssim
     from ua3dtalk.metrics.landmarks import lmd
-    from ua3dtalk.metrics.suite import load_evaluators
-    from ua3dtalk.metrics.syncnet import crop_for_sync, sync_scores
+    from ua3dtalk.metrics.evaluator_dir import load_evaluators
+    from ua3dtalk.metrics.syncnet_scoring import crop_for_sync, sync_scores
 
     d, clip_dir = videos
     kw = dict(gt_dir=clip_dir, evaluators=random_evaluators, lpips_random_backbone=True, progress=False)
@@ -196,7 +197,8 @@ def test_suite_stream_with_uneven_chunks_equals_update(videos, random_evaluators
     """:meth:`MetricSuite.stream` fed chunks of 1, 4, 2, 9 and 14 frames = :meth:`MetricSuite.update` with
     the 30 frames: every metric, the pooled E-FID features frame by frame, the per-clip record."""
     from ua3dtalk.cli.score import gt_clip_inputs, read_audio
-    from ua3dtalk.metrics.suite import MetricSuite, load_evaluators
+    from ua3dtalk.metrics.evaluator_dir import load_evaluators
+    from ua3dtalk.metrics.suite import MetricSuite
 
     d, clip_dir = videos
     pred, gt = _frames(d / "noisy.mp4"), _frames(d / "gt.mp4")

@@ -50,7 +50,7 @@ def trained(synth_emotional_small, tmp_path_factory):
 
 def test_writes_a_loadable_teacher_with_a_manifest(trained, synth_emotional_small):
     from ua3dtalk.data.splits import clip_key, split_emotional_clips
-    from ua3dtalk.data.formats import load_emotional
+    from ua3dtalk.data.loading import load_emotional
     from ua3dtalk.models.emotion import EMOTIONS, EmotionEncoder, load_teacher
 
     out, r = trained

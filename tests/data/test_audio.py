@@ -13,9 +13,6 @@ from dataset_builders import make_emotional, make_regular
 from ua3dtalk.data.audio import (
     AudioFeatures,
     LengthMismatchWarning,
-    MelExtractor,
-    MissingModelError,
-    Wav2Vec2Extractor,
     extract_features,
     features_for_clip,
     fit_length,
@@ -25,7 +22,9 @@ from ua3dtalk.data.audio import (
     read_feature_file,
     window_features,
 )
-from ua3dtalk.data.formats import DatasetError, load_clip
+from ua3dtalk.data.extractors import MelExtractor, MissingModelError, Wav2Vec2Extractor
+from ua3dtalk.data.formats import DatasetError
+from ua3dtalk.data.loading import load_clip
 
 
 def peak_hz(x, sr):
@@ -124,7 +123,7 @@ def test_mel_is_deterministic_and_puts_a_tone_in_the_right_band():
     a, b = m(x), m(x.copy())
     assert a.shape == (25, 80) and a.dtype == np.float32
     np.testing.assert_array_equal(a, b)
-    from ua3dtalk.data.audio import mel_filterbank
+    from ua3dtalk.data.extractors import mel_filterbank
 
     fb = mel_filterbank()
     centre_band = int(np.argmax(fb[:, int(round(1000 / (sr / 2) * 512))]))

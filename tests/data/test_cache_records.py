@@ -9,7 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-from ua3dtalk.data.audio import extract_features, make_extractor, read_feature_file
+from ua3dtalk.data.audio import extract_features, read_feature_file
+from ua3dtalk.data.extractors import make_extractor
 from ua3dtalk.data.formats import DatasetError
 
 

@@ -9,7 +9,7 @@ import torch
 
 from dataset_builders import FOCAL, H, W, look_at_c2w_opengl, make_regular
 from ua3dtalk.data.cameras import intrinsics, opencv_w2c_to_opengl_c2w, opengl_c2w_to_opencv_w2c, project
-from ua3dtalk.data.formats import load_clip
+from ua3dtalk.data.loading import load_clip
 
 
 def gl_project(points, c2w_gl, f, cx, cy):

@@ -14,25 +14,12 @@ from torch.utils.data import DataLoader
 from dataset_builders import make_regular
 from ua3dtalk.data import DatasetError, FrameBatch, load_clip, read_frame
 from ua3dtalk.data.audio import features_for_clip
-from ua3dtalk.data.datamodule import (
-    AudioBatch,
-    AudioFrameDataset,
-    EmotionalTalkingHeadDataModule,
-    FrameDataset,
-    PredictBatch,
-    PredictDataset,
-    TalkingHeadDataModule,
-    all_positions,
-    audio_context_np,
-    collate_audio,
-    collate_batches,
-    frame_features_np,
-    lip_target,
-    split_emotional_clips,
-    synthetic_blinks,
-    waveform_segment,
-)
-from ua3dtalk.data.formats import EMOTIONS
+from ua3dtalk.data.batch import AudioBatch, PredictBatch, collate_audio, collate_batches
+from ua3dtalk.data.datamodule import EmotionalTalkingHeadDataModule, TalkingHeadDataModule, split_emotional_clips
+from ua3dtalk.data.datasets import AudioFrameDataset, FrameDataset, all_positions
+from ua3dtalk.data.features import audio_context_np, frame_features_np, lip_target, synthetic_blinks, waveform_segment
+from ua3dtalk.data.predict import PredictDataset
+from ua3dtalk.constants import EMOTIONS
 from ua3dtalk.data.synth.head import EXPR_NAMES
 from ua3dtalk.data.samplers import (
     BlinkCurriculumSampler,

@@ -16,17 +16,13 @@ from ua3dtalk.data.formats import (
     PALETTE,
     PARTS,
     DatasetError,
-    load_clip,
-    load_dataset,
-    load_emotional,
     parsing_masks,
     read_au_csv,
     read_emotion_json,
-    read_frame,
     read_image,
     read_parsing,
-    validate,
 )
+from ua3dtalk.data.loading import load_clip, load_dataset, load_emotional, read_frame, validate
 
 
 def test_emotion_constant_is_mead_order():

@@ -11,7 +11,8 @@ import soundfile as sf
 from PIL import Image
 
 from synth_helpers import SYNTH_EMOTIONS, single_thread
-from ua3dtalk.data.formats import PALETTE, load_emotional
+from ua3dtalk.data.formats import PALETTE
+from ua3dtalk.data.loading import load_emotional
 
 MOUTH = np.array(PALETTE["mouth"], np.uint8)
 

@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from dataset_builders import make_emotional
-from ua3dtalk.data.audio import MissingModelError, Wav2Vec2Extractor, extract_features, load_wav
+from ua3dtalk.data.audio import extract_features, load_wav
+from ua3dtalk.data.extractors import MissingModelError, Wav2Vec2Extractor
 from ua3dtalk.data.tiny_wav2vec2 import MARKER, TINY_W2V_SPEC, save_tiny_wav2vec2, tiny_wav2vec2_complete
 
 HIDDEN = TINY_W2V_SPEC["hidden_size"]
@@ -118,7 +119,7 @@ def test_smoke_emotion_stage_trains_on_tiny_wav2vec2_features(tmp_path, one_thre
     from torch.utils.data import DataLoader, Subset
 
     from ua3dtalk.cli.train import build_datamodule, build_model, fill_data_info
-    from ua3dtalk.data.datamodule import AudioBatch, collate_batches
+    from ua3dtalk.data.batch import AudioBatch, collate_batches
 
     root = tmp_path / "emotional"
     make_emotional(root, clips=[(e, k) for e in ("angry", "happy") for k in (1, 2, 3) for _ in range(2)], n=8)

@@ -14,7 +14,8 @@ from PIL import Image
 
 from dataset_builders import make_emotional, make_regular, parsing_map, write_wav
 from ua3dtalk.cli.validate import main
-from ua3dtalk.data.formats import DatasetError, load_dataset
+from ua3dtalk.data.formats import DatasetError
+from ua3dtalk.data.loading import load_dataset
 
 
 def edit_json(path, fn):

@@ -24,7 +24,7 @@ ABLATIONS = {  # experiment → (component, variant) it changes w.r.t. the full 
     "abl_heads_single": ("heads", "single"),
     "abl_fusion_fullcov": ("fusion", "full_cov"),
 }
-EXPERIMENTS = {"paper_hdtf", "paper_mead", "demo_synth", "smoke", "baseline_talkinggaussian", *ABLATIONS}
+EXPERIMENTS = {"paper_hdtf", "paper_mead", "demo_synth", "smoke", "baseline_talkinggaussian", "own_video", *ABLATIONS}
 FULL = {"prior": "learned", "emotion": "distilled", "fusion": "diagonal", "uncertainty": "both", "heads": "multi"}
 
 
@@ -42,7 +42,7 @@ def _instantiate_all(cfg, tmp_path):
 
 def test_experiment_files_are_the_expected_set():
     found = list_experiments()
-    assert len(found) == 13, f"expected 13 experiment files, found {len(found)}: {found}"
+    assert len(found) == 14, f"expected 14 experiment files, found {len(found)}: {found}"
     assert set(found) == EXPERIMENTS
 
 
@@ -70,7 +70,7 @@ def test_every_experiment_instantiates(name, tmp_path, monkeypatch):
         assert {k: comp[k] for k in FULL} == FULL
     # run identity: runs/<scale>/<experiment>[+<variant>]/<subject>/seed<k>; only the teacher override is a variant
     assert cfg.variant == ("" if name != "paper_hdtf" else variant_name(overrides[1:])) and cfg.scale_label in (
-        "tiny", "demo", "paper")
+        "tiny", "demo", "cpu", "paper")
     runs = Path(str(tmp_path)) / "outputs" / "runs"
     assert Path(cfg.paths.run_dir) == runs / cfg.scale_label / f"{name}{cfg.variant}" / cfg.data.subject / "seed0"
     assert type(dm).__name__ in ("TalkingHeadDataModule", "EmotionalTalkingHeadDataModule")
@@ -162,7 +162,7 @@ def test_launchers_select_hydra_plugins():
     assert local.hydra.launcher._target_.endswith("BasicLauncher")
     swept = grid.hydra.sweeper.params
     exps = swept.experiment.split(",")
-    assert set(exps) == EXPERIMENTS - {"paper_hdtf", "demo_synth", "smoke"}
+    assert set(exps) == EXPERIMENTS - {"paper_hdtf", "demo_synth", "smoke", "own_video"}
     assert swept.seed == "0,1,2"
 
 
@@ -177,3 +177,29 @@ def test_wandb_sweep_files_run_existing_experiments(path):
     first = {k: (v["values"][0] if "values" in v else v.get("value", v.get("min"))) for k, v in params.items()}
     cfg = compose([f"{k}={v}" for k, v in first.items()])
     assert cfg.name == exps[0]
+
+
+def test_own_video_takes_the_dataset_by_its_directory(tmp_path, monkeypatch):
+    """`experiment=own_video data.root=DIR`: the subject level is DIR's name, data.root is not a variant (the
+    run is …/cpu/own_video/<name>/seed0), offline log-mel features, a CPU trainer; `data.subject=` under
+    `data.dir` works too."""
+    monkeypatch.setenv("UA3DTALK_ROOT", str(tmp_path))
+    me = tmp_path / "videos" / "alice"
+    cfg = compose(["experiment=own_video", f"data.root={me}"])
+    assert (cfg.data.subject, cfg.variant, cfg.data.feature, cfg.trainer.accelerator) == ("alice", "", "mel", "cpu")
+    assert Path(cfg.data.root) == me
+    assert Path(cfg.paths.run_dir) == tmp_path / "outputs" / "runs" / "cpu" / "own_video" / "alice" / "seed0"
+    cfg = compose(["experiment=own_video", "data.subject=bob"])
+    assert Path(cfg.data.root) == Path(cfg.paths.data_dir) / "bob"
+    assert Path(cfg.paths.run_dir).parts[-2:] == ("bob", "seed0")
+    cfg = compose(["experiment=own_video"])
+    assert cfg.data.subject == "me" and Path(cfg.data.root).name == "me"
+
+
+def test_subject_resolver_in_a_hydra_job():
+    from ua3dtalk.cli.identity import subject_name
+
+    assert subject_name(["experiment=own_video", "data.root=data/me/"], "x") == "me"
+    assert subject_name(["data.root='~/videos/alice'"], "x") == "alice"
+    assert subject_name(["experiment=own_video"], "x") == "x"
+    assert subject_name(["~data.root"], "x") == "x"

@@ -24,8 +24,8 @@ def synth_emo8(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def emo8_gt(synth_emo8):
-    """:class:`~ua3dtalk.metrics.evaluators.GroundTruth` of :func:`synth_emo8` (720 frames)."""
-    from ua3dtalk.metrics.evaluators import load_ground_truth
+    """:class:`~ua3dtalk.metrics.ground_truth.GroundTruth` of :func:`synth_emo8` (720 frames)."""
+    from ua3dtalk.metrics.ground_truth import load_ground_truth
 
     return load_ground_truth(synth_emo8, progress=False)
 
@@ -36,12 +36,13 @@ EVAL_EPOCHS = 30
 def _train(kind: str, gt, out_root):
     """Train one project evaluator on ``gt`` (held out: the intensity-2 clip of every emotion), save it and
     re-load it from disk (so the real loading code runs). ≈ 10–20 s on one thread."""
+    from ua3dtalk.metrics import evaluator_training as tr
     from ua3dtalk.metrics import evaluators as ev
 
-    fit, cls = {"expression": (ev.fit_expression_regressor, ev.ExpressionRegressor),
-                "landmark": (ev.fit_landmark_regressor, ev.LandmarkRegressor),
-                "emotion": (ev.fit_emotion_classifier, ev.EmotionClassifier)}[kind]
-    model, report = fit(gt, train=ev.TrainConfig(epochs=EVAL_EPOCHS, progress=False, seed=0))
+    fit, cls = {"expression": (tr.fit_expression_regressor, ev.ExpressionRegressor),
+                "landmark": (tr.fit_landmark_regressor, ev.LandmarkRegressor),
+                "emotion": (tr.fit_emotion_classifier, ev.EmotionClassifier)}[kind]
+    model, report = fit(gt, train=tr.TrainConfig(epochs=EVAL_EPOCHS, progress=False, seed=0))
     path = model.save(out_root / kind)
     return cls.load(path), report
 

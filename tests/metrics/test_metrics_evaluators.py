@@ -9,9 +9,11 @@ import torch
 
 from ua3dtalk.metrics.evaluators import (
     CONFIG_FILE, WEIGHTS_FILE, EmotionClassifier, EmotionClassifierConfig, EvaluatorError, EvaluatorMissingError,
-    ExpressionRegressor, ExpressionRegressorConfig, LandmarkRegressor, TorchScriptExtractor,
-    emotion_accuracy, face_boxes, holdout_mask, landmark_metrics, load_evaluator,
+    ExpressionRegressor, ExpressionRegressorConfig, LandmarkRegressor,
+    emotion_accuracy, face_boxes, landmark_metrics, load_evaluator,
 )
+from ua3dtalk.metrics.ground_truth import holdout_mask
+from ua3dtalk.metrics.torchscript import TorchScriptExtractor
 
 
 # ------------------------------------------------------------------------------------------ no training
@@ -32,7 +34,7 @@ def test_face_boxes_are_square_and_hold_the_landmarks():
 
 
 def test_ground_truth_matches_files(emo8_gt, synth_emo8):
-    from ua3dtalk.data.formats import load_emotional
+    from ua3dtalk.data.loading import load_emotional
 
     gt = emo8_gt
     clips = list(load_emotional(synth_emo8))

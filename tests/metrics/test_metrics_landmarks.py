@@ -25,7 +25,8 @@ def _similarity(rng, pts):
 @pytest.fixture(scope="module")
 def gt(synth_emo8):
     """Ground truth of all clips: landmarks [N,68,2], expr [N,K], AU45 [N], clip lengths."""
-    from ua3dtalk.data.formats import iter_clips, load_emotional
+    from ua3dtalk.data.clip import iter_clips
+    from ua3dtalk.data.loading import load_emotional
 
     L, E, A, n = [], [], [], []
     for c in iter_clips(load_emotional(synth_emo8)):
@@ -118,7 +119,8 @@ def test_ear_to_au45_recovers_ground_truth_blinks(gt, synth_emo8):
     ground-truth AU45 (the blink); the lid action units of the other emotions (AU5 wide eyes, AU6/AU7
     narrowing, drooping lids) ramp in and out and move the EAR too, which the clip-level proxy reads as
     partial closure."""
-    from ua3dtalk.data.formats import iter_clips, load_emotional
+    from ua3dtalk.data.clip import iter_clips
+    from ua3dtalk.data.loading import load_emotional
 
     lms, _, au45, lengths = gt
     emotions = [c.emotion_name for c in iter_clips(load_emotional(synth_emo8))]

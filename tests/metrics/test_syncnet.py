@@ -14,11 +14,10 @@ from ua3dtalk.metrics.syncnet import (
     SyncNet,
     SyncNetConfig,
     SyncNetWeightsError,
-    crop_for_sync,
     load_syncnet,
     save_syncnet,
-    sync_scores,
 )
+from ua3dtalk.metrics.syncnet_scoring import crop_for_sync, sync_scores
 
 # --------------------------------------------------------------------------------------------------
 # the public syncnet_v2.model: every parameter / buffer name and shape (joonson/syncnet_python, S())
@@ -342,8 +341,8 @@ def test_crop_for_sync_pads_grey_and_smooths_the_box():
 
 def test_clips_from_dataset_aligns_audio_and_frames(synth_emotional_small):
     from ua3dtalk.data.audio import load_wav
-    from ua3dtalk.data.formats import load_clip
-    from ua3dtalk.metrics.syncnet import clips_from_dataset
+    from ua3dtalk.data.loading import load_clip
+    from ua3dtalk.metrics.syncnet_training import clips_from_dataset
 
     clips = clips_from_dataset(synth_emotional_small)
     assert len(clips) == 12
@@ -360,7 +359,7 @@ def test_clips_from_dataset_aligns_audio_and_frames(synth_emotional_small):
 
 
 def test_train_syncnet_runs_on_tuples_and_writes_the_evaluator(tmp_path):
-    from ua3dtalk.metrics.syncnet import train_syncnet
+    from ua3dtalk.metrics.syncnet_training import train_syncnet
 
     g = torch.Generator().manual_seed(0)
     clips = [(torch.rand(24, 3, 40, 40, generator=g), _speechy(24 / 25, seed=i),

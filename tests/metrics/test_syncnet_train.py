@@ -10,15 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from ua3dtalk.metrics.syncnet import (
-    SAMPLES_PER_FRAME,
-    SyncNetConfig,
-    clips_from_dataset,
-    crop_for_sync,
-    load_syncnet,
-    sync_scores,
-    train_syncnet,
-)
+from ua3dtalk.metrics.syncnet import SAMPLES_PER_FRAME, SyncNetConfig, load_syncnet
+from ua3dtalk.metrics.syncnet_scoring import crop_for_sync, sync_scores
+from ua3dtalk.metrics.syncnet_training import clips_from_dataset, train_syncnet
 
 pytestmark = pytest.mark.slow
 

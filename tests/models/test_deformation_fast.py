@@ -743,13 +743,14 @@ def test_compute_dtype_auto_resolves_by_device_and_hardware():
 def test_fused_statistics_kernel_matches_the_torch_reference(compute_dtype, monkeypatch):
     """Inference statistics from the C++ kernel (ensemble_stats in the CPU extension) equal the torch
     code of _stats_block: odd sizes, a partial last block, saturated log-variances of both signs."""
-    from ua3dtalk.models.deformation import ensemble as E
+    from ua3dtalk.models.deformation import fused_stats as E
+    from ua3dtalk.models.deformation.ensemble import EnsembleMLP
     from ua3dtalk.render.cpu_backend import cpu_backend_available
 
     if not cpu_backend_available():
         pytest.skip("the CPU extension cannot be built here")
     torch.manual_seed(0)
-    ens = E.EnsembleMLP(13, hidden=24, out_dim=7, members=5, compute_dtype=compute_dtype, chunk_rows=64)
+    ens = EnsembleMLP(13, hidden=24, out_dim=7, members=5, compute_dtype=compute_dtype, chunk_rows=64)
     with torch.no_grad():
         ens.b2[:, 7:] += torch.tensor([-40.0, -3.0, 0.0, 3.0, 40.0])[:, None]  # sigmoid saturates both ways
     x = torch.randn(2, 301, 13)

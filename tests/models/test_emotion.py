@@ -54,7 +54,7 @@ def feats(b: int = 3, t: int = 25, c: int = W2V_C, seed: int = 1) -> torch.Tenso
 
 # ------------------------------------------------------------------------------------------ constants
 def test_emotions_are_the_dataset_labels():
-    from ua3dtalk.data.formats import EMOTIONS as DATA_EMOTIONS
+    from ua3dtalk.constants import EMOTIONS as DATA_EMOTIONS
     from ua3dtalk.data.synth.speech import EMOTIONS as SYNTH_EMOTIONS
 
     assert EMOTIONS == DATA_EMOTIONS == SYNTH_EMOTIONS
@@ -71,7 +71,7 @@ def test_logmel_and_mfcc():
     lm = LogMel()
     assert lm.fb.shape == (80, 257)
     # the same filters as the dataset's numpy log-mel extractor (HTK mel, unit-area triangles)
-    from ua3dtalk.data.audio import mel_filterbank as np_filterbank
+    from ua3dtalk.data.extractors import mel_filterbank as np_filterbank
 
     ref = torch.from_numpy(np_filterbank(80, 512, SR, 0.0, 8000.0)).float()
     torch.testing.assert_close(mel_filterbank(80, 512, SR, 0.0, 8000.0), ref, rtol=1e-5, atol=1e-8)

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ua3dtalk.callbacks.checkpoint import load_model_checkpoint, read_checkpoint
 from ua3dtalk.cli.train import SimulatedInterruption, build_datamodule, build_model, compose, fill_data_info, run
-from ua3dtalk.data.datamodule import collate_batches
+from ua3dtalk.data.batch import collate_batches
 from ua3dtalk.data.expr_semantics import emotional_expr_columns
 from ua3dtalk.data.synth.head import EXPR_NAMES
 from ua3dtalk.data.synth.speech import EMOTIONAL_EXPR

@@ -34,7 +34,7 @@ import torch
 
 from ua3dtalk.callbacks.checkpoint import load_model_checkpoint
 from ua3dtalk.cli.train import build_datamodule, build_model, compose, fill_data_info, run
-from ua3dtalk.data.datamodule import collate_batches
+from ua3dtalk.data.batch import collate_batches
 
 pytestmark = [
     pytest.mark.slow,

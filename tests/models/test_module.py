@@ -38,7 +38,7 @@ from ua3dtalk.callbacks.checkpoint import (
 )
 from ua3dtalk.cli.infer import load_model
 from ua3dtalk.cli.train import build_datamodule, build_model, compose, fill_data_info
-from ua3dtalk.data.datamodule import AudioBatch, collate_batches
+from ua3dtalk.data.batch import AudioBatch, collate_batches
 from ua3dtalk.data.batch import FrameBatch
 from ua3dtalk.models.landmarks import landmark_loss, project
 from ua3dtalk.models.module import STAGES, NonFiniteLossError, UA3DTalk, stage_trainable_modules

@@ -288,7 +288,8 @@ def test_content_encoder_learns_mouth_open_from_features():
 def test_prior_learns_jaw_open_from_synthetic_speech():
     """End to end on the synthetic generator's speech: log-mel windows → PriorExtraction trained with
     all its losses → the mouth head follows the jaw-open coefficient of a held-out utterance."""
-    from ua3dtalk.data.audio import MelExtractor, window_features
+    from ua3dtalk.data.audio import window_features
+    from ua3dtalk.data.extractors import MelExtractor
     from ua3dtalk.data.synth.speech import FPS, expression_track, synth_speech
 
     mel = MelExtractor()

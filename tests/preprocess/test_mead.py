@@ -33,7 +33,8 @@ def mead_root(tmp_path_factory):
 
 
 def test_import_writes_a_valid_emotional_dataset(mead_root, tmp_path, capsys):
-    from ua3dtalk.data.formats import EMOTIONS, load_emotional
+    from ua3dtalk.constants import EMOTIONS
+    from ua3dtalk.data.loading import load_emotional
 
     out = tmp_path / "out"
     argv = [str(mead_root), "--subject", "M003", "--out", str(out), "--size", "256", "--features", "",

@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from ua3dtalk.data.formats import load_clip, read_frame, read_parsing
+from ua3dtalk.data.formats import read_parsing
+from ua3dtalk.data.loading import load_clip, read_frame
 from ua3dtalk.preprocess import STEPS, PreprocessConfig, PreprocessError, Preprocessor, preprocess_video
 from ua3dtalk.preprocess.pose import euler_yxz
 

@@ -52,7 +52,7 @@ def test_similarity_alignment_recovers_a_known_transform():
 
 
 def _gt(clip_dir):
-    from ua3dtalk.data.formats import load_clip
+    from ua3dtalk.data.loading import load_clip
 
     clip = load_clip(clip_dir)
     lms = np.stack([clip.landmarks(i) for i in range(len(clip))]).astype(np.float64)
@@ -114,7 +114,8 @@ def test_pipeline_on_a_rendered_synthetic_video(synth_clip, tmp_path):
     from PIL import Image
 
     from preprocess_helpers import write_frames_video
-    from ua3dtalk.data.formats import load_clip, read_landmarks
+    from ua3dtalk.data.formats import read_landmarks
+    from ua3dtalk.data.loading import load_clip
     from ua3dtalk.preprocess import PreprocessConfig, preprocess_video
 
     clip = load_clip(synth_clip)

@@ -68,8 +68,9 @@ def main(scenario: str, d: Path) -> None:
         cli([str(d), "--extractor", "mel", "--force", "--no-progress"])
     elif scenario == "features-record":
         import ua3dtalk.data.audio as audio
+        from ua3dtalk.data.extractors import MelExtractor
 
-        class SameName(audio.MelExtractor):  # other parameters, same cache file name
+        class SameName(MelExtractor):  # other parameters, same cache file name
             def __init__(self):
                 super().__init__(fmin=300.0)
                 self.name = "mel"

@@ -74,7 +74,8 @@ def clip(clip_src, tmp_path) -> Path:
 
 def _load_or_dataset_error(root: Path, level: str = "quick"):
     """Load the clip; return it, or the DatasetError (the only exception allowed)."""
-    from ua3dtalk.data.formats import DatasetError, load_clip
+    from ua3dtalk.data.formats import DatasetError
+    from ua3dtalk.data.loading import load_clip
 
     try:
         info = load_clip(root, level=level)
@@ -87,7 +88,7 @@ def _load_or_dataset_error(root: Path, level: str = "quick"):
 
 
 def test_the_fuzz_clip_is_valid(clip):
-    from ua3dtalk.data.formats import ClipInfo
+    from ua3dtalk.data.clip import ClipInfo
 
     assert isinstance(_load_or_dataset_error(clip, "full"), ClipInfo)
 
@@ -148,7 +149,8 @@ def test_transforms_json_raw_bytes(clip, data):
                      st.fixed_dictionaries({"emotion": st.sampled_from(["happy", "HAPPY ", "Sad", "angry"]),
                                             "intensity": st.one_of(st.integers(-3, 6), st.floats(), st.text())})))
 def test_emotion_json(tmp_path_factory, doc):
-    from ua3dtalk.data.formats import EMOTIONS, DatasetError, read_emotion_json
+    from ua3dtalk.constants import EMOTIONS
+    from ua3dtalk.data.formats import DatasetError, read_emotion_json
 
     p = tmp_path_factory.mktemp("emo") / "emotion.json"
     p.write_text(json.dumps(doc))

@@ -72,7 +72,8 @@ def video(tmp_path_factory) -> Path:
 
 def test_sigkill_inside_writes_loses_nothing(regular, tmp_path, video):
     from ua3dtalk.callbacks.checkpoint import AtomicCheckpointIO, read_checkpoint
-    from ua3dtalk.data.audio import MelExtractor, extract_features
+    from ua3dtalk.data.audio import extract_features
+    from ua3dtalk.data.extractors import MelExtractor
     from ua3dtalk.data.synth import generate_subject
 
     # ---- set up one directory per scenario, with the state an earlier successful run left
@@ -186,7 +187,8 @@ def test_disk_full_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, mo
 
 def test_disk_full_during_a_feature_cache_write_keeps_the_previous_cache(regular, monkeypatch):
     import ua3dtalk.utils.io as uio
-    from ua3dtalk.data.audio import MelExtractor, extract_features
+    from ua3dtalk.data.audio import extract_features
+    from ua3dtalk.data.extractors import MelExtractor
 
     before = tree(regular)
     old = (regular / "aud_mel.npy").read_bytes()
@@ -373,7 +375,7 @@ def _wait(cond, proc, timeout=300.0, poll=0.005) -> bool:
 @pytest.mark.slow
 def test_kill_and_resume_loop_equals_an_uninterrupted_run(synth_emotional_small, tmp_path):
     from ua3dtalk.callbacks.checkpoint import read_checkpoint
-    from ua3dtalk.cli.train import checkpoint_position
+    from ua3dtalk.callbacks.checkpoint import checkpoint_position
 
     seed = int(os.environ.get("UA3DTALK_KILL_SEED", random.SystemRandom().randrange(1 << 30)))
     rng = random.Random(seed)

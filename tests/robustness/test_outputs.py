@@ -207,7 +207,7 @@ def test_claim_run_dir_checks_the_place(tmp_path):
 
 
 def test_tables_count_a_run_reached_twice_once(tmp_path, capsys):
-    from ua3dtalk.cli.tables import find_runs
+    from ua3dtalk.reporting.runs import find_runs
 
     run = tmp_path / "runs" / "r"
     run.mkdir(parents=True)

@@ -133,7 +133,7 @@ def test_malicious_checkpoint_is_refused_on_resume(evil_checkpoint, trained_run,
 
 def test_malicious_wav2vec2_weights_are_refused(tiny_w2v, tmp_path, marker):
     """A wav2vec2 model directory whose ``pytorch_model.bin`` carries a payload."""
-    from ua3dtalk.data.audio import MissingModelError, Wav2Vec2Extractor
+    from ua3dtalk.data.extractors import MissingModelError, Wav2Vec2Extractor
 
     d = tmp_path / "w2v_evil"
     shutil.copytree(tiny_w2v, d)
@@ -162,7 +162,7 @@ def _evil_npy(path: Path, marker: Path) -> Path:
 
 def test_pickled_npy_is_refused_by_every_reader(tmp_path, marker):
     from ua3dtalk.data.audio import read_feature_file
-    from ua3dtalk.data.datamodule import load_camera_track
+    from ua3dtalk.data.predict import load_camera_track
     from ua3dtalk.data.formats import DatasetError, read_teeth_mask
     from ua3dtalk.preprocess.errors import PreprocessError
     from ua3dtalk.preprocess.landmarks import read_given
@@ -305,7 +305,8 @@ def _unsafe_calls(path: Path) -> list[str]:
 
 REVIEWED_RESOLVERS = ("identity.py",)
 """Files whose OmegaConf resolvers were reviewed: ``cli/identity.py`` registers ``ua3dtalk_variant`` /
-``ua3dtalk_identity`` (format the Hydra job's override strings into a name; nothing is evaluated) and
+``ua3dtalk_identity`` (format the Hydra job's override strings into a name; nothing is evaluated),
+``ua3dtalk_subject`` (the last path component of a ``data.root=`` override) and
 ``ua3dtalk_slurm_gpus`` / ``ua3dtalk_slurm_tasks`` (``int()`` of ``trainer.devices``)."""
 
 

@@ -9,6 +9,8 @@
 * :class:`PeriodicCheckpoint` — saves ``last.ckpt`` every ``every_n_steps`` training batches and at
   the end of training.
 * :func:`load_model_checkpoint` — weights only, with an error listing mismatched keys.
+* :func:`checkpoint_position` — where a checkpoint's fit loop stood (epoch, batches done), to fast-forward
+  the training order on resume.
 """
 from __future__ import annotations
 
@@ -150,3 +152,13 @@ class PeriodicCheckpoint(L.Callback):
 
     def on_train_end(self, trainer, pl_module):
         trainer.save_checkpoint(self.path, weights_only=False)
+
+
+def checkpoint_position(ckpt: dict) -> tuple[int, int]:
+    """(epoch, completed batches of that epoch) of a Lightning checkpoint's fit loop."""
+    loops = ckpt.get("loops") or {}
+    fit = loops.get("fit_loop") or {}
+    ep = fit.get("epoch_progress", {}).get("current", {}).get("completed", ckpt.get("epoch", 0))
+    cur = fit.get("epoch_loop.batch_progress", {}).get("current", {})
+    # saved in on_train_batch_end: the batch is processed (its step done) but not yet "completed"
+    return int(ep), int(cur.get("processed", cur.get("completed", 0)))

@@ -27,13 +27,13 @@ import lightning as L
 import numpy as np
 import torch
 
-from ..metrics.suite import CHEAP_METRICS, MetricSuite, load_evaluators, parse_metrics
+from ..constants import RENDER_STAGES
+from ..metrics.evaluator_dir import CHEAP_METRICS, load_evaluators, parse_metrics
+from ..metrics.suite import MetricSuite
 from ..utils.io import merge_json
 
 __all__ = ["MetricsCallback", "ClipSequence", "split_sequences", "render_sequence", "side_by_side",
            "update_metrics_json"]
-
-RENDER_STAGES = ("mouth", "face", "fuse")
 
 #: keys the callback renames in the val split (the module logs its own head-masked `val/psnr`)
 VAL_RENAMES = {"psnr": "psnr_full"}
@@ -79,10 +79,10 @@ class ClipSequence:
 def split_sequences(dm, split: str, max_clips: Optional[int] = None, max_frames: Optional[int] = None):
     """The clips of a DataModule split as whole, time-ordered sequences.
 
-    Returns ``(dataset, sequences)``: a :class:`~ua3dtalk.data.datamodule.FrameDataset` over every frame
+    Returns ``(dataset, sequences)``: a :class:`~ua3dtalk.data.datasets.FrameDataset` over every frame
     of the split (ignoring ``limit_val_frames``) and its :class:`ClipSequence` s (at most ``max_clips``,
     each cut to its first ``max_frames`` frames)."""
-    from ..data.datamodule import FrameDataset
+    from ..data.datasets import FrameDataset
 
     if getattr(dm, "clips", None) is None:
         dm.setup("fit")
@@ -112,7 +112,7 @@ def split_sequences(dm, split: str, max_clips: Optional[int] = None, max_frames:
 @torch.no_grad()
 def render_sequence(model, dataset, seq: ClipSequence, batch_size: int = 8, emotion=None):
     """Render one sequence → (pred [n,3,H,W], gt [n,3,H,W], landmarks [n,68,2] | None, label) on the CPU."""
-    from ..data.datamodule import collate_batches
+    from ..data.batch import collate_batches
 
     preds, gts, lms, label = [], [], [], None
     dev = next(model.parameters()).device

@@ -51,3 +51,24 @@ def float_in(lo: float, hi: Optional[float] = None, *, open_lo: bool = False) ->
         return v
     conv.__name__ = "number"
     return conv
+
+
+def key_value_main(argv, prog: str, keys, doc: str, run: Callable[[list], int],
+                   errors: Callable[[], tuple] = lambda: (ValueError, FileNotFoundError)) -> int:
+    """The ``main`` of a ``key=value`` script (``ua3dtalk-infer``, ``ua3dtalk-eval``): ``argv`` (default
+    ``sys.argv[1:]``) asking for help (``-h``, ``--help`` or ``help``) prints a usage line naming ``keys``
+    and ``doc``, exit 0, before anything heavy is imported; else ``run(argv)``, where an exception of
+    ``errors()`` (imported only then) is one line ``<prog>: error: …`` on stderr and exit 2."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(f"usage: {prog} key=value ...  (keys: {', '.join(sorted(keys))})\n")
+        print(doc)
+        return 0
+    caught = errors()
+    try:
+        return run(argv)
+    except caught as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2

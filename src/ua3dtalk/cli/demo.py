@@ -104,8 +104,8 @@ def evaluate(cfg, ckpt: Path, evaluators: Optional[Any], out: Path) -> dict[str,
 
 def _seed_stats(per_seed: dict[int, dict]) -> dict[str, dict]:
     """``{key: {mean, ci95, std, n, values}}`` over the seeds of every ``test/*`` key (95 % Student-t
-    interval, :func:`ua3dtalk.cli.tables.aggregate`)."""
-    from .tables import aggregate
+    interval, :func:`ua3dtalk.reporting.runs.aggregate`)."""
+    from ..reporting.runs import aggregate
 
     keys = sorted({k for m in per_seed.values() for k in m if k.startswith(("test/", "health/", "fusion_weight/"))})
     out = {}
@@ -130,7 +130,7 @@ def _seeds_md(stats: dict[str, dict]) -> str:
 
 def _emotion_checks(evaluators: Optional[Path]) -> dict:
     """``emotion_checks`` of the evaluator manifest (held-out and neutral-face shortcut accuracy)."""
-    from ..metrics.suite import read_manifest
+    from ..metrics.evaluator_dir import read_manifest
 
     m = read_manifest(evaluators) if evaluators is not None else None
     return dict((m or {}).get("emotion_checks") or {})
@@ -245,7 +245,7 @@ def plot_ablation(runs_dir: Path, path: Path, metric: str = "psnr") -> Optional[
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    from .tables import ABLATION_LABELS, METRICS, TABLES, _order_key, find_runs, metric_value, select_runs
+    from ..reporting.runs import ABLATION_LABELS, METRICS, TABLES, _order_key, find_runs, metric_value, select_runs
 
     runs = select_runs(find_runs([runs_dir]), TABLES["ablation"])
     names = sorted({r.experiment for r in runs}, key=lambda n: _order_key(n, TABLES["ablation"].order))
@@ -293,7 +293,7 @@ def main(argv=None) -> int:
 
     from ..data import read_frame
     from ..data.audio import features_for_clip
-    from ..data.formats import EMOTIONS
+    from ..constants import EMOTIONS
     from ..utils.io import atomic_write_text
     from .infer import infer, load_model
     from .train import _merge_json, build_datamodule, compose, ensure_dataset, run
@@ -347,7 +347,7 @@ def main(argv=None) -> int:
     feats = features_for_clip(clip, dm.feature_name)
     ctx = None  # data.context_feature (smoke: wav2vec2): the audio context has its own features
     if getattr(dm, "context_feature", None) is not None:
-        from ..data.datamodule import audio_context_np, clip_frame_features
+        from ..data.features import audio_context_np, clip_frame_features
 
         ctx = clip_frame_features(features_for_clip(clip, dm.context_feature_name))
     to8 = lambda t: (t.permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)  # noqa: E731

@@ -30,7 +30,6 @@ neutral-label render, inside the face box of the ground-truth landmarks.
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -90,7 +89,7 @@ def build_eval_datamodule(model, ckpt: Path, data: Optional[str] = None):
         dcfg = {k: v for k, v in dcfg.items() if not (isinstance(v, str) and "${" in v)}
     else:
         from ..data import load_dataset
-        from ..data.formats import EmotionalData
+        from ..data.clip import EmotionalData
 
         dc = dict(getattr(model, "data_config", None) or {})
         root = data or dc.get("root")
@@ -146,7 +145,7 @@ def emotion_control_scores(model, dataset, seqs, evaluators, emotions, intensity
     from tqdm.auto import tqdm
 
     from ..callbacks.metrics import render_sequence
-    from ..data.formats import EMOTIONS
+    from ..constants import EMOTIONS
     from ..metrics.suite import MetricSuite
     from .infer import resolve_emotion
 
@@ -192,9 +191,10 @@ def evaluate(ckpt, data=None, evaluators=None, split: str = "test", out=None, me
     from tqdm.auto import tqdm
 
     from ..callbacks.metrics import render_sequence, split_sequences, update_metrics_json
-    from ..data.formats import EMOTIONS
+    from ..constants import EMOTIONS
     from ..data.splits import eval_protocol, role_clips
-    from ..metrics.suite import MetricSuite, load_evaluators, parse_metrics
+    from ..metrics.evaluator_dir import load_evaluators, parse_metrics
+    from ..metrics.suite import MetricSuite
     from .infer import load_model, resolve_checkpoint
 
     ckpt = resolve_checkpoint(ckpt, "ua3dtalk-eval")
@@ -247,26 +247,22 @@ def evaluate(ckpt, data=None, evaluators=None, split: str = "test", out=None, me
     return record
 
 
-def main(argv=None) -> int:
+def _errors() -> tuple:
     from ..callbacks.checkpoint import CheckpointError
     from ..data.formats import DatasetError
     from ..metrics.evaluators import EvaluatorError
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(__doc__)
-        return 0
-    try:
-        a = parse_kv(argv)
-        rec = evaluate(a["ckpt"], a.get("data"), a.get("evaluators"), a.get("split", "test"), a.get("out"),
-                       a.get("metrics", "all"), _bool(a.get("lpips_random_backbone", "false")), a.get("syncnet"),
-                       a.get("threedmm"), int(a["max_clips"]) if "max_clips" in a else None,
-                       int(a["max_frames"]) if "max_frames" in a else None, a.get("backend", "auto"),
-                       control=_bool(a.get("control", "false")),
-                       allow_overlap=_bool(a.get("allow_overlap", "false")))
-    except (ValueError, FileNotFoundError, DatasetError, EvaluatorError, CheckpointError) as e:
-        print(f"ua3dtalk-eval: error: {e}", file=sys.stderr)
-        return 2
+    return ValueError, FileNotFoundError, DatasetError, EvaluatorError, CheckpointError
+
+
+def _run(argv: list) -> int:
+    a = parse_kv(argv)
+    rec = evaluate(a["ckpt"], a.get("data"), a.get("evaluators"), a.get("split", "test"), a.get("out"),
+                   a.get("metrics", "all"), _bool(a.get("lpips_random_backbone", "false")), a.get("syncnet"),
+                   a.get("threedmm"), int(a["max_clips"]) if "max_clips" in a else None,
+                   int(a["max_frames"]) if "max_frames" in a else None, a.get("backend", "auto"),
+                   control=_bool(a.get("control", "false")),
+                   allow_overlap=_bool(a.get("allow_overlap", "false")))
     if rec["eval_protocol"]["overlap_allowed"]:
         print(f"ua3dtalk-eval: warning: allow_overlap=true — the evaluators were trained on "
               f"{len(rec['eval_protocol']['overlap'])} of the scored clips; these metrics are optimistic")
@@ -275,6 +271,12 @@ def main(argv=None) -> int:
             print(f"{k:>22s} = {v:.5g}    [{rec['metrics_evaluators'].get(k, '')}]")
     print(f"ua3dtalk-eval: wrote {rec['path']}")
     return 0
+
+
+def main(argv=None) -> int:
+    from .args import key_value_main
+
+    return key_value_main(argv, "ua3dtalk-eval", KEYS, __doc__, _run, _errors)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ clips they score. Evaluators:
 * the emotion classifier (``emotion.json`` labels; Acc_emo) — skipped for a dataset without labels,
 * SyncNet (:meth:`~ua3dtalk.metrics.syncnet.SyncNetConfig.small`, on video + ``aud.wav``; Sync-C/D),
 
-and writes them into ``--out`` in the layout :func:`ua3dtalk.metrics.suite.load_evaluators` reads, with
+and writes them into ``--out`` in the layout :func:`ua3dtalk.metrics.evaluator_dir.load_evaluators` reads, with
 ``manifest.json`` (dataset, clips, settings, held-out reports, seconds). The crop networks hold out whole
-evaluator clips for early reports (:func:`~ua3dtalk.metrics.evaluators.holdout_mask`). The emotion
+evaluator clips for early reports (:func:`~ua3dtalk.metrics.ground_truth.holdout_mask`). The emotion
 classifier is also scored on the dataset's *test* clips' ground-truth frames (seen by neither the
 evaluators nor the avatar) — ``emotion_checks.heldout_acc`` — and, on synthetic data, on the same clips
 re-rendered with a neutral face but their own pose, speech articulation and blinks
@@ -39,13 +39,14 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ..data.splits import SYNTH_SPLIT
 from .args import Parser, int_in
 
 KINDS = ("landmark", "expression", "emotion", "syncnet")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(split_options: bool = True) -> argparse.ArgumentParser:
+    """The parser; ``split_options=False`` leaves out the clip-split options of ``train`` (their defaults,
+    :data:`~ua3dtalk.data.splits.SYNTH_SPLIT`, import the data package and torch), which only ``train`` reads."""
     p = Parser(prog="ua3dtalk-evaluators", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train evaluators on a dataset's ground truth")
@@ -62,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     t.add_argument("--clips", default="evaluator", choices=("evaluator", "all"),
                    help="train on the clips reserved for the evaluators (default) or on every clip")
-    for k, v in SYNTH_SPLIT.items():
+    for k, v in (_synth_split() if split_options else {}).items():
         t.add_argument(f"--{k.replace('_', '-')}", type=type(v), default=v,
                        help=f"clip split of an emotional dataset (default {v}; as the avatar's data.{k})")
     s = sub.add_parser("show", help="print the manifest of an evaluator directory")
@@ -70,12 +71,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _synth_split() -> dict:
+    from ..data.splits import SYNTH_SPLIT
+
+    return SYNTH_SPLIT
+
+
 def evaluator_split(dataset, clips: str = "evaluator", split: Optional[dict] = None):
     """``(train_clips, heldout_clips)`` of a loaded dataset for the evaluators: the ``evaluator`` role of
     :func:`~ua3dtalk.data.splits.split_emotional_clips` (``split``: its fractions and seed, default
     :data:`SYNTH_SPLIT`) and the ``test`` role (scored by neither), or every clip (``clips="all"``; no
     held-out clips). A regular dataset is one clip, trained on whole."""
-    from ..data.formats import ClipInfo, iter_clips
+    from ..data.clip import ClipInfo, iter_clips
     from ..data.splits import split_emotional_clips
 
     every = iter_clips(dataset)
@@ -83,7 +90,7 @@ def evaluator_split(dataset, clips: str = "evaluator", split: Optional[dict] = N
         raise ValueError(f"--clips must be 'evaluator' or 'all', got {clips!r}")
     if clips == "all" or isinstance(dataset, ClipInfo):
         return every, []
-    sp = {**SYNTH_SPLIT, **(split or {})}
+    sp = {**_synth_split(), **(split or {})}
     roles = split_emotional_clips(every, sp["val_fraction"], seed=sp["split_seed"], test_fraction=sp["test_fraction"],
                                   evaluator_fraction=sp["evaluator_fraction"])
     if not roles["evaluator"]:
@@ -102,7 +109,7 @@ def emotion_checks(classifier, heldout, *, progress: bool = False) -> dict:
     head pose or the mouth's amplitude). Empty without held-out clips."""
     import torch
 
-    from ..metrics import evaluators as ev
+    from .. import metrics as ev
 
     if not heldout:
         return {}
@@ -146,10 +153,10 @@ def train_evaluators(data, out, *, only=KINDS, epochs: int = 30, batch_size: int
     so a partial run is documented)."""
     import torch
 
-    from ..data.formats import load_dataset
+    from ..data.loading import load_dataset
     from ..data.splits import clip_key
-    from ..metrics import evaluators as ev
-    from ..metrics.suite import EVALUATOR_DIRS, MANIFEST_FILE, SYNCNET_FILES
+    from .. import metrics as ev
+    from ..metrics.evaluator_dir import EVALUATOR_DIRS, MANIFEST_FILE, SYNCNET_FILES
     from ..utils.io import atomic_write_json, check_output_dir
 
     only = tuple(only)
@@ -165,7 +172,7 @@ def train_evaluators(data, out, *, only=KINDS, epochs: int = 30, batch_size: int
     out.mkdir(parents=True, exist_ok=True)
     train_clips, heldout = evaluator_split(dataset, clips, split)
     manifest = {"dataset": str(data), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seed": int(seed),
-                "clips_role": clips, "split": None if clips == "all" else {**SYNTH_SPLIT, **(split or {})},
+                "clips_role": clips, "split": None if clips == "all" else {**_synth_split(), **(split or {})},
                 "clips": [clip_key(c) for c in train_clips], "heldout_clips": [clip_key(c) for c in heldout],
                 "evaluators": {}, "skipped": {}}
     old_threads = torch.get_num_threads()
@@ -207,7 +214,8 @@ def train_evaluators(data, out, *, only=KINDS, epochs: int = 30, batch_size: int
             print(f"ua3dtalk-evaluators: {kind}: wrote {path} "
                   + ", ".join(f"{k}={v:.4g}" for k, v in report.items() if isinstance(v, float)))
         if "syncnet" in only:
-            from ..metrics.syncnet import SyncNetConfig, clips_from_dataset, train_syncnet
+            from ..metrics.syncnet import SyncNetConfig
+            from ..metrics.syncnet_training import clips_from_dataset, train_syncnet
 
             t0 = time.time()
             model = train_syncnet(clips_from_dataset(train_clips), SyncNetConfig.small(), steps=int(sync_steps),
@@ -227,7 +235,8 @@ def train_evaluators(data, out, *, only=KINDS, epochs: int = 30, batch_size: int
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser(split_options="train" in argv).parse_args(argv)
     try:
         if args.cmd == "show":
             p = Path(args.dir) / "manifest.json"
@@ -239,7 +248,7 @@ def main(argv=None) -> int:
         m = train_evaluators(args.data, args.out, only=only, epochs=args.epochs, batch_size=args.batch_size,
                              sync_steps=args.sync_steps, sync_batch=args.sync_batch, seed=args.seed,
                              threads=args.threads, progress=not args.no_progress, clips=args.clips,
-                             split={k: getattr(args, k) for k in SYNTH_SPLIT})
+                             split={k: getattr(args, k) for k in _synth_split()})
         print(f"ua3dtalk-evaluators: wrote {Path(args.out) / 'manifest.json'} "
               f"({', '.join(m['evaluators']) or 'nothing'} trained)")
     except Exception as e:  # noqa: BLE001 - CLI: one clear line, exit code 2

@@ -46,8 +46,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import soundfile as sf
     from tqdm import tqdm
 
-    from ua3dtalk.data.audio import MissingModelError, extract_features, make_extractor
-    from ua3dtalk.data.formats import DatasetError, Problem, list_clip_dirs
+    from ua3dtalk.data.audio import extract_features
+    from ua3dtalk.data.extractors import MissingModelError, make_extractor
+    from ua3dtalk.data.formats import DatasetError, Problem
+    from ua3dtalk.data.loading import list_clip_dirs
 
     try:
         clips = list_clip_dirs(args.dir, index=args.index)

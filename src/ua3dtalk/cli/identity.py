@@ -29,9 +29,10 @@ from typing import Any, Iterable
 
 NOT_IDENTITY = ("experiment", "name", "seed", "resume", "scale", "scale_label", "launcher", "logger",
                 "callbacks", "paths", "hydra", "trainer", "interrupt_at", "checkpoint_every", "val_every", "tags",
-                "grid", "data.subject", "data.dir", "data.num_workers", "variant", "test", "checkpoint_monitor")
+                "grid", "data.subject", "data.dir", "data.root", "data.num_workers", "variant", "test",
+                "checkpoint_monitor")
 """Override keys (and their sub-keys) that are not part of a run's identity: where and how it runs and logs,
-and the keys with a path level of their own."""
+and the keys with a path level of their own (``data.root`` names the subject: :func:`subject_name`)."""
 RESUME_IGNORED = ("resume", "launcher", "logger", "callbacks", "paths", "hydra", "trainer", "interrupt_at",
                   "checkpoint_every", "val_every", "tags", "grid", "data.num_workers", "variant", "scale_label",
                   "identity_overrides", "test")
@@ -111,6 +112,27 @@ def _identity_resolver(*, _root_: Any) -> list[str]:
     return identity_overrides(_task_overrides(_root_))
 
 
+def subject_name(overrides: Iterable[str], default: str) -> str:
+    """The subject level of a run: the last component of ``data.root`` when the command line gives the
+    dataset by its directory (``data.root=data/me`` → ``me``), else ``default`` (the configured subject)."""
+    root = None
+    for o in overrides:
+        o = str(o).strip()
+        if _key(o) == "data.root" and not o.startswith("~"):
+            root = o.partition("=")[2].strip().strip("'\"")
+    if root:
+        name = Path(os.path.expanduser(root).rstrip("/")).name
+        if name and name not in (".", ".."):
+            return name
+    return str(default)
+
+
+def _subject_resolver(default: Any, *, _root_: Any) -> str:
+    """``${ua3dtalk_subject:DEFAULT}``: :func:`subject_name` of the running Hydra job's overrides (a
+    ``data.subject=`` on the command line replaces the whole value, so it always wins)."""
+    return subject_name(_task_overrides(_root_), default)
+
+
 def slurm_tasks(devices: Any) -> int:
     """``${ua3dtalk_slurm_tasks:${trainer.devices}}``: tasks per node = processes per node, a positive count
     (SLURM places a job before it starts: "all visible devices" has no meaning there)."""
@@ -133,11 +155,13 @@ def slurm_gpus(accelerator: Any, devices: Any) -> int:
 
 def register_resolvers() -> None:
     """Register the project's OmegaConf resolvers (idempotent; done when ``ua3dtalk.cli.train`` is imported):
-    ``ua3dtalk_variant`` and ``ua3dtalk_identity`` (run identity), ``ua3dtalk_slurm_gpus`` and
+    ``ua3dtalk_variant`` and ``ua3dtalk_identity`` (run identity), ``ua3dtalk_subject`` (the subject level),
+    ``ua3dtalk_slurm_gpus`` and
     ``ua3dtalk_slurm_tasks`` (``launcher/slurm.yaml``)."""
     from omegaconf import OmegaConf
 
     for name, fn in (("ua3dtalk_variant", _variant_resolver), ("ua3dtalk_identity", _identity_resolver),
+                     ("ua3dtalk_subject", _subject_resolver),
                      ("ua3dtalk_slurm_gpus", slurm_gpus), ("ua3dtalk_slurm_tasks", slurm_tasks)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

@@ -47,7 +47,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     a = p.parse_args(argv)
     if a.steps is not None:
         p.error("--steps is not supported by the importer (it runs every step; it resumes when rerun)")
-    from ua3dtalk.data.formats import EMOTIONS
+    from ua3dtalk.constants import EMOTIONS
     from ua3dtalk.preprocess import PreprocessError
     from ua3dtalk.preprocess.mead import import_mead
 

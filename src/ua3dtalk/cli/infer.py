@@ -16,7 +16,6 @@ says which it took (:func:`resolve_checkpoint`).
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -214,7 +213,7 @@ def resolve_emotion(model, emotion: str, intensity, blend):
 def predict_dataset(data_config: dict, audio, pose: str = "dataset", emotion: str = "audio", intensity=None):
     """The inference frames: the training dataset's camera track (``pose=dataset``) or a pose file."""
     from ..data import load_dataset
-    from ..data.datamodule import PredictDataset
+    from ..data.predict import PredictDataset
 
     if pose == "dataset":
         root = data_config.get("root")
@@ -264,19 +263,17 @@ def infer(ckpt, audio, out, emotion="audio", intensity=None, blend=None, pose="d
     return {"frames": n[0], "fps": fps, "out": str(out)}
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(__doc__)
-        return 0
-    try:
-        a = parse_kv(argv)
-        infer(a["ckpt"], a["audio"], Path(a["out"]), a.get("emotion", "audio"), a.get("intensity"), a.get("blend"),
-              a.get("pose", "dataset"), a.get("backend", "auto"))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"ua3dtalk-infer: error: {e}", file=sys.stderr)
-        return 2
+def _run(argv: list) -> int:
+    a = parse_kv(argv)
+    infer(a["ckpt"], a["audio"], Path(a["out"]), a.get("emotion", "audio"), a.get("intensity"), a.get("blend"),
+          a.get("pose", "dataset"), a.get("backend", "auto"))
     return 0
+
+
+def main(argv=None) -> int:
+    from .args import key_value_main
+
+    return key_value_main(argv, "ua3dtalk-infer", KEYS, __doc__, _run)
 
 
 if __name__ == "__main__":

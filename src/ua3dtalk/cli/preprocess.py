@@ -170,7 +170,7 @@ def output_plan(a, steps) -> Optional[Path]:
     anything else there (swapped in only after success). Refuses (ValueError, nothing changed): a non-empty
     directory that is not this video's output without ``--force``, an ``--out`` that is a file, and an
     ``--out`` that contains one of the inputs."""
-    from ua3dtalk.preprocess.pipeline import made_from
+    from ua3dtalk.preprocess.config import made_from
 
     out = Path(a.out)
     if out.exists() and not out.is_dir():
@@ -178,7 +178,7 @@ def output_plan(a, steps) -> Optional[Path]:
     for name, p in (("video", a.video), ("--audio", a.audio), ("--landmarks", a.landmarks)):
         if p is not None and Path(p).exists() and out.resolve() in Path(p).resolve().parents:
             raise ValueError(f"--out {out}: contains the input {name} {p}; write the dataset elsewhere")
-    from ua3dtalk.preprocess.pipeline import STATE_DIR
+    from ua3dtalk.preprocess.config import STATE_DIR
 
     if not out.is_dir() or {p.name for p in out.iterdir()} <= {STATE_DIR}:
         return None  # empty, or only the records of an attempt that stopped before decoding

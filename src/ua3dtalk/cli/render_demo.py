@@ -8,14 +8,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from tqdm import tqdm
-
-from ..data.synth.camera import as_torch, head_viewmat, intrinsics
-from ..data.synth.head import EXPR, NEUTRAL_EXPR, ProceduralHead
-from ..render import rasterize
-from ..utils.io import atomic_write_bytes, write_video
 from .args import Parser, int_in
 
 
@@ -28,6 +20,15 @@ def main(argv=None) -> int:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--seed", type=int_in(0), default=0)
     a = ap.parse_args(argv)
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from ..data.synth.camera import as_torch, head_viewmat, intrinsics
+    from ..data.synth.head import EXPR, NEUTRAL_EXPR, ProceduralHead
+    from ..render import rasterize
+    from ..utils.io import atomic_write_bytes, write_video
+
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     head = ProceduralHead(a.seed, a.gaussians)

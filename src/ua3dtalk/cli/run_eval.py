@@ -33,7 +33,7 @@ def data_split(cfg) -> dict:
 
 def _complete(d: Path, want: list[str]) -> bool:
     """A complete evaluator set (every kind) trained on the clips ``want``; a damaged manifest is not one."""
-    from ..metrics.suite import read_manifest
+    from ..metrics.evaluator_dir import read_manifest
     from .evaluators import KINDS
 
     try:
@@ -47,7 +47,7 @@ def ensure_evaluators(data_root, out_dir, split: dict, epochs: int, sync_steps: 
     """The evaluators of ``data_root``'s evaluator clips in ``out_dir``: reused when a complete set trained on
     the same clips is there, else trained in ``<out_dir>.staging-<pid>`` and moved into place on success (a
     set that another job finished meanwhile wins; an incomplete old set is replaced only after success)."""
-    from ..data.formats import load_dataset
+    from ..data.loading import load_dataset
     from ..data.splits import clip_key
     from .evaluators import evaluator_split, train_evaluators
 

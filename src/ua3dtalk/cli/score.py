@@ -212,7 +212,7 @@ def read_audio(path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
 def gt_clip_inputs(gt_dir, num_frames: Optional[int] = None) -> dict:
     """Landmarks [N,68,2], AU45 [N] (or None) and emotion label of a dataset clip directory (N checked
     against ``num_frames`` when given)."""
-    from ..data.formats import load_clip
+    from ..data.loading import load_clip
 
     clip = load_clip(gt_dir)
     if num_frames is not None and len(clip) != num_frames:
@@ -244,7 +244,8 @@ def score_videos(pred, gt, *, gt_dir=None, evaluators=None, audio=None, metrics=
     import torch
     from tqdm.auto import tqdm
 
-    from ..metrics.suite import MetricSuite, load_evaluators, parse_metrics
+    from ..metrics.evaluator_dir import load_evaluators, parse_metrics
+    from ..metrics.suite import MetricSuite
 
     groups = parse_metrics(metrics)
     if int(chunk) < 1:

@@ -11,16 +11,15 @@ from .args import Parser, int_in
 
 
 def main(argv=None) -> int:
-    from ..data.synth.generate import PRESETS
-
     ap = Parser(prog="ua3dtalk-synth", description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="output root; the subject directory synth<seed> is created in it")
-    ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    # the presets are checked after parsing: reading them imports the renderer (torch), which --help must not
+    ap.add_argument("--preset", default="tiny", metavar="PRESET",
+                    help="a preset of ua3dtalk.data.synth.generate.PRESETS (default tiny)")
     ap.add_argument("--emotional", action="store_true", help="8 emotions × 3 intensities (DESIGN §5.2 layout)")
     ap.add_argument("--clips-per-level", type=int_in(1, 100), default=None,
                     help="with --emotional: clips (different utterances) per emotion and intensity "
-                         "(default: the preset's, " + ", ".join(f"{k} {v.clips_per_level}" for k, v in PRESETS.items())
-                         + ")")
+                         "(default: the preset's clips_per_level)")
     ap.add_argument("--workers", type=int_in(1, 256), default=None,
                     help="with --emotional: rendering processes (default: 2 for large sets on ≥ 2 CPUs, else 1)")
     ap.add_argument("--seed", type=int_in(0), default=0, help="identity and speech seed (deterministic)")
@@ -29,7 +28,12 @@ def main(argv=None) -> int:
                     help="audio feature extractors to cache, comma-separated ('' for none)")
     ap.add_argument("--backend", default="auto", help="renderer backend")
     a = ap.parse_args(argv)
-    from ..data.audio import MissingModelError
+    from ..data.synth.generate import PRESETS
+
+    if a.preset not in PRESETS:  # argparse's own message for a bad choice
+        ap.error(f"argument --preset: invalid choice: {a.preset!r} (choose from "
+                 + ", ".join(repr(p) for p in sorted(PRESETS)) + ")")
+    from ..data.extractors import MissingModelError
     from ..data.formats import DatasetError
     from ..data.synth.generate import generate_emotional, generate_subject
 

@@ -135,9 +135,10 @@ def load_splits(data: Path, feature: str, batch_size: int, seed: int, split: dic
     """Set up the avatar's emotional DataModule on ``data`` (stage ``emotion``) → ``(dm, roles)`` with
     ``roles`` = ``{"train", "val", "test", "evaluator"}`` clip lists. Checks that it is an emotional
     dataset whose training clips carry ≥ 2 emotion labels and audio."""
-    from ..data.audio import MissingModelError
+    from ..data.extractors import MissingModelError
     from ..data.datamodule import EmotionalTalkingHeadDataModule
-    from ..data.formats import detect_layout, list_clip_dirs
+    from ..data.clip import detect_layout
+    from ..data.loading import list_clip_dirs
 
     if detect_layout(data) == "regular":
         raise TeacherError(f"--data: {data} is a regular (single-video) dataset without emotion labels; the teacher "
@@ -172,14 +173,14 @@ def _loader(ds, batch_size: int, shuffle: bool, seed: int):
     import torch
     from torch.utils.data import DataLoader
 
-    from ..data.datamodule import collate_batches
+    from ..data.batch import collate_batches
 
     g = torch.Generator().manual_seed(int(seed)) if shuffle else None
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, collate_fn=collate_batches)
 
 
 def evaluate(model, ds, batch_size: int, device, progress: bool = False) -> dict:
-    """Eval-mode accuracy of ``model`` on an :class:`~ua3dtalk.data.datamodule.AudioFrameDataset`: per frame
+    """Eval-mode accuracy of ``model`` on an :class:`~ua3dtalk.data.datasets.AudioFrameDataset`: per frame
     (``acc``), per clip (``acc_clip``: arg-max of the clip's mean probabilities) and per emotion."""
     import torch
     from tqdm.auto import tqdm
@@ -221,7 +222,7 @@ def train_teacher(data, out, *, epochs: int = 20, batch_size: int = 64, lr: floa
     import torch
     from tqdm.auto import tqdm
 
-    from ..data.datamodule import AudioFrameDataset
+    from ..data.datasets import AudioFrameDataset
     from ..data.splits import clip_key
     from ..models.emotion import BRANCHES, DistillationLoss, EmotionEncoder, load_teacher, save_teacher
     from ..utils.io import atomic_directory, atomic_write_json

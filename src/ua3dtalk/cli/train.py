@@ -31,61 +31,57 @@ which DDP's reducer does not know), and the density-control statistics are summe
 densification, so all ranks keep identical Gaussians. Only rank 0 writes files; with more than one
 process every rank writes a fingerprint of its final weights to ``fingerprints/rank<k>.json``.
 
+This module turns the config into objects; the training itself is library code without Hydra:
+:mod:`ua3dtalk.curriculum` (the stages), :mod:`ua3dtalk.callbacks.training` (reseeding, density state, DDP
+gradient averaging), :mod:`ua3dtalk.callbacks.loggers` (wandb, CSV rows on resume) and
+:mod:`ua3dtalk.data.epoch_sampler` (the resumable, sharded training order).
+
 Exit codes of the console script: 0 done; 2 a user error (bad config value, dataset, checkpoint: one
 line on stderr, no traceback; ``UA3DTALK_DEBUG=1`` re-raises); 3 a non-finite loss; 75 a simulated
 interruption (``interrupt_at``).
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import os
 import platform
 import socket
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
+from ..constants import STAGES
+from ..curriculum import LOWER_IS_BETTER, SimulatedInterruption, is_better  # noqa: F401 (this module's API)
+from ..paths import config_dir
 from ..utils.io import atomic_write_json, atomic_write_text
-from .config_checks import check_train_config
 from .identity import check_resume_config, claim_run_dir, identity_overrides, register_resolvers, variant_name
 
 register_resolvers()  # ${ua3dtalk_variant:} in train.yaml (also in submitit workers, which import this module)
 
-STAGES = ("prior", "emotion", "mouth", "face", "fuse")
 DATA_CLI_KEYS = ("synth", "subject", "dir")
 """Keys of ``data`` configs read by the CLI only (not DataModule arguments)."""
 LOGGER_CLI_KEYS = ("optional",)
 """Keys of ``logger`` entries read by the CLI only (``optional: true``: skip when the package is missing)."""
 OPTIONAL_MODULES = ("prior", "emotion", "emotion_field", "emotion_control", "face_density", "mouth_density")
 """Model entries that may be absent (null); a leftover dict of options without ``_target_`` counts as absent."""
-LOWER_IS_BETTER = ("mse", "lpips", "fid", "lmd", "loss", "sync_d", "syncd", "error", "err", "mae", "l1")
-"""Metric names containing one of these are minimised (best = min); all others are maximised."""
+
+_MOVED = {"WandbRunLogger": "..callbacks.loggers"}
+"""Names that moved out of this module, still reachable here (``_target_: ua3dtalk.cli.train.WandbRunLogger``
+in the configs of existing runs); imported on first use, so that ``import ua3dtalk.cli.train`` stays torch-free."""
 
 
-class SimulatedInterruption(RuntimeError):
-    """Raised by ``interrupt_at={stage, step}`` after that step's checkpoint (tests of ``resume=true``)."""
+def __getattr__(name: str):
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(_MOVED[name], __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------------------------------
-# configuration
+# configuration → objects
 # --------------------------------------------------------------------------------------------------
-
-
-def config_dir() -> Path:
-    """The Hydra config root: ``$UA3DTALK_CONFIG_DIR``, ``./experiments``, or the repository's ``experiments``."""
-    env = os.environ.get("UA3DTALK_CONFIG_DIR")
-    candidates = ([Path(env)] if env else []) + [Path.cwd() / "experiments",
-                                                  Path(__file__).resolve().parents[3] / "experiments"]
-    for c in candidates:
-        if (c / "train.yaml").is_file():
-            return c.resolve()
-    raise FileNotFoundError("ua3dtalk: no Hydra config root found (looked for train.yaml in "
-                            + ", ".join(str(c) for c in candidates) + "); set UA3DTALK_CONFIG_DIR")
 
 
 def compose(overrides: list[str] | tuple = (), config_name: str = "train"):
@@ -100,6 +96,11 @@ def compose(overrides: list[str] | tuple = (), config_name: str = "train"):
     if "variant" in cfg:  # no Hydra job here: the run identity from the overrides given
         OmegaConf.update(cfg, "variant", variant_name(overrides))
         OmegaConf.update(cfg, "identity_overrides", identity_overrides(overrides))
+    raw = OmegaConf.to_container(cfg.data, resolve=False) if "data" in cfg else {}
+    if str(raw.get("subject", "")).startswith("${ua3dtalk_subject:"):  # … and the subject from data.root=
+        from .identity import subject_name
+
+        OmegaConf.update(cfg, "data.subject", subject_name(overrides, cfg.data.subject))
     return cfg
 
 
@@ -176,7 +177,7 @@ def ensure_dataset(cfg) -> None:
     features of ``data.feature`` (and ``data.context_feature``) cached for every clip; first save the tiny
     wav2vec2 model when ``data.synth.wav2vec2`` asks for it (also when the dataset exists: ``prepare_data``
     extracts with it)."""
-    from ..data.audio import make_extractor
+    from ..data.extractors import make_extractor
     from ..data.synth.generate import cache_features, generate_emotional, generate_subject
 
     synth = cfg.data.get("synth")
@@ -311,107 +312,9 @@ def component_tags(cfg) -> list[str]:
     tags += [str(t) for t in (cfg.get("tags") or [])]
     return [t[:64] for t in dict.fromkeys(tags)]
 
-
-def is_better(key: str, new: float, old: Optional[float]) -> bool:
-    if old is None or not math.isfinite(old):
-        return math.isfinite(new)
-    low = any(s in key.lower() for s in LOWER_IS_BETTER)
-    return new < old if low else new > old
-
-
 # --------------------------------------------------------------------------------------------------
-# loggers
+# loggers and callbacks from the config
 # --------------------------------------------------------------------------------------------------
-
-
-def wandb_mode(mode: str = "auto") -> str:
-    """``online`` / ``offline`` / ``disabled``: ``WANDB_MODE`` wins; ``auto`` is online only when an API
-    key is configured (``WANDB_API_KEY`` or an ``api.wandb.ai`` entry in ``~/.netrc``), else offline."""
-    env = os.environ.get("WANDB_MODE", "").strip().lower()
-    if env in ("offline", "dryrun"):
-        return "offline"
-    if env in ("disabled", "online"):
-        return env
-    if mode not in ("auto", None, ""):
-        if mode not in ("online", "offline", "disabled"):
-            raise ValueError(f"logger.wandb.mode must be auto, online, offline or disabled, got {mode!r}")
-        return mode
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    try:
-        import netrc
-
-        rc = netrc.netrc(os.environ.get("NETRC") or None)
-        if any("api.wandb.ai" in h for h in rc.hosts):
-            return "online"
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        pass
-    return "offline"
-
-
-try:  # the wandb logger class exists whenever lightning is installed (wandb itself is imported lazily)
-    from lightning.pytorch.loggers import WandbLogger as _WandbLogger
-    from lightning.pytorch.utilities import rank_zero_only as _rank_zero_only
-except ImportError:  # pragma: no cover
-    _WandbLogger = object
-
-    def _rank_zero_only(fn):
-        return fn
-
-
-class WandbRunLogger(_WandbLogger):
-    """:class:`~lightning.pytorch.loggers.WandbLogger` for one training run spanning several stages.
-
-    One wandb run per training run: the x-axis (``trainer/global_step``) continues across stages
-    (``step_offset`` is set by the CLI), ``mode="auto"`` is offline unless an API key is configured
-    (:func:`wandb_mode`), and the run id is stored in ``<save_dir>/wandb_id.txt`` so that
-    ``resume=true`` continues the same wandb run.
-
-    Args:
-        mode: ``auto | online | offline | disabled``.
-        project, entity, group, name, job_type, tags, save_dir: as ``wandb.init``.
-        **kwargs: further ``wandb.init`` / WandbLogger arguments.
-    """
-
-    def __init__(self, mode: str = "auto", project: str = "ua3dtalk", entity: Optional[str] = None,
-                 group: Optional[str] = None, name: Optional[str] = None, job_type: str = "train",
-                 tags: Optional[list] = None, save_dir: str = ".", **kwargs):
-        self.mode = wandb_mode(mode)
-        save = Path(save_dir)
-        id_file = save / "wandb_id.txt"
-        run_id = kwargs.pop("id", None)
-        if run_id is None and self.mode != "disabled":
-            if id_file.is_file():
-                run_id = id_file.read_text().strip() or None
-            if run_id is None:
-                import secrets
-
-                run_id = secrets.token_hex(4)
-                if _rank_zero_only.rank == 0:
-                    save.mkdir(parents=True, exist_ok=True)
-                    atomic_write_text(id_file, run_id + "\n")
-        extra = {"mode": "disabled"} if self.mode == "disabled" else {}
-        super().__init__(name=name, save_dir=str(save), offline=self.mode == "offline", project=project,
-                         entity=entity, group=group, job_type=job_type, tags=list(tags or []), id=run_id,
-                         **extra, **kwargs)
-        self.step_offset = 0
-
-    @_rank_zero_only
-    def log_metrics(self, metrics, step: Optional[int] = None) -> None:
-        super().log_metrics(metrics, None if step is None else int(step) + self.step_offset)
-
-    @_rank_zero_only
-    def set_summary(self, values: dict) -> None:
-        """Write ``values`` into the run summary."""
-        for k, v in values.items():
-            self.experiment.summary[k] = v
-
-    @_rank_zero_only
-    def finish(self) -> None:
-        """Close the wandb run (the next run in this process starts a new one)."""
-        if self._experiment is not None:
-            self._experiment.finish()
-            self._experiment = None
 
 
 def build_loggers(cfg, run_dir: Path) -> tuple[list, Optional[Any]]:
@@ -420,6 +323,8 @@ def build_loggers(cfg, run_dir: Path) -> tuple[list, Optional[Any]]:
     package is missing are skipped with a warning."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
+
+    from ..callbacks.loggers import WandbRunLogger
 
     loggers, wandb_logger = [], None
     for key, lcfg in (cfg.get("logger") or {}).items():
@@ -444,31 +349,17 @@ def build_loggers(cfg, run_dir: Path) -> tuple[list, Optional[Any]]:
     return loggers, wandb_logger
 
 
-def _read_csv_rows(path: Path, until_step: int) -> list[dict]:
-    """Rows of a Lightning ``metrics.csv`` logged at ``step ≤ until_step`` (values as written, blanks dropped)."""
-    import csv
-
-    rows = []
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            try:
-                if int(float(r.get("step") or -1)) > until_step:
-                    continue
-            except ValueError:
-                continue
-            row = {k: v for k, v in r.items() if v not in ("", None)}  # as written: the log is rewritten verbatim
-            row["step"] = int(float(row["step"]))
-            rows.append(row)
-    return rows
-
-
 def stage_csv_logger(cfg, run_dir: Path, stage: str, keep_until_step: Optional[int] = None,
                      pending: Optional[dict] = None):
     """The CSV logger of one stage (``<run_dir>/logs/<stage>/metrics.csv``); always on. When resuming
     (``keep_until_step`` = the checkpoint's global step), the rows logged up to that step are kept
-    (Lightning's CSV writer would delete the file); later rows are logged again by the resumed run."""
+    (Lightning's CSV writer would delete the file; :func:`~ua3dtalk.callbacks.loggers.restore_csv_rows`);
+    later rows are logged again by the resumed run."""
     from hydra.utils import instantiate
     from lightning.pytorch.loggers import CSVLogger
+
+    from ..callbacks.loggers import restore_csv_rows
+    from ..curriculum import world_and_rank
 
     lg = None
     for lcfg in (cfg.get("logger") or {}).values():
@@ -477,250 +368,13 @@ def stage_csv_logger(cfg, run_dir: Path, stage: str, keep_until_step: Optional[i
             break
     if lg is None:
         lg = CSVLogger(save_dir=str(run_dir), name="logs", version=stage)
-    path = Path(lg.log_dir) / "metrics.csv"
-    if keep_until_step is not None and path.is_file() and _world_and_rank()[1] == 0:
-        if pending is not None:  # rows up to the checkpointed batch, then that batch's own row
-            rows = [r for r in _read_csv_rows(path, int(pending["step"])) if r["step"] < int(pending["step"])]
-            rows.append({k: v for k, v in pending.items()})
-        else:
-            rows = _read_csv_rows(path, int(keep_until_step))
-        exp = lg.experiment  # creating the writer deletes the old file: its rows are queued again
-        exp.metrics[:0] = rows
-    return lg
-
-
-# --------------------------------------------------------------------------------------------------
-# resumable, shardable training order
-# --------------------------------------------------------------------------------------------------
-
-
-class EpochBatchSampler:
-    """Batches of one epoch from a fresh-per-run index sampler, sharded over ranks, fast-forwardable.
-
-    The order of epoch ``e`` is the ``e``-th pass over ``sampler`` (``sampler_factory()`` is built once;
-    with a seeded generator the order depends only on the seed and the epoch). ``start_epoch`` passes
-    are consumed at construction (indices only) and the first ``skip_batches`` batches of the first
-    epoch are skipped, which reproduces an interrupted epoch exactly. Every rank draws the same
-    order and takes its shard ``indices[rank::world]`` (padded by wrap-around to a multiple of the world
-    size, as ``DistributedSampler``).
-    """
-
-    def __init__(self, sampler_factory: Callable[[], Any], batch_size: int, rank: int = 0, world: int = 1,
-                 start_epoch: int = 0, skip_batches: int = 0):
-        self.sampler = sampler_factory()
-        self.batch_size, self.rank, self.world = int(batch_size), int(rank), max(1, int(world))
-        self.epoch = 0
-        for _ in range(int(start_epoch)):
-            self._indices()
-        self.skip = int(skip_batches)
-        self.batches_done = 0
-
-    def _indices(self) -> list[int]:
-        idx = [int(i) for i in iter(self.sampler)]
-        self.epoch += 1
-        if self.world > 1 and idx:
-            total = math.ceil(len(idx) / self.world) * self.world
-            idx = (idx * math.ceil(total / len(idx)))[:total][self.rank::self.world]
-        return idx
-
-    def _num_indices(self) -> int:
-        n = len(self.sampler)
-        return math.ceil(n / self.world) if self.world > 1 else n
-
-    def __len__(self) -> int:
-        return math.ceil(self._num_indices() / self.batch_size)
-
-    def __iter__(self):
-        idx = self._indices()
-        batches = [idx[i:i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
-        skip, self.skip = self.skip, 0
-        if skip >= len(batches):  # the checkpoint was taken at the end of an epoch: start the next one
-            idx = self._indices()
-            batches = [idx[i:i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
-            skip = 0
-        self.batches_done = skip
-        for b in batches[skip:]:
-            self.batches_done += 1
-            yield b
-
-
-def _resumable_loader_class():
-    from torch.utils.data import DataLoader
-
-    class ResumableDataLoader(DataLoader):
-        """A DataLoader over an :class:`EpochBatchSampler`; ``state_dict`` makes Lightning treat it as
-        resumable (the position itself is restored by the CLI from the checkpoint's loop state)."""
-
-        def state_dict(self) -> dict:
-            bs = self.batch_sampler
-            return {"epoch": int(getattr(bs, "epoch", 0)), "batches_done": int(getattr(bs, "batches_done", 0))}
-
-        def load_state_dict(self, state: dict) -> None:  # position comes from the fit loop (see run())
-            pass
-
-    return ResumableDataLoader
-
-
-def make_train_loader(dm, rank: int = 0, world: int = 1, start_epoch: int = 0, skip_batches: int = 0):
-    """The DataModule's training loader for its current stage, as a resumable / sharded loader with the
-    same order as ``dm.train_dataloader()`` (same seeded shuffling or curriculum sampler)."""
-    import torch
-    from torch.utils.data import RandomSampler
-
-    ref = type(dm).train_dataloader(dm)  # the DataModule's own loader (the CLI patches the instance)
-    ds = ref.dataset
-
-    def factory():
-        if not dm.is_audio_stage:
-            s = dm.curriculum_sampler()
-            if s is not None:
-                return s
-        return RandomSampler(ds, generator=torch.Generator().manual_seed(int(dm.seed)))
-
-    bsz = dm.audio_batch_size if dm.is_audio_stage else dm.batch_size
-    bs = EpochBatchSampler(factory, bsz, rank, world, start_epoch, skip_batches)
-    cls = _resumable_loader_class()
-    return cls(ds, batch_sampler=bs, collate_fn=ref.collate_fn, num_workers=ref.num_workers,
-               pin_memory=ref.pin_memory, persistent_workers=ref.num_workers > 0,
-               generator=torch.Generator().manual_seed(int(dm.seed) + 7919 * (rank + 1)))
-
-
-def checkpoint_position(ckpt: dict) -> tuple[int, int]:
-    """(epoch, completed batches of that epoch) of a Lightning checkpoint's fit loop."""
-    loops = ckpt.get("loops") or {}
-    fit = loops.get("fit_loop") or {}
-    ep = fit.get("epoch_progress", {}).get("current", {}).get("completed", ckpt.get("epoch", 0))
-    cur = fit.get("epoch_loop.batch_progress", {}).get("current", {})
-    # saved in on_train_batch_end: the batch is processed (its step done) but not yet "completed"
-    return int(ep), int(cur.get("processed", cur.get("completed", 0)))
-
-
-# --------------------------------------------------------------------------------------------------
-# callbacks of the CLI
-# --------------------------------------------------------------------------------------------------
-
-
-def step_seed(seed: int, stage: str, step: int) -> int:
-    """The seed of one training step: a hash of (seed, stage, step) → [0, 2³¹)."""
-    h = hashlib.blake2b(f"{seed}/{stage}/{step}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") % (2 ** 31 - 1)
-
-
-def _density_controls(model) -> dict:
-    return {k: getattr(model, k, None) for k in ("face_density", "mouth_density")
-            if getattr(model, k, None) is not None}
-
-
-def _cli_callbacks(cfg, stage: str, world: int):
-    """Callbacks the CLI adds to every stage (reseeding, density state, DDP sync, simulated interruption)."""
-    import lightning as L
-    import numpy as np
-    import torch
-
-    seed = int(cfg.seed)
-
-    class StepReseed(L.Callback):
-        """Re-seed torch / numpy / random from (seed, stage, step) before every training step: the
-        random draws of a step (ensemble members, densification) do not depend on what ran before, so
-        an interrupted and resumed run draws exactly what an uninterrupted one does, and every DDP
-        rank draws the same."""
-
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            import random
-
-            s = step_seed(seed, stage, int(trainer.global_step))
-            torch.manual_seed(s)
-            np.random.seed(s)
-            random.seed(s)
-
-    class DensityState(L.Callback):
-        """Keep the density-control statistics (accumulated since the last densification) in the
-        checkpoint, and start every stage with fresh statistics."""
-
-        def on_fit_start(self, trainer, pl_module):
-            if trainer.ckpt_path is None:
-                for dc in _density_controls(pl_module).values():
-                    dc.reset_statistics()
-
-        def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-            checkpoint["ua3dtalk_density"] = {k: dc.state_dict() for k, dc in _density_controls(pl_module).items()}
-
-        def on_load_checkpoint(self, trainer, pl_module, checkpoint):
-            for k, state in (checkpoint.get("ua3dtalk_density") or {}).items():
-                dc = getattr(pl_module, k, None)
-                if dc is not None:
-                    # checkpoints before the public interface stored the private attribute names
-                    dc.load_state_dict({f.lstrip("_"): t for f, t in state.items()}, pl_module.device)
-
-    class DistributedSync(L.Callback):
-        """DDP: average the gradients of every trained parameter (Gaussians replaced by densification
-        are unknown to DDP's reducer), and sum the density statistics over ranks before densifying."""
-
-        def setup(self, trainer, pl_module, stage=None):  # noqa: ARG002 (Lightning hook)
-            import torch.distributed as dist
-
-            def all_reduce(t, op: str) -> None:
-                if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-                    dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
-
-            for dc in _density_controls(pl_module).values():
-                dc.stats_reducer = all_reduce
-
-        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-            import torch.distributed as dist
-
-            if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
-                return
-            w = dist.get_world_size()
-            for group in optimizer.param_groups:
-                for p in group["params"]:
-                    if p.grad is not None:
-                        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-                        p.grad.div_(w)
-
-    class Interrupt(L.Callback):
-        def __init__(self, at_step: int):
-            self.at_step = at_step
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if pl_module.stage_step() >= self.at_step:
-                raise SimulatedInterruption(f"simulated interruption after step {self.at_step} of stage {stage}")
-
-    cbs = [StepReseed(), DensityState()]
-    if world > 1:
-        cbs.append(DistributedSync())
-    ia = cfg.get("interrupt_at")
-    if ia is not None and ia.get("stage") == stage:
-        cbs.append(Interrupt(int(ia.get("step"))))
-    return cbs
+    return restore_csv_rows(lg, keep_until_step, pending, is_main=world_and_rank()[1] == 0)
 
 
 def _user_callbacks(cfg) -> list:
     from hydra.utils import instantiate
 
     return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-
-
-def state_fingerprint(model) -> str:
-    """SHA-256 over the model's state dict (names, shapes, float32 bytes), for comparing ranks/runs."""
-    import torch
-
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        if isinstance(v, torch.Tensor):
-            h.update(k.encode())
-            h.update(str(tuple(v.shape)).encode())
-            t = v.detach().cpu().contiguous()
-            h.update((t.float() if t.is_floating_point() else t).numpy().tobytes())
-    return h.hexdigest()
-
-
-def _world_and_rank(trainer=None) -> tuple[int, int]:
-    if trainer is not None:
-        return int(trainer.world_size), int(trainer.global_rank)
-    env = os.environ
-    rank = env.get("RANK", env.get("SLURM_PROCID", env.get("LOCAL_RANK", 0)))
-    return int(env.get("WORLD_SIZE", env.get("SLURM_NTASKS", 1))), int(rank)
 
 
 def _planned_world(cfg) -> int:
@@ -741,11 +395,6 @@ def _planned_world(cfg) -> int:
     return n * int(t.get("num_nodes", 1) or 1)
 
 
-# --------------------------------------------------------------------------------------------------
-# the run
-# --------------------------------------------------------------------------------------------------
-
-
 def _merge_json(path: Path, values: dict) -> dict:
     """Merge ``values`` into the JSON object at ``path`` (see :func:`ua3dtalk.utils.io.merge_json`)."""
     from ..utils.io import merge_json
@@ -753,53 +402,37 @@ def _merge_json(path: Path, values: dict) -> dict:
     return merge_json(path, values)
 
 
-def _cpu_seconds() -> float:
-    """CPU time (user + system, all threads) of this process so far."""
-    import resource
-
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+# --------------------------------------------------------------------------------------------------
+# the run
+# --------------------------------------------------------------------------------------------------
 
 
-def active_stages(cfg, model) -> list[str]:
-    """``cfg.stages`` minus the stages whose module is absent (prior / emotion ablations)."""
-    out = []
-    for s in cfg.stages:
-        if s not in STAGES:
-            raise ValueError(f"stages: unknown stage {s!r}; choose from {', '.join(STAGES)}")
-        if (s == "prior" and model.prior is None) or (s == "emotion" and model.emotion is None):
-            print(f"ua3dtalk-train: stage {s} skipped (model.{s} is not configured)", flush=True)
-            continue
-        out.append(s)
-    return out
+def curriculum_of(cfg, stages: list[str], planned_world: int, comp: dict):
+    """The :class:`~ua3dtalk.curriculum.Curriculum` of a training config (its active ``stages``)."""
+    from ..curriculum import Curriculum
 
-
-def best_checkpoint_callback(cfg, stage: str, stages: list[str], ckpt_dir: Path):
-    """Lightning's ``ModelCheckpoint`` keeping ``<ckpt_dir>/best.ckpt``, the weights with the best
-    ``checkpoint_monitor`` (default ``val/psnr``) seen at validation during the last stage — the stage whose
-    weights are the finished model — saved through the project's atomic checkpoint IO; ``None`` for other
-    stages and when the last stage does not render (prior / emotion only)."""
-    if stage != stages[-1] or stage in ("prior", "emotion"):
-        return None
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    monitor = str(cfg.get("checkpoint_monitor") or "val/psnr")
-    return ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor=monitor,
-                           mode="min" if any(t in monitor.lower() for t in LOWER_IS_BETTER) else "max",
-                           save_top_k=1, save_last=False, auto_insert_metric_name=False, enable_version_counter=False,
-                           save_on_train_epoch_end=False)
+    ia = cfg.get("interrupt_at")
+    return Curriculum(run_dir=Path(cfg.paths.run_dir), stages=stages,
+                      stage_steps={s: int(cfg.stage_steps[s]) for s in stages}, seed=int(cfg.seed),
+                      val_every=int(cfg.val_every), checkpoint_every=int(cfg.get("checkpoint_every") or 0),
+                      resume=bool(cfg.resume), checkpoint_monitor=str(cfg.get("checkpoint_monitor") or "val/psnr"),
+                      interrupt_at=(ia.get("stage"), int(ia.get("step"))) if ia is not None else None,
+                      planned_world=planned_world,
+                      hparams={"experiment": str(cfg.name), "seed": int(cfg.seed),
+                               **{f"component/{k}": v for k, v in comp.items()}})
 
 
 def run(cfg) -> dict:
     """Train every configured stage; returns the metrics written to ``metrics.json``."""
+    import functools
+
     import lightning as L
-    import torch
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from ..callbacks.checkpoint import AtomicCheckpointIO, PeriodicCheckpoint, load_model_checkpoint, read_checkpoint
-    from ..callbacks.media import ValidationImages
+    from ..curriculum import active_stages, report_non_finite, train_stages, world_and_rank
     from ..models.module import NonFiniteLossError
+    from .config_checks import check_train_config
 
     bad = [s for s in cfg.stages if s not in STAGES]
     if bad:
@@ -807,7 +440,7 @@ def run(cfg) -> dict:
     check_train_config(cfg)  # typed, range-checked settings before any work (seed, steps, intervals, rates, …)
     run_dir = Path(cfg.paths.run_dir)
     planned_world = _planned_world(cfg)
-    is_main = _world_and_rank()[1] == 0  # before the trainer exists: from the launcher's environment
+    is_main = world_and_rank()[1] == 0  # before the trainer exists: from the launcher's environment
     ident = {"experiment": str(cfg.name), "variant": str(cfg.get("variant") or ""),
              "identity_overrides": list(cfg.get("identity_overrides") or []),
              "scale": str(cfg.get("scale_label") or ""),
@@ -818,6 +451,9 @@ def run(cfg) -> dict:
     L.seed_everything(int(cfg.seed), workers=True)
     dm = build_datamodule(cfg)
     fill_data_info(cfg, dm)
+    from .emotion_source import settle_emotion_source
+
+    settle_emotion_source(cfg, dm)  # a video without labels or teacher: no emotion stage, one line (DESIGN §4.4)
     if len(dm.split_index.get("val", ())) == 0:
         raise ValueError(f"data.root={cfg.data.root}: the dataset has no validation frame (regular: "
                          "transforms_val.json; emotional: val_fraction / clips per emotion), so no val/ metric "
@@ -831,7 +467,7 @@ def run(cfg) -> dict:
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         atomic_write_json(run_dir / "env.json", _env_info())
     model = build_model(cfg, None)
-    stages = active_stages(cfg, model)
+    stages = active_stages(cfg.stages, model)
     if not stages:
         raise ValueError("ua3dtalk-train: no stage to run (check `stages` and the model's modules)")
     model.stage = stages[0]
@@ -846,141 +482,20 @@ def run(cfg) -> dict:
     run_loggers, wandb_logger = build_loggers(cfg, run_dir)
     if wandb_logger is not None and is_main:
         wandb_logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    best: dict[str, float] = {}
-    step_offset = 0
-    prev_ckpt: Optional[Path] = None
-    every = int(cfg.get("checkpoint_every") or cfg.val_every)
-    trainer = None
     try:
-        for stage in stages:
-            steps = int(cfg.stage_steps[stage])
-            ckpt_dir = run_dir / "checkpoints" / stage
-            done = ckpt_dir / "done.json"
-            last = ckpt_dir / "last.ckpt"
-            if cfg.resume and done.is_file():  # finished before the interruption: take its weights
-                try:
-                    done_rec = json.loads(done.read_text())
-                except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-                    raise ValueError(f"{done}: the record of the finished stage {stage} is not readable JSON ({e}); "
-                                     "delete it to train the stage again") from None
-                if not isinstance(done_rec, dict):
-                    raise ValueError(f"{done}: the record of the finished stage {stage} is not a JSON object; delete "
-                                     "it to train the stage again")
-                load_model_checkpoint(model, last)
-                metrics["stages"][stage] = done_rec
-                best.update(metrics["stages"][stage].get("best", {}))  # later stages define the run's keys
-                step_offset += int(metrics["stages"][stage].get("global_step", 0))
-                prev_ckpt = last
-                print(f"ua3dtalk-train: stage {stage} already done ({done}); resuming after it", flush=True)
-                continue
-            if prev_ckpt is not None and cfg.resume:
-                load_model_checkpoint(model, prev_ckpt)
-            model.stage = stage
-            model.max_steps = steps
-            dm.stage = stage
-            n_opt = len(model._optimizers_for_stage())
-            resume_ckpt = last if (cfg.resume and last.is_file()) else None
-            start_epoch = skip = 0
-            resume_step = pending_row = None
-            if resume_ckpt is not None:
-                ck = read_checkpoint(resume_ckpt)
-                start_epoch, skip = checkpoint_position(ck)
-                resume_step = int(ck.get("global_step", 0))
-                pending_row = ck.get("ua3dtalk_pending_log")
-                del ck
-                print(f"ua3dtalk-train: stage {stage}: resuming from {resume_ckpt} (epoch {start_epoch}, "
-                      f"batch {skip})", flush=True)
-            csv = stage_csv_logger(cfg, run_dir, stage, keep_until_step=resume_step, pending=pending_row)
-            loggers = [csv] + run_loggers
-            for lg in loggers:
-                if isinstance(lg, WandbRunLogger):
-                    lg.step_offset = step_offset
-            if is_main:
-                csv.log_hyperparams({"stage": stage, "experiment": str(cfg.name), "seed": int(cfg.seed),
-                                     **{f"component/{k}": v for k, v in comp.items()}})
-
-            t_wall, t_cpu = time.perf_counter(), _cpu_seconds()
-            n_train = len(make_train_loader(dm, 0, planned_world))
-            val_history: list[dict] = []
-
-            class ValHistory(L.Callback):
-                """The stage's validation results (for its ``best``), kept in the checkpoint for resume."""
-
-                def on_validation_epoch_end(self, trainer, pl_module):
-                    if not trainer.sanity_checking:
-                        val_history.append({k: float(v) for k, v in trainer.callback_metrics.items()
-                                            if k.startswith("val/")})
-
-                def state_dict(self):
-                    return {"history": [dict(r) for r in val_history]}
-
-                def load_state_dict(self, state_dict):
-                    val_history[:] = [dict(r) for r in state_dict.get("history", [])]
-
-            best_ckpt = best_checkpoint_callback(cfg, stage, stages, ckpt_dir)
-            images = [ValidationImages()] if run_loggers else []  # wandb / TensorBoard: renders every validation
-            callbacks = ([PeriodicCheckpoint(last, every_n_steps=every)] + ([best_ckpt] if best_ckpt else [])
-                         + _cli_callbacks(cfg, stage, planned_world) + _user_callbacks(cfg) + images + [ValHistory()])
-            trainer = instantiate(
-                cfg.trainer, max_steps=steps * n_opt, logger=loggers, default_root_dir=str(run_dir),
-                enable_checkpointing=best_ckpt is not None, plugins=[AtomicCheckpointIO()],
-                use_distributed_sampler=False,
-                val_check_interval=max(1, min(int(cfg.val_every), n_train)), check_val_every_n_epoch=1,
-                callbacks=callbacks,
-            )
-            world, rank = int(trainer.world_size), int(trainer.global_rank)
-            is_main = rank == 0
-            dm.train_dataloader = (lambda _dm=dm, _r=rank, _w=world, _e=start_epoch, _s=skip:  # noqa: E731
-                                   make_train_loader(_dm, _r, _w, _e, _s))
-            try:
-                trainer.fit(model, datamodule=dm, ckpt_path=str(resume_ckpt) if resume_ckpt else None)
-            except NonFiniteLossError as e:
-                print(f"ua3dtalk-train: stage {stage}: {e}", file=sys.stderr)
-                raise SystemExit(3) from None
-            finally:
-                del dm.train_dataloader  # back to the DataModule's method
-            ctl = model.emotion_control
-            if stage == "emotion" and model.emotion is not None and ctl is not None and not bool(ctl.recomputed):
-                # resumed from a checkpoint taken after the stage's last step: fit had nothing left to run and
-                # on_train_end (which recomputes the prototypes with the final student) did not fire
-                model.recompute_emotion_prototypes(dm)
-            res = trainer.validate(model, datamodule=dm, verbose=False)
-            stage_metrics = {k: float(v) for k, v in (res[0] if res else {}).items()}
-            stage_best: dict[str, float] = {}
-            for rec in val_history + [stage_metrics]:
-                for k, v in rec.items():
-                    if k.startswith("val/") and is_better(k, v, stage_best.get(k)):
-                        stage_best[k] = v
-            best.update(stage_best)  # a key's best is that of the last stage reporting it (masks differ per stage)
-            stage_metrics.update({"steps": steps, "global_step": int(trainer.global_step), "best": stage_best,
-                                  "seconds": round(time.perf_counter() - t_wall, 2),
-                                  "cpu_seconds": round(_cpu_seconds() - t_cpu, 2)})
-            trainer.save_checkpoint(last)
-            if best_ckpt is not None and best_ckpt.best_model_path:
-                stage_metrics["best_checkpoint"] = {"path": best_ckpt.best_model_path,
-                                                    "monitor": best_ckpt.monitor,
-                                                    "score": float(best_ckpt.best_model_score)}
-            if is_main:
-                atomic_write_json(done, stage_metrics)
-            metrics["stages"][stage] = stage_metrics
-            step_offset += int(trainer.global_step)
-            prev_ckpt = last
-            torch.set_grad_enabled(True)
-        final = {}
-        for stage in stages:  # later stages override earlier ones for the same key
-            final.update({k: v for k, v in metrics["stages"][stage].items()
-                          if k.startswith(("val/", "health/", "fusion_weight/"))})
-        metrics.update(final)
-        metrics["best"] = best
-        metrics["checkpoint"] = str(prev_ckpt) if prev_ckpt else None
-        metrics["best_checkpoint"] = metrics["stages"][stages[-1]].get("best_checkpoint")  # infer/eval's default
-        world, rank = (int(trainer.world_size), int(trainer.global_rank)) if trainer is not None else (1, 0)
-        if world > 1:
-            atomic_write_json(run_dir / "fingerprints" / f"rank{rank}.json",
-                              {"rank": rank, "world_size": world, "sha256": state_fingerprint(model),
-                               "num_face": len(model.face), "num_mouth": len(model.mouth)})
-        metrics["world_size"] = world
-        if rank == 0:
+        try:
+            result = train_stages(curriculum_of(cfg, stages, planned_world, comp), model, dm,
+                                  make_trainer=functools.partial(instantiate, cfg.trainer),
+                                  stage_logger=functools.partial(stage_csv_logger, cfg, run_dir),
+                                  run_loggers=run_loggers, user_callbacks=lambda: _user_callbacks(cfg),
+                                  is_main=is_main)
+        except NonFiniteLossError as e:
+            report_non_finite(e)
+            raise SystemExit(3) from None
+        metrics["stages"] = result.stages
+        metrics.update(result.summary())
+        final, best = result.final, result.best
+        if result.rank == 0:
             _merge_json(run_dir / "metrics.json", metrics)  # keeps keys written by metric callbacks / ua3dtalk-eval
             if wandb_logger is not None:
                 wandb_logger.set_summary({**final, **{f"best/{k}": v for k, v in best.items()}})
@@ -1005,11 +520,41 @@ def run(cfg) -> dict:
             wandb_logger.finish()
 
 
+def _memoize_hydra_group_listing() -> None:
+    """``--help``: Hydra lists the options of every config group (~150 here) twice, deep-copying its config
+    repository for each lookup; within one help call the repository does not change, so the lookups are
+    memoised (same text, a fraction of the time). A Hydra without this internal is left alone."""
+    try:
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    except ImportError:  # pragma: no cover - another Hydra layout
+        return
+    orig = getattr(ConfigLoaderImpl, "get_group_options", None)
+    if orig is None or getattr(orig, "_ua3dtalk_memo", False):
+        return
+    memo: dict = {}
+
+    def get_group_options(self, group_name, results_filter=None, config_name=None, overrides=None, **kw):
+        if kw:
+            return orig(self, group_name, results_filter, config_name, overrides, **kw)
+        from hydra.core.object_type import ObjectType
+
+        rf = ObjectType.CONFIG if results_filter is None else results_filter
+        key = (id(self), group_name, rf, config_name, tuple(overrides or ()))
+        if key not in memo:
+            memo[key] = list(orig(self, group_name, rf, config_name, overrides))
+        return list(memo[key])
+
+    get_group_options._ua3dtalk_memo = True
+    ConfigLoaderImpl.get_group_options = get_group_options
+
+
 def main(argv=None) -> int:
     import hydra
 
     argv = list(sys.argv[1:] if argv is None else argv)
     sys.argv = [sys.argv[0]] + argv
+    if any(a in ("-h", "--help") for a in argv):
+        _memoize_hydra_group_listing()
 
     @hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")
     def _main(cfg):

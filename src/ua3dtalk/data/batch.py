@@ -1,6 +1,10 @@
-"""The typed batch that every dataset of the project yields: :class:`FrameBatch` (DESIGN §2).
+"""The typed batches the datasets yield (DESIGN §2): :class:`FrameBatch` (rendering stages),
+:class:`AudioBatch` (``prior`` / ``emotion`` stages, no images) and :class:`PredictBatch` (inference),
+and their collate functions (:func:`collate`, :func:`collate_audio`, :func:`collate_predict`,
+:func:`collate_batches`).
 
-Layout decisions (all tensors share the batch size ``B``):
+:class:`FrameBatch` layout decisions (all tensors share the batch size ``B``):
+
 
 =================  ==================  =========  ===================================================
 field              shape               dtype      meaning
@@ -26,13 +30,13 @@ audio_context      [B,50,C'] | None    float32    per-frame features of frames i
                                                   last frame repeated beyond its ends — the style
                                                   encoder's input (``ua3dtalk.models.prior.module.
                                                   audio_context``; computed by
-                                                  :func:`ua3dtalk.data.datamodule.audio_context_np`)
+                                                  :func:`ua3dtalk.data.features.audio_context_np`)
                                                   and the emotion encoder's; C' = C unless the
                                                   DataModule has a ``context_feature``
 blink              [B]                 float32    eye closure in [0,1] (OpenFace AU45_r clipped to
                                                   [0,2] / 2); 0 when the dataset has no ``au.csv``
 expr               [B,K] | None        float32    per-frame expression coefficients (``expr.npy``)
-emotion            [B]                 int64      index into :data:`ua3dtalk.data.formats.EMOTIONS`,
+emotion            [B]                 int64      index into :data:`ua3dtalk.constants.EMOTIONS`,
                                                   -1 when unknown
 intensity          [B]                 int64      emotion intensity 1..3, 0 when unknown
 frame_index        [B]                 int64      the dataset's frame number (``img_id``); indexes the
@@ -45,7 +49,8 @@ landmarks          [B,68,2] | None     float32    68 landmarks (x = column, y = 
 
 Datasets return single frames as ``FrameBatch`` with ``B = 1``; :func:`collate` concatenates any
 number of batches along the batch dimension (use it as the DataLoader's ``collate_fn``). Optional
-fields must be either present in every element or absent in every element.
+fields must be either present in every element or absent in every element. The fields of
+:class:`AudioBatch` and :class:`PredictBatch` are tabulated in their docstrings.
 """
 from __future__ import annotations
 
@@ -80,6 +85,44 @@ _SPEC: dict[str, tuple[tuple, str]] = {
 OPTIONAL_FIELDS = ("audio_neighbours", "audio_context", "expr", "au", "landmarks")
 
 
+_DTYPE_OK = {
+    "float": lambda t: t.is_floating_point(),
+    "bool": lambda t: t.dtype == torch.bool,
+    "long": lambda t: t.dtype == torch.int64,
+}
+_DTYPES = {"float": "floating point", "long": "int64"}
+"""How a wrong dtype is named in the errors of :class:`AudioBatch` / :class:`PredictBatch`."""
+_FRAME_DTYPES = {"float": "float (float)", "bool": "bool (bool)", "long": "long (int64)"}
+"""How a wrong dtype is named in the errors of :class:`FrameBatch`."""
+
+
+def _check_batch(obj, spec: dict, optional: Sequence[str], b: int, what: str, b_note: str = "",
+                 dtypes: dict = _DTYPES) -> None:
+    """Check the tensor fields of a batch dataclass against ``spec`` ({name: (trailing shape after B,
+    dtype kind)}; ``None`` in a shape = any size, a letter = the same size in every field); raise
+    ``ValueError`` naming the field. ``b_note`` follows ``B=<b>`` in the shape error, ``dtypes`` names
+    the dtype kinds in the dtype error."""
+    sizes: dict[str, int] = {}
+    for name, (trail, kind) in spec.items():
+        t = getattr(obj, name)
+        if t is None:
+            if name in optional:
+                continue
+            raise ValueError(f"{what}: `{name}` is required")
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{what}: `{name}` must be a torch.Tensor, got {type(t).__name__}")
+        want = "[B," + ",".join("*" if s is None else str(s) for s in trail) + "]" if trail else "[B]"
+        if t.dim() != 1 + len(trail) or t.shape[0] != b:
+            raise ValueError(f"{what}: `{name}` must have shape {want} with B={b}{b_note}, got {list(t.shape)}")
+        for s, d in zip(trail, t.shape[1:]):
+            if isinstance(s, int) and s != d:
+                raise ValueError(f"{what}: `{name}` must have shape {want}, got {list(t.shape)}")
+            if isinstance(s, str) and sizes.setdefault(s, d) != d:
+                raise ValueError(f"{what}: `{name}` has {s}={d}, other fields have {s}={sizes[s]}")
+        if not _DTYPE_OK[kind](t):
+            raise ValueError(f"{what}: `{name}` must be {dtypes[kind]}, got {t.dtype}")
+
+
 @dataclass
 class FrameBatch:
     """A batch of video frames with everything the model and the losses need (see the module
@@ -109,31 +152,8 @@ class FrameBatch:
     def __post_init__(self) -> None:
         if not isinstance(self.clip_id, list) or not all(isinstance(c, str) for c in self.clip_id):
             raise ValueError(f"FrameBatch: `clip_id` must be a list of str, got {self.clip_id!r}")
-        b = len(self.clip_id)
-        sizes: dict[str, int] = {}
-        for name, (trail, kind) in _SPEC.items():
-            t = getattr(self, name)
-            if t is None:
-                if name in OPTIONAL_FIELDS:
-                    continue
-                raise ValueError(f"FrameBatch: `{name}` is required")
-            if not isinstance(t, torch.Tensor):
-                raise ValueError(f"FrameBatch: `{name}` must be a torch.Tensor, got {type(t).__name__}")
-            want = "[B," + ",".join("*" if s is None else str(s) for s in trail) + "]" if trail else "[B]"
-            if t.dim() != 1 + len(trail) or t.shape[0] != b:
-                raise ValueError(f"FrameBatch: `{name}` must have shape {want} with B={b} (len(clip_id)), "
-                                 f"got {list(t.shape)}")
-            for s, d in zip(trail, t.shape[1:]):
-                if isinstance(s, int) and s != d:
-                    raise ValueError(f"FrameBatch: `{name}` must have shape {want}, got {list(t.shape)}")
-                if isinstance(s, str):
-                    if sizes.setdefault(s, d) != d:
-                        raise ValueError(f"FrameBatch: `{name}` has {s}={d}, other fields have {s}={sizes[s]}")
-            ok = {"float": t.is_floating_point(), "bool": t.dtype == torch.bool,
-                  "long": t.dtype == torch.int64}[kind]
-            if not ok:
-                raise ValueError(f"FrameBatch: `{name}` must be {kind} ({'int64' if kind == 'long' else kind}), "
-                                 f"got {t.dtype}")
+        _check_batch(self, _SPEC, OPTIONAL_FIELDS, len(self.clip_id), "FrameBatch", " (len(clip_id))",
+                     _FRAME_DTYPES)
 
     # ------------------------------------------------------------------ conveniences
     def __len__(self) -> int:
@@ -231,3 +251,194 @@ def collate(batches: Sequence[FrameBatch]) -> FrameBatch:
     feature widths), naming the field.
     """
     return collate_dataclass(FrameBatch, batches, ("clip_id",))
+
+
+# --------------------------------------------------------------------------------------------------
+# AudioBatch, PredictBatch
+# --------------------------------------------------------------------------------------------------
+
+
+class _BatchOps:
+    """``to`` / ``pin_memory`` / ``len`` / indexing for the batch dataclasses (list fields are copied)."""
+
+    _LIST_FIELDS: tuple[str, ...] = ()
+
+    def tensor_fields(self) -> dict[str, Tensor]:
+        """All tensor fields that are present (optional ``None`` fields left out)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
+
+    def _map(self, fn, lists: Optional[dict] = None):
+        kw = {f.name: getattr(self, f.name) for f in fields(self)}
+        for k, v in self.tensor_fields().items():
+            kw[k] = fn(v)
+        for k in self._LIST_FIELDS:
+            kw[k] = list(kw[k]) if lists is None else lists[k]
+        return type(self)(**kw)
+
+    def to(self, device, non_blocking: bool = False):
+        """A copy with every tensor moved to ``device`` (dtypes unchanged)."""
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self):
+        """Used by ``DataLoader(pin_memory=True)``."""
+        return self._map(lambda t: t.pin_memory())
+
+    def __getitem__(self, idx):
+        """Select along the batch dimension (an int keeps B=1, a slice, or an index tensor/list)."""
+        n = len(self)
+        if isinstance(idx, int):
+            if not -n <= idx < n:
+                raise IndexError(f"{type(self).__name__} index {idx} out of range for batch size {n}")
+            sel = [idx % n]
+        elif isinstance(idx, slice):
+            sel = list(range(n))[idx]
+        else:
+            sel = [int(i) % n for i in torch.as_tensor(idx).reshape(-1).tolist()]
+        index = torch.as_tensor(sel, dtype=torch.long)
+        lists = {k: [getattr(self, k)[i] for i in sel] for k in self._LIST_FIELDS}
+        return self._map(lambda t: t.index_select(0, index.to(t.device)), lists)
+
+
+_AUDIO_SPEC: dict[str, tuple[tuple, str]] = {
+    "audio": ((16, "C"), "float"),
+    "context": ((None, "Cc"), "float"),  # Cc = C unless the DataModule has a context_feature
+    "waveform": ((None,), "float"),
+    "expr": ((None,), "float"),
+    "lip": ((None,), "float"),
+    "emotion": ((), "long"),
+    "intensity": ((), "long"),
+    "frame_index": ((), "long"),
+}
+
+
+@dataclass
+class AudioBatch(_BatchOps):
+    """Audio-side batch of ``B`` video frames for the ``prior`` and ``emotion`` stages (no images).
+
+    ===========  ============  =======  ==========================================================
+    field        shape         dtype    meaning
+    ===========  ============  =======  ==========================================================
+    audio        [B,16,C]      float32  the frame's §5.3 audio window
+    context      [B,50,C']     float32  audio context (frames i-25 … i+24, module docstring) of the
+                                        ``context_feature`` (C' = C when it is the window feature)
+    waveform     [B,S]         float32  16 kHz segment of ``segment_seconds`` centred on the frame
+                                        (zero-padded at clip edges; S = 0 when disabled)
+    expr         [B,K] | None  float32  expression coefficients (``expr.npy``)
+    lip          [B,40] | None float32  lip target (:func:`lip_target`)
+    emotion      [B]           int64    index into ``EMOTIONS``, -1 unknown
+    intensity    [B]           int64    1..3, 0 unknown
+    frame_index  [B]           int64    the frame's ``img_id``
+    clip_id      list[str]     -        clip of each frame
+    ===========  ============  =======  ==========================================================
+    """
+
+    audio: Tensor
+    context: Tensor
+    waveform: Tensor
+    emotion: Tensor
+    intensity: Tensor
+    frame_index: Tensor
+    clip_id: list[str]
+    expr: Optional[Tensor] = None
+    lip: Optional[Tensor] = None
+
+    _LIST_FIELDS = ("clip_id",)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.clip_id, list) or not all(isinstance(c, str) for c in self.clip_id):
+            raise ValueError(f"AudioBatch: `clip_id` must be a list of str, got {self.clip_id!r}")
+        _check_batch(self, _AUDIO_SPEC, ("expr", "lip"), len(self.clip_id), "AudioBatch")
+
+    def __len__(self) -> int:
+        return len(self.clip_id)
+
+
+_PREDICT_SPEC: dict[str, tuple[tuple, str]] = {
+    "viewmat": ((4, 4), "float"),
+    "K": ((3, 3), "float"),
+    "audio": ((16, "C"), "float"),
+    "audio_neighbours": ((None, 16, "C"), "float"),
+    "audio_context": ((None, "Cc"), "float"),
+    "blink": ((), "float"),
+    "background": ((3, "H", "W"), "float"),
+    "frame_index": ((), "long"),
+    "emotion": ((), "long"),
+    "intensity": ((), "long"),
+    "waveform": ((None,), "float"),
+}
+
+
+@dataclass
+class PredictBatch(_BatchOps):
+    """Inference batch of ``B`` output frames (:class:`PredictDataset`). Field names match
+    :class:`~ua3dtalk.data.batch.FrameBatch` where they mean the same thing.
+
+    ================  ==================  =======  ==================================================
+    field             shape               dtype    meaning
+    ================  ==================  =======  ==================================================
+    viewmat           [B,4,4]             float32  world→camera (OpenCV) of the output frame
+    K                 [B,3,3]             float32  intrinsics for ``width`` × ``height``
+    audio             [B,16,C]            float32  audio window of the frame
+    audio_neighbours  [B,8,16,C] | None   float32  windows of frames i-4 … i+3
+    audio_context     [B,50,C] | None     float32  audio context (frames i-25 … i+24)
+    blink             [B]                 float32  eye closure in [0,1]
+    background        [B,3,H,W]           float32  what the head is composited over
+    frame_index       [B]                 int64    output frame number (0-based, 25 fps)
+    emotion           [B]                 int64    requested emotion id, -1 = from the audio
+    intensity         [B]                 int64    requested intensity 1..3, 0 = unspecified
+    waveform          [B,S] | None        float32  16 kHz segment centred on the frame
+    ================  ==================  =======  ==================================================
+    """
+
+    viewmat: Tensor
+    K: Tensor
+    audio: Tensor
+    blink: Tensor
+    background: Tensor
+    frame_index: Tensor
+    emotion: Tensor
+    intensity: Tensor
+    audio_neighbours: Optional[Tensor] = None
+    audio_context: Optional[Tensor] = None
+    waveform: Optional[Tensor] = None
+
+    def __post_init__(self) -> None:
+        b = self.frame_index.shape[0] if isinstance(self.frame_index, torch.Tensor) and self.frame_index.dim() else -1
+        _check_batch(self, _PREDICT_SPEC, ("audio_neighbours", "audio_context", "waveform"), b, "PredictBatch")
+
+    def __len__(self) -> int:
+        return int(self.frame_index.shape[0])
+
+    @property
+    def height(self) -> int:
+        return int(self.background.shape[-2])
+
+    @property
+    def width(self) -> int:
+        return int(self.background.shape[-1])
+
+
+def collate_audio(batches: Sequence[AudioBatch]) -> AudioBatch:
+    """Concatenate :class:`AudioBatch` objects along the batch dimension."""
+    return collate_dataclass(AudioBatch, batches, ("clip_id",))
+
+
+def collate_predict(batches: Sequence[PredictBatch]) -> PredictBatch:
+    """Concatenate :class:`PredictBatch` objects along the batch dimension."""
+    return collate_dataclass(PredictBatch, batches)
+
+
+def collate_batches(batches: Sequence):
+    """``collate_fn`` for every dataset of this module: dispatches on the element type
+    (:class:`FrameBatch`, :class:`AudioBatch`, :class:`PredictBatch`)."""
+    batches = list(batches)
+    if not batches:
+        raise ValueError("collate: empty batch")
+    first = batches[0]
+    if isinstance(first, FrameBatch):
+        return collate(batches)
+    if isinstance(first, AudioBatch):
+        return collate_audio(batches)
+    if isinstance(first, PredictBatch):
+        return collate_predict(batches)
+    raise ValueError(f"collate: unsupported element type {type(first).__name__}")

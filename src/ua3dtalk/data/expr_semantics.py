@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import Optional, Sequence
 
-from .formats import ClipInfo
+from .clip import ClipInfo
 
 __all__ = ["emotional_expr_columns", "clip_expr_semantics"]
 

@@ -39,10 +39,14 @@ Conventions:
   :func:`ua3dtalk.data.audio.fit_length`); a larger difference is an error. Other per-frame arrays
   (``au.csv``, ``expr.npy``) must match exactly.
 
-Validation: the checks live in :mod:`ua3dtalk.data.validate` (``inspect_clip``,
-``inspect_emotional``), which collect every :class:`Problem` (file + message) instead of stopping at
-the first; :func:`load_clip` / :func:`load_emotional` / :func:`load_dataset` run them and raise one
-:class:`DatasetError` listing all errors. ``level="quick"`` (the
+Where things live: this module holds the constants, :class:`Problem` / :class:`DatasetError`, and the
+lazy readers of single files (:func:`read_image`, :func:`read_parsing`, :func:`read_landmarks`, …);
+:mod:`ua3dtalk.data.clip` the metadata of a loaded clip (:class:`~ua3dtalk.data.clip.ClipInfo`,
+:class:`~ua3dtalk.data.clip.EmotionalData`); :mod:`ua3dtalk.data.validate` the checks
+(``inspect_clip``, ``inspect_emotional``), which collect every :class:`Problem` (file + message) instead
+of stopping at the first; :mod:`ua3dtalk.data.loading` the loaders (``load_clip`` / ``load_emotional`` /
+``load_dataset``), which run them and raise one :class:`DatasetError` listing all errors, and
+``read_frame``. ``level="quick"`` (the
 loaders' default) checks everything except the pixels: files exist, image headers and sizes, JSON,
 audio header, arrays (shapes, NaN/Inf), landmarks, symlinks. ``level="full"`` (``ua3dtalk-validate``)
 also decodes every image and checks the parsing colours; the lazy readers (:func:`read_image`,
@@ -55,15 +59,13 @@ import csv
 import json
 import math
 import os
-import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple, Optional, Sequence
+from typing import Iterable, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
 
-from .cameras import Cameras
+from ..constants import EMOTIONS
 
 # --------------------------------------------------------------------------------------------------
 # constants
@@ -72,8 +74,6 @@ from .cameras import Cameras
 FPS = 25
 """Video frame rate of every dataset (frames per second)."""
 
-EMOTIONS: tuple[str, ...] = ("neutral", "angry", "contempt", "disgusted", "fear", "happy", "sad", "surprised")
-"""The 8 MEAD emotions; the label id of an emotion is its index here."""
 
 INTENSITIES: tuple[int, ...] = (1, 2, 3)
 
@@ -285,6 +285,12 @@ def parsing_masks(labels: torch.Tensor, teeth: torch.Tensor | None = None) -> di
     return out
 
 
+def composite(fg_rgba: torch.Tensor, bg: torch.Tensor) -> torch.Tensor:
+    """Alpha-composite [4,H,W] over [3,H,W] (both in [0,1])."""
+    a = fg_rgba[3:4]
+    return fg_rgba[:3] * a + bg * (1 - a)
+
+
 def read_landmarks(path: Path | str) -> np.ndarray:
     """Read a ``.lms`` file: 68 lines "x y" (x = column, y = row, pixels) → float32 [68,2]."""
     path = Path(path)
@@ -352,11 +358,8 @@ def read_emotion_json(path: Path | str) -> tuple[int, int]:
 
 
 def _check_emotion_json(path: Path, rep: _Report) -> Optional[tuple[int, int]]:
-    d = _load_json(path, rep)
+    d = _load_json_object(path, rep, '{{"emotion": ..., "intensity": ...}}, got {}')
     if d is None:
-        return None
-    if not isinstance(d, dict):
-        rep.error(path, f"must be a JSON object {{\"emotion\": ..., \"intensity\": ...}}, got {type(d).__name__}")
         return None
     emo = d.get("emotion")
     inten = d.get("intensity")
@@ -444,184 +447,23 @@ def _load_json(path: Path, rep: _Report):
     return None
 
 
+def _load_json_object(path: Path, rep: _Report, expected: str) -> Optional[dict]:
+    """:func:`_load_json` a file that must hold a JSON object; anything else is reported as
+    "must be a JSON object <expected>" (``expected`` is a format string given the type name). None
+    when the file is unreadable or not an object."""
+    d = _load_json(path, rep)
+    if d is None:
+        return None
+    if not isinstance(d, dict):
+        rep.error(path, "must be a JSON object " + expected.format(type(d).__name__))
+        return None
+    return d
+
+
 # --------------------------------------------------------------------------------------------------
-# clip metadata
+# frame counts
+# frame counts and audio feature files (the length rule)
 # --------------------------------------------------------------------------------------------------
-
-# per-frame file kinds: directory, suffix
-FRAME_FILES: dict[str, tuple[str, str]] = {
-    "ori": ("ori_imgs", ".jpg"),
-    "lms": ("ori_imgs", ".lms"),
-    "parsing": ("parsing", ".png"),
-    "gt": ("gt_imgs", ".jpg"),
-    "torso": ("torso_imgs", ".png"),
-    "teeth": ("teeth_mask", ".npy"),
-}
-REQUIRED_KINDS = ("ori", "lms", "parsing")
-OPTIONAL_KINDS = ("gt", "torso", "teeth")
-
-
-class Frame(NamedTuple):
-    """One frame of a clip (see :meth:`ClipInfo.frame`)."""
-
-    position: int          # index in the clip (0..len-1, sorted by img_id)
-    img_id: int            # the dataset's frame number (file names, per-frame array rows)
-    aud_id: int            # ER-NeRF audio index (= img_id unless the json says otherwise)
-    split: str             # "train" | "val"
-    viewmat: np.ndarray    # [4,4] float32, OpenCV world→camera
-    K: np.ndarray          # [3,3] float32
-
-
-@dataclass
-class ClipInfo:
-    """Metadata of one regular directory (a subject of §5.1 or a clip of §5.2); no pixels loaded.
-
-    Attributes
-    ----------
-    root        the directory (absolute)
-    clip_id     identifier used in :class:`~ua3dtalk.data.batch.FrameBatch` (directory name, or the path
-                relative to the emotional root)
-    img_ids     int64 [L] frame numbers, sorted; position j ↔ img_ids[j]
-    aud_ids     int64 [L]
-    cameras     :class:`~ua3dtalk.data.cameras.Cameras` (viewmats [L,4,4], K, width, height)
-    splits      {"train": positions, "val": positions} (int64 arrays)
-    num_frames  rows every per-frame array has (max img_id + 1)
-    image_kind  "gt" or "ori": which directory :meth:`image_path` reads
-    available   optional items present: subset of {"gt", "torso", "teeth", "bc", "au", "expr", "wav"}
-    features    {name: path} of audio feature files (``aud_ds.npy`` → "ds", ``aud.npy`` → "aud", ...)
-    emotion     label id in :data:`EMOTIONS` or -1;  intensity 1..3 or 0
-    subject     subject name when known
-    warnings    non-fatal problems found when loading
-    """
-
-    root: Path
-    clip_id: str
-    img_ids: np.ndarray
-    aud_ids: np.ndarray
-    cameras: Cameras
-    splits: dict[str, np.ndarray]
-    num_frames: int
-    image_kind: str
-    available: frozenset
-    features: dict[str, Path]
-    emotion: int = -1
-    intensity: int = 0
-    subject: Optional[str] = None
-    warnings: list[Problem] = field(default_factory=list)
-    _cache: dict = field(default_factory=dict, repr=False, compare=False)
-
-    # ---------------------------------------------------------------- frames
-    def __len__(self) -> int:
-        return int(len(self.img_ids))
-
-    @property
-    def width(self) -> int:
-        return self.cameras.width
-
-    @property
-    def height(self) -> int:
-        return self.cameras.height
-
-    @property
-    def wav_path(self) -> Optional[Path]:
-        return self.root / "aud.wav" if "wav" in self.available else None
-
-    @property
-    def background_path(self) -> Optional[Path]:
-        return self.root / "bc.jpg" if "bc" in self.available else None
-
-    @property
-    def emotion_name(self) -> Optional[str]:
-        return EMOTIONS[self.emotion] if self.emotion >= 0 else None
-
-    def split_of(self, position: int) -> str:
-        """Name of the split holding the frame at ``position``."""
-        if "split_of" not in self._cache:
-            names = np.full(len(self), "train", dtype=object)
-            for name, pos in self.splits.items():
-                names[pos] = name
-            self._cache["split_of"] = names
-        return str(self._cache["split_of"][position])
-
-    def frame(self, position: int) -> Frame:
-        """The frame at ``position`` (0..len-1) with its camera."""
-        j = int(position)
-        if not 0 <= j < len(self):
-            raise IndexError(f"{self.clip_id}: frame position {j} out of range 0..{len(self) - 1}")
-        return Frame(j, int(self.img_ids[j]), int(self.aud_ids[j]), self.split_of(j),
-                     self.cameras.viewmats[j], self.cameras.K)
-
-    def position_of(self, img_id: int) -> int:
-        """Position of the frame with this ``img_id`` (``KeyError`` if the clip does not list it)."""
-        if "pos" not in self._cache:
-            self._cache["pos"] = {int(i): j for j, i in enumerate(self.img_ids)}
-        return self._cache["pos"][int(img_id)]
-
-    def path(self, kind: str, position: int) -> Path:
-        """Path of a per-frame file: ``kind`` in ori, gt, lms, parsing, torso, teeth, or "image"
-        (``gt`` when the clip has gt_imgs, else ``ori``)."""
-        if kind == "image":
-            kind = self.image_kind
-        d, suf = FRAME_FILES[kind]
-        return self.root / d / f"{int(self.img_ids[position])}{suf}"
-
-    def image_path(self, position: int) -> Path:
-        return self.path("image", position)
-
-    # ---------------------------------------------------------------- per-frame arrays (lazy, cached)
-    def au(self) -> Optional[dict[str, np.ndarray]]:
-        """All ``au.csv`` columns (names stripped) as float32 [num_frames], or None without au.csv."""
-        if "au" not in self.available:
-            return None
-        if "au" not in self._cache:
-            self._cache["au"] = read_au_csv(self.root / "au.csv")
-        return self._cache["au"]
-
-    def blink(self) -> np.ndarray:
-        """float32 [num_frames] eye closure in [0,1]: AU45_r clipped to [0,2] / 2 (TalkingGaussian);
-        zeros when the clip has no au.csv."""
-        if "blink" not in self._cache:
-            au = self.au()
-            self._cache["blink"] = (np.zeros(self.num_frames, np.float32) if au is None
-                                    else (np.clip(au["AU45_r"], 0.0, 2.0) / 2.0).astype(np.float32))
-        return self._cache["blink"]
-
-    def au_exp(self) -> Optional[np.ndarray]:
-        """float32 [num_frames, 6]: AU01,04,05,06,07,45 (AU45 clipped to [0,2]) — TalkingGaussian's eye
-        input — or None when au.csv lacks one of the columns."""
-        if "au_exp" not in self._cache:
-            au = self.au()
-            cols = [f"AU{k:02d}_r" for k in TG_AUS]
-            a = None
-            if au is not None and all(c in au for c in cols):
-                a = np.stack([au[c] for c in cols], 1).astype(np.float32)
-                a[:, -1] = np.clip(a[:, -1], 0.0, 2.0)
-            self._cache["au_exp"] = a
-        return self._cache["au_exp"]
-
-    def expr(self) -> Optional[np.ndarray]:
-        """``expr.npy`` [num_frames, K] as stored (memory-mapped; :func:`read_frame` casts to float32),
-        or None."""
-        if "expr" not in self.available:
-            return None
-        if "expr" not in self._cache:
-            self._cache["expr"] = np.load(self.root / "expr.npy", mmap_mode="r")
-        return self._cache["expr"]
-
-    def landmarks(self, position: int) -> np.ndarray:
-        return read_landmarks(self.path("lms", position))
-
-    def background(self) -> torch.Tensor:
-        """Background plate [3,H,W] float32: ``bc.jpg``, or white when absent."""
-        p = self.background_path
-        if p is None:
-            return torch.ones(3, self.height, self.width)
-        return read_image(p)
-
-    def __getstate__(self):  # workers get a copy without decoded caches
-        d = dict(self.__dict__)
-        d["_cache"] = {}
-        return d
 
 
 def frames_for_audio(num_samples: int, sample_rate: int = 16000) -> int:
@@ -691,214 +533,3 @@ def _all_finite(a: np.ndarray, block: int = 1 << 22) -> bool:
                 if not np.isfinite(chunk.astype(np.float32)).all():
                     return False
     return True
-
-
-# --------------------------------------------------------------------------------------------------
-# loading (the checks are in :mod:`ua3dtalk.data.validate`)
-# --------------------------------------------------------------------------------------------------
-
-
-def _raise_or_warn(root: Path, problems: list[Problem]) -> None:
-    errs = errors(problems)
-    if errs:
-        raise DatasetError(errs, root)
-    for p in problems:
-        warnings.warn(p.format(), DatasetWarning, stacklevel=3)
-
-
-def load_clip(root: Path | str, *, level: str = "quick", clip_id: Optional[str] = None) -> ClipInfo:
-    """Read and check one regular directory (§5.1); raise :class:`DatasetError` listing every error,
-    emit :class:`DatasetWarning` for the rest. See :func:`ua3dtalk.data.validate.inspect_clip`."""
-    from .validate import inspect_clip
-
-    info, problems = inspect_clip(root, level=level, clip_id=clip_id)
-    _raise_or_warn(Path(root), problems)
-    assert info is not None
-    return info
-
-
-# --------------------------------------------------------------------------------------------------
-# emotional layout
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class EmotionalData:
-    """Every clip of an emotional dataset (§5.2). Clips carry ``emotion``, ``intensity``, ``subject``."""
-
-    root: Path
-    clips: list[ClipInfo]
-    warnings: list[Problem] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.clips)
-
-    def __iter__(self) -> Iterator[ClipInfo]:
-        return iter(self.clips)
-
-    def __getitem__(self, i: int) -> ClipInfo:
-        return self.clips[i]
-
-    @property
-    def subjects(self) -> list[str]:
-        return sorted({c.subject for c in self.clips if c.subject is not None})
-
-    def select(self, *, emotions: Optional[Iterable[str | int]] = None, intensities: Optional[Iterable[int]] = None,
-               subjects: Optional[Iterable[str]] = None) -> list[ClipInfo]:
-        """Clips matching all given filters (emotions by name or id)."""
-        emo = None if emotions is None else {EMOTIONS.index(e) if isinstance(e, str) else int(e) for e in emotions}
-        inten = None if intensities is None else {int(i) for i in intensities}
-        subj = None if subjects is None else set(subjects)
-        return [c for c in self.clips if (emo is None or c.emotion in emo) and (inten is None or c.intensity in inten)
-                and (subj is None or c.subject in subj)]
-
-
-def find_index(root: Path | str) -> Optional[Path]:
-    for n in INDEX_FILES:
-        p = Path(root) / n
-        if p.is_file():
-            return p
-    return None
-
-
-def load_emotional(root: Path | str, *, index: Path | str | None = None, level: str = "quick") -> EmotionalData:
-    """Read and check an emotional dataset; raise :class:`DatasetError` listing every error."""
-    from .validate import inspect_emotional
-
-    data, problems = inspect_emotional(root, index=index, level=level)
-    _raise_or_warn(Path(root), problems)
-    assert data is not None
-    return data
-
-
-def detect_layout(root: Path | str) -> str:
-    """"regular" when ``root`` holds transforms json files, else "emotional"."""
-    root = Path(root)
-    if any((root / n).exists() for n in TRANSFORM_FILES + (SINGLE_TRANSFORM_FILE,)):
-        return "regular"
-    return "emotional"
-
-
-def load_dataset(root: Path | str, *, level: str = "quick", index: Path | str | None = None
-                 ) -> ClipInfo | EmotionalData:
-    """Load a regular directory (→ :class:`ClipInfo`) or an emotional root (→ :class:`EmotionalData`)."""
-    from .validate import inspect_dataset
-
-    data, problems = inspect_dataset(root, level=level, index=index)
-    _raise_or_warn(Path(root), problems)
-    assert data is not None
-    return data
-
-
-def validate(root: Path | str, *, level: str = "full", index: Path | str | None = None,
-             progress=None) -> list[Problem]:
-    """Every problem (errors and warnings) of a dataset; the dataset is valid when none is an error."""
-    from .validate import inspect_dataset
-
-    return inspect_dataset(root, level=level, index=index, progress=progress)[1]
-
-
-def iter_clips(data: ClipInfo | EmotionalData) -> list[ClipInfo]:
-    """The clips of a loaded dataset (a regular directory is one clip)."""
-    return [data] if isinstance(data, ClipInfo) else list(data.clips)
-
-
-def list_clip_dirs(root: Path | str, *, index: Path | str | None = None) -> list[Path]:
-    """Clip directories of a dataset without validating them (for tools such as feature extraction):
-    ``[root]`` for a regular directory, else the clips of the index file or the directories holding an
-    ``emotion.json``. Raises :class:`DatasetError` for an unreadable index or when nothing is found."""
-    from .validate import _discover_clips, _read_index
-
-    root = Path(root).absolute()
-    if index is None and detect_layout(root) == "regular":
-        return [root]
-    rep = _Report()
-    idx = Path(index) if index is not None else find_index(root)
-    if idx is not None:
-        if not idx.is_absolute() and not idx.exists():
-            idx = root / idx
-        dirs = [p for p, _, _ in _read_index(idx, root, rep)] if idx.is_file() else []
-        if not idx.is_file():
-            rep.error(idx, "missing index file")
-    else:
-        dirs = _discover_clips(root)
-        if not dirs:
-            rep.error(root, "no clips found: not a regular dataset directory (no transforms_*.json) and no "
-                            "<subject>/<emotion>/level_<k>/<clip>/emotion.json below it")
-    if rep.n_errors:
-        raise DatasetError(errors(rep.problems), root)
-    return dirs
-
-
-# --------------------------------------------------------------------------------------------------
-# one frame → FrameBatch
-# --------------------------------------------------------------------------------------------------
-
-
-def composite(fg_rgba: torch.Tensor, bg: torch.Tensor) -> torch.Tensor:
-    """Alpha-composite [4,H,W] over [3,H,W] (both in [0,1])."""
-    a = fg_rgba[3:4]
-    return fg_rgba[:3] * a + bg * (1 - a)
-
-
-def read_frame(clip: ClipInfo, position: int, *, audio=None, neighbours: int = 0, background: str = "bc",
-               landmarks: bool = True, background_cache: Optional[dict] = None):
-    """Decode one frame into a :class:`~ua3dtalk.data.batch.FrameBatch` with B=1.
-
-    ``audio``: an :class:`~ua3dtalk.data.audio.AudioFeatures` of the clip (indexed by ``img_id``); when
-    None the audio field is a zero [1,16,1] window. ``neighbours`` > 0 also fills
-    ``audio_neighbours`` with that many windows (TalkingGaussian: 8, frames i-4..i+3).
-    ``background``: "bc" (``bc.jpg``, white when absent), "bc+torso" (torso layer composited over
-    bc.jpg — what TalkingGaussian's head stage renders over), "white" or "black".
-    ``background_cache`` (a dict) keeps the decoded ``bc.jpg`` between calls.
-    """
-    from .batch import FrameBatch
-
-    fr = clip.frame(position)
-    img = read_image(clip.image_path(position))
-    H, W = img.shape[-2:]
-    labels = read_parsing(clip.path("parsing", position))
-    teeth = read_teeth_mask(clip.path("teeth", position), (H, W)) if "teeth" in clip.available else None
-    if labels.shape != (H, W):
-        raise DatasetError([Problem(clip.path("parsing", position),
-                                    f"parsing size {tuple(labels.shape)} ≠ image size {(H, W)}")])
-    m = parsing_masks(labels, teeth)
-    if background in ("bc", "bc+torso"):
-        key = (str(clip.root), "bc")
-        bg = background_cache.get(key) if background_cache is not None else None
-        if bg is None:
-            bg = clip.background()
-            if background_cache is not None:
-                background_cache[key] = bg
-        if background == "bc+torso" and "torso" in clip.available:
-            bg = composite(read_rgba(clip.path("torso", position)), bg)
-    elif background == "white":
-        bg = torch.ones(3, H, W)
-    elif background == "black":
-        bg = torch.zeros(3, H, W)
-    else:
-        raise ValueError(f"background must be 'bc', 'bc+torso', 'white' or 'black', got {background!r}")
-    i = fr.img_id
-    if audio is not None:
-        win = torch.from_numpy(np.asarray(audio[i], dtype=np.float32))
-        nb = torch.from_numpy(audio.neighbours(i, neighbours))[None] if neighbours else None
-    else:
-        win = torch.zeros(16, 1)
-        nb = torch.zeros(1, neighbours, 16, 1) if neighbours else None
-    expr = clip.expr()
-    au = clip.au_exp()
-    return FrameBatch(
-        image=img[None], face_mask=m["face"][None], mouth_mask=m["mouth"][None], hair_mask=m["hair"][None],
-        torso_mask=m["torso"][None], background=bg[None],
-        viewmat=torch.from_numpy(np.array(fr.viewmat, dtype=np.float32))[None],
-        K=torch.from_numpy(np.array(fr.K, dtype=np.float32))[None],
-        audio=win[None], audio_neighbours=nb,
-        blink=torch.tensor([float(clip.blink()[i])], dtype=torch.float32),
-        emotion=torch.tensor([clip.emotion], dtype=torch.long),
-        intensity=torch.tensor([clip.intensity], dtype=torch.long),
-        frame_index=torch.tensor([i], dtype=torch.long), clip_id=[clip.clip_id],
-        expr=None if expr is None else torch.from_numpy(np.array(expr[i], dtype=np.float32))[None],
-        au=None if au is None else torch.from_numpy(au[i])[None],
-        landmarks=torch.from_numpy(clip.landmarks(position))[None] if landmarks else None,
-    )
-

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from .formats import ClipInfo
+from .clip import ClipInfo
 
 __all__ = ["CurriculumSampler", "MouthOpenCurriculumSampler", "BlinkCurriculumSampler", "mouth_aspect_ratio",
            "mouth_openness", "jaw_column"]

@@ -23,7 +23,9 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from .formats import EMOTIONS, INTENSITIES, ClipInfo
+from ..constants import EMOTIONS
+from .clip import ClipInfo
+from .formats import INTENSITIES
 
 ROLES = ("evaluator", "train", "val", "test")
 

@@ -6,7 +6,7 @@ run the wav2vec2 feature path with this stand-in instead: same architecture fami
 transformer encoder), tiny sizes, weights drawn from a fixed seed. It is written with
 ``save_pretrained`` (``config.json`` + ``model.safetensors``) plus a ``preprocessor_config.json``
 (``do_normalize=True``, as wav2vec2-base), i.e. exactly the layout that
-:class:`~ua3dtalk.data.audio.Wav2Vec2Extractor` loads from a local directory — the code path of a real
+:class:`~ua3dtalk.data.extractors.Wav2Vec2Extractor` loads from a local directory — the code path of a real
 checkpoint. The convolution stack keeps wav2vec2's kernels and strides (product of the strides 320),
 so 16 kHz audio gives 50 Hz features like the real model.
 
@@ -104,7 +104,7 @@ def save_tiny_wav2vec2(path: Union[str, Path], seed: int = TINY_W2V_SEED, **over
     from transformers import Wav2Vec2FeatureExtractor
 
     from ..utils.io import _tmp_prefix, remove_stale_temporaries
-    from .audio import _quiet_transformers
+    from .extractors import _quiet_transformers
 
     path = Path(path).expanduser()
     if tiny_wav2vec2_complete(path, seed, **overrides):

@@ -27,9 +27,12 @@ sync_c / sync_d     SyncNet confidence / distance (``.syncnet``)  joonson/syncne
 
 Modules: :mod:`.landmarks` (EAR, AU45, Procrustes normalisation, landmark expression basis, LMD, blink),
 :mod:`.image` (PSNR, SSIM, LPIPS), :mod:`.frechet` (Fréchet distance), :mod:`.evaluators` (face crops,
-ExpressionRegressor, LandmarkRegressor, EmotionClassifier, TorchScriptExtractor, their ``fit_*``
-trainers), :mod:`.efid` (E-FID with pluggable extractors), :mod:`.syncnet` + :mod:`.mfcc` (SyncNet v2, Sync-C/Sync-D,
-the official MFCC front end, a trainer for project evaluators).
+ExpressionRegressor, LandmarkRegressor, EmotionClassifier, loading), :mod:`.ground_truth` (a dataset's
+frames and targets, held-out split), :mod:`.evaluator_training` (their ``fit_*`` trainers),
+:mod:`.torchscript` (TorchScriptExtractor), :mod:`.efid` (E-FID with pluggable extractors),
+:mod:`.syncnet` + :mod:`.syncnet_scoring` + :mod:`.syncnet_training` + :mod:`.mfcc` (SyncNet v2, Sync-C/Sync-D,
+the official MFCC front end, a trainer for project evaluators), :mod:`.evaluator_dir` (metric groups,
+evaluator directories, ``load_evaluators``) and :mod:`.suite` (MetricSuite, ClipStream).
 
 Submodules are imported lazily (``from ua3dtalk.metrics import psnr`` imports :mod:`.image` on first
 use) so that importing the package stays cheap and never touches optional dependencies.
@@ -44,14 +47,17 @@ _EXPORTS = {
     "image": ("psnr", "psnr_per_frame", "ssim", "LPIPSMetric", "LPIPSWeightsError", "crop_boxes",
               "alexnet_cache_path"),
     "frechet": ("frechet_distance", "gaussian_frechet_distance"),
-    "evaluators": ("EvaluatorError", "EvaluatorMissingError", "face_boxes", "crop_faces", "GroundTruth",
-                   "load_ground_truth", "holdout_mask", "ExpressionRegressor", "ExpressionRegressorConfig",
-                   "LandmarkRegressor", "LandmarkRegressorConfig", "EmotionClassifier", "EmotionClassifierConfig",
-                   "TorchScriptExtractor", "TrainConfig", "fit_expression_regressor", "fit_landmark_regressor",
-                   "fit_emotion_classifier", "load_evaluator", "emotion_accuracy", "landmark_metrics"),
+    "evaluators": ("EvaluatorError", "EvaluatorMissingError", "face_boxes", "crop_faces", "ExpressionRegressor",
+                   "ExpressionRegressorConfig", "LandmarkRegressor", "LandmarkRegressorConfig", "EmotionClassifier",
+                   "EmotionClassifierConfig", "load_evaluator", "emotion_accuracy", "landmark_metrics"),
+    "ground_truth": ("GroundTruth", "load_ground_truth", "holdout_mask"),
+    "torchscript": ("TorchScriptExtractor",),
+    "evaluator_training": ("TrainConfig", "fit_expression_regressor", "fit_landmark_regressor",
+                           "fit_emotion_classifier"),
     "efid": ("efid", "efid_key", "expression_features"),
-    "syncnet": ("SyncNet", "SyncNetConfig", "SyncResult", "SyncNetWeightsError", "load_syncnet", "save_syncnet",
-                "sync_scores", "crop_for_sync", "SyncClip", "clips_from_dataset", "train_syncnet"),
+    "syncnet": ("SyncNet", "SyncNetConfig", "SyncNetWeightsError", "load_syncnet", "save_syncnet"),
+    "syncnet_scoring": ("SyncResult", "sync_scores", "crop_for_sync"),
+    "syncnet_training": ("SyncClip", "clips_from_dataset", "train_syncnet"),
     "mfcc": ("syncnet_mfcc",),
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -11,7 +11,7 @@ efid_landmark  :class:`~ua3dtalk.metrics.evaluators.LandmarkRegressor` → 68 la
                coefficients on a fixed basis); ground-truth ``.lms`` landmarks may be passed directly
 efid_regressor :class:`~ua3dtalk.metrics.evaluators.ExpressionRegressor` trained by the project on the
                dataset's ``expr.npy``
-efid_3dmm      :class:`~ua3dtalk.metrics.evaluators.TorchScriptExtractor`: any 3DMM / expression
+efid_3dmm      :class:`~ua3dtalk.metrics.torchscript.TorchScriptExtractor`: any 3DMM / expression
                regressor loaded from a TorchScript file
 =============  ===================================================================================
 

@@ -244,21 +244,8 @@ class PositionField(PlaneField):
     """The position field of DESIGN §4: a :class:`PlaneField` with the paper's defaults — planes
     xy/xz/yz, resolution 64, scale factors (1, 2, 4, 8), 16 channels → ``H ∈ R^64`` per Gaussian.
 
-    Args: as :class:`PlaneField` (same names and meanings, DESIGN defaults).
+    Args: as :class:`PlaneField` (same names, meanings and defaults: the DESIGN ones).
     """
-
-    def __init__(
-        self,
-        bounds_min: Sequence[float] = (-1.0, -1.0, -1.0),
-        bounds_max: Sequence[float] = (1.0, 1.0, 1.0),
-        resolution: int = 64,
-        scales: Sequence[int] = (1, 2, 4, 8),
-        channels: int = 16,
-        planes: Sequence[str] = ("xy", "xz", "yz"),
-        init_std: float = 0.1,
-        init_mean: float = 1.0,
-    ) -> None:
-        super().__init__(bounds_min, bounds_max, resolution, scales, channels, planes, init_std, init_mean)
 
 
 __all__ = ["PlaneField", "PositionField", "sample_planes"]

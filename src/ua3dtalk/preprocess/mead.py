@@ -26,11 +26,12 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from ..data.formats import EMOTIONS
+from ..constants import EMOTIONS
 from ..utils.io import atomic_write_json
 from . import video as V
 from .errors import PreprocessError
-from .pipeline import PreprocessConfig, Preprocessor
+from .config import PreprocessConfig
+from .pipeline import Preprocessor
 
 _LEVEL = re.compile(r"^level_(\d+)$")
 VIDEO_EXTS = (".mp4", ".mov", ".avi", ".mkv", ".webm")

@@ -28,6 +28,9 @@ half-written file under a final name. Running any of ``decode``, ``landmarks``, 
 ``background`` first removes ``transforms_*.json`` (and the outputs of the steps that depend on
 it), so a directory never looks like a valid dataset while its files disagree.
 
+The step graph, options and records are in :mod:`ua3dtalk.preprocess.config`; the per-frame work
+(worker processes, chunk functions, file writing) in :mod:`ua3dtalk.preprocess.workers`.
+
 **Errors** are :class:`~ua3dtalk.preprocess.errors.PreprocessError` with the file and step; the
 outputs of the steps completed before are kept.
 """
@@ -35,10 +38,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 import uuid
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -46,203 +47,34 @@ import numpy as np
 
 from ..utils.io import atomic_path, atomic_save_npy, atomic_write_json, atomic_write_text
 from . import video as V
+from .config import (
+    DEPS,
+    SINGLE_FILE_SUFFIXES,
+    SOURCE_RECORD,
+    STATE_DIR,
+    STEP_OUTPUTS,
+    STEPS,
+    PreprocessConfig,
+    _downstream,
+    video_identity,
+)
 from .errors import PreprocessError
-
-STEPS: tuple[str, ...] = ("decode", "landmarks", "parsing", "background", "pose", "blink", "expr", "features")
-DEPS: dict[str, tuple[str, ...]] = {
-    "decode": (),
-    "landmarks": ("decode",),
-    "parsing": ("decode", "landmarks"),
-    "background": ("decode", "parsing"),
-    "pose": ("decode", "landmarks", "parsing", "background"),
-    "blink": ("landmarks",),
-    "expr": ("landmarks",),
-    "features": ("decode",),
-}
-"""Steps whose outputs each step reads (a step runs only when these are complete)."""
-STATE_DIR = "preprocess"
-
-
-def video_identity(path: str | Path) -> dict:
-    """Which video a dataset was made from: its size and SHA-1 (recorded by the decode step)."""
-    import hashlib
-
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return {"size": Path(path).stat().st_size, "sha1": h.hexdigest()}
-
-
-SOURCE_RECORD = "source.json"
-"""``<out>/preprocess/source.json``: the video a preprocessing run writes ``out`` from (written before any step)."""
-
-
-def made_from(out: str | Path, video: str | Path) -> bool:
-    """Whether ``out`` is this project's preprocessing of ``video`` — finished or killed half-way: its source
-    record (or decode record) names the same file (size and SHA-1)."""
-    want = video_identity(video)
-    for name in (SOURCE_RECORD, "decode.json"):
-        try:
-            rec = json.loads((Path(out) / STATE_DIR / name).read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if isinstance(rec, dict) and rec.get("video") == want:
-            return True
-    return False
-VERSION = 1
-
-
-@dataclass
-class PreprocessConfig:
-    """Options of :func:`preprocess_video` (CLI flags of ``ua3dtalk-preprocess`` in brackets).
-
-    size            output side in pixels, frames are square [--size 512]
-    crop            "auto" (square input: whole frame; otherwise a square around the face track),
-                    "face", "center", "none" (whole frame, must be square) or "X,Y,SIDE" [--crop]
-    backend         landmark backend: auto | dlib | mediapipe | fan [--backend]
-    landmarks       given landmarks instead of a backend: a directory of <i>.lms or an [N,68,2] .npy
-                    in output-frame pixels [--landmarks]
-    smooth          landmark smoothing σ in frames (0: none) [--smooth 0.5]
-    max_gap         longest run of frames without a face that is interpolated [--max-gap 5]
-    min_frames      shorter videos are rejected [--min-frames 25]
-    focal           focal length in pixels; None: searched over the clip [--focal]
-    template        [68,3] 3-D landmark template (metres); None: the generic one refined on the clip
-    refine_template adapt the template to the subject [--no-refine-template]
-    pose_smooth     σ (frames) of the camera smoothing [--pose-smooth 1.5]
-    parsing_model   BiSeNet checkpoint (face-parsing.PyTorch, 19 classes) [--parsing-model]
-    features        audio feature extractors to cache ("mel", "wav2vec2") [--features mel]
-    w2v_model       wav2vec2 checkpoint (path or cached hub id) for the "wav2vec2" features [--w2v-model]
-    audio           separate audio file (instead of the video's track) [--audio]
-    jpeg_quality    quality of the written JPEGs [--jpeg-quality 95]
-    threads         worker threads for per-frame work (and ffmpeg) [--threads 2]
-    progress        show progress bars
-    """
-
-    size: int = 512
-    crop: str = "auto"
-    backend: str = "auto"
-    landmarks: Optional[str] = None
-    smooth: float = 0.5
-    max_gap: int = 5
-    min_frames: int = 25
-    focal: Optional[float] = None
-    template: Optional[list] = None
-    refine_template: bool = True
-    pose_smooth: float = 1.5
-    parsing_model: Optional[str] = None
-    features: tuple = ("mel",)
-    w2v_model: Optional[str] = None
-    audio: Optional[str] = None
-    jpeg_quality: int = 95
-    threads: int = 2
-    progress: bool = True
-
-    def step_params(self, step: str) -> dict:
-        """The options a step's outputs depend on (recorded; a change reruns the step)."""
-        keys = {
-            "decode": ("size", "crop", "audio", "jpeg_quality"),
-            "landmarks": ("backend", "landmarks", "smooth", "max_gap"),
-            "parsing": ("parsing_model",),
-            "background": ("jpeg_quality",),
-            "pose": ("focal", "template", "refine_template", "pose_smooth"),
-            "blink": (),
-            "expr": (),
-            "features": ("features", "w2v_model"),
-        }[step]
-        d = {k: getattr(self, k) for k in keys}
-        for k in ("landmarks", "audio", "parsing_model"):
-            if d.get(k) is not None:
-                d[k] = str(Path(d[k]).absolute())
-        if d.get("template") is not None:
-            d["template"] = np.round(np.asarray(d["template"], np.float64), 8).tolist()
-        if "features" in d:
-            d["features"] = list(d["features"])
-        return {"version": VERSION, **d}
+from .workers import (
+    _background_chunk,
+    _Bar,
+    _flush,
+    _frame_files_ok,
+    _landmarks_chunk,
+    _parsing_chunk,
+    _pool,
+    _stale_frames,
+    run_chunks,
+    write_bytes,
+)
 
 
 def _write_jpeg(path: Path, img: np.ndarray, quality: int) -> None:
     write_bytes(path, V.encode_jpeg(img, quality))
-
-
-def write_bytes(path: Path, data: bytes) -> None:
-    """Atomic write without a per-file fsync (a step flushes everything once before its record)."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-
-
-def _flush() -> None:
-    with contextlib.suppress(Exception):
-        os.sync()
-
-
-class _Bar:
-    def __init__(self, enabled: bool, total: int, desc: str):
-        self.bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, unit="frame", leave=False, dynamic_ncols=True)
-
-    def __call__(self, k: int = 1) -> None:
-        if self.bar is not None:
-            self.bar.update(k)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-# --------------------------------------------------------------------------------------------------
-# step records
-# --------------------------------------------------------------------------------------------------
-
-
-def _frame_files_ok(d: Path, suffix: str, n: int) -> bool:
-    try:
-        names = set(os.listdir(d))
-    except OSError:
-        return False
-    return all(f"{i}{suffix}" in names for i in range(n))
-
-
-def _stale_frames(d: Path, suffix: str, n: int) -> None:
-    """Remove ``<i><suffix>`` files with i ≥ n (left by an earlier, longer run)."""
-    try:
-        names = os.listdir(d)
-    except OSError:
-        return
-    for nm in names:
-        if nm.endswith(suffix) and nm[: -len(suffix)].isdigit() and int(nm[: -len(suffix)]) >= n:
-            with contextlib.suppress(OSError):
-                os.unlink(d / nm)
-
-
-STEP_OUTPUTS: dict[str, tuple[tuple[str, str], ...]] = {
-    # (directory, suffix) per-frame outputs; ("", file) single files
-    "decode": (("ori_imgs", ".jpg"), ("", "aud.wav")),
-    "landmarks": (("ori_imgs", ".lms"), (STATE_DIR, "landmarks.npz")),
-    "parsing": (("parsing", ".png"), (STATE_DIR, "background.npz")),
-    "background": (("gt_imgs", ".jpg"), ("torso_imgs", ".png"), ("", "bc.jpg")),
-    "pose": (("", "transforms_train.json"), ("", "transforms_val.json"), (STATE_DIR, "pose.npz")),
-    "blink": (("", "au.csv"),),
-    "expr": (("", "expr.npy"),),
-    "features": (),
-}
-SINGLE_FILE_SUFFIXES = {"aud.wav", "landmarks.npz", "background.npz", "bc.jpg", "transforms_train.json",
-                        "transforms_val.json", "pose.npz", "au.csv", "expr.npy"}
-
-
-def _downstream(step: str) -> list[str]:
-    out, changed = set(), True
-    while changed:
-        changed = False
-        for s, deps in DEPS.items():
-            if s not in out and (step in deps or out & set(deps)):
-                out.add(s)
-                changed = True
-    return [s for s in STEPS if s in out]
 
 
 class Preprocessor:
@@ -629,7 +461,8 @@ class Preprocessor:
         self._finish("expr", n, names=list(LANDMARK_EXPR_NAMES))
 
     def step_features(self) -> None:
-        from ..data.audio import MissingModelError as AudioMissing, extract_features, make_extractor
+        from ..data.audio import extract_features
+        from ..data.extractors import MissingModelError as AudioMissing, make_extractor
 
         n = self.n_frames()
         names = []
@@ -641,160 +474,6 @@ class Preprocessor:
             extract_features(self.out, ex)
             names.append(ex.name)
         self._finish("features", n, files=[f"aud_{x}.npy" for x in names])
-
-
-@contextlib.contextmanager
-def _pool(threads: int):
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=max(1, int(threads))) as ex:
-        yield ex
-
-
-def _prefetch(gen, threads: int, ahead: int = 4):
-    """Yield the items of ``gen`` (e.g. decoded frames) produced on a background thread, at most
-    ``ahead`` in advance, so decoding overlaps the caller's work."""
-    if threads <= 1:
-        yield from gen
-        return
-    import queue
-    import threading
-
-    q: queue.Queue = queue.Queue(maxsize=ahead)
-    end = object()
-    stop = threading.Event()
-
-    def fill():
-        try:
-            for x in gen:
-                if stop.is_set():
-                    return
-                q.put(x)
-            q.put(end)
-        except BaseException as e:  # handed to the consumer
-            q.put(e)
-
-    t = threading.Thread(target=fill, daemon=True)
-    t.start()
-    try:
-        while True:
-            x = q.get()
-            if x is end:
-                return
-            if isinstance(x, BaseException):
-                raise x
-            yield x
-    finally:
-        stop.set()
-        while t.is_alive():
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                t.join(timeout=0.05)
-
-
-# --------------------------------------------------------------------------------------------------
-# per-frame work in worker processes (contiguous chunks of frames; real parallelism on every core)
-# --------------------------------------------------------------------------------------------------
-
-_COUNTER = None
-
-
-def _init_worker(counter) -> None:
-    global _COUNTER
-    _COUNTER = counter
-    os.environ["OMP_NUM_THREADS"] = "1"
-
-
-def _tick() -> None:
-    if _COUNTER is not None:
-        with _COUNTER.get_lock():
-            _COUNTER.value += 1
-
-
-def run_chunks(fn, n: int, workers: int, bar=None, args: tuple = (), min_chunk: int = 16) -> list:
-    """Run ``fn(start, stop, *args)`` over ``workers`` contiguous chunks of ``range(n)`` in forked
-    worker processes (in this process when one worker is asked for or the clip is short) and return
-    the chunks' results in order. Each worker calls :func:`_tick` per frame; ``bar`` follows them."""
-    k = max(1, min(int(workers), n // min_chunk))
-    bounds = np.linspace(0, n, k + 1).round().astype(int)
-    if k == 1:
-        global _COUNTER
-        _COUNTER = None
-        try:
-            out = fn(0, n, *args)
-        finally:
-            if bar is not None:
-                bar(n)
-        return [out]
-    import multiprocessing as mp
-
-    ctx = mp.get_context("fork")
-    counter = ctx.Value("l", 0)
-    with ctx.Pool(k, initializer=_init_worker, initargs=(counter,)) as pool:
-        res = pool.starmap_async(fn, [(int(a), int(b), *args) for a, b in zip(bounds[:-1], bounds[1:])])
-        seen = 0
-        while not res.ready():
-            res.wait(0.2)
-            if bar is not None and counter.value > seen:
-                bar(counter.value - seen)
-                seen = counter.value
-        out = res.get()
-        if bar is not None and n > seen:
-            bar(n - seen)
-    return out
-
-
-def _landmarks_chunk(start: int, stop: int, out: str, backend: str):
-    from . import landmarks as L
-
-    b = L.make_backend(backend)
-    frames = _prefetch((V.decode_image(Path(out) / "ori_imgs" / f"{i}.jpg") for i in range(start, stop)), 2)
-    return L.track(frames, b, progress=_tick)
-
-
-def _parsing_chunk(start: int, stop: int, out: str, lms: np.ndarray, bgm, parsing_model: Optional[str]):
-    from . import parsing as P
-
-    net = None
-    if parsing_model:
-        import torch
-
-        from .bisenet import BiSeNetParser
-
-        torch.set_num_threads(1)
-        net = BiSeNetParser(parsing_model)
-    d = Path(out) / "parsing"
-    acc = cnt = None
-    for i in range(start, stop):
-        img = V.decode_image(Path(out) / "ori_imgs" / f"{i}.jpg")
-        lab = net.parse(img, lms[i]) if net is not None else P.parse_frame(img, lms[i], bgm)
-        write_bytes(d / f"{i}.png", V.encode_png(lab, palette=P.PALETTE_RGB))
-        m = P.background_pixels(lab)
-        if acc is None:
-            acc = np.zeros(img.shape, np.float32)
-            cnt = np.zeros(img.shape[:2], np.int32)
-        acc += img * m[..., None]
-        cnt += m
-        _tick()
-    return acc, cnt
-
-
-def _background_chunk(start: int, stop: int, out: str, bc8: np.ndarray, quality: int):
-    from ..data.formats import parsing_labels
-    from . import parsing as P
-
-    gd, td = Path(out) / "gt_imgs", Path(out) / "torso_imgs"
-    for i in range(start, stop):
-        img = V.decode_image(Path(out) / "ori_imgs" / f"{i}.jpg")
-        lab, _ = parsing_labels(V.decode_image(Path(out) / "parsing" / f"{i}.png"))
-        person = lab != P.LABEL["background"]
-        write_bytes(gd / f"{i}.jpg", V.encode_jpeg(np.where(person[..., None], img, bc8), quality))
-        torso = (lab == P.LABEL["torso"]) | (lab == P.LABEL["neck"])
-        rgba = np.concatenate([img * torso[..., None], torso[..., None].astype(np.uint8) * 255], -1)
-        write_bytes(td / f"{i}.png", V.encode_png(rgba))  # transparent pixels are 0: a faster PNG
-        _tick()
-    return None
 
 
 def face_crop(info: V.VideoInfo, cfg: PreprocessConfig, log=None, scan_fps: float = 2.0) -> V.Crop:
@@ -855,8 +534,4 @@ def preprocess_video(video: str | Path, out: str | Path, config: Optional[Prepro
     return Preprocessor(video, out, config, **kw).run(steps, force=force)
 
 
-def config_dict(cfg: PreprocessConfig) -> dict:
-    return asdict(cfg)
-
-
-__all__ = ["STEPS", "DEPS", "PreprocessConfig", "Preprocessor", "preprocess_video", "face_crop"]
+__all__ = ["Preprocessor", "preprocess_video", "face_crop"]

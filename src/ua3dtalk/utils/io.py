@@ -139,6 +139,13 @@ class OutputError(ValueError):
     """An output path a command must not or cannot write (the message names the argument)."""
 
 
+def _resolve_paths(out, inputs: dict | None) -> tuple[Path, Path, list[tuple[str, object, Path]]]:
+    """``(out as given, out resolved, [(name, input as given, input resolved)])`` for the given inputs."""
+    o = Path(os.path.expanduser(str(out)))
+    return o, o.resolve(), [(name, p, Path(os.path.expanduser(str(p))).resolve())
+                            for name, p in (inputs or {}).items() if p is not None]
+
+
 def check_output(out, arg: str, inputs: dict | None = None, *, min_free_bytes: int = 16 << 20,
                  reads_back: tuple = ()) -> Path:
     """The one rule for a command's output file, checked before any work (DESIGN §9.3):
@@ -150,12 +157,8 @@ def check_output(out, arg: str, inputs: dict | None = None, *, min_free_bytes: i
       at least ``min_free_bytes`` free.
 
     Returns the output path; raises :class:`OutputError` naming ``arg`` (and the input it would overwrite)."""
-    o = Path(os.path.expanduser(str(out)))
-    ro = o.resolve()
-    for name, p in (inputs or {}).items():
-        if p is None:
-            continue
-        q = Path(os.path.expanduser(str(p))).resolve()
+    o, ro, resolved = _resolve_paths(out, inputs)
+    for name, p, q in resolved:
         if ro == q or (o.exists() and q.exists() and os.path.samefile(o, q)):
             raise OutputError(f"{arg}={out}: is the command's own input {name}={p}; write the output elsewhere")
         if q.is_dir() and q in ro.parents and ro.name in reads_back:
@@ -163,26 +166,25 @@ def check_output(out, arg: str, inputs: dict | None = None, *, min_free_bytes: i
                               "write the output elsewhere")
     if o.is_dir():
         raise OutputError(f"{arg}={out}: is a directory; give a file name")
-    parent = ro.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise OutputError(f"{arg}={out}: {parent} is a file, not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"{arg}={out}: {parent} is not writable")
-    try:
-        free = shutil.disk_usage(parent).free
-    except OSError:
-        free = None
-    if free is not None and free < min_free_bytes:
-        raise OutputError(f"{arg}={out}: only {free >> 20} MB free on the disk of {parent}")
+    _check_place(ro.parent, out, arg, min_free_bytes)
     return o
 
 
-def _nearest_existing(p: Path) -> Path:
+def _check_place(p: Path, out, arg: str, min_free_bytes: int) -> None:
+    """``p`` or its nearest existing ancestor is a writable directory with ``min_free_bytes`` free."""
     while not p.exists() and p != p.parent:
         p = p.parent
-    return p
+    if not p.is_dir():
+        raise OutputError(f"{arg}={out}: {p} is a file, not a directory")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise OutputError(f"{arg}={out}: {p} is not writable")
+    try:
+        free = shutil.disk_usage(p).free
+    except OSError:
+        free = None
+    if free is not None and free < min_free_bytes:
+        raise OutputError(f"{arg}={out}: only {free >> 20} MB free on the disk of {p} "
+                          f"(needs ≥ {min_free_bytes >> 20} MB)")
 
 
 def check_output_dir(out, arg: str, inputs: dict | None = None, *, own=None, min_free_bytes: int = 64 << 20,
@@ -198,30 +200,15 @@ def check_output_dir(out, arg: str, inputs: dict | None = None, *, own=None, min
       dataset root holding several subjects).
 
     Returns the path; raises :class:`OutputError` naming ``arg``."""
-    o = Path(os.path.expanduser(str(out)))
-    ro = o.resolve()
-    for name, p in (inputs or {}).items():
-        if p is None:
-            continue
-        q = Path(os.path.expanduser(str(p))).resolve()
+    o, ro, resolved = _resolve_paths(out, inputs)
+    for name, p, q in resolved:
         if ro == q or ro in q.parents:
             raise OutputError(f"{arg}={out}: holds the command's own input {name}={p}; write the {what} elsewhere")
         if q.is_dir() and q in ro.parents:
             raise OutputError(f"{arg}={out}: is inside the input {name}={p}; write the {what} elsewhere")
     if o.exists() and not o.is_dir():
         raise OutputError(f"{arg}={out}: exists and is not a directory")
-    base = _nearest_existing(ro)
-    if not base.is_dir():
-        raise OutputError(f"{arg}={out}: {base} is a file, not a directory")
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise OutputError(f"{arg}={out}: {base} is not writable")
-    try:
-        free = shutil.disk_usage(base).free
-    except OSError:
-        free = None
-    if free is not None and free < min_free_bytes:
-        raise OutputError(f"{arg}={out}: only {free >> 20} MB free on the disk of {base} "
-                          f"(needs ≥ {min_free_bytes >> 20} MB)")
+    _check_place(ro, out, arg, min_free_bytes)
     if own is not None and o.is_dir() and any(o.iterdir()) and not own(o):
         raise OutputError(f"{arg}={out}: is a non-empty directory that is not an earlier {what} of this command; "
                           "give an empty or new directory (nothing was changed)")

@@ -34,13 +34,14 @@ from PIL import Image
 from scipy.io import wavfile
 from tqdm import tqdm
 
+from ...constants import EMOTIONS
 from ...render import rasterize
 from ...render.projection import project_gaussians
 from ...utils.io import atomic_directory
 from ...utils.threads import torch_threads
 from .camera import as_torch, head_viewmat, intrinsics, viewmat_to_transform
 from .head import EXPR, EXPR_NAMES, PART_TO_CLASS, PARTS, ProceduralHead
-from .speech import EMOTIONAL_EXPR, EMOTIONS, FPS, SR, expression_track, head_pose_track, synth_speech
+from .speech import EMOTIONAL_EXPR, FPS, SR, expression_track, head_pose_track, synth_speech
 
 # parsing palette (DESIGN §5.1), indexed like head.PARSING_CLASSES, then background
 PALETTE = np.array([[0, 0, 255], [100, 100, 100], [0, 255, 0], [255, 0, 0], [0, 0, 0], [255, 255, 255]], np.uint8)
@@ -470,7 +471,8 @@ def cache_features(subject: str | Path, extractors=("mel",), model: str | Path |
     model of :func:`ua3dtalk.data.tiny_wav2vec2.save_tiny_wav2vec2`; default
     ``facebook/wav2vec2-base-960h`` logits). Every extractor is built before any clip is processed (a
     missing model fails first). Returns the cache files."""
-    from ..audio import extract_features, make_extractor
+    from ..audio import extract_features
+    from ..extractors import make_extractor
 
     exs = [make_extractor(k, **({"model": None if model is None else str(model), "layer": layer}
                                  if k in ("wav2vec2", "w2v") else {}))

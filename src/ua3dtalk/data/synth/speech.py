@@ -25,11 +25,11 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 from scipy.signal import butter, lfilter
 
+from ...constants import EMOTIONS
 from .head import EXPR, EXPR_NAMES
 
 SR = 16000
 FPS = 25
-EMOTIONS = ("neutral", "angry", "contempt", "disgusted", "fear", "happy", "sad", "surprised")
 # vowel: (F1, F2, F3) Hz, jaw openness, lip rounding, lip spreading
 VOWELS = {
     "a": ((730, 1090, 2440), 1.0, 0.0, 0.1),

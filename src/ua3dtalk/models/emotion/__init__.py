@@ -3,7 +3,7 @@
 Public API:
 
 * :data:`EMOTIONS` — the 8 MEAD emotions; a label id is an index into it (the same tuple as
-  :data:`ua3dtalk.data.formats.EMOTIONS`);
+  :data:`ua3dtalk.constants.EMOTIONS`);
 * :class:`EmotionEncoder` — log-mel CNN / MFCC BiLSTM / wav2vec2 projection branches, attention-weighted
   fusion → ``e`` ∈ R^128, emotion and intensity heads; ``EmotionEncoder(C, branches=("w2v",))`` is
   the inference student; :class:`EmotionOutput`;

@@ -4,7 +4,7 @@
   ``hop_length`` samples (10 ms = 100 frames/s), zero-padded to ``n_fft`` (512), power spectrum,
   ``n_mels`` (80) triangular filters on the HTK mel scale ``m = 2595·log10(1 + f/700)`` between
   ``fmin`` and ``fmax`` (0–8 kHz), each normalised to unit area (same filter shape as
-  :class:`ua3dtalk.data.audio.MelExtractor`), natural log of ``power + 1e-6``. Frames are centred
+  :class:`ua3dtalk.data.extractors.MelExtractor`), natural log of ``power + 1e-6``. Frames are centred
   (``center=True``, reflect padding), so a clip of ``S`` samples has ``1 + S // hop_length`` frames.
 * :class:`MFCC` — DCT-II (orthonormal) of the log-mel spectrogram, the first ``n_mfcc`` (40)
   coefficients (c0 included: it carries the energy, an emotion cue).

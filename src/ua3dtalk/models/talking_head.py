@@ -1,0 +1,218 @@
+"""The talking head: conditioning → deformation → render (DESIGN §4), the forward model of
+:class:`~ua3dtalk.models.module.UA3DTalk`.
+
+Per rendering step (B frames, one camera each): the frozen prior gives f_content, f_style; the frozen
+emotion student gives e ∈ R^128 from the audio context; the EmotionField turns (xyz, e) into
+f_emotion; the DeformationNetwork fuses the views by uncertainty and decodes Δxyz, Δrot, Δscale; the
+deformed Gaussians are rendered with :func:`ua3dtalk.render.rasterize`.
+
+:class:`TalkingHead` is a mixin of the LightningModule: it works on the module's own submodules (``face``,
+``mouth``, ``deformation``, ``mouth_deformation``, ``prior``, ``emotion``, ``emotion_field``,
+``emotion_control``), so the parameters and the ``state_dict`` keys are those of the LightningModule.
+"""
+from __future__ import annotations
+
+import functools
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..render import rasterize
+from ..render.sh import C0 as SH_C0  # degree-0 SH basis: RGB = SH_C0·DC + 0.5
+from .finite import NonFiniteLossError, check_all_finite
+from .gaussians import GaussianModel
+
+
+@dataclass
+class Conditioning:
+    """Per-frame conditioning of the deformation (``B`` frames)."""
+
+    audio: torch.Tensor  # [B,8,16,C] neighbouring windows or [B,16,C]
+    blink: torch.Tensor  # [B]
+    content: Optional[torch.Tensor]  # [B,64]
+    style: Optional[torch.Tensor]  # [B,64]
+    emotion: Optional[torch.Tensor]  # [B,128] emotion embedding e
+
+
+@dataclass
+class BranchRender:
+    """Render of one branch for one frame: image/alpha [H,W,3]/[H,W,1] and what density control needs."""
+
+    image: torch.Tensor
+    alpha: torch.Tensor
+    out: object  # RenderOutput
+    deltas: object  # Deltas
+    fusion: object  # FusionOutput
+    anchor_xyz: Optional[torch.Tensor] = None  # [1,L,3] deformation field at the landmark anchors (if asked)
+
+
+@contextmanager
+def eval_mode(*modules: Optional[nn.Module]):
+    """Run frozen modules in eval mode (no BatchNorm statistics updates, no dropout: the conditioning
+    a render stage trains with is the one inference sees); every submodule's mode is restored."""
+    saved = [(m, m.training) for mod in modules if mod is not None for m in mod.modules()]
+    for m, _ in saved:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m, mode in saved:
+            m.training = mode
+
+
+#: range of the deformed log-scales passed to the renderer (σ from 2e-9 to 20 scene units)
+LOG_SCALE_RANGE = (-20.0, 3.0)
+
+
+def _frame(t: Optional[torch.Tensor], i: int) -> Optional[torch.Tensor]:
+    """Frame ``i`` of a per-frame tensor, keeping the batch dim (``[1, ...]``); None stays None."""
+    return None if t is None else t[i:i + 1]
+
+
+class TalkingHead:
+    """Conditioning, deformation and rendering of the two Gaussian branches (face over inside mouth).
+
+    A mixin of :class:`~ua3dtalk.models.module.UA3DTalk` (it needs its attributes ``face``, ``mouth``,
+    ``deformation``, ``mouth_deformation``, ``prior``, ``emotion``, ``emotion_field``, ``emotion_control``,
+    ``emotion_condition``, ``stage``, ``static_warmup``, ``backend`` and, for the error messages of a training
+    step, ``_step_in_progress`` and ``_trained_parameters``)."""
+
+    def conditioning(self, batch, emotion: Optional[torch.Tensor] = None) -> Conditioning:
+        """Prior and emotion features of a :class:`FrameBatch` (frozen modules, no grad).
+
+        ``emotion`` overrides the audio-derived embedding (label/explicit control at inference)."""
+        audio = batch.audio_neighbours if batch.audio_neighbours is not None else batch.audio
+        context = getattr(batch, "audio_context", None)
+        if context is None:
+            context = batch.audio[:, 8:10].mean(1, keepdim=True).expand(-1, 50, -1)  # degenerate: no context
+        content = style = e = None
+        with torch.no_grad(), eval_mode(self.prior, self.emotion):
+            if self.prior is not None:
+                p = self.prior(batch.audio, context)
+                content, style = p.content, p.style
+            if emotion is not None:
+                e = emotion.to(batch.audio).expand(batch.audio.shape[0], -1)
+            elif self.emotion is not None:
+                e = self.emotion.encoder(w2v=context).embedding
+                if (self.training and self.emotion_condition == "label" and self.emotion_control is not None
+                        and getattr(batch, "emotion", None) is not None):
+                    e = self.emotion_control.from_labels(batch.emotion, batch.intensity, e)
+        return Conditioning(audio=audio, blink=batch.blink, content=content, style=style, emotion=e)
+
+    def _render(self, g: GaussianModel, means, quats, log_scales, viewmat, K, width, height, opacities=None,
+                colors=None):
+        # deformed log-scales are kept in a finite range: exp() of a runaway Δscale must neither underflow
+        # to 0 (rejected by the renderer) nor overflow (beyond the bound a Gaussian is sub-pixel / covers
+        # everything either way, so the clamped gradient loses nothing useful)
+        log_scales = log_scales.clamp(LOG_SCALE_RANGE[0], LOG_SCALE_RANGE[1])
+        try:
+            return rasterize(means, quats, torch.exp(log_scales), g.opacities if opacities is None else opacities,
+                             g.colors() if colors is None else colors, viewmat, K, width, height,
+                             sh_degree=g.active_sh_degree, backend=self.backend)
+        except ValueError as e:
+            step = self._step_in_progress
+            if step is None or "NaN or Inf" not in str(e):
+                raise
+            # a network parameter went non-finite (they are not scanned every step): name it
+            check_all_finite(self._trained_parameters(), step)
+            raise NonFiniteLossError(f"step {step}: the deformed Gaussians are not finite ({e}); training stopped "
+                                     "before the optimizer step, the last checkpoint is intact") from None
+
+    def render_face(self, cond: Conditioning, i: int, viewmat, K, width, height, deform: bool = True,
+                    step: Optional[int] = None, anchors: Optional[torch.Tensor] = None) -> BranchRender:
+        """Render the face branch of frame ``i``. ``anchors`` ``[L,3]`` (canonical points, e.g. landmark
+        anchors): the deformation field is also evaluated there, in the same forward pass (the same ensemble
+        member), and returned as ``anchor_xyz`` ``[1,L,3]``."""
+        g = self.face
+        deltas = fusion = anchor_xyz = opacities = colors = None
+        means, quats, log_scales = g.means, g.quats, g.log_scales
+        if deform:
+            n = len(g)
+            xyz = g.means if anchors is None else torch.cat([g.means, anchors.to(g.means)], 0)
+            f_emo = None
+            if "emotion" in self.deformation.views:
+                f_emo = self.emotion_field(xyz.detach(), cond.emotion[i:i + 1])
+            sl = functools.partial(_frame, i=i)
+            d = self.deformation(xyz, audio=sl(cond.audio), blink=sl(cond.blink)[:, None],
+                                 content=sl(cond.content), style=sl(cond.style), emotion=f_emo, step=step)
+            deltas, fusion = d.deltas, d.fusion
+            if anchors is not None:
+                anchor_xyz = deltas.xyz[:, n:]
+                deltas = type(deltas)(**{k: v[:, :n] for k, v in deltas.as_dict().items()})
+            means = means + deltas.xyz[0]
+            if deltas.rot is not None:
+                quats = quats + deltas.rot[0]
+            if deltas.scale is not None:
+                log_scales = log_scales + deltas.scale[0]
+            # optional heads: Δopacity is added to the opacity logits, Δcolor (RGB) to the SH DC term
+            if deltas.opacity is not None:
+                opacities = torch.sigmoid(g.opacity_logits + deltas.opacity[0, :, 0])
+            if deltas.color is not None:
+                colors = g.colors()
+                colors = torch.cat([colors[:, :1] + deltas.color[0][:, None] / SH_C0, colors[:, 1:]], 1)
+        out = self._render(g, means, quats, log_scales, viewmat, K, width, height, opacities, colors)
+        return BranchRender(out.image, out.alpha, out, deltas, fusion, anchor_xyz)
+
+    def render_mouth(self, cond: Conditioning, i: int, viewmat, K, width, height,
+                     step: Optional[int] = None, color_grad_mask: Optional[torch.Tensor] = None) -> BranchRender:
+        """Render the inside-mouth branch of frame ``i``. ``color_grad_mask`` [H,W,1]: the Gaussians' colours
+        get gradients only from these pixels (a second render with detached colours supplies the others, so
+        positions and opacities still learn everywhere); the image values are unchanged."""
+        g = self.mouth
+        sl = functools.partial(_frame, i=i)
+        content = sl(cond.content) if "content" in self.mouth_deformation.views else None
+        d = self.mouth_deformation(g.means, audio=sl(cond.audio), blink=sl(cond.blink)[:, None], content=content,
+                                   step=step)
+        means = g.means + d.deltas.xyz[0]
+        out = self._render(g, means, g.quats, g.log_scales, viewmat, K, width, height)
+        image = out.image
+        if color_grad_mask is not None:
+            fixed = self._render(g, means, g.quats, g.log_scales, viewmat, K, width, height,
+                                 colors=g.colors().detach())
+            m = color_grad_mask.to(image.dtype)
+            image = out.image * m + fixed.image * (1 - m)
+        return BranchRender(image, out.alpha, out, d.deltas, d.fusion)
+
+    def render_frame(self, cond: Conditioning, i: int, viewmat, K, width, height, background,
+                     step: Optional[int] = None, anchors: Optional[torch.Tensor] = None,
+                     mouth_color_mask: Optional[torch.Tensor] = None):
+        """Full composite (face over mouth over background) of frame ``i``: (image [H,W,3], alpha, parts);
+        ``anchors`` as :meth:`render_face`, ``mouth_color_mask`` as ``color_grad_mask`` of :meth:`render_mouth`."""
+        face = self.render_face(cond, i, viewmat, K, width, height, step=step, anchors=anchors)
+        mouth = self.render_mouth(cond, i, viewmat, K, width, height, step=step, color_grad_mask=mouth_color_mask)
+        inner = mouth.image + (1 - mouth.alpha) * background
+        image = face.image + (1 - face.alpha) * inner
+        alpha = 1 - (1 - face.alpha) * (1 - mouth.alpha)
+        return image, alpha, face, mouth
+
+    @torch.no_grad()
+    def render_batch(self, batch, emotion: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Render every frame of a FrameBatch as the current stage would show it → [B,3,H,W] in [0,1]."""
+        return self._render_frames(batch, self.stage, emotion)
+
+    @torch.no_grad()
+    def render_predict(self, batch, emotion: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Render a :class:`~ua3dtalk.data.batch.PredictBatch` (no ground truth) → [B,3,H,W]."""
+        return self._render_frames(batch, "fuse", emotion)
+
+    def _render_frames(self, batch, stage: str, emotion: Optional[torch.Tensor]) -> torch.Tensor:
+        """Every frame of ``batch`` as ``stage`` shows it (one branch over the background, or the composite)."""
+        H, W = batch.background.shape[-2:]
+        cond = self.conditioning(batch, emotion)
+        out = []
+        for i in range(batch.background.shape[0]):
+            bg = batch.background[i].permute(1, 2, 0)
+            vm, K = batch.viewmat[i], batch.K[i]
+            if stage == "mouth":
+                r = self.render_mouth(cond, i, vm, K, W, H)
+                img = r.image + (1 - r.alpha) * bg
+            elif stage == "face":
+                r = self.render_face(cond, i, vm, K, W, H, deform=self.global_step >= self.static_warmup)
+                img = r.image + (1 - r.alpha) * bg
+            else:
+                img = self.render_frame(cond, i, vm, K, W, H, bg)[0]
+            out.append(img.clamp(0, 1).permute(2, 0, 1))
+        return torch.stack(out)
