@@ -227,6 +227,20 @@ def test_index_entry_escaping_the_root(tmp_path, capsys):
     assert code == 1 and "clips.txt: entry 1: clip directory '../outside' would escape the dataset directory" in out
 
 
+def test_index_listing_a_clip_twice(tmp_path, capsys):
+    """A clip listed twice — also spelled differently or through a link — would be trained on and scored twice:
+    refused, naming the entries."""
+    root = tmp_path / "root"
+    make_regular(root / "a", n=5)
+    make_regular(root / "b", n=5)
+    (root / "alias").symlink_to(root / "b")
+    (root / "clips.txt").write_text("a\nb\n./a\nalias\n")
+    code, out = run_cli(capsys, root)
+    assert code == 1
+    assert "clips.txt: entry 2: clip directory './a' is listed twice (first as entry 0)" in out
+    assert "clips.txt: entry 3: clip directory 'alias' is listed twice (first as entry 1)" in out
+
+
 def test_empty_directory(tmp_path, capsys):
     code, out = run_cli(capsys, tmp_path)
     assert code == 1 and "no clips found" in out

@@ -216,3 +216,40 @@ def test_tables_count_a_run_reached_twice_once(tmp_path, capsys):
     link.symlink_to(tmp_path / "runs")
     runs = find_runs([tmp_path / "runs", run, run / "metrics.json", link])
     assert len(runs) == 1
+
+
+def test_feature_cache_without_room_or_rights_is_named_before_extraction(regular, monkeypatch):
+    """A read-only or full dataset directory: the feature cache is refused naming the cache file, before the
+    extractor runs, and the dataset is left as it was."""
+    import shutil as _shutil
+    from collections import namedtuple
+
+    from ua3dtalk.data import audio
+    from ua3dtalk.data.extractors import make_extractor
+    from ua3dtalk.data.formats import DatasetError
+
+    calls = []
+
+    class Spy:
+        def __init__(self, inner):
+            self.inner, self.name = inner, inner.name
+
+        def describe(self):
+            return self.inner.describe()
+
+        def __call__(self, x, progress=None):
+            calls.append(1)
+            return self.inner(x, progress=progress)
+
+    ex = Spy(make_extractor("mel"))
+    before = sorted(p.name for p in regular.iterdir())
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(_shutil, "disk_usage", lambda p: usage(1 << 30, 1 << 30, 1 << 20))
+    with pytest.raises(DatasetError, match=r"aud_mel.*MB free"):
+        audio.extract_features(regular, ex, force=True)
+    monkeypatch.undo()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, m: False if Path(p) == regular else real_access(p, m))
+    with pytest.raises(DatasetError, match=r"aud_mel.*not writable"):
+        audio.extract_features(regular, ex, force=True)
+    assert not calls and sorted(p.name for p in regular.iterdir()) == before

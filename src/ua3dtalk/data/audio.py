@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 from typing import Callable, Optional, Protocol, Union
@@ -445,6 +446,7 @@ def extract_features(clip_dir: Union[str, Path, ClipInfo], extractor: Extractor,
         if described == record \
                 and old.get("npy_sha1") == _sha1(out):
             return out
+    _check_cache_place(out, seq_bytes=wav_path.stat().st_size * 4)  # before the extractor runs
     x = load_wav(wav_path)
     seq = np.ascontiguousarray(extractor(x, progress=progress), dtype=np.float32)
     if seq.ndim != 2 or seq.shape[0] != sequence_length(x.shape[0]):
@@ -452,9 +454,34 @@ def extract_features(clip_dir: Union[str, Path, ClipInfo], extractor: Extractor,
                            f"[{sequence_length(x.shape[0])}, C]")
     if not np.isfinite(seq).all():
         raise RuntimeError(f"extractor {extractor.name} produced NaN/Inf for {wav_path}")
-    atomic_save_npy(out, seq, clean_stale=True)
-    atomic_write_json(meta_path, {**record, "shape": list(seq.shape), "dtype": str(seq.dtype), "npy_sha1": _sha1(out)})
+    try:
+        atomic_save_npy(out, seq, clean_stale=True)
+        atomic_write_json(meta_path, {**record, "shape": list(seq.shape), "dtype": str(seq.dtype),
+                                      "npy_sha1": _sha1(out)})
+    except OSError as e:  # full or read-only after the check: name the cache, keep the dataset as it was
+        raise DatasetError([Problem(out, f"cannot write the feature cache ({e.strerror or e}); free space or "
+                                         "make the dataset directory writable, or precompute it with "
+                                         "`ua3dtalk-features`")]) from None
     return out
+
+
+def _check_cache_place(out: Path, seq_bytes: int) -> None:
+    """The cache's directory is writable and has room for the array (+ 16 MB), else a :class:`DatasetError`
+    naming the cache — before minutes of feature extraction."""
+    import shutil
+
+    d = out.parent
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise DatasetError([Problem(out, f"cannot write the feature cache: {d} is not writable; make it writable "
+                                         "or precompute the features elsewhere with `ua3dtalk-features`")])
+    try:
+        free = shutil.disk_usage(d).free
+    except OSError:
+        return
+    need = int(seq_bytes) + (16 << 20)
+    if free < need:
+        raise DatasetError([Problem(out, f"cannot write the feature cache: only {free >> 20} MB free on the disk "
+                                         f"of {d} (needs ≈ {need >> 20} MB)")])
 
 
 def features_for_clip(clip: ClipInfo, feature: Union[str, Extractor], *, force: bool = False,

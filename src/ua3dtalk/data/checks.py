@@ -228,6 +228,7 @@ def _read_index(path: Path, root: Path, rep: _Report) -> list[tuple[Path, Option
             rep.error(path, f"unreadable index ({e})")
             return []
         entries = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+    seen: dict[str, int] = {}
     for n, e in enumerate(entries):
         where = f"entry {n}"
         emo = None
@@ -255,6 +256,12 @@ def _read_index(path: Path, root: Path, rep: _Report) -> list[tuple[Path, Option
             rep.error(path, f"{where}: clip directory {rel!r} is a symlink to {os.path.realpath(p)}, "
                             "outside the dataset directory")
             continue
+        real = os.path.realpath(p)
+        if real in seen:  # listed twice (also through another spelling or a link): it would count twice
+            rep.error(path, f"{where}: clip directory {rel!r} is listed twice (first as entry {seen[real]}); "
+                            "list each clip once")
+            continue
+        seen[real] = n
         out.append((p, emo, subj))
     return out
 
