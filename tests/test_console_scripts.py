@@ -80,3 +80,20 @@ def test_bench_lists_and_refuses_unknown(tmp_path, capsys):
     assert main(["--dir", str(tmp_path / "bench"), "fast"]) == 0
     assert main(["--dir", str(tmp_path / "bench"), "all"]) == 1  # broken fails
     assert "failed: broken" in capsys.readouterr().err
+
+
+def test_one_spelling_per_concept():
+    """The renderer is `--renderer` (= `renderer=` of ua3dtalk-train), the landmark detector `--landmark-backend`,
+    the wav2vec2 weights `--extractor-model` / `--extractor-layer` (= `data.extractor_model` / `_layer`); the older
+    spellings stay as aliases of the same option."""
+    from ua3dtalk.cli.features import build_parser as features_parser
+
+    a = features_parser().parse_args(["d", "--extractor", "wav2vec2", "--extractor-model", "m", "--extractor-layer", "3"])
+    b = features_parser().parse_args(["d", "--extractor", "wav2vec2", "--model", "m", "--layer", "3"])
+    assert (a.model, a.layer) == (b.model, b.layer) == ("m", "3")
+    import ua3dtalk.cli.preprocess as pre
+    import ua3dtalk.cli.synth as synth
+
+    for mod, new, old in ((pre, "--landmark-backend", "--backend"), (synth, "--renderer", "--backend")):
+        helptext = subprocess.run([sys.executable, "-m", mod.__name__, "--help"], capture_output=True, text=True).stdout
+        assert new in helptext and old in helptext, mod.__name__

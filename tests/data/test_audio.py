@@ -165,7 +165,7 @@ def test_missing_model_errors_name_it_and_say_how(tmp_path, tiny_w2v):
     with pytest.raises(MissingModelError) as e:
         Wav2Vec2Extractor(missing)
     msg = str(e.value)
-    assert str(missing) in msg and "save_pretrained" in msg and "--model PATH" in msg
+    assert str(missing) in msg and "save_pretrained" in msg and "--extractor-model PATH" in msg
     with pytest.raises(MissingModelError) as e:
         Wav2Vec2Extractor("nonexistent-org/nonexistent-w2v")
     msg = str(e.value)

@@ -4,7 +4,7 @@ Works on a regular dataset directory or on every clip of an emotional root. Each
 ``aud.wav`` is read (any rate/channels → 16 kHz mono), the extractor runs at 50 Hz, and the result
 is cached atomically as ``aud_<name>.npy`` (+ ``.json`` record) in the clip directory — e.g.
 ``aud_w2v_wav2vec2-base-960h_logits.npy`` or ``aud_mel.npy``. An up-to-date cache is kept unless
-``--force``. wav2vec2 weights are never downloaded: ``--model`` is a local ``save_pretrained``
+``--force``. wav2vec2 weights are never downloaded: ``--extractor-model`` is a local ``save_pretrained``
 directory or a hub id already in the Hugging Face cache (HF_HOME).
 
 Also runnable as ``python -m ua3dtalk.cli.features DIR ...``.
@@ -22,9 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dir", help="regular dataset directory or emotional root")
     p.add_argument("--extractor", required=True, choices=("wav2vec2", "mel"))
-    p.add_argument("--model", default=None,
+    p.add_argument("--extractor-model", "--model", dest="model", default=None,  # = data.extractor_model
                    help="wav2vec2 model: local directory or cached hub id (default facebook/wav2vec2-base-960h)")
-    p.add_argument("--layer", default=None, help="'logits' (default) or a hidden-state index (e.g. 9, -1)")
+    p.add_argument("--extractor-layer", "--layer", dest="layer", default=None,  # = data.extractor_layer
+                   help="'logits' (default) or a hidden-state index (e.g. 9, -1)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--chunk-seconds", type=float_in(0.0, 3600.0, open_lo=True), default=20.0,
@@ -40,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.extractor == "mel" and (args.model or args.layer):
-        print("ua3dtalk-features: --model/--layer only apply to --extractor wav2vec2", file=sys.stderr)
+        print("ua3dtalk-features: --extractor-model/--extractor-layer only apply to --extractor wav2vec2",
+              file=sys.stderr)
         return 2
 
     import soundfile as sf

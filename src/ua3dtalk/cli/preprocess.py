@@ -35,8 +35,8 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop", default="auto",
                    help="auto (square input: whole frame; else a square around the face), face, center, none, "
                         "or X,Y,SIDE in input pixels [auto]")
-    p.add_argument("--backend", default="auto", choices=BACKENDS, help="landmark backend [auto: fan if its weights are "
-                   "on disk, else dlib, else mediapipe]")
+    p.add_argument("--landmark-backend", "--backend", dest="backend", default="auto", choices=BACKENDS,
+                   help="landmark detector [auto: fan if its weights are on disk, else dlib, else mediapipe]")
     p.add_argument("--smooth", type=float_in(0.0, 100.0), default=0.5,
                    help="landmark smoothing σ in frames, 0 = none [0.5]")
     p.add_argument("--max-gap", type=int_in(0), default=5,
@@ -48,7 +48,8 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
                    "landmark/background parsing")
     p.add_argument("--features", default="mel", help="audio features to cache, comma-separated: mel, wav2vec2 "
                    "('' for none) [mel]")
-    p.add_argument("--w2v-model", default=None, help="wav2vec2 checkpoint (local dir or cached hub id)")
+    p.add_argument("--extractor-model", "--w2v-model", dest="w2v_model", default=None,  # = data.extractor_model
+                   help="wav2vec2 checkpoint (local dir or cached hub id)")
     p.add_argument("--jpeg-quality", type=int_in(1, 100), default=95)
     p.add_argument("--threads", type=int_in(1, 256), default=2, help="worker threads [2]")
     p.add_argument("--steps", default=None, help="comma-separated subset of the steps to run")

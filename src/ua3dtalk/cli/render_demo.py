@@ -17,7 +17,8 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int_in(8, 4096), default=256)
     ap.add_argument("--gaussians", type=int_in(1, 10_000_000), default=10000)
     ap.add_argument("--frames", type=int_in(1, 100_000), default=100)
-    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--renderer", "--backend", dest="backend", default="auto",
+                    help="rasterizer backend: auto, cpu, torch, dense, gsplat, inria")
     ap.add_argument("--seed", type=int_in(0), default=0)
     a = ap.parse_args(argv)
     import numpy as np

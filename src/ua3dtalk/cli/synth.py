@@ -1,7 +1,7 @@
 """``ua3dtalk-synth``: write a synthetic talking-head dataset with known ground truth (DESIGN §6).
 
     ua3dtalk-synth --out data/synth --preset tiny|small|bench [--emotional] [--clips-per-level N]
-                   [--seed S] [--resolution R] [--features mel] [--backend auto|cpu|torch] [--workers W]
+                   [--seed S] [--resolution R] [--features mel] [--renderer auto|cpu|torch] [--workers W]
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ def main(argv=None) -> int:
     ap.add_argument("--resolution", type=int_in(16, 2048), default=None, help="override the preset's image size")
     ap.add_argument("--features", default="mel",
                     help="audio feature extractors to cache, comma-separated ('' for none)")
-    ap.add_argument("--backend", default="auto", help="renderer backend")
+    ap.add_argument("--renderer", "--backend", dest="backend", default="auto",  # = renderer= of ua3dtalk-train
+                    help="rasterizer backend: auto, cpu, torch, dense, gsplat, inria")
     a = ap.parse_args(argv)
     from ..data.synth.generate import PRESETS
 

@@ -134,9 +134,9 @@ def _missing_model_message(model: str, local: bool, detail: str = "", key: str =
         get = model
     return (f"{where}; ua3dtalk never downloads weights (DESIGN §10). Train on log-mel features with {key}=mel, "
             "or give a local directory in the `save_pretrained` layout (config.json + model.safetensors or "
-            "pytorch_model.bin) as data.extractor_model=DIR (ua3dtalk-features: --model PATH), or fill the Hugging "
-            f"Face cache on a machine with network access: `huggingface-cli download {get}` (or `hf download {get}`) "
-            "with HF_HOME pointing at the cache used here.")
+            "pytorch_model.bin) as data.extractor_model=DIR (ua3dtalk-features --extractor-model PATH), or fill the "
+            f"Hugging Face cache on a machine with network access: `huggingface-cli download {get}` "
+            f"(or `hf download {get}`) with HF_HOME pointing at the cache used here.")
 
 
 def _weights_fingerprint(directory: Path) -> Optional[str]:
@@ -240,7 +240,8 @@ class Wav2Vec2Extractor:
         n_hidden = int(cfg.num_hidden_layers)
         if layer == "logits":
             if not hasattr(self.model, "lm_head"):
-                raise ValueError(f"wav2vec2 model {self.model_id!r} has no CTC head; choose a hidden layer (--layer K)")
+                raise ValueError(f"wav2vec2 model {self.model_id!r} has no CTC head; choose a hidden layer "
+                                 "(data.extractor_layer=K, ua3dtalk-features --extractor-layer K)")
             self.layer = "logits"
             self.dim = int(cfg.vocab_size)
         else:
@@ -279,7 +280,8 @@ class Wav2Vec2Extractor:
         missing = set(info.get("missing_keys", ()))
         if layer == "logits" and any(k.startswith("lm_head") for k in missing):
             raise ValueError(f"wav2vec2 model {model!r} has no trained CTC head (lm_head missing from the checkpoint); "
-                             "use a fine-tuned checkpoint for logits or choose a hidden layer (--layer K)")
+                             "use a fine-tuned checkpoint for logits or choose a hidden layer "
+                             "(data.extractor_layer=K, ua3dtalk-features --extractor-layer K)")
         if any(not k.startswith("lm_head") for k in missing):
             raise ValueError(f"wav2vec2 checkpoint {model!r} lacks weights: {sorted(missing)[:5]}")
         norm = None

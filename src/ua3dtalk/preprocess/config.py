@@ -70,7 +70,7 @@ class PreprocessConfig:
     size            output side in pixels, frames are square [--size 512]
     crop            "auto" (square input: whole frame; otherwise a square around the face track),
                     "face", "center", "none" (whole frame, must be square) or "X,Y,SIDE" [--crop]
-    backend         landmark backend: auto | dlib | mediapipe | fan [--backend]
+    backend         landmark backend: auto | dlib | mediapipe | fan [--landmark-backend]
     landmarks       given landmarks instead of a backend: a directory of <i>.lms or an [N,68,2] .npy
                     in output-frame pixels [--landmarks]
     smooth          landmark smoothing σ in frames (0: none) [--smooth 0.5]
@@ -82,7 +82,7 @@ class PreprocessConfig:
     pose_smooth     σ (frames) of the camera smoothing [--pose-smooth 1.5]
     parsing_model   BiSeNet checkpoint (face-parsing.PyTorch, 19 classes) [--parsing-model]
     features        audio feature extractors to cache ("mel", "wav2vec2") [--features mel]
-    w2v_model       wav2vec2 checkpoint (path or cached hub id) for the "wav2vec2" features [--w2v-model]
+    w2v_model       wav2vec2 checkpoint (path or cached hub id) for the "wav2vec2" features [--extractor-model]
     audio           separate audio file (instead of the video's track) [--audio]
     jpeg_quality    quality of the written JPEGs [--jpeg-quality 95]
     threads         worker threads for per-frame work (and ffmpeg) [--threads 2]

@@ -299,7 +299,7 @@ class FanBackend(LandmarkBackend):
             raise MissingModelError(
                 f"the fan backend needs face_alignment's weights on disk, missing: {where} "
                 "(they are never downloaded here; copy "
-                "2DFAN4-*.zip and s3fd-*.pth from a machine where face_alignment ran, or use --backend dlib)")
+                "2DFAN4-*.zip and s3fd-*.pth from a machine where face_alignment ran, or use --landmark-backend dlib)")
         try:
             import face_alignment
         except ImportError:
@@ -486,7 +486,7 @@ def fill_gaps(lms: np.ndarray, found: np.ndarray, max_gap: int, source: str = "v
     missing = np.nonzero(~found)[0]
     if len(missing) == n:
         raise PreprocessError(f"no face found in any of the {n} frames (faces must be visible, frontal-ish and at "
-                              "least ~80 px wide; try another --backend or --crop)", source, step="landmarks")
+                              "least ~80 px wide; try another --landmark-backend or --crop)", source, step="landmarks")
     if len(missing) == 0:
         return lms.copy(), []
     runs, start = [], None
