@@ -88,7 +88,8 @@ def test_one_spelling_per_concept():
     spellings stay as aliases of the same option."""
     from ua3dtalk.cli.features import build_parser as features_parser
 
-    a = features_parser().parse_args(["d", "--extractor", "wav2vec2", "--extractor-model", "m", "--extractor-layer", "3"])
+    a = features_parser().parse_args(["d", "--extractor", "wav2vec2", "--extractor-model", "m",
+                                      "--extractor-layer", "3"])
     b = features_parser().parse_args(["d", "--extractor", "wav2vec2", "--model", "m", "--layer", "3"])
     assert (a.model, a.layer) == (b.model, b.layer) == ("m", "3")
     import ua3dtalk.cli.preprocess as pre
