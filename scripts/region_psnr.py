@@ -1,0 +1,62 @@
+"""Held-out PSNR by region of a trained run: full frame, face box, mouth box (boxes from the ground-truth
+landmarks) — where an avatar loses its PSNR (docs/history/2026-12-04-own-video-astronaut.md).
+
+    python scripts/region_psnr.py RUN [val|train] [--frames N]
+
+Renders the first clip of the split (validation: every held-out frame; train: the first N frames) with the run's
+best checkpoint, in frame order with its own audio, and prints one line of PSNRs.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+
+def boxes(lm: torch.Tensor, idx: list[int], pad: float, h: int, w: int) -> torch.Tensor:
+    """[n,H,W] bool: the bounding box of landmarks ``idx`` of every frame, grown by ``pad`` of its size."""
+    m = torch.zeros(lm.shape[0], h, w, dtype=torch.bool)
+    for i in range(lm.shape[0]):
+        p = lm[i, idx]
+        (x0, y0), (x1, y1) = p.min(0).values.tolist(), p.max(0).values.tolist()
+        dx, dy = pad * (x1 - x0), pad * (y1 - y0)
+        m[i, max(0, int(y0 - dy)):min(h, int(y1 + dy)), max(0, int(x0 - dx)):min(w, int(x1 + dx))] = True
+    return m
+
+
+def region_psnr(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean over frames of 10·log10(1/MSE) inside ``mask`` ([n,3,H,W] images in [0,1], [n,H,W] mask)."""
+    err = ((pred - gt) ** 2).mean(1)
+    mse = torch.stack([err[i][mask[i]].mean() for i in range(len(err))])
+    return float((10 * torch.log10(1 / mse)).mean())
+
+
+def main() -> None:
+    from ua3dtalk.callbacks.metrics import render_sequence, split_sequences
+    from ua3dtalk.cli.eval import build_eval_datamodule
+    from ua3dtalk.cli.infer import load_model, resolve_checkpoint
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run")
+    ap.add_argument("split", nargs="?", default="val", choices=("val", "train", "test"))
+    ap.add_argument("--frames", type=int, default=45, help="frames of a train split")
+    a = ap.parse_args()
+    ckpt = resolve_checkpoint(Path(a.run), "region_psnr")
+    model = load_model(ckpt)
+    dm = build_eval_datamodule(model, ckpt)
+    ds, seqs = split_sequences(dm, a.split, max_clips=1, max_frames=None if a.split != "train" else a.frames)
+    with torch.no_grad():
+        pred, gt, lm, _ = render_sequence(model, ds, seqs[0])
+    n, _, h, w = gt.shape
+    mouth = boxes(lm, list(range(48, 68)), 0.15, h, w)
+    face = boxes(lm, list(range(68)), 0.1, h, w)
+    full = torch.ones(n, h, w, dtype=torch.bool)
+    print(f"{a.split}: {n} frames; PSNR dB — full {region_psnr(pred, gt, full):.2f}, face box "
+          f"{region_psnr(pred, gt, face):.2f}, face without mouth {region_psnr(pred, gt, face & ~mouth):.2f}, "
+          f"mouth box {region_psnr(pred, gt, mouth):.2f}, outside the face {region_psnr(pred, gt, ~face):.2f}; "
+          f"mouth box = {100 * float(mouth.float().mean()):.2f} % of the frame")
+
+
+if __name__ == "__main__":
+    main()
