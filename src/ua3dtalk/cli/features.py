@@ -41,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.extractor == "mel" and (args.model or args.layer):
-        print("ua3dtalk-features: --extractor-model/--extractor-layer only apply to --extractor wav2vec2",
-              file=sys.stderr)
+        print("ua3dtalk-features: --extractor-model/--extractor-layer (--model/--layer) only apply to "
+              "--extractor wav2vec2", file=sys.stderr)
         return 2
 
     import soundfile as sf
