@@ -156,7 +156,7 @@ def make_scene(
       ``sigma_px_large`` (larger than the image; their opacity is scaled by ``large_opacity_scale`` so
       they do not hide everything), with a per-axis anisotropy factor exp(±aniso) and a random
       rotation;
-    * opacities uniform in ``opacity_range``, a fraction ``clamp_frac`` in [0.99, 1] (alpha clamping)
+    * opacities uniform in ``opacity_range``, a fraction ``clamp_frac`` in [0.999, 1] (alpha clamping)
       and a fraction ``tiny_opacity_frac`` below 1/255 (never drawn);
     * colours RGB in [0,1], or SH coefficients [N,K,3] when ``sh_degree`` is given (some colours
       are clamped at 0);
@@ -197,7 +197,7 @@ def make_scene(
 
     opac = U(opacity_range[0], opacity_range[1], n)
     r = torch.rand(n, generator=g, dtype=f64)
-    opac = torch.where(r < clamp_frac, U(0.99, 1.0, n), opac)
+    opac = torch.where(r < clamp_frac, U(0.999, 1.0, n), opac)
     opac = torch.where(r > 1 - tiny_opacity_frac, U(0.0, 0.99 / 255, n), opac)
     opac = torch.where(large, opac * large_opacity_scale, opac)
 

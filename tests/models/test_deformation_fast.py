@@ -739,64 +739,6 @@ def test_compute_dtype_auto_resolves_by_device_and_hardware():
     assert EnsembleMLP(7, hidden=4, out_dim=3, members=2, compute_dtype="auto").to("meta")._cdtype is None
 
 
-@pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
-def test_fused_statistics_kernel_matches_the_torch_reference(compute_dtype, monkeypatch):
-    """Inference statistics from the C++ kernel (ensemble_stats in the CPU extension) equal the torch
-    code of _stats_block: odd sizes, a partial last block, saturated log-variances of both signs."""
-    from ua3dtalk.models.deformation import fused_stats as E
-    from ua3dtalk.models.deformation.ensemble import EnsembleMLP
-    from ua3dtalk.render.cpu_backend import cpu_backend_available
-
-    if not cpu_backend_available():
-        pytest.skip("the CPU extension cannot be built here")
-    torch.manual_seed(0)
-    ens = EnsembleMLP(13, hidden=24, out_dim=7, members=5, compute_dtype=compute_dtype, chunk_rows=64)
-    with torch.no_grad():
-        ens.b2[:, 7:] += torch.tensor([-40.0, -3.0, 0.0, 3.0, 40.0])[:, None]  # sigmoid saturates both ways
-    x = torch.randn(2, 301, 13)
-    calls = []
-    real = E._fused_stats_kernel
-
-    def spy(z, head):
-        ext = real(z, head)
-        calls.append(ext is not None)
-        return ext
-    monkeypatch.setattr(E, "_fused_stats_kernel", spy)
-    with torch.no_grad():
-        monkeypatch.setattr(E, "FUSED_STATS", False)
-        ref = ens.stats(x)
-        monkeypatch.setattr(E, "FUSED_STATS", True)
-        out = ens.stats(x)
-    assert calls and calls[-1] is True  # the kernel ran
-    for r, o in zip(ref, out):
-        assert o.shape == r.shape and o.dtype == torch.float32
-        torch.testing.assert_close(o, r, rtol=2e-5, atol=1e-6)
-    # with autograd the torch path (which keeps the local derivatives) is used, same values
-    calls.clear()
-    x.requires_grad_(True)
-    grad_path = ens.stats(x)
-    assert not any(calls)
-    for r, o in zip(grad_path, out):
-        torch.testing.assert_close(o, r.detach(), rtol=2e-5, atol=1e-6)
-
-
-def test_fused_statistics_kernel_checks_its_arguments():
-    from ua3dtalk.render.cpu_backend import cpu_backend_available, load_extension
-
-    if not cpu_backend_available():
-        pytest.skip("the CPU extension cannot be built here")
-    ext = load_extension()
-    y, b = torch.zeros(3, 4, 6), torch.zeros(3, 6)
-    outs = [torch.zeros(4, 3) for _ in range(3)]
-    ext.ensemble_stats(y, b, 1.0, 0.0, *outs)
-    with pytest.raises(RuntimeError, match="b must be float32"):
-        ext.ensemble_stats(y, torch.zeros(3, 5), 1.0, 0.0, *outs)
-    with pytest.raises(RuntimeError, match="outputs must be contiguous"):
-        ext.ensemble_stats(y, b, 1.0, 0.0, torch.zeros(3, 4).t(), *outs[1:])
-    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
-        ext.ensemble_stats(y.double(), b, 1.0, 0.0, *outs)
-
-
 @pytest.mark.parametrize("emotion_position", [False, True])
 def test_inference_mode_equals_no_grad(emotion_position):
     """Under ``torch.inference_mode()`` (Lightning's validation and ``trainer.validate``) the network gives what

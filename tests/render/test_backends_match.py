@@ -59,8 +59,8 @@ def _check_case_property(name, sc, ref):
     if name == "huge":
         assert int((radii > max(sc.width, sc.height)).sum()) >= 5
     if name == "clamped_opacity":
-        assert int((vis & (sc.opacities > 0.99)).sum()) >= 10
-        assert float(alpha.max()) > 0.99
+        assert int((vis & (sc.opacities > 0.999)).sum()) >= 10
+        assert float(alpha.max()) > 0.999
     if name == "half_behind_sh2":
         z = sc.meta["p_cam"][:, 2]
         assert int(((z < 0) & ~vis).sum()) >= 30 and int(((z > 1) & vis).sum()) >= 10

@@ -1,15 +1,18 @@
 """CUDA backends (``gsplat``, ``inria``, and ``torch`` on CUDA) against the ``dense`` oracle.
 
 Skipped without CUDA (the ``gpu`` marker, see tests/conftest.py); the gsplat / inria tests are also
-skipped when their optional packages are not installed. The scenes avoid the few places where the
-upstream kernels differ from DESIGN §7 by construction rather than by bug:
+skipped when their optional packages are not installed.
 
-* opacities ≤ 0.34: both upstream kernels cut Gaussians at 3σ (of the largest axis) instead of at the
-  opacity-aware extent; below 0.35 the 3σ ellipse already contains every pixel with α ≥ 1/255;
-* no alpha clamping (gsplat clamps at 0.999, we and Inria at 0.99) and few layers (gsplat stops on
+DESIGN §7 takes gsplat's alpha cap (0.999) and its Jacobian clamp (the frustum around the principal
+point widened by 0.3·tan(fov/2)), so ``test_gsplat_matches_dense_with_clamps`` compares gsplat on opaque
+Gaussians (α at the cap), an off-centre principal point and means outside the frustum (J clamped). The
+other scenes avoid the places where an upstream kernel differs by construction rather than by bug:
+
+* opacities ≤ 0.34: gsplat before 1.4 and Inria cut Gaussians at 3σ instead of at the opacity-aware
+  extent; below 0.35 the 3σ ellipse already contains every pixel with α ≥ 1/255;
+* Inria clamps α at 0.99 (3DGS) and evaluates J at ±1.3·tan(fov/2) about the optical axis, so its scenes
+  have no α near the cap and the principal point at the image centre; few layers (gsplat stops on
   T ≤ 1e-4, we on T < 1e-4);
-* principal point at the image centre and means inside the frustum (gsplat's J clamp is asymmetric
-  when the principal point is off-centre);
 * depths ≥ 1.5 (the Inria kernel culls z ≤ 0.2 regardless of ``near``).
 """
 from __future__ import annotations
@@ -83,6 +86,31 @@ def test_gsplat_matches_dense(sh_degree, helpers):
     pytest.importorskip("gsplat")
     sc = _scene(helpers, 72 + (sh_degree or 0), sh_degree)
     # gsplat has no gradient w.r.t. the intrinsics
+    names = ("means", "quats", "scales", "opacities", "colors", "background", "viewmat")
+    _compare(helpers, sc, "gsplat", names)
+
+
+def test_gsplat_matches_dense_with_clamps(helpers):
+    """α at gsplat's 0.999 cap, an off-centre principal point and Gaussians outside the frustum (the
+    asymmetric J clamp active): gsplat equals DESIGN §7 here too."""
+    gsplat = pytest.importorskip("gsplat")
+    from packaging.version import Version
+
+    if Version(gsplat.__version__.split("+")[0]) < Version("1.4"):
+        pytest.skip("gsplat < 1.4 cuts Gaussians at 3σ, not at the opacity-aware extent")
+    from ua3dtalk.render.projection import jacobian_limits
+
+    width, height = 64, 48
+    sc = helpers.make_scene(seed=78, n=80, width=width, height=height, border=0.4, sigma_px=(1.0, 12.0),
+                            large_frac=0.0, opacity_range=(0.3, 0.9), clamp_frac=0.4, depth_range=(1.5, 6.0))
+    sc.K[0, 2], sc.K[1, 2] = width / 2 - 9.0, height / 2 + 7.0  # off-centre principal point
+    p_cam = sc.means @ sc.viewmat[:3, :3].T + sc.viewmat[:3, 3]
+    x_lo, x_hi, y_lo, y_hi = (float(v) for v in jacobian_limits(sc.K, width, height))
+    xz, yz = p_cam[:, 0] / p_cam[:, 2], p_cam[:, 1] / p_cam[:, 2]
+    clamped = (xz < x_lo) | (xz > x_hi) | (yz < y_lo) | (yz > y_hi)
+    ref = sc.render("dense")
+    assert int((clamped & (ref.radii > 0)).sum()) >= 5, "the J clamp must act on Gaussians that draw"
+    assert int((sc.opacities > 0.999).sum()) >= 10, "α must reach the cap"
     names = ("means", "quats", "scales", "opacities", "colors", "background", "viewmat")
     _compare(helpers, sc, "gsplat", names)
 

@@ -70,9 +70,9 @@ def oracle(means, quats, scales, opacities, colors, viewmat, K, W, H, background
         x, y, z = Rw @ means[i] + tw
         if not (near < z < far) or opac[i] < 1 / 255:
             continue
-        tanx, tany = 0.5 * W / fx, 0.5 * H / fy
-        txz = np.clip(x / z, -1.3 * tanx, 1.3 * tanx)
-        tyz = np.clip(y / z, -1.3 * tany, 1.3 * tany)
+        tanx, tany = 0.5 * W / fx, 0.5 * H / fy  # the frustum widened by 0.3·tan(fov/2) on each side
+        txz = np.clip(x / z, -cx / fx - 0.3 * tanx, (W - cx) / fx + 0.3 * tanx)
+        tyz = np.clip(y / z, -cy / fy - 0.3 * tany, (H - cy) / fy + 0.3 * tany)
         J = np.array([[fx / z, 0.0, -fx * txz / z], [0.0, fy / z, -fy * tyz / z]])
         M = _rotmat(quats[i]) @ np.diag(scales[i])
         cov = J @ Rw @ M @ M.T @ Rw.T @ J.T + 0.3 * np.eye(2)
@@ -86,7 +86,7 @@ def oracle(means, quats, scales, opacities, colors, viewmat, K, W, H, background
     done = np.zeros(len(pix), dtype=bool)
     for z, i, m, conic in items:
         d = pix - m
-        alpha = np.minimum(0.99, opac[i] * np.exp(-0.5 * np.einsum("pi,ij,pj->p", d, conic, d)))
+        alpha = np.minimum(0.999, opac[i] * np.exp(-0.5 * np.einsum("pi,ij,pj->p", d, conic, d)))
         use = (alpha >= 1 / 255) & ~done
         stop = use & (T * (1 - alpha) < 1e-4)
         done |= stop
@@ -130,7 +130,7 @@ def _single(opac=0.6, z=2.0, sigma_px=1.0, color=(0.2, 0.5, 0.9), quats=None):
 def _analytic_alpha(opac, sigma_px, W=W1, H=H1, cx=4.5, cy=3.5):
     var = sigma_px**2 + 0.3  # + the 0.3 px² blur
     rows, cols = np.meshgrid(np.arange(H) + 0.5, np.arange(W) + 0.5, indexing="ij")
-    a = np.minimum(0.99, opac * np.exp(-0.5 * ((cols - cx) ** 2 + (rows - cy) ** 2) / var))
+    a = np.minimum(0.999, opac * np.exp(-0.5 * ((cols - cx) ** 2 + (rows - cy) ** 2) / var))
     return np.where(a >= 1 / 255, a, 0.0)[..., None]
 
 
@@ -180,10 +180,10 @@ def test_anisotropic_gaussian_orientation(any_backend):
     torch.testing.assert_close(b[3, 6], a[1, 4], rtol=0, atol=1e-12)  # exactly the transposed falloff
 
 
-def test_alpha_clamped_at_0_99(any_backend):
+def test_alpha_clamped_at_0_999(any_backend):
     g, K = _single(opac=1.0)
     out = render(g, K, W1, H1, any_backend)
-    assert float(out.alpha[3, 4, 0]) == pytest.approx(0.99, abs=1e-12)
+    assert float(out.alpha[3, 4, 0]) == pytest.approx(0.999, abs=1e-12)
     assert float(out.alpha[3, 5, 0]) == pytest.approx(math.exp(-0.5 / 1.3), abs=1e-12)
     np.testing.assert_allclose(out.alpha.numpy(), _analytic_alpha(1.0, 1.0), rtol=0, atol=1e-12)
 
@@ -480,3 +480,24 @@ def test_degenerate_covariance_is_not_drawn_and_has_finite_gradients(any_backend
     for k, v in leaves.items():
         assert bool(torch.isfinite(v.grad).all()), f"{k}.grad has NaN/Inf"
         assert float(v.grad[1].abs().max()) == 0.0, k
+
+
+@pytest.mark.parametrize("x_over_z, j_at", [(1.6, 1.6), (2.5, 1.9), (-0.5, -0.5), (-1.0, -0.7)])
+def test_jacobian_clamp_follows_the_off_centre_frustum(x_over_z, j_at):
+    """gsplat's clamp: J is evaluated at x/z clamped to [−c_x/f_x − 0.3·t, (W − c_x)/f_x + 0.3·t],
+    t = W/(2 f_x). With W = 20, f_x = 10, c_x = 4 that is [−0.7, 1.9] (a symmetric ±1.3·t clamp
+    would give [−1.3, 1.3] and differ for 1.6 and −1.0)."""
+    from ua3dtalk.render.projection import jacobian_limits, project_gaussians
+
+    W, H, f, cx, cy, z, s = 20, 10, 10.0, 4.0, 5.0, 2.0, 0.05
+    K = intrinsics(f, cx, cy)
+    lims = [float(v) for v in jacobian_limits(K, W, H)]
+    assert lims == pytest.approx([-0.7, 1.9, -0.65, 0.65])
+    g = gaussians([x_over_z * z, 0.0, z], s, 0.5, (1.0, 1.0, 1.0))
+    p = project_gaussians(g["means"], g["quats"], g["scales"], g["opacities"], torch.eye(4, dtype=F64), K, W, H)
+    # isotropic Σ = s²·I: Σ' = s²·J Jᵀ + 0.3·I with J = [[f/z, 0, −f·j/z], [0, f/z, 0]]
+    J = np.array([[f / z, 0.0, -f * j_at / z], [0.0, f / z, 0.0]])
+    cov = s * s * J @ J.T + 0.3 * np.eye(2)
+    inv = np.linalg.inv(cov)
+    np.testing.assert_allclose(p.conics[0].detach().numpy(), [inv[0, 0], inv[0, 1], inv[1, 1]], rtol=1e-12)
+    assert float(p.means2d[0, 0]) == pytest.approx(f * x_over_z + cx)  # the mean itself is never clamped

@@ -1,121 +1,41 @@
-"""``cpu`` backend: the project's C++ compositing kernel (``csrc/composite.cpp``).
+"""``cpu`` backend: the project's C++ compositing kernel (``csrc/composite.cpp`` with ``csrc/binning.h``).
 
-Same contract and semantics as :func:`.dense.composite_dense`. The extension is compiled on first
-use with ``torch.utils.cpp_extension.load`` (ATen only, ``-O3 -march=native``) and cached by torch
-in its extensions directory under a name that hashes the source, the flags, the torch version and
-the CPU, so an edit, a torch upgrade or another machine never picks up a stale binary.
+Same contract and semantics as :func:`.dense.composite_dense` (its plain-PyTorch reference, tested
+pairwise in ``tests/render``). The extension is compiled on first use and cached
+(:class:`ua3dtalk.utils.cpp_ext.CppExtension`: ATen only, ``-O3 -march=native``, a name that hashes the
+source, the flags, the torch version and the CPU).
 
 If the kernel cannot be built (no compiler, no ninja, ...) :func:`cpu_backend_available` warns
 once and returns False, and :func:`~ua3dtalk.render.rasterize` falls back to the ``torch`` backend.
 """
 from __future__ import annotations
 
-import hashlib
-import platform
-import threading
-import warnings
 from pathlib import Path
 
 import torch
 from torch.autograd.function import once_differentiable
 
-_SOURCE = Path(__file__).resolve().parent / "csrc" / "composite.cpp"
-# -ffp-contract=off: forward and backward must evaluate alpha bitwise identically (explicit FMAs
-# only). No -ffast-math: NaN/Inf semantics and the order of floating-point sums are kept.
-# -fopenmp: at::parallel_for is header code that only runs in parallel when compiled with OpenMP
-# (the extension then shares torch's already loaded libgomp.so.1 and its thread pool).
-_CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
-_LDFLAGS = ["-fopenmp"]
-# Tried when the flags above do not build (e.g. a compiler without OpenMP or -march=native):
-# same results, but single-threaded and with the baseline instruction set.
-_PORTABLE_CFLAGS = ["-O3", "-fopenmp-simd", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
-_VARIANTS = ((_CFLAGS, _LDFLAGS), (_PORTABLE_CFLAGS, []))
+from ..utils.cpp_ext import CppExtension
+
 TILE_SIZE = 16
-
-_lock = threading.Lock()
-_ext = None
-_error: str | None = None
-
-
-def _cpu_id() -> str:
-    """Something that changes when the binary built with -march=native may not run any more."""
-    ident = platform.machine() + platform.processor()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith(("model name", "flags")):
-                    ident += line
-                if line.startswith("flags"):
-                    break
-    except OSError:
-        pass
-    return ident
-
-
-def _extension_name(cflags, ldflags) -> str:
-    h = hashlib.sha256()
-    h.update(_SOURCE.read_bytes())
-    h.update(" ".join(cflags + ldflags).encode())
-    h.update(torch.__version__.encode())
-    h.update(_cpu_id().encode())
-    return f"ua3dtalk_cpu_{h.hexdigest()[:16]}"
+#: the compositing extension (``KERNEL.reset()`` forgets a build or a memoised failure)
+KERNEL = CppExtension("ua3dtalk_cpu", Path(__file__).resolve().parent / "csrc" / "composite.cpp",
+                      what="cpu compositing kernel", fallback="the `torch` backend")
 
 
 def load_extension():
     """Build (first use) or load the C++ extension module; raises RuntimeError on failure."""
-    global _ext, _error
-    with _lock:
-        if _ext is not None:
-            return _ext
-        if _error is not None:  # failures are memoised: do not recompile on every call
-            raise RuntimeError(f"the ua3dtalk cpu kernel is unavailable ({_error})")
-        from torch.utils.cpp_extension import load
-
-        first_exc = None
-        for i, (cflags, ldflags) in enumerate(_VARIANTS):
-            try:
-                _ext = load(name=_extension_name(cflags, ldflags), sources=[str(_SOURCE)], extra_cflags=list(cflags),
-                            extra_ldflags=list(ldflags), verbose=False)
-            except Exception as exc:  # noqa: BLE001 - compiler/ninja/linker errors come in many types
-                first_exc = first_exc or exc
-                continue
-            if i:
-                warnings.warn("ua3dtalk: the cpu compositing kernel was built with portable flags (no -march=native "
-                              "/ OpenMP): it runs single-threaded and slower", RuntimeWarning, stacklevel=3)
-            return _ext
-        reason = " ".join(str(first_exc).split()) or type(first_exc).__name__
-        _error = f"{type(first_exc).__name__}: {reason[:300]}"
-        raise RuntimeError(f"the ua3dtalk cpu kernel could not be built ({_error})") from first_exc
+    return KERNEL.load()
 
 
 def cpu_backend_available() -> bool:
     """True if the C++ kernel builds and loads (memoised). Warns once (RuntimeWarning) if it does not."""
-    if _ext is not None:
-        return True
-    if _error is not None:
-        return False
-    try:
-        load_extension()
-        return True
-    except Exception:  # noqa: BLE001 - any build/load failure means: use the torch backend
-        warnings.warn(
-            f"ua3dtalk: the cpu compositing kernel could not be built ({_error or 'unknown error'}); "
-            "using the `torch` backend instead",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return False
+    return KERNEL.available()
 
 
 def cpu_backend_status(build: bool = False) -> str:
     """``"built"``, ``"not built"`` (not tried yet in this process) or ``"unavailable: <reason>"``."""
-    if build:
-        cpu_backend_available()
-    if _ext is not None:
-        return "built"
-    if _error is not None:
-        return f"unavailable: {_error}"
-    return "not built"
+    return KERNEL.status(build)
 
 
 class _CompositeCPU(torch.autograd.Function):

@@ -8,7 +8,7 @@ backends implement the same contract::
 
 where ``T`` is the final transmittance. Per pixel p (centre (c+0.5, r+0.5)) and Gaussian i in
 front-to-back order of ``depths`` (ties by index): power = -½(a dx² + c dy²) - b dx dy,
-α = min(0.99, o·exp(power)), skipped when power > 0 or α < 1/255; compositing stops before the
+α = min(0.999, o·exp(power)), skipped when power > 0 or α < 1/255; compositing stops before the
 Gaussian whose α would drive T below 1e-4. Out = Σ f_i α_i T_i.
 """
 from __future__ import annotations

@@ -1,11 +1,15 @@
 """``gsplat`` backend (CUDA): delegates the whole pipeline to ``gsplat.rasterization``.
 
-Mapping to our semantics (DESIGN §7): gsplat also samples pixel (r, c) at (c+0.5, r+0.5), uses
-``eps2d=0.3`` as the low-pass blur, a 1.3·tan(fov/2) clamp for J, and takes activated scales and
-opacities; ``render_mode="RGB+D"`` returns the accumulated (alpha-weighted, unnormalised) depth like
-ours. The background is blended here with the final transmittance. ``meta["means2d"]`` is in pixels,
-so its gradient has the same units as our ``means2d.grad``. gsplat culls with 3σ radii instead of
-the opacity-aware extent; the difference is below 1/255 per Gaussian by construction of the extent.
+Mapping to our semantics (DESIGN §7), which take gsplat's conventions: pixel (r, c) sampled at
+(c+0.5, r+0.5); ``eps2d=0.3`` as the low-pass blur; J evaluated at view directions clamped to the
+frustum around the principal point widened by 0.3·tan(fov/2) (``projection.jacobian_limits``); α capped
+at 0.999; activated scales and opacities. ``render_mode="RGB+D"`` returns the accumulated
+(alpha-weighted, unnormalised) depth like ours. The background is blended here with the final
+transmittance. ``meta["means2d"]`` is in pixels, so its gradient has the same units as our
+``means2d.grad``. gsplat ≥ 1.4 bins with the same opacity-aware extent as ours (capped at 3.33σ ≥ the
+extent of any opacity ≤ 1); older versions cut at 3σ, which differs for opacities above 0.35. It stops
+compositing on T ≤ 1e-4 where we stop on T < 1e-4 (equal but on a set of measure zero).
+``tests/render/test_gpu_backends.py`` compares it with ``dense`` on CUDA, clamps included.
 Imported only when this backend is used.
 """
 from __future__ import annotations

@@ -5,7 +5,11 @@ Mapping to our semantics (DESIGN §7):
 * The Inria kernel samples pixel i at integer coordinate i (``ndc2Pix``), we sample at i+0.5, and it
   has no principal point of its own; both are absorbed into the projection matrix we pass: the
   row for x is ``(2 f_x/W)·x + (2 c_x/W - 1)·z`` so that its pixel coordinate equals
-  ``f_x x/z + c_x - 0.5``. J uses ``tanfovx = W/(2 f_x)`` exactly as ours.
+  ``f_x x/z + c_x - 0.5``.
+* Two differences from DESIGN §7 remain, fixed in the upstream kernel: α is capped at 0.99 (ours and
+  gsplat's: 0.999), and J is evaluated at view directions clamped to ±1.3·tan(fov/2) about the optical
+  axis (ours and gsplat's: about the principal point's frustum) — equal when the principal point is the
+  image centre and no α exceeds 0.99.
 * ``means2D`` gradients come out in NDC units (d/dndc = d/dpixel · W/2); they are converted back to
   pixels and exposed through ``RenderOutput.means2d.grad``.
 * The upstream kernel culls z ≤ 0.2 (hard-coded) regardless of ``near``; TalkingGaussian's fork returns

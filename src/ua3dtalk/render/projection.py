@@ -8,7 +8,9 @@ entry ``K[0,1]`` is ignored, as in gsplat.
 For every Gaussian i with near < z_i < far:
 
 * 2-D covariance Σ'_i = J W Σ_i Wᵀ Jᵀ + 0.3·I, with Σ_i = R S Sᵀ Rᵀ and the perspective Jacobian J
-  evaluated at x/z, y/z clamped to ±1.3·tan(fov/2) (gsplat's clamp; tan(fov_x/2) = W/(2 f_x));
+  evaluated at x/z, y/z clamped to the image's frustum widened by 0.3·tan(fov/2) on each side (gsplat's
+  clamp): x/z ∈ [−c_x/f_x − 0.3·t_x, (W − c_x)/f_x + 0.3·t_x] with t_x = tan(fov_x/2) = W/(2 f_x), and
+  likewise for y — ±1.3·t_x when the principal point is the image centre (:func:`jacobian_limits`);
 * conic = Σ'⁻¹ stored as (a, b, c) for [[a, b], [b, c]];
 * opacity-aware culling extent per axis: e_x = √(2 ln(255 o) Σ'_xx), e_y = √(2 ln(255 o) Σ'_yy).
   A pixel outside [μ ± e] has α < 1/255 exactly, so tile binning with these extents loses nothing
@@ -25,9 +27,9 @@ import torch
 
 BLUR = 0.3  # low-pass filter added to the 2-D covariance (pixels²)
 ALPHA_MIN = 1.0 / 255.0  # contributions with alpha below this are skipped
-ALPHA_MAX = 0.99  # alpha is clamped to this
+ALPHA_MAX = 0.999  # alpha is clamped to this (gsplat's cap; 3DGS/Inria use 0.99)
 T_MIN = 1e-4  # compositing stops before the Gaussian that would drive T below this
-FOV_CLAMP = 1.3  # J is evaluated at view directions clamped to ±1.3·tan(fov/2)
+FOV_MARGIN = 0.3  # J is evaluated at view directions clamped to the frustum widened by this · tan(fov/2)
 EXTENT_REL_MARGIN = 1e-4
 EXTENT_ABS_MARGIN = 1e-3
 
@@ -66,6 +68,16 @@ def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
     ).reshape(q.shape[:-1] + (3, 3))
 
 
+def jacobian_limits(K: torch.Tensor, width: int, height: int) -> tuple:
+    """``(x_lo, x_hi, y_lo, y_hi)``: the range of x/z and y/z at which J is evaluated (gsplat's clamp):
+    the image's frustum ``[−c/f, (side − c)/f]`` widened by ``FOV_MARGIN·side/(2f)`` on each side.
+    Zero-dimensional tensors of ``K``'s dtype (no gradient flows into ``K``)."""
+    K = K.detach()
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    mx, my = FOV_MARGIN * 0.5 * width / fx, FOV_MARGIN * 0.5 * height / fy
+    return -cx / fx - mx, (width - cx) / fx + mx, -cy / fy - my, (height - cy) / fy + my
+
+
 def project_gaussians(
     means: torch.Tensor,
     quats: torch.Tensor,
@@ -88,10 +100,9 @@ def project_gaussians(
     x_s = torch.where(in_depth, x, torch.zeros_like(x))
     y_s = torch.where(in_depth, y, torch.zeros_like(y))
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
-    lim_x = FOV_CLAMP * 0.5 * width / fx
-    lim_y = FOV_CLAMP * 0.5 * height / fy
-    tx = z_s * torch.clamp(x_s / z_s, -lim_x, lim_x)
-    ty = z_s * torch.clamp(y_s / z_s, -lim_y, lim_y)
+    x_lo, x_hi, y_lo, y_hi = jacobian_limits(K, width, height)
+    tx = z_s * torch.clamp(x_s / z_s, x_lo, x_hi)
+    ty = z_s * torch.clamp(y_s / z_s, y_lo, y_hi)
     zero = torch.zeros_like(z_s)
     inv_z = 1.0 / z_s
     J = torch.stack(

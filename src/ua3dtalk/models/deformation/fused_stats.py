@@ -123,10 +123,10 @@ def _stats_block(z: Tensor, head: _Head, mu_out: Tensor, al_out: Tensor, ep_out:
     return dev, t
 
 
-#: use the C++ kernel of the project's CPU extension (``ensemble_stats`` in
-#: ``ua3dtalk/render/csrc/composite.cpp``) for the statistics of calls without autograd (inference): one
-#: pass instead of ~12 elementwise passes; the torch code of :func:`_stats_block` is its reference
-#: (``tests/models/test_deformation_fast.py`` compares them). Set to False to force the torch path.
+#: use the C++ kernel (:mod:`.kernels`, ``csrc/ensemble_stats.cpp``) for the statistics of calls without
+#: autograd (inference): one pass instead of ~12 elementwise passes. Its references are the torch code of
+#: :func:`_stats_block` here and :mod:`.kernels`' ``*_reference`` functions (``tests/models`` compares
+#: them). Set to False to force the torch path.
 FUSED_STATS = True
 
 
@@ -136,12 +136,9 @@ def _fused_stats_kernel(z: Tensor, head: _Head):
     if not FUSED_STATS or z.device.type != "cpu" or head.b2.dtype != torch.float32 or \
             z.dtype not in (torch.float32, torch.bfloat16) or head.w2c.dtype != z.dtype:
         return None
-    from ...render.cpu_backend import cpu_backend_available, load_extension
+    from .kernels import KERNEL
 
-    if not cpu_backend_available():
-        return None
-    ext = load_extension()
-    return ext if hasattr(ext, "ensemble_stats") else None
+    return KERNEL.load() if KERNEL.available() else None
 
 
 def _grad_out(jac: tuple[Tensor, Tensor], g_mu: Optional[Tensor], g_al: Optional[Tensor], g_ep: Optional[Tensor],
