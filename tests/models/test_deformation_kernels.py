@@ -9,7 +9,7 @@ import torch
 
 from ua3dtalk.models.deformation import kernels as K
 
-pytestmark = pytest.mark.skipif(not K.kernel_available(), reason="the deformation kernel cannot be built here")
+pytestmark = pytest.mark.skipif(not K.KERNEL.available(), reason="the deformation kernel cannot be built here")
 
 
 def _outs(rows, d):
@@ -26,7 +26,7 @@ def test_ensemble_stats_kernel_equals_reference(dtype, shape):
     b[:, d:] += torch.linspace(-40, 40, t)[:, None]  # sigmoid saturated both ways
     span, c = 6.0, -4.0
     mu, al, ep = _outs(n, d)
-    K.load_extension().ensemble_stats(y, b, span, c, mu, al, ep)
+    K.KERNEL.load().ensemble_stats(y, b, span, c, mu, al, ep)
     ref = K.ensemble_stats_reference(y, b, span, c)
     for name, o, r in zip(("mu", "al", "ep"), (mu, al, ep), ref):
         assert o.dtype == torch.float32 and o.shape == (n, d), name
@@ -60,7 +60,7 @@ def test_ensemble_view_stats_kernel_equals_reference(dtype, parts):
     mu, al, ep = _outs(batch * n, d)
     none = w2c.new_empty(0)
     opt = lambda v: none if v is None else v  # noqa: E731
-    K.load_extension().ensemble_view_stats(opt(x), opt(w), opt(pre), opt(rows), w2c, b, 3.0, -1.0, chunk, batch,
+    K.KERNEL.load().ensemble_view_stats(opt(x), opt(w), opt(pre), opt(rows), w2c, b, 3.0, -1.0, chunk, batch,
                                            n, mu, al, ep)
     ref = K.ensemble_view_stats_reference(x, w, pre, rows, w2c, b, 3.0, -1.0, batch, n)
     tol = dict(rtol=2e-5, atol=2e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
@@ -78,7 +78,7 @@ def test_kernel_results_do_not_depend_on_the_blocking_beyond_rounding():
     res = []
     for chunk in (1, 7, 50, 1000):
         outs = _outs(n, d)
-        K.load_extension().ensemble_view_stats(x, w, none, none, w2c, b, 1.0, 0.0, chunk, 1, n, *outs)
+        K.KERNEL.load().ensemble_view_stats(x, w, none, none, w2c, b, 1.0, 0.0, chunk, 1, n, *outs)
         res.append(outs)
     for other in res[1:]:
         for a, o in zip(res[0], other):
@@ -124,7 +124,7 @@ def test_fused_statistics_kernel_matches_the_torch_path(compute_dtype, monkeypat
 
 
 def test_kernel_checks_its_arguments():
-    ext = K.load_extension()
+    ext = K.KERNEL.load()
     y, b = torch.zeros(3, 4, 6), torch.zeros(3, 6)
     outs = [torch.zeros(4, 3) for _ in range(3)]
     ext.ensemble_stats(y, b, 1.0, 0.0, *outs)

@@ -18,6 +18,12 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def doc_parser(prog: str, doc: str) -> Parser:
+    """A :class:`Parser` for the script ``prog`` described by the first paragraph of its module docstring
+    ``doc``, kept as written (``RawDescriptionHelpFormatter``)."""
+    return Parser(prog=prog, description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def _bounds(lo, hi) -> str:
     if hi is None:
         return f"≥ {lo}"

@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import sys
 from typing import Optional, Sequence
-from .args import Parser, float_in
+from .args import doc_parser, float_in
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="ua3dtalk-features", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = doc_parser("ua3dtalk-features", __doc__)
     p.add_argument("dir", help="regular dataset directory or emotional root")
     p.add_argument("--extractor", required=True, choices=("wav2vec2", "mel"))
     p.add_argument("--extractor-model", "--model", dest="model", default=None,  # = data.extractor_model

@@ -16,7 +16,7 @@ import warnings
 from typing import Optional, Sequence
 
 from .preprocess import _show_warning, add_common_arguments, config_from_args, validate_and_report
-from .args import Parser, float_in, int_in
+from .args import doc_parser, int_in
 
 PROG = "ua3dtalk-import-mead"
 
@@ -26,8 +26,7 @@ def _log(msg: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = doc_parser(PROG, __doc__)
     p.add_argument("root", help="MEAD root (holding <subject>/video/front/...) or the subject directory")
     p.add_argument("--subject", required=True, help="subject id, e.g. M003")
     p.add_argument("--out", required=True, help="output root; clips go to OUT/<subject>/<emotion>/level_<k>/<NNN>/")
@@ -35,10 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--levels", default=None, help="comma-separated subset of the intensity levels (1,2,3)")
     p.add_argument("--max-clips", type=int_in(1), default=None, help="import at most this many clips (in sorted order)")
     p.add_argument("--skip-bad", action="store_true", help="leave out clips that fail instead of stopping")
-    p.add_argument("--focal", type=float_in(0.0, open_lo=True), default=None,
-                   help="focal length in output pixels (default: searched over "
-                   "all clips of the subject)")
-    add_common_arguments(p)
+    add_common_arguments(p, focal_default="searched over all clips of the subject")
     return p
 
 

@@ -22,15 +22,18 @@ import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .args import Parser, float_in, int_in
+from .args import doc_parser, float_in, int_in
 
 PROG = "ua3dtalk-preprocess"
 
 
-def add_common_arguments(p: argparse.ArgumentParser) -> None:
-    """Options shared with ``ua3dtalk-import-mead``."""
+def add_common_arguments(p: argparse.ArgumentParser, focal_default: str = "searched") -> None:
+    """Options shared with ``ua3dtalk-import-mead`` (``focal_default``: what ``--focal``'s help says is
+    done without it)."""
     from ua3dtalk.preprocess.landmarks import BACKENDS
 
+    p.add_argument("--focal", type=float_in(0.0, open_lo=True), default=None,
+                   help=f"focal length in output pixels (default: {focal_default})")
     p.add_argument("--size", type=int_in(32, 4096), default=512, help="output frame side in pixels (square) [512]")
     p.add_argument("--crop", default="auto",
                    help="auto (square input: whole frame; else a square around the face), face, center, none, "
@@ -85,15 +88,12 @@ def parse_steps(text: Optional[str]):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = doc_parser(PROG, __doc__)
     p.add_argument("video", help="input video (mp4, mov, mkv, ...; any frame rate)")
     p.add_argument("--out", required=True, help="output dataset directory")
     p.add_argument("--audio", default=None, help="speech audio file to use instead of the video's audio track")
     p.add_argument("--landmarks", default=None, help="given landmarks (directory of <i>.lms or [N,68,2] .npy, output "
                    "pixels) instead of a detector")
-    p.add_argument("--focal", type=float_in(0.0, open_lo=True), default=None,
-                   help="focal length in output pixels (default: searched)")
     add_common_arguments(p)
     return p
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import sys
 from typing import Optional, Sequence
-from .args import Parser
+from .args import doc_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="ua3dtalk-validate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = doc_parser("ua3dtalk-validate", __doc__)
     p.add_argument("dir", help="dataset directory (regular subject/clip dir, or an emotional root)")
     p.add_argument("--quick", action="store_true",
                    help="skip decoding pixels (no parsing-colour / corrupt-image-body checks); what the loaders run")

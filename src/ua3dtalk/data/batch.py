@@ -123,8 +123,81 @@ def _check_batch(obj, spec: dict, optional: Sequence[str], b: int, what: str, b_
             raise ValueError(f"{what}: `{name}` must be {dtypes[kind]}, got {t.dtype}")
 
 
+class _BatchOps:
+    """``to`` / ``pin_memory`` / ``len`` / indexing for the batch dataclasses (list fields are copied)."""
+
+    _LIST_FIELDS: tuple[str, ...] = ()
+
+    def tensor_fields(self) -> dict[str, Tensor]:
+        """All tensor fields that are present (optional ``None`` fields left out)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
+
+    def _map(self, fn, lists: Optional[dict] = None):
+        kw = {f.name: getattr(self, f.name) for f in fields(self)}
+        for k, v in self.tensor_fields().items():
+            kw[k] = fn(v)
+        for k in self._LIST_FIELDS:
+            kw[k] = list(kw[k]) if lists is None else lists[k]
+        return type(self)(**kw)
+
+    def to(self, device, non_blocking: bool = False):
+        """A copy with every tensor moved to ``device`` (dtypes unchanged)."""
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self):
+        """Used by ``DataLoader(pin_memory=True)``."""
+        return self._map(lambda t: t.pin_memory())
+
+    def __getitem__(self, idx):
+        """Select along the batch dimension (an int keeps B=1, a slice, or an index tensor/list)."""
+        n = len(self)
+        if isinstance(idx, int):
+            if not -n <= idx < n:
+                raise IndexError(f"{type(self).__name__} index {idx} out of range for batch size {n}")
+            sel = [idx % n]
+        elif isinstance(idx, slice):
+            sel = list(range(n))[idx]
+        else:
+            sel = [int(i) % n for i in torch.as_tensor(idx).reshape(-1).tolist()]
+        index = torch.as_tensor(sel, dtype=torch.long)
+        lists = {k: [getattr(self, k)[i] for i in sel] for k in self._LIST_FIELDS}
+        return self._map(lambda t: t.index_select(0, index.to(t.device)), lists)
+
+
+class _ClipBatch(_BatchOps):
+    """A batch dataclass with a ``clip_id`` list, one clip name per item (``B = len(clip_id)``)."""
+
+    _LIST_FIELDS = ("clip_id",)
+
+    def _check_clips(self, what: str, spec: dict, optional: Sequence[str], b_note: str = "",
+                     dtypes: dict = _DTYPES) -> None:
+        """Check that ``clip_id`` is a list of str, then the tensor fields against ``spec`` with
+        ``B = len(clip_id)`` (:func:`_check_batch`)."""
+        if not isinstance(self.clip_id, list) or not all(isinstance(c, str) for c in self.clip_id):
+            raise ValueError(f"{what}: `clip_id` must be a list of str, got {self.clip_id!r}")
+        _check_batch(self, spec, optional, len(self.clip_id), what, b_note, dtypes)
+
+    def __len__(self) -> int:
+        return len(self.clip_id)
+
+
+class _ImageSize:
+    """``height`` / ``width`` of the batch dataclasses with images: the last two sizes of the
+    ``[B,3,H,W]`` field named by ``_SIZE_FIELD``."""
+
+    _SIZE_FIELD = "image"
+
+    @property
+    def height(self) -> int:
+        return int(getattr(self, self._SIZE_FIELD).shape[-2])
+
+    @property
+    def width(self) -> int:
+        return int(getattr(self, self._SIZE_FIELD).shape[-1])
+
+
 @dataclass
-class FrameBatch:
+class FrameBatch(_ClipBatch, _ImageSize):
     """A batch of video frames with everything the model and the losses need (see the module
     docstring for the shapes). Construction checks shapes and dtypes and raises ``ValueError``
     naming the field."""
@@ -150,50 +223,17 @@ class FrameBatch:
     audio_context: Optional[Tensor] = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.clip_id, list) or not all(isinstance(c, str) for c in self.clip_id):
-            raise ValueError(f"FrameBatch: `clip_id` must be a list of str, got {self.clip_id!r}")
-        _check_batch(self, _SPEC, OPTIONAL_FIELDS, len(self.clip_id), "FrameBatch", " (len(clip_id))",
-                     _FRAME_DTYPES)
+        self._check_clips("FrameBatch", _SPEC, OPTIONAL_FIELDS, " (len(clip_id))", _FRAME_DTYPES)
 
     # ------------------------------------------------------------------ conveniences
-    def __len__(self) -> int:
-        return len(self.clip_id)
-
-    @property
-    def height(self) -> int:
-        return int(self.image.shape[-2])
-
-    @property
-    def width(self) -> int:
-        return int(self.image.shape[-1])
-
     @property
     def head_mask(self) -> Tensor:
         """face ∪ mouth ∪ hair, [B,1,H,W] bool (the region the head Gaussians must explain)."""
         return self.face_mask | self.mouth_mask | self.hair_mask
 
-    def tensor_fields(self) -> dict[str, Tensor]:
-        """All tensor fields that are present (optional ``None`` fields left out)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name != "clip_id" and getattr(self, f.name) is not None}
-
-    def _map(self, fn, clip_id: Optional[list[str]] = None) -> "FrameBatch":
-        kw = {f.name: getattr(self, f.name) for f in fields(self)}
-        for k, v in self.tensor_fields().items():
-            kw[k] = fn(v)
-        kw["clip_id"] = list(self.clip_id) if clip_id is None else clip_id
-        return FrameBatch(**kw)
-
-    def to(self, device, non_blocking: bool = False) -> "FrameBatch":
-        """A copy with every tensor moved to ``device`` (dtypes unchanged)."""
-        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
-
-    def pin_memory(self) -> "FrameBatch":
-        """Used by ``DataLoader(pin_memory=True)``."""
-        return self._map(lambda t: t.pin_memory())
-
     def __getitem__(self, idx) -> "FrameBatch":
-        """Select along the batch dimension: ``batch[i]`` (kept as B=1), ``batch[a:b]``, or an index tensor."""
+        """Select along the batch dimension: ``batch[i]`` (kept as B=1), ``batch[a:b]``, or an index tensor
+        (an index out of range raises ``IndexError`` here, where :class:`_BatchOps` wraps it)."""
         ids = list(range(len(self)))
         if isinstance(idx, int):
             if not -len(self) <= idx < len(self):
@@ -205,7 +245,7 @@ class FrameBatch:
             sel = [int(i) for i in torch.as_tensor(idx).reshape(-1).tolist()]
             sel = [ids[i] for i in sel]
         index = torch.as_tensor(sel, dtype=torch.long)
-        return self._map(lambda t: t.index_select(0, index.to(t.device)), [self.clip_id[i] for i in sel])
+        return self._map(lambda t: t.index_select(0, index.to(t.device)), {"clip_id": [self.clip_id[i] for i in sel]})
 
 
 def collate_dataclass(cls, batches: Sequence, list_fields: Sequence[str] = ()):
@@ -258,47 +298,6 @@ def collate(batches: Sequence[FrameBatch]) -> FrameBatch:
 # --------------------------------------------------------------------------------------------------
 
 
-class _BatchOps:
-    """``to`` / ``pin_memory`` / ``len`` / indexing for the batch dataclasses (list fields are copied)."""
-
-    _LIST_FIELDS: tuple[str, ...] = ()
-
-    def tensor_fields(self) -> dict[str, Tensor]:
-        """All tensor fields that are present (optional ``None`` fields left out)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
-
-    def _map(self, fn, lists: Optional[dict] = None):
-        kw = {f.name: getattr(self, f.name) for f in fields(self)}
-        for k, v in self.tensor_fields().items():
-            kw[k] = fn(v)
-        for k in self._LIST_FIELDS:
-            kw[k] = list(kw[k]) if lists is None else lists[k]
-        return type(self)(**kw)
-
-    def to(self, device, non_blocking: bool = False):
-        """A copy with every tensor moved to ``device`` (dtypes unchanged)."""
-        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
-
-    def pin_memory(self):
-        """Used by ``DataLoader(pin_memory=True)``."""
-        return self._map(lambda t: t.pin_memory())
-
-    def __getitem__(self, idx):
-        """Select along the batch dimension (an int keeps B=1, a slice, or an index tensor/list)."""
-        n = len(self)
-        if isinstance(idx, int):
-            if not -n <= idx < n:
-                raise IndexError(f"{type(self).__name__} index {idx} out of range for batch size {n}")
-            sel = [idx % n]
-        elif isinstance(idx, slice):
-            sel = list(range(n))[idx]
-        else:
-            sel = [int(i) % n for i in torch.as_tensor(idx).reshape(-1).tolist()]
-        index = torch.as_tensor(sel, dtype=torch.long)
-        lists = {k: [getattr(self, k)[i] for i in sel] for k in self._LIST_FIELDS}
-        return self._map(lambda t: t.index_select(0, index.to(t.device)), lists)
-
-
 _AUDIO_SPEC: dict[str, tuple[tuple, str]] = {
     "audio": ((16, "C"), "float"),
     "context": ((None, "Cc"), "float"),  # Cc = C unless the DataModule has a context_feature
@@ -312,7 +311,7 @@ _AUDIO_SPEC: dict[str, tuple[tuple, str]] = {
 
 
 @dataclass
-class AudioBatch(_BatchOps):
+class AudioBatch(_ClipBatch):
     """Audio-side batch of ``B`` video frames for the ``prior`` and ``emotion`` stages (no images).
 
     ===========  ============  =======  ==========================================================
@@ -342,15 +341,8 @@ class AudioBatch(_BatchOps):
     expr: Optional[Tensor] = None
     lip: Optional[Tensor] = None
 
-    _LIST_FIELDS = ("clip_id",)
-
     def __post_init__(self) -> None:
-        if not isinstance(self.clip_id, list) or not all(isinstance(c, str) for c in self.clip_id):
-            raise ValueError(f"AudioBatch: `clip_id` must be a list of str, got {self.clip_id!r}")
-        _check_batch(self, _AUDIO_SPEC, ("expr", "lip"), len(self.clip_id), "AudioBatch")
-
-    def __len__(self) -> int:
-        return len(self.clip_id)
+        self._check_clips("AudioBatch", _AUDIO_SPEC, ("expr", "lip"))
 
 
 _PREDICT_SPEC: dict[str, tuple[tuple, str]] = {
@@ -369,7 +361,7 @@ _PREDICT_SPEC: dict[str, tuple[tuple, str]] = {
 
 
 @dataclass
-class PredictBatch(_BatchOps):
+class PredictBatch(_BatchOps, _ImageSize):
     """Inference batch of ``B`` output frames (:class:`PredictDataset`). Field names match
     :class:`~ua3dtalk.data.batch.FrameBatch` where they mean the same thing.
 
@@ -402,20 +394,14 @@ class PredictBatch(_BatchOps):
     audio_context: Optional[Tensor] = None
     waveform: Optional[Tensor] = None
 
+    _SIZE_FIELD = "background"
+
     def __post_init__(self) -> None:
         b = self.frame_index.shape[0] if isinstance(self.frame_index, torch.Tensor) and self.frame_index.dim() else -1
         _check_batch(self, _PREDICT_SPEC, ("audio_neighbours", "audio_context", "waveform"), b, "PredictBatch")
 
     def __len__(self) -> int:
         return int(self.frame_index.shape[0])
-
-    @property
-    def height(self) -> int:
-        return int(self.background.shape[-2])
-
-    @property
-    def width(self) -> int:
-        return int(self.background.shape[-1])
 
 
 def collate_audio(batches: Sequence[AudioBatch]) -> AudioBatch:

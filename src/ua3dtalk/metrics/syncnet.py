@@ -30,11 +30,12 @@ import json
 import struct
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import torch
 from torch import nn
 
+from ..utils.state_dict import mismatch_lines, state_dict_diff
 from .mfcc import MFCC_PER_VIDEO_FRAME, NUM_CEPS, SAMPLE_RATE
 
 WINDOW = 5
@@ -232,29 +233,16 @@ def _is_safetensors(path: Path) -> bool:
     return 0 < n <= path.stat().st_size - 8 and head[8:9] == b"{"
 
 
-def _format_keys(keys: Sequence[str], limit: int = 20) -> str:
-    keys = list(keys)
-    s = ", ".join(keys[:limit])
-    return s + (f", … ({len(keys) - limit} more)" if len(keys) > limit else "")
-
-
 def check_state_dict(state: dict, model: SyncNet, path: Union[str, Path, None] = None) -> None:
     """Raise :class:`SyncNetWeightsError` unless ``state`` has exactly the keys and shapes of
     ``model.state_dict()`` (``*.num_batches_tracked`` may be absent: the public file predates them)."""
     where = f"SyncNet weights {path}" if path is not None else "SyncNet state dict"
     own = model.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {list(state[k].shape)} (expected {list(own[k].shape)})" for k in own
-              if k in state and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)]
+    missing, unexpected, shaped = state_dict_diff(own, state, may_miss=("num_batches_tracked",))
+    shapes = [f"{k} {list(state[k].shape)} (expected {list(own[k].shape)})" for k in shaped]
     if missing or unexpected or shapes:
         lines = [f"{where} do not fit SyncNet{model.config.to_dict()}:"]
-        if missing:
-            lines.append(f"  missing keys ({len(missing)}): {_format_keys(missing)}")
-        if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {_format_keys(unexpected)}")
-        if shapes:
-            lines.append(f"  shape mismatches ({len(shapes)}): {_format_keys(shapes)}")
+        lines += ["  " + line for line in mismatch_lines(missing, unexpected, shapes, counts=True)]
         raise SyncNetWeightsError("\n".join(lines))
 
 

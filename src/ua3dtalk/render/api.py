@@ -10,13 +10,15 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 
 from .projection import project_gaussians
 from .sh import eval_sh_colors
 
-BACKENDS = ("auto", "dense", "torch", "cpu", "gsplat", "inria")
+Backend = Literal["auto", "dense", "torch", "cpu", "gsplat", "inria"]
+BACKENDS = get_args(Backend)
 MAX_IMAGE_SIDE = 16384
 """Largest accepted ``width`` / ``height`` (pixels): larger sizes are refused before any allocation."""
 
@@ -114,6 +116,20 @@ def validate_inputs(means, quats, scales, opacities, colors, viewmat, K, width, 
                              f"`colors` has {k}")
         return sh_degree
     raise ValueError(f"rasterize: `colors` must be [N,3] RGB or [N,K,3] SH, got shape {list(colors.shape)}")
+
+
+def cuda_backend_module(backend: str, module: str, needs: str, device: torch.device):
+    """The upstream package of a CUDA backend (``gsplat``, ``inria``), imported on first use: ImportError
+    saying what to install (``needs``) when it is missing, ValueError for tensors not on CUDA."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:  # pragma: no cover - needs CUDA
+        raise ImportError(f"backend {backend!r} needs {needs}") from e
+    if device.type != "cuda":
+        raise ValueError(f"rasterize: backend {backend!r} needs CUDA tensors, got {device}")
+    return mod
 
 
 def _resolve_backend(backend: str, device: torch.device) -> str:

@@ -16,17 +16,13 @@ from __future__ import annotations
 
 import torch
 
-from .api import RenderOutput
+from .api import RenderOutput, cuda_backend_module
 
 
 def rasterize_gsplat(means, quats, scales, opacities, colors, viewmat, K, width, height, background, sh_degree,
                      near, far) -> RenderOutput:
-    try:
-        from gsplat import rasterization
-    except ImportError as e:  # pragma: no cover - needs CUDA
-        raise ImportError("backend 'gsplat' needs the gsplat package: pip install 'ua3dtalk[gpu]'") from e
-    if means.device.type != "cuda":
-        raise ValueError(f"rasterize: backend 'gsplat' needs CUDA tensors, got {means.device}")
+    rasterization = cuda_backend_module("gsplat", "gsplat", "the gsplat package: pip install 'ua3dtalk[gpu]'",
+                                        means.device).rasterization
     colors_out, alphas, meta = rasterization(
         means, quats, scales, opacities, colors, viewmat[None], K[None], width, height,
         near_plane=near, far_plane=far, sh_degree=sh_degree, render_mode="RGB+D", eps2d=0.3, packed=False,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from .api import RenderOutput
+from .api import RenderOutput, cuda_backend_module
 
 
 def _projection(K, width, height, near, far, dtype, device):
@@ -39,12 +39,9 @@ def _projection(K, width, height, near, far, dtype, device):
 
 def rasterize_inria(means, quats, scales, opacities, colors, viewmat, K, width, height, background, sh_degree,
                     near, far) -> RenderOutput:
-    try:
-        from diff_gaussian_rasterization import GaussianRasterizationSettings, GaussianRasterizer
-    except ImportError as e:  # pragma: no cover - needs CUDA
-        raise ImportError("backend 'inria' needs diff_gaussian_rasterization (build it from source with CUDA)") from e
-    if means.device.type != "cuda":
-        raise ValueError(f"rasterize: backend 'inria' needs CUDA tensors, got {means.device}")
+    dgr = cuda_backend_module("inria", "diff_gaussian_rasterization",
+                              "diff_gaussian_rasterization (build it from source with CUDA)", means.device)
+    GaussianRasterizationSettings, GaussianRasterizer = dgr.GaussianRasterizationSettings, dgr.GaussianRasterizer
     f32 = torch.float32
     far_ = min(far, 1e4)
     P = _projection(K.to(f32), width, height, near, far_, f32, means.device)

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_names
+
 Tensor = torch.Tensor
 
 HEAD_DIMS = {"xyz": 3, "rot": 4, "scale": 3, "opacity": 1, "color": 3}
@@ -89,13 +91,7 @@ class MultiHeadDecoder(nn.Module):
                  init_std: float = 1e-3, activation: str = "relu") -> None:
         super().__init__()
         names = tuple(str(h) for h in heads) + tuple(str(h) for h in extra_heads)
-        if not names:
-            raise ValueError("MultiHeadDecoder: at least one head is required")
-        for h in names:
-            if h not in HEAD_DIMS:
-                raise ValueError(f"MultiHeadDecoder: unknown head {h!r}; expected one of {list(HEAD_DIMS)}")
-        if len(set(names)) != len(names):
-            raise ValueError(f"MultiHeadDecoder: duplicate heads in {names}")
+        check_names("MultiHeadDecoder", "head", names, HEAD_DIMS, f"one of {list(HEAD_DIMS)}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"MultiHeadDecoder: activation must be one of {list(ACTIVATIONS)}, got {activation!r}")
         if not init_std >= 0:

@@ -35,19 +35,10 @@ from ...utils.cpp_ext import CppExtension
 
 Tensor = torch.Tensor
 
-#: the deformation extension (built on first use, cached; ``KERNEL.reset()`` forgets it)
+#: the deformation extension: ``KERNEL.load()`` builds (first use, cached) and loads it, ``KERNEL.available()``
+#: says whether it can (warning once when not), ``KERNEL.reset()`` forgets both
 KERNEL = CppExtension("ua3dtalk_deform", Path(__file__).resolve().parent / "csrc" / "ensemble_stats.cpp",
                       what="deformation statistics kernel", fallback="the torch statistics")
-
-
-def load_extension():
-    """Build (first use) or load the deformation extension; raises RuntimeError on failure."""
-    return KERNEL.load()
-
-
-def kernel_available() -> bool:
-    """True if the deformation kernel builds and loads (memoised); warns once if it does not."""
-    return KERNEL.available()
 
 
 def ensemble_stats_reference(y: Tensor, b: Tensor, span: float, c: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -81,5 +72,4 @@ def ensemble_view_stats_reference(x: Optional[Tensor], w: Optional[Tensor], pre:
     return tuple(torch.cat(parts, dim=0) for parts in zip(*outs))  # type: ignore[return-value]
 
 
-__all__ = ["KERNEL", "ensemble_stats_reference", "ensemble_view_stats_reference", "kernel_available",
-           "load_extension"]
+__all__ = ["KERNEL", "ensemble_stats_reference", "ensemble_view_stats_reference"]

@@ -20,6 +20,8 @@ from typing import Mapping, Optional, Union
 import torch
 from torch import nn
 
+from ...utils.state_dict import format_keys, mismatch_lines, state_dict_diff
+
 PathLike = Union[str, Path]
 
 __all__ = ["WeightsError", "read_state_dict", "write_state_dict", "load_checked", "describe_mismatch"]
@@ -56,7 +58,7 @@ def read_state_dict(path: PathLike, origin: str = "") -> dict[str, torch.Tensor]
                            "(a mapping of parameter names to tensors)")
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise WeightsError(f"weights file {str(p)!r}: entries that are not tensors: {_fmt(bad)}")
+        raise WeightsError(f"weights file {str(p)!r}: entries that are not tensors: {format_keys(bad)}")
     return {str(k): v for k, v in obj.items()}
 
 
@@ -77,30 +79,15 @@ def write_state_dict(state: Mapping[str, torch.Tensor], path: PathLike) -> Path:
     return p
 
 
-def _fmt(keys, limit: int = 20) -> str:
-    keys = list(keys)
-    s = ", ".join(keys[:limit])
-    return s + (f", … ({len(keys) - limit} more)" if len(keys) > limit else "")
-
-
 def describe_mismatch(module: nn.Module, state: Mapping[str, torch.Tensor]) -> Optional[str]:
     """``None`` when ``state`` fits ``module.state_dict()`` exactly (same keys and shapes), otherwise
     a message listing the missing, unexpected and mis-shaped keys."""
     own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
-              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    missing, unexpected, shaped = state_dict_diff(own, state)
+    shapes = [f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})" for k in shaped]
     if not (missing or unexpected or shapes):
         return None
-    parts = []
-    if missing:
-        parts.append(f"missing keys: {_fmt(missing)}")
-    if unexpected:
-        parts.append(f"unexpected keys: {_fmt(unexpected)}")
-    if shapes:
-        parts.append(f"shape mismatches: {_fmt(shapes)}")
-    return "; ".join(parts)
+    return "; ".join(mismatch_lines(missing, unexpected, shapes))
 
 
 def load_checked(module: nn.Module, state: Mapping[str, torch.Tensor], path: PathLike, what: str = "") -> None:

@@ -93,6 +93,14 @@ struct Params {
 
 constexpr int kRowCheck = 8;  // forward: look for finished rows every this many Gaussians
 
+// Per-thread scratch of a tile kernel: one buffer of scalars and one of auxiliary integers.
+template <typename scalar_t, typename aux_t>
+struct Scratch {
+  std::vector<scalar_t> buf;
+  std::vector<aux_t> aux;
+  Scratch(int64_t n_buf, int64_t n_aux) : buf(n_buf), aux(n_aux) {}
+};
+
 template <typename scalar_t, int TS, int CT>
 struct ForwardTile {
   using mask_t = typename MaskInt<scalar_t>::type;
@@ -101,16 +109,10 @@ struct ForwardTile {
   scalar_t* T_img;    // [H,W]
   int32_t* last_img;  // [H,W]
 
-  struct State {
-    std::vector<scalar_t> buf;
-    std::vector<mask_t> alive;
-  };
+  using State = Scratch<scalar_t, mask_t>;  // buf: T, features, ...; aux: per-pixel alive masks
   State make_state() const {
     const int64_t ts = TS > 0 ? TS : p.ts, C = CT > 0 ? CT : p.C;
-    State s;
-    s.buf.resize(ts * ts * (C + 2) + ts);
-    s.alive.resize(ts * ts + ts);
-    return s;
+    return State(ts * ts * (C + 2) + ts, ts * ts + ts);
   }
 
   void operator()(State& st, int64_t tile) const {
@@ -124,7 +126,7 @@ struct ForwardTile {
     scalar_t* UA_RESTRICT lastb = Tb + tp;
     scalar_t* UA_RESTRICT outb = lastb + tp;  // [C][tp]
     scalar_t* UA_RESTRICT pxs = outb + C * tp;
-    mask_t* UA_RESTRICT alive = st.alive.data();
+    mask_t* UA_RESTRICT alive = st.aux.data();
     mask_t* UA_RESTRICT row_alive = alive + tp;
     for (int64_t i = 0; i < tp; ++i) { Tb[i] = 1; lastb[i] = 0; }
     for (int64_t i = 0; i < C * tp; ++i) outb[i] = 0;
@@ -204,16 +206,10 @@ struct BackwardTile {
   scalar_t* pair_grads;      // [P, 6 + C] rows in tile-list (slot) order; rows >= tile_maxlast are not written
   int64_t* tile_maxlast;     // [ntiles] number of leading list entries that reach some pixel of the tile
 
-  struct State {
-    std::vector<scalar_t> buf;
-    std::vector<int64_t> rowmax;
-  };
+  using State = Scratch<scalar_t, int64_t>;  // buf: per-pixel state and row sums; aux: last rank per row
   State make_state() const {
     const int64_t ts = TS > 0 ? TS : p.ts, C = CT > 0 ? CT : p.C;
-    State s;
-    s.buf.resize(ts * ts * (C + 4) + ts * (C + 7));
-    s.rowmax.resize(ts);
-    return s;
+    return State(ts * ts * (C + 4) + ts * (C + 7), ts);
   }
 
   void operator()(State& st, int64_t tile) const {
@@ -233,7 +229,7 @@ struct BackwardTile {
     scalar_t* UA_RESTRICT gb = cTb + tp;      // [C][tp] grad of out
     scalar_t* UA_RESTRICT pxs = gb + C * tp;
     scalar_t* UA_RESTRICT lanes = pxs + ts;   // [6 + C][ts]
-    int64_t* rowmax = st.rowmax.data();
+    int64_t* rowmax = st.aux.data();
 
     int64_t maxlast = 0;
     for (int64_t r = 0; r < ts; ++r) {
