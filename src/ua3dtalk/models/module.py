@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from .audio_stages import AudioStages
+from .config import UA3DTalkConfig
 from .deformation import DeformationNetwork, MouthDeformation, RunningStandardize
 from .emotion import EmotionControl, EmotionDistillation, EmotionField
 from .finite import NonFiniteLossError, check_all_finite, check_finite
@@ -50,6 +51,7 @@ from .prior import PriorExtraction
 from .talking_head import LOG_SCALE_RANGE, BranchRender, Conditioning, TalkingHead
 
 from ..constants import RENDER_STAGES, STAGES
+from ..utils.typed_config import make_config
 
 
 class UA3DTalk(HealthMixin, TalkingHead, RenderLosses, LandmarkBank, AudioStages, L.LightningModule):
@@ -66,170 +68,45 @@ class UA3DTalk(HealthMixin, TalkingHead, RenderLosses, LandmarkBank, AudioStages
         emotion_field: :class:`EmotionField` (needed when the deformation has the emotion view).
         emotion_control: :class:`EmotionControl` (prototypes for label-driven inference).
         face_density, mouth_density: :class:`DensityControl` strategies (None = fixed set).
-        stage: one of ``prior | emotion | mouth | face | fuse``.
-        lr_gaussians: learning rates of the Gaussian parameters (means, quats, log_scales,
-            opacity_logits, sh); ``means`` decays exponentially to ``lr_means_final`` over ``max_steps``.
-        lr_net: learning rate of the networks' MLPs in the render stages (ensembles, decoders, audio view,
-            emotion query; 5e-4, the authors' value); lr_prior, lr_emotion for those stages.
-        lr_grid: learning rate of the plane grids in the render stages (position fields, emotion field planes
-            and codebooks; 5e-3, the authors' value). Both groups warm up linearly over ``net_warmup`` steps
-            of the deformation and then decay exponentially to ``net_lr_final`` × their value at the end of
-            the stage (DESIGN §4.5).
-        net_warmup, net_lr_final: that schedule.
-        uncertainty_weight: weight of the views' likelihood term (DESIGN §4.5,
-            :meth:`~ua3dtalk.models.deformation.fusion.UncertaintyFusion.uncertainty_nll`; 0 = off, the paper).
-        uncertainty_beta: its β (β-NLL; 0 = the plain Gaussian NLL).
-        max_steps: schedule length (steps of this stage).
-        static_warmup: face stage steps without deformation (canonical Gaussians only).
-        ssim_weight, reg_weight, alpha_weight: loss weights.
-        hole_weight: weight of the *mouth-hole* term of the face/fuse stages: the mean face-branch alpha over
-            the ground-truth inside-mouth pixels (normalised by their count, not by the image size — the
-            inner mouth is < 1 % of the frame, so the image-wide alpha and photometric terms barely see it).
-            It makes the face branch part the lips so that the mouth branch behind them becomes visible.
-        cover_weight: weight of the *mouth-cover* term of the mouth/fuse stages: the mean transparency
-            (1 − alpha) of the mouth branch (mouth stage) or of the composite (fuse stage) over the
-            ground-truth inside-mouth pixels, normalised by their count like the hole term. Without it the
-            few inner-mouth pixels of a frame give the mouth branch almost no signal, the alpha term pushes
-            its Gaussians away from the background, and they drift behind the face where nothing is seen:
-            the parted lips then show the background instead of the mouth's interior.
-        lpips_weight: weight of the perceptual term of the last phase (``fuse`` stage, DESIGN §4): LPIPS
-            (:class:`ua3dtalk.metrics.image.LPIPSMetric`, AlexNet v0.1) of the lip region (box around the
-            mouth landmarks 48–67, else around the inside-mouth mask) plus ``lpips_patches`` random patches
-            of the head; 0 (default) = off. Needs the AlexNet checkpoint (the metric's clear error names
-            the file) unless ``lpips_random_backbone`` (tests only).
-        lpips_patches, lpips_patch_size: random patches per frame and their side (pixels, ≥ 32).
-        sh_increase_every: raise the active SH degree every this many steps.
-        emotion_condition: where the emotion view's embedding comes from while *training* the render stages:
-            ``audio`` (the paper, default: the distilled student's embedding of the frame's audio context) or
-            ``label`` (★: the prototype of the clip's emotion/intensity label — exactly what label-driven
-            inference feeds — for frames whose label is known, the audio embedding otherwise). With
-            ``audio`` the emotion view only sees the student's noisy guess of the emotion. Validation, test
-            and inference always use the audio embedding unless an emotion is given explicitly.
-        landmark_weight: weight of the *landmark* term of the face/fuse stages (★, not in the paper; 0 = off):
-            the deformation field evaluated at canonical landmark anchors, projected with the frame's camera,
-            against the frame's 68 landmarks (:mod:`ua3dtalk.models.landmarks`). The photometric loss cannot
-            drag a lip centimetres to where the frame shows it; this term can. Needs landmarks in the batches.
         landmark_anchors: the :class:`~ua3dtalk.models.landmarks.LandmarkAnchors` (which landmarks, prior);
             built with its defaults when ``landmark_weight > 0`` and none is given. Its normal equations are
             accumulated from every training frame of the render stages and saved in the checkpoint.
-        landmark_frames: frames per step on which the landmark term is *also* evaluated, drawn from a replay
-            bank of the training frames seen so far (their conditioning is constant in the render stages: the
-            prior and emotion modules are frozen). The term costs the deformation of a few dozen anchors per
-            frame, no rendering, so each step can supervise the field on many frames instead of the one it
-            renders. 0 = only the rendered frames.
-        landmark_bank: capacity of that bank (frames; reservoir replacement once full; saved in the checkpoint,
-            so a resumed run draws from the same frames).
-        emotion_swap_weight: weight of the *emotion-swap* term (★, not in the paper; 0 = off; needs
-            ``landmark_weight > 0``, ``landmark_frames > 0`` and the emotion view). The anchors are also
-            triangulated per label cell (emotion × intensity, :meth:`LandmarkAnchors.cell_offsets`): a cell's
-            offset from the global anchors is that label's mean expression in the training data. On the replay
-            bank's frames, the emotion view's input is swapped for the prototype of another label, and the
-            field's change at the anchors must equal the difference of the two labels' offsets (projected with
-            the frame's camera, L1, in the units of the landmark term). Without it the field learns each
-            clip's expression from the *audio* view (the synthetic and MEAD audio carry the emotion too), and
-            requesting a label at inference changes the face by a fraction of a pixel.
-        init_mouth_color: at the first mouth-stage step whose frames show the inner mouth, set every
-            inside-mouth Gaussian's colour to the mean ground-truth colour of those pixels (once; a flag in the
-            checkpoint). Randomly initialised colours are mid-grey, and the SH learning rate moves them by at most
-            ≈ 0.2 (RGB) in the 250 steps of the demo's mouth stage: the inner mouth rendered grey, then, in the
-            fuse stage, lip-red — never dark.
-        fuse_mouth_grad: which pixels of the ``fuse`` stage's composite train the inside-mouth branch's
-            *colours*: ``all`` (default) every pixel; ``inner`` (★) the ground-truth inner mouth only (its
-            positions and opacities learn from every pixel). With ``all``, the lips of the (many) closed-mouth
-            frames — where the face is not quite opaque, the mouth branch behind it shows through — recolour
-            the inner mouth lip-red within the 300 steps of the demo's fuse stage, so open mouths look red; with
-            ``inner`` they stay dark, but the dark mouth shows through those lips (−1.6 dB at demo scale).
-            (Blocking the mouth's opacity and position gradients as well let it spread over the chin: −3 dB.)
-        face_random_background: the ``face`` stage composites the face branch (and its target) over a random
-            uniform colour per frame instead of the frame's background (★, the random-background trick of
-            3DGS; off by default). Over the real background a semi-transparent lip looks right, and in the
-            ``fuse`` stage the mouth behind it then shows through. In both demo-scale runs with it, the
-            deformation decoder's ReLU trunk died completely (static offsets, label control exactly 0; see
-            ``decoder_activation`` of :class:`~ua3dtalk.models.deformation.DeformationNetwork`).
-        backend: renderer backend (``auto``).
-        log_images_every: validation renders logged every this many validation batches (0 = never).
+        stage: one of ``prior | emotion | mouth | face | fuse`` (the curriculum sets it per stage).
+        config: the typed :class:`~ua3dtalk.models.config.UA3DTalkConfig` (learning rates and schedule, loss
+            weights, ★ terms, emotion condition, renderer; defaults when None).
+        **options: fields of that configuration set on top of ``config`` (the keys of ``model`` in the
+            experiment yamls, e.g. ``lr_net=1e-3``).
+
+    The options become attributes of the same name (``self.max_steps``, ``self.landmark_weight``, …; the
+    curriculum changes ``max_steps`` per stage); ``self.config`` keeps the configuration as given.
     """
 
-    def __init__(
-        self,
-        face: GaussianModel,
-        mouth: GaussianModel,
-        deformation: DeformationNetwork,
-        mouth_deformation: MouthDeformation,
-        prior: Optional[PriorExtraction] = None,
-        emotion: Optional[EmotionDistillation] = None,
-        emotion_field: Optional[EmotionField] = None,
-        emotion_control: Optional[EmotionControl] = None,
-        face_density: Optional[DensityControl] = None,
-        mouth_density: Optional[DensityControl] = None,
-        stage: str = "face",
-        lr_gaussians: Optional[dict] = None,
-        lr_means_final: float = 1.6e-6,
-        lr_net: float = 5e-4,
-        lr_grid: float = 5e-3,
-        net_warmup: int = 100,
-        net_lr_final: float = 0.1,
-        uncertainty_weight: float = 0.01,
-        uncertainty_beta: float = 0.5,
-        lr_prior: float = 1e-3,
-        lr_emotion: float = 1e-3,
-        max_steps: int = 10000,
-        static_warmup: int = 500,
-        ssim_weight: float = 0.2,
-        reg_weight: float = 1e-3,
-        alpha_weight: float = 0.1,
-        hole_weight: float = 0.1,
-        cover_weight: float = 0.5,
-        lpips_weight: float = 0.0,
-        lpips_patches: int = 1,
-        lpips_patch_size: int = 32,
-        lpips_random_backbone: bool = False,
-        sh_increase_every: int = 1000,
-        emotion_condition: str = "audio",
-        landmark_weight: float = 0.0,
-        landmark_anchors: Optional[LandmarkAnchors] = None,
-        landmark_frames: int = 0,
-        landmark_bank: int = 4096,
-        emotion_swap_weight: float = 0.0,
-        init_mouth_color: bool = True,
-        fuse_mouth_grad: str = "all",
-        face_random_background: bool = False,
-        backend: str = "auto",
-        log_images_every: int = 1,
-    ):
+    def __init__(self, face: GaussianModel, mouth: GaussianModel, deformation: DeformationNetwork,
+                 mouth_deformation: MouthDeformation, prior: Optional[PriorExtraction] = None,
+                 emotion: Optional[EmotionDistillation] = None, emotion_field: Optional[EmotionField] = None,
+                 emotion_control: Optional[EmotionControl] = None, face_density: Optional[DensityControl] = None,
+                 mouth_density: Optional[DensityControl] = None, landmark_anchors: Optional[LandmarkAnchors] = None,
+                 stage: str = "face", config: Optional[UA3DTalkConfig] = None, **options):
         super().__init__()
         if stage not in STAGES:
             raise ValueError(f"UA3DTalk: unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
-        from ..render.api import BACKENDS
-
-        if backend not in BACKENDS:  # found here, not at the first render hours into a run
-            raise ValueError(f"UA3DTalk: unknown renderer backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        cfg = make_config(UA3DTalkConfig, config, options, "UA3DTalk")
+        self.config = cfg
         if "emotion" in deformation.views and (emotion is None or emotion_field is None):
             raise ValueError("UA3DTalk: the deformation has the 'emotion' view but no emotion encoder/field is "
                              "configured (use views without 'emotion' for the no-emotion ablation)")
         if ({"content", "style"} & set(deformation.views)) and prior is None:
             raise ValueError("UA3DTalk: the deformation has content/style views but no prior is configured")
-        if emotion_condition not in ("audio", "label"):
-            raise ValueError(f"UA3DTalk: emotion_condition must be 'audio' or 'label', got {emotion_condition!r}")
-        self.emotion_condition = emotion_condition
-        if landmark_weight < 0:
-            raise ValueError(f"UA3DTalk: landmark_weight must be ≥ 0, got {landmark_weight}")
-        self.landmark_weight = float(landmark_weight)
+        self.emotion_condition = cfg.emotion_condition
+        self.landmark_weight = float(cfg.landmark_weight)
         self.landmark_anchors = (landmark_anchors if landmark_anchors is not None else LandmarkAnchors()) \
             if self.landmark_weight > 0 else None
-        if landmark_frames < 0 or landmark_bank < 1:
-            raise ValueError(f"UA3DTalk: landmark_frames must be ≥ 0 and landmark_bank ≥ 1 (got {landmark_frames}, "
-                             f"{landmark_bank})")
-        self.landmark_frames, self.landmark_bank = int(landmark_frames), int(landmark_bank)
+        self.landmark_frames, self.landmark_bank = int(cfg.landmark_frames), int(cfg.landmark_bank)
         self._bank: dict[str, torch.Tensor] = {}  # replay bank of the landmark term (see landmark_frames)
-        if emotion_swap_weight < 0:
-            raise ValueError(f"UA3DTalk: emotion_swap_weight must be ≥ 0, got {emotion_swap_weight}")
-        self.emotion_swap_weight = float(emotion_swap_weight)
-        self.init_mouth_color = bool(init_mouth_color)
-        if fuse_mouth_grad not in ("inner", "all"):
-            raise ValueError(f"UA3DTalk: fuse_mouth_grad must be 'inner' or 'all', got {fuse_mouth_grad!r}")
-        self.fuse_mouth_grad = fuse_mouth_grad
-        self.face_random_background = bool(face_random_background)
+        self.emotion_swap_weight = float(cfg.emotion_swap_weight)
+        self.init_mouth_color = bool(cfg.init_mouth_color)
+        self.fuse_mouth_grad = cfg.fuse_mouth_grad
+        self.face_random_background = bool(cfg.face_random_background)
         self.register_buffer("mouth_color_initialised", torch.tensor(False))
         self._bank_seen = self._bank_n = 0  # frames offered to / held by the bank
         self.automatic_optimization = False
@@ -255,34 +132,25 @@ class UA3DTalk(HealthMixin, TalkingHead, RenderLosses, LandmarkBank, AudioStages
                                  f"(emotions × intensity levels), got n_cells={self.landmark_anchors.n_cells}")
         self.face_density, self.mouth_density = face_density, mouth_density
         self.stage = stage
-        self.lr_gaussians = dict(lr_gaussians or {"means": 1.6e-4, "quats": 1e-3, "log_scales": 5e-3,
-                                                  "opacity_logits": 5e-2, "sh": 2.5e-3})
-        self.lr_means_final, self.lr_net, self.lr_prior, self.lr_emotion = lr_means_final, lr_net, lr_prior, lr_emotion
-        for key, v in (("lr_net", lr_net), ("lr_grid", lr_grid), ("net_lr_final", net_lr_final)):
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ValueError(f"UA3DTalk: {key} must be a finite number > 0, got {v!r}")
-        if int(net_warmup) < 0:
-            raise ValueError(f"UA3DTalk: net_warmup must be ≥ 0, got {net_warmup}")
-        if not (math.isfinite(uncertainty_weight) and uncertainty_weight >= 0 and math.isfinite(uncertainty_beta)
-                and 0 <= uncertainty_beta <= 1):
-            raise ValueError("UA3DTalk: uncertainty_weight must be ≥ 0 and uncertainty_beta in [0, 1] (got "
-                             f"{uncertainty_weight}, {uncertainty_beta})")
-        self.lr_grid, self.net_warmup, self.net_lr_final = float(lr_grid), int(net_warmup), float(net_lr_final)
-        self.uncertainty_weight, self.uncertainty_beta = float(uncertainty_weight), float(uncertainty_beta)
-        self.max_steps, self.static_warmup = int(max_steps), int(static_warmup)
-        self.ssim_weight, self.reg_weight, self.alpha_weight = ssim_weight, reg_weight, alpha_weight
+        self.lr_gaussians = dict(cfg.lr_gaussians or {"means": 1.6e-4, "quats": 1e-3, "log_scales": 5e-3,
+                                                      "opacity_logits": 5e-2, "sh": 2.5e-3})
+        self.lr_means_final, self.lr_net, self.lr_prior, self.lr_emotion = \
+            cfg.lr_means_final, cfg.lr_net, cfg.lr_prior, cfg.lr_emotion
+        self.lr_grid, self.net_warmup = float(cfg.lr_grid), int(cfg.net_warmup)
+        self.net_lr_final = float(cfg.net_lr_final)
+        self.uncertainty_weight, self.uncertainty_beta = float(cfg.uncertainty_weight), float(cfg.uncertainty_beta)
+        self.max_steps, self.static_warmup = int(cfg.max_steps), int(cfg.static_warmup)
+        self.ssim_weight, self.reg_weight, self.alpha_weight = cfg.ssim_weight, cfg.reg_weight, cfg.alpha_weight
         self._step_in_progress: Optional[int] = None  # the render step being trained (error messages)
-        self.hole_weight = float(hole_weight)
-        self.cover_weight = float(cover_weight)
-        self.lpips_weight, self.lpips_patches = float(lpips_weight), int(lpips_patches)
-        self.lpips_patch_size, self.lpips_random_backbone = int(lpips_patch_size), bool(lpips_random_backbone)
-        if self.lpips_weight < 0 or self.lpips_patches < 0 or self.lpips_patch_size < 32:
-            raise ValueError("UA3DTalk: lpips_weight and lpips_patches must be ≥ 0 and lpips_patch_size ≥ 32 "
-                             f"(got {lpips_weight}, {lpips_patches}, {lpips_patch_size})")
+        self.hole_weight = float(cfg.hole_weight)
+        self.cover_weight = float(cfg.cover_weight)
+        self.lpips_weight, self.lpips_patches = float(cfg.lpips_weight), int(cfg.lpips_patches)
+        self.lpips_patch_size, self.lpips_random_backbone = int(cfg.lpips_patch_size), bool(cfg.lpips_random_backbone)
         self._lpips_net: list = []  # built on first use; kept out of the state dict (fixed weights)
         if self.lpips_weight > 0:
             self._lpips()  # fail at construction, naming the missing backbone file, not hours into a run
-        self.sh_increase_every, self.backend, self.log_images_every = sh_increase_every, backend, log_images_every
+        self.sh_increase_every, self.backend = cfg.sh_increase_every, cfg.backend
+        self.log_images_every = cfg.log_images_every
         self.val_outputs: list[dict] = []
         self._set_bounds()
 

@@ -34,6 +34,7 @@ from .fusion import (
 )
 from .health import LOW_HEALTH, HealthMeter, low_health
 from .norm import RunningStandardize
+from .config import DeformationConfig, MouthDeformationConfig
 from .network import VIEW_NAMES, DeformationNetwork, DeformationOutput, MouthDeformation
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "diagonal_fusion", "full_cov_fusion", "spd_inverse", "uniform_fusion", "ensemble_covariance", "FusionOutput",
     "UncertaintyFusion", "FUSION_MODES",
     "MultiHeadDecoder", "Deltas", "HEAD_DIMS",
-    "DeformationNetwork", "MouthDeformation", "DeformationOutput", "VIEW_NAMES",
+    "DeformationNetwork", "MouthDeformation", "DeformationOutput", "VIEW_NAMES", "DeformationConfig",
+    "MouthDeformationConfig",
     "RunningStandardize", "HealthMeter", "low_health", "LOW_HEALTH",
 ]

@@ -40,6 +40,8 @@ from torch import nn
 from ..audio_view import AudioView
 from ..cache import InferenceCache
 from ..fields import PositionField
+from ...utils.typed_config import make_config
+from .config import DeformationConfig, MouthDeformationConfig
 from .decoder import Deltas, MultiHeadDecoder
 from .ensemble import ViewInput
 from .fusion import FusionOutput, UncertaintyFusion
@@ -48,7 +50,7 @@ from .norm import RunningStandardize
 
 Tensor = torch.Tensor
 
-VIEW_NAMES = ("audio", "content", "style", "emotion")
+VIEW_NAMES = DeformationConfig.views  # ("audio", "content", "style", "emotion"): every view, in order
 
 
 @dataclass
@@ -73,94 +75,33 @@ class DeformationNetwork(InferenceCache, nn.Module):
         audio_in_channels: feature size ``C`` of the audio windows.
         bounds_min, bounds_max: box of the position field (the canonical Gaussians' bounding box; can be
             set later with ``self.position_field.set_bounds``).
-        views: configured views, a non-empty subset of ``("audio", "content", "style", "emotion")``.
-        content_dim, style_dim, emotion_dim: sizes of the content/style prior features (64) and of the
-            emotion field features (192).
-        code_dim: size ``D`` of the fused code μ_f (48).
-        hidden: hidden width of ensemble members, concat MLP and decoder trunk (64).
-        members: ensemble size ``T`` (10).
-        fusion: ``diagonal | full_cov | uniform | concat`` (see :class:`UncertaintyFusion`).
-        uncertainty: ``both | aleatoric | epistemic``.
-        ensemble_switch: training steps of stage A (single random ensemble member).
-        heads, extra_heads, single_head, xyz_scale: decoder heads (see :class:`MultiHeadDecoder`).
-        field_resolution, field_scales, field_channels: position field (H size = channels · #scales).
-        audio_dim, eye_dim, blink_dim, audio_window, audio_seq_len: audio view (see :class:`AudioView`).
-        detach_xyz: feed ``xyz.detach()`` to the position field (default; the canonical positions are
-            then learned by the rendering loss only, not through the deformation network).
-        var_floor: variance floor of the uncertainty blocks.
-        compute_dtype: ``"float32"`` (default, exact), ``"bfloat16"`` (the ensembles' matmuls in
-            bfloat16; fused code, variances and parameter gradients stay float32) or ``"auto"``
-            (bfloat16 on CPUs with fast bfloat16 matmuls, float32 elsewhere; the experiments' default).
-        cache: use the inference cache (module docstring) in calls without autograd.
-        emotion_position: ★ concatenate H to the emotion view as well (192+64 instead of 192). The emotion
-            field's planes start at ≈ 1 ± 0.1, so f_emotion is at first the emotion code broadcast over the
-            head: without H the emotion view cannot say *where* an emotion moves the face (brows, lip corners)
-            until the planes have learned it, and in a few thousand CPU steps they do not.
-        view_dropout: probability of leaving a view out of a training forward
-            (:class:`~ua3dtalk.models.deformation.fusion.UncertaintyFusion`; 0 = the paper).
-        decoder_activation: nonlinearity of the decoder's trunk, ``relu`` (the paper) or ``silu`` (★; see
-            :class:`~ua3dtalk.models.deformation.decoder.MultiHeadDecoder`).
-        norm_momentum: rate floor of the stored statistics that standardise ``H``, each view's own
-            feature and the fused code per channel (:class:`~ua3dtalk.models.deformation.norm.RunningStandardize`,
-            DESIGN §4.5).
+        config: the typed :class:`~ua3dtalk.models.deformation.config.DeformationConfig` (views, sizes,
+            fusion, uncertainty, heads, field, audio view, precision, ★ options; defaults when None).
+        **options: fields of that configuration set on top of ``config`` (the keys of
+            ``model.deformation`` in the experiment yamls, e.g. ``members=4, fusion="uniform"``).
     """
 
-    def __init__(
-        self,
-        audio_in_channels: int,
-        bounds_min: Sequence[float] = (-1.0, -1.0, -1.0),
-        bounds_max: Sequence[float] = (1.0, 1.0, 1.0),
-        views: Sequence[str] = VIEW_NAMES,
-        content_dim: int = 64,
-        style_dim: int = 64,
-        emotion_dim: int = 192,
-        code_dim: int = 48,
-        hidden: int = 64,
-        members: int = 10,
-        fusion: str = "diagonal",
-        uncertainty: str = "both",
-        ensemble_switch: int = 15000,
-        heads: Sequence[str] = ("xyz", "rot", "scale"),
-        extra_heads: Sequence[str] = (),
-        single_head: bool = False,
-        xyz_scale: float = 1e-2,
-        field_resolution: int = 64,
-        field_scales: Sequence[int] = (1, 2, 4, 8),
-        field_channels: int = 16,
-        audio_dim: int = 32,
-        eye_dim: int = 6,
-        blink_dim: int = 1,
-        audio_window: int = 16,
-        audio_seq_len: int = 8,
-        detach_xyz: bool = True,
-        var_floor: float = 1e-4,
-        compute_dtype: str = "float32",
-        cache: bool = True,
-        view_dropout: float = 0.0,
-        emotion_position: bool = False,
-        decoder_activation: str = "relu",
-        norm_momentum: float = 0.01,
-    ) -> None:
+    config_class: type[DeformationConfig] = DeformationConfig
+
+    def __init__(self, audio_in_channels: int, bounds_min: Sequence[float] = (-1.0, -1.0, -1.0),
+                 bounds_max: Sequence[float] = (1.0, 1.0, 1.0), config: Optional[DeformationConfig] = None,
+                 **options: Any) -> None:
         super().__init__()
-        views = tuple(str(v) for v in views)
-        if not views:
-            raise ValueError("DeformationNetwork: at least one view is required")
-        for v in views:
-            if v not in VIEW_NAMES:
-                raise ValueError(f"DeformationNetwork: unknown view {v!r}; expected a subset of {VIEW_NAMES}")
-        if len(set(views)) != len(views):
-            raise ValueError(f"DeformationNetwork: duplicate views in {views}")
+        cfg = make_config(self.config_class, config, options, type(self).__name__)
+        self.config = cfg
+        views = cfg.views
         self.views = views
-        self.emotion_position = bool(emotion_position)
-        self.detach_xyz = bool(detach_xyz)
-        self.content_dim, self.style_dim, self.emotion_dim = int(content_dim), int(style_dim), int(emotion_dim)
-        self.position_field = PositionField(bounds_min, bounds_max, field_resolution, field_scales, field_channels)
+        self.emotion_position = cfg.emotion_position
+        self.detach_xyz = cfg.detach_xyz
+        self.content_dim, self.style_dim, self.emotion_dim = cfg.content_dim, cfg.style_dim, cfg.emotion_dim
+        self.position_field = PositionField(bounds_min, bounds_max, cfg.field_resolution, cfg.field_scales,
+                                            cfg.field_channels)
         h_dim = self.position_field.out_dim
         self.h_dim = h_dim
         self.audio_view: Optional[AudioView] = None
         if "audio" in views:
-            self.audio_view = AudioView(audio_in_channels, h_dim, audio_dim, eye_dim, blink_dim, audio_window,
-                                        audio_seq_len)
+            self.audio_view = AudioView(audio_in_channels, h_dim, cfg.audio_dim, cfg.eye_dim, cfg.blink_dim,
+                                        cfg.audio_window, cfg.audio_seq_len)
         dims = {
             "audio": (self.audio_view.out_dim if self.audio_view is not None else 0) + h_dim,
             "content": self.content_dim + h_dim,
@@ -168,19 +109,19 @@ class DeformationNetwork(InferenceCache, nn.Module):
             "emotion": self.emotion_dim + (h_dim if self.emotion_position else 0),
         }
         self.view_dims = {v: dims[v] for v in views}
-        self.fusion = UncertaintyFusion(self.view_dims, code_dim, hidden, members, fusion, uncertainty,
-                                        ensemble_switch, var_floor=var_floor, compute_dtype=compute_dtype,
-                                        view_dropout=view_dropout)
-        self.decoder = MultiHeadDecoder(code_dim + h_dim, hidden, heads, extra_heads, single_head, xyz_scale,
-                                        activation=decoder_activation)
+        self.fusion = UncertaintyFusion(self.view_dims, cfg.code_dim, cfg.hidden, cfg.members, cfg.fusion,
+                                        cfg.uncertainty, cfg.ensemble_switch, var_floor=cfg.var_floor,
+                                        compute_dtype=cfg.compute_dtype, view_dropout=cfg.view_dropout)
+        self.decoder = MultiHeadDecoder(cfg.code_dim + h_dim, cfg.hidden, cfg.heads, cfg.extra_heads, cfg.single_head,
+                                        cfg.xyz_scale, activation=cfg.decoder_activation)
         # stored per-channel statistics (DESIGN §4.5): H, every view's own feature, the fused code
-        self.h_norm = RunningStandardize(h_dim, norm_momentum)
+        self.h_norm = RunningStandardize(h_dim, cfg.norm_momentum)
         feat = {"audio": self.audio_view.out_dim if self.audio_view is not None else 0,
                 "content": self.content_dim, "style": self.style_dim, "emotion": self.emotion_dim}
-        self.input_norms = nn.ModuleDict({v: RunningStandardize(feat[v], norm_momentum) for v in views})
-        self.code_norm = RunningStandardize(code_dim, norm_momentum)
-        self.compute_dtype = str(compute_dtype)
-        self.cache_enabled = bool(cache)
+        self.input_norms = nn.ModuleDict({v: RunningStandardize(feat[v], cfg.norm_momentum) for v in views})
+        self.code_norm = RunningStandardize(cfg.code_dim, cfg.norm_momentum)
+        self.compute_dtype = cfg.compute_dtype
+        self.cache_enabled = cfg.cache
         #: a :class:`~ua3dtalk.models.deformation.health.HealthMeter` recording every forward without
         #: autograd (validation, evaluation), or None
         self.monitor: Optional[HealthMeter] = None
@@ -332,70 +273,14 @@ class DeformationNetwork(InferenceCache, nn.Module):
 class MouthDeformation(DeformationNetwork):
     """Inside-mouth branch: Δxyz only, from the audio and content views (DESIGN §4).
 
-    Args: as :class:`DeformationNetwork`, restricted to ``views ⊆ ("audio", "content")`` and a single
-    ``xyz`` head; ``eye_dim`` defaults to 0 (no eye input for the oral cavity).
+    Args: as :class:`DeformationNetwork`, with a
+    :class:`~ua3dtalk.models.deformation.config.MouthDeformationConfig` (``views ⊆ ("audio", "content")``, the
+    single ``xyz`` head, ``eye_dim`` 0 by default: no eye input for the oral cavity). :meth:`forward` is the
+    face branch's: the style/emotion inputs are ignored (no such view), ``deltas.xyz`` is ``[B, N, 3]`` and
+    the other fields ``None``.
     """
 
-    def __init__(
-        self,
-        audio_in_channels: int,
-        bounds_min: Sequence[float] = (-1.0, -1.0, -1.0),
-        bounds_max: Sequence[float] = (1.0, 1.0, 1.0),
-        views: Sequence[str] = ("audio", "content"),
-        content_dim: int = 64,
-        code_dim: int = 48,
-        hidden: int = 64,
-        members: int = 10,
-        fusion: str = "diagonal",
-        uncertainty: str = "both",
-        ensemble_switch: int = 15000,
-        xyz_scale: float = 1e-2,
-        field_resolution: int = 64,
-        field_scales: Sequence[int] = (1, 2, 4, 8),
-        field_channels: int = 16,
-        audio_dim: int = 32,
-        eye_dim: int = 0,
-        blink_dim: int = 1,
-        audio_window: int = 16,
-        audio_seq_len: int = 8,
-        detach_xyz: bool = True,
-        var_floor: float = 1e-4,
-        compute_dtype: str = "float32",
-        cache: bool = True,
-        decoder_activation: str = "relu",
-        norm_momentum: float = 0.01,
-    ) -> None:
-        views = tuple(str(v) for v in views)
-        bad = [v for v in views if v not in ("audio", "content")]
-        if bad:
-            raise ValueError(f"MouthDeformation: views must be a subset of ('audio', 'content'), got {views}")
-        super().__init__(
-            audio_in_channels, bounds_min, bounds_max, views=views, content_dim=content_dim, code_dim=code_dim,
-            hidden=hidden, members=members, fusion=fusion, uncertainty=uncertainty,
-            ensemble_switch=ensemble_switch, heads=("xyz",), extra_heads=(), single_head=False,
-            xyz_scale=xyz_scale, field_resolution=field_resolution, field_scales=field_scales,
-            field_channels=field_channels, audio_dim=audio_dim, eye_dim=eye_dim, blink_dim=blink_dim,
-            audio_window=audio_window, audio_seq_len=audio_seq_len, detach_xyz=detach_xyz, var_floor=var_floor,
-            compute_dtype=compute_dtype, cache=cache, decoder_activation=decoder_activation,
-            norm_momentum=norm_momentum,
-        )
-
-    def forward(  # type: ignore[override]
-        self,
-        xyz: Tensor,
-        audio: Optional[Tensor] = None,
-        blink: Optional[Tensor] = None,
-        content: Optional[Tensor] = None,
-        step: Optional[int] = None,
-        single_member: Optional[bool] = None,
-        update_stats: bool = True,
-        **_ignored: Optional[Tensor],
-    ) -> DeformationOutput:
-        """As :meth:`DeformationNetwork.forward` with the audio/content inputs only (``style``/``emotion``
-        keyword arguments are accepted and ignored); ``deltas.xyz`` is ``[B, N, 3]``, the other fields
-        ``None``."""
-        return super().forward(xyz, audio, blink, content, None, None, step=step, single_member=single_member,
-                               update_stats=update_stats)
+    config_class = MouthDeformationConfig
 
 
 __all__ = ["DeformationNetwork", "MouthDeformation", "DeformationOutput", "VIEW_NAMES"]
