@@ -210,28 +210,28 @@ def resolve_emotion(model, emotion: str, intensity, blend):
     return torch.as_tensor(e)[None] if torch.as_tensor(e).dim() == 1 else e
 
 
-def predict_dataset(data_config: dict, audio, pose: str = "dataset", emotion: str = "audio", intensity=None):
-    """The inference frames: the training dataset's camera track (``pose=dataset``) or a pose file."""
-    from ..data import load_dataset
-    from ..data.predict import PredictDataset
+#: the training DataModule's arguments a checkpoint keeps (``data_config``) that inference uses
+PREDICT_DATA_KEYS = ("feature", "context_feature", "extractor_model", "extractor_layer", "neighbours", "background")
 
-    if pose == "dataset":
-        root = data_config.get("root")
-        if not root or not Path(root).exists():
-            raise FileNotFoundError(f"pose=dataset: the training dataset {root!r} is not available; pass pose=FILE")
-        data = load_dataset(root)
-        cameras = getattr(data, "clips", [data])[0]
-        background = "bc"
-    else:
-        cameras, background = Path(pose), "white"
-    # the training features: same model *and* layer (older checkpoints: no layer, no context feature)
-    return PredictDataset(audio, features=data_config.get("feature") or "mel", cameras=cameras,
-                          emotion=emotion if emotion != "audio" else "audio",
-                          intensity=int(intensity) if intensity else None, background=background,
-                          extractor_model=data_config.get("extractor_model"),
-                          extractor_layer=data_config.get("extractor_layer"),
-                          context_features=data_config.get("context_feature"),
-                          neighbours=int(data_config.get("neighbours") or 8))
+
+def predict_datamodule(data_config: dict, audio, pose: str = "dataset", emotion: str = "audio", intensity=None):
+    """The training DataModule set up for ``predict`` (:meth:`~ua3dtalk.data.datamodule.TalkingHeadDataModule.
+    predict_dataloader`): ``audio`` with the training features (same model *and* layer), along the training
+    dataset's camera track (``pose=dataset``; the dataset must be present) or a camera-track file (over white)."""
+    from ..data.datamodule import TalkingHeadDataModule
+
+    root = data_config.get("root")
+    if pose == "dataset" and (not root or not Path(root).exists()):
+        raise FileNotFoundError(f"pose=dataset: the training dataset {root!r} is not available; pass pose=FILE")
+    kw = {k: data_config[k] for k in PREDICT_DATA_KEYS if data_config.get(k) is not None}
+    kw.setdefault("feature", "mel")
+    if kw["feature"] == "mel" and kw.get("context_feature") in (None, "mel"):  # older checkpoints kept them
+        kw.pop("extractor_model", None), kw.pop("extractor_layer", None)
+    dm = TalkingHeadDataModule(str(root or "."), predict_audio=str(audio),
+                               predict_cameras=None if pose == "dataset" else str(pose),
+                               predict_emotion=emotion, predict_intensity=int(intensity) if intensity else None, **kw)
+    dm.setup("predict")
+    return dm
 
 
 def infer(ckpt, audio, out, emotion="audio", intensity=None, blend=None, pose="dataset", backend="auto") -> dict:
@@ -246,18 +246,20 @@ def infer(ckpt, audio, out, emotion="audio", intensity=None, blend=None, pose="d
     check_output(out, "out", {"audio": audio, "ckpt": ckpt_path, "pose": pose if str(pose) != "dataset" else None},
                  min_free_bytes=64 << 20)
     model = load_model(ckpt_path, backend)
-    e = resolve_emotion(model, emotion, intensity, blend)
-    ds = predict_dataset(model.data_config, audio, pose, emotion, intensity)
+    model.predict_emotion = resolve_emotion(model, emotion, intensity, blend)  # read by predict_step
+    dm = predict_datamodule(model.data_config, audio, pose, emotion, intensity)
     n, t0 = [0], time.perf_counter()
 
     def frames():  # rendered while the encoder consumes them: memory does not grow with the audio length
-        for i in tqdm(range(len(ds)), desc="ua3dtalk-infer", unit="frame"):
-            img = model.render_predict(ds[i], emotion=e)[0]
-            n[0] += 1
-            yield (img.permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype("uint8")
+        with tqdm(total=len(dm.predict_dataset), desc="ua3dtalk-infer", unit="frame") as bar:
+            for i, batch in enumerate(dm.predict_dataloader()):
+                for img in model.predict_step(batch, i)["images"]:  # [3,H,W] in [0,1]
+                    n[0] += 1
+                    bar.update(1)
+                    yield (img.permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype("uint8")
 
     with torch.no_grad():
-        write_video(out, frames(), fps=25, audio_path=ds.audio_path)
+        write_video(out, frames(), fps=25, audio_path=dm.predict_dataset.audio_path)
     fps = n[0] / max(time.perf_counter() - t0, 1e-9)
     print(f"ua3dtalk-infer: wrote {out}: {n[0]} frames at {fps:.1f} frames/s (rendering and encoding)")
     return {"frames": n[0], "fps": fps, "out": str(out)}

@@ -91,6 +91,8 @@ class TalkingHeadDataModule(L.LightningDataModule):
         pin_memory: DataLoader ``pin_memory``.
         predict_audio: audio file for ``predict_dataloader`` (default: the first val clip's audio).
         predict_emotion, predict_intensity, predict_blink: see :class:`PredictDataset`.
+        predict_cameras: a camera track file for ``predict_dataloader`` instead of the first val clip's (then
+            with ``predict_audio``, over a white background; the dataset itself is not needed for predict).
         context_feature: features of the audio context (``AudioBatch.context`` /
             ``FrameBatch.audio_context``: what the prior's style encoder and the emotion encoder's
             ``w2v`` branch read) when they differ from ``feature``, given like ``feature`` ("wav2vec2"
@@ -107,7 +109,7 @@ class TalkingHeadDataModule(L.LightningDataModule):
                  sampler_uniform_mix: float = 0.5, jaw_column: Optional[int] = None,
                  predict_audio: Optional[str] = None, predict_emotion: Union[str, int] = "audio",
                  predict_intensity: Optional[int] = None, predict_blink: str = "zeros",
-                 context_feature: Optional[str] = None):
+                 context_feature: Optional[str] = None, predict_cameras: Optional[str] = None):
         super().__init__()
         self.save_hyperparameters()
         if background not in BACKGROUNDS:
@@ -147,6 +149,9 @@ class TalkingHeadDataModule(L.LightningDataModule):
         self.predict_emotion = predict_emotion
         self.predict_intensity = predict_intensity
         self.predict_blink = predict_blink
+        self.predict_cameras = predict_cameras
+        if predict_cameras is not None and predict_audio is None:
+            raise ValueError("predict_cameras needs predict_audio (the speech that drives the camera track)")
         self._extractor_obj = None
         self._context_extractor_obj = None
         self.clips: Optional[list[ClipInfo]] = None
@@ -235,7 +240,10 @@ class TalkingHeadDataModule(L.LightningDataModule):
         return {"train": train, "val": val, "test": val}
 
     def setup(self, stage: Optional[str] = None) -> None:
-        """Load and check the dataset (``DatasetError`` naming files), then build the datasets."""
+        """Load and check the dataset (``DatasetError`` naming files), then build the datasets. ``predict`` with
+        ``predict_cameras`` and ``predict_audio`` needs no dataset and loads none."""
+        if stage == "predict" and self.predict_cameras is not None:
+            return
         if self.clips is None:
             clips = self._load()
             name = self.feature_name
@@ -315,16 +323,19 @@ class TalkingHeadDataModule(L.LightningDataModule):
     @property
     def predict_dataset(self) -> PredictDataset:
         """:class:`PredictDataset` of ``predict_audio`` (or the first val clip's audio) with the camera track
-        of the first val clip."""
-        clips = self._require_setup()
+        ``predict_cameras`` (over white) or that of the first val clip (over its background)."""
         if self._predict is None:
-            val = self.split_index["val"]
-            ci = int(val[0, 0]) if len(val) else 0
-            clip = clips[ci]
-            bg = "bc" if self.background == "bc+torso" else self.background
-            common = dict(cameras=clip, emotion=self.predict_emotion, intensity=self.predict_intensity,
-                          background=bg, neighbours=self.neighbours, context=self.context, blink=self.predict_blink,
-                          segment_seconds=self.segment_seconds, blink_seed=self.seed)
+            common = dict(emotion=self.predict_emotion, intensity=self.predict_intensity, neighbours=self.neighbours,
+                          context=self.context, blink=self.predict_blink, segment_seconds=self.segment_seconds,
+                          blink_seed=self.seed)
+            if self.predict_cameras is not None:
+                clip, bg = Path(self.predict_cameras), "white"
+            else:
+                clips = self._require_setup()
+                val = self.split_index["val"]
+                clip = clips[int(val[0, 0]) if len(val) else 0]
+                bg = "bc" if self.background == "bc+torso" else self.background
+            common.update(cameras=clip, background=bg)
             if self.predict_audio is not None:
                 ex = self.extractor()
                 feats = ex if ex is not None else self.feature
