@@ -17,8 +17,8 @@ def test_demo_writes_report_pictures_and_videos(synth_emotional_roles, tmp_path)
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        rc = demo.main(["--out", str(tmp_path / "demo"), "--experiment", "smoke", "--eval-epochs", "1",
-                        "--sync-steps", "3", "--seeds", "0,1", "scale=tiny", "callbacks=none",
+        rc = demo.main(["--out", str(tmp_path / "demo"), "--profile", "full", "--experiment", "smoke",
+                        "--eval-epochs", "1", "--sync-steps", "3", "--seeds", "0,1", "scale=tiny", "callbacks=none",
                         f"data.root={synth_emotional_roles}", "trainer.enable_progress_bar=false",
                         "stage_steps={prior: 2, emotion: 2, mouth: 2, face: 6, fuse: 2}"])
     finally:
@@ -59,3 +59,20 @@ def test_demo_writes_report_pictures_and_videos(synth_emotional_roles, tmp_path)
     assert st["values"] == vals and abs(st["mean"] - sum(vals) / 2) < 1e-9
     assert abs(st["ci95"] - 12.706 * abs(vals[0] - vals[1]) / 2) < 1e-3 * max(1.0, st["ci95"])  # t(0.975, 1)
     assert "## Over seeds" in report
+
+
+def test_quick_profile_is_the_demo_job_scaled_down():
+    """``make demo`` (profile quick) runs the demo-scale job on its own, smaller synthetic set with fewer steps,
+    a shorter evaluator schedule and fewer clips scored; ``make demo-full`` is the demo scale itself."""
+    from ua3dtalk.cli.train import compose
+
+    quick, full = demo.PROFILES["quick"], demo.PROFILES["full"]
+    assert full.experiment == "demo_synth" and full.eval_clips is None and full.emotion_videos is None
+    assert quick.eval_epochs < full.eval_epochs and quick.sync_steps < full.sync_steps and quick.eval_clips >= 1
+    q, f = (compose([f"experiment={p.experiment}"]) for p in (quick, full))
+    assert q.data.root != f.data.root and q.data.synth.clips_per_level == 2
+    assert set(q.stage_steps) == set(f.stage_steps)
+    assert all(q.stage_steps[s] < f.stage_steps[s] for s in f.stage_steps)
+    assert q.model.face.num_points == f.model.face.num_points and q.model.deformation == f.model.deformation
+    with pytest.raises(SystemExit):
+        demo.main(["--profile", "slow"])

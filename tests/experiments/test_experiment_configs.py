@@ -24,7 +24,8 @@ ABLATIONS = {  # experiment → (component, variant) it changes w.r.t. the full 
     "abl_heads_single": ("heads", "single"),
     "abl_fusion_fullcov": ("fusion", "full_cov"),
 }
-EXPERIMENTS = {"paper_hdtf", "paper_mead", "demo_synth", "smoke", "baseline_talkinggaussian", "own_video", *ABLATIONS}
+EXPERIMENTS = {"paper_hdtf", "paper_mead", "demo_synth", "demo_quick", "smoke", "baseline_talkinggaussian", "own_video",
+               *ABLATIONS}
 FULL = {"prior": "learned", "emotion": "distilled", "fusion": "diagonal", "uncertainty": "both", "heads": "multi"}
 
 
@@ -42,7 +43,7 @@ def _instantiate_all(cfg, tmp_path):
 
 def test_experiment_files_are_the_expected_set():
     found = list_experiments()
-    assert len(found) == 14, f"expected 14 experiment files, found {len(found)}: {found}"
+    assert len(found) == 15, f"expected 15 experiment files, found {len(found)}: {found}"
     assert set(found) == EXPERIMENTS
 
 
@@ -162,7 +163,7 @@ def test_launchers_select_hydra_plugins():
     assert local.hydra.launcher._target_.endswith("BasicLauncher")
     swept = grid.hydra.sweeper.params
     exps = swept.experiment.split(",")
-    assert set(exps) == EXPERIMENTS - {"paper_hdtf", "demo_synth", "smoke", "own_video"}
+    assert set(exps) == EXPERIMENTS - {"paper_hdtf", "demo_synth", "demo_quick", "smoke", "own_video"}
     assert swept.seed == "0,1,2"
 
 

@@ -1,17 +1,24 @@
-"""``make demo``: the main job end to end on synthetic data, with a report.
+"""``make demo`` / ``make demo-full``: the main job end to end on synthetic data, with a report.
 
-    python -m ua3dtalk.cli.demo --out outputs/demo [--experiment demo_synth] [hydra overrides...]
+    python -m ua3dtalk.cli.demo --out outputs/demo [--profile quick|full] [--seeds 0,1,2] [hydra overrides...]
+
+Profiles (:data:`PROFILES`): ``quick`` (``make demo``, the first run: ``experiment=demo_quick``, 48 clips,
+40 % of the demo-scale steps, short evaluator schedule, 3 held-out clips scored, 3 label videos; ≤ 10 min
+from a fresh clone on 2 idle cores) and ``full`` (``make demo-full``: ``experiment=demo_synth``, the demo
+scale whose figures the README quotes).
 
 Steps (each timed, progress shown throughout):
 
-1. data — generate the ``small`` emotional synthetic dataset (first run only; 72 clips of 3 s at 128²);
+1. data — generate the ``small`` emotional synthetic dataset (first run only; 72 clips of 3 s at 128², 48
+   for ``quick``);
 2. evaluators — :func:`prepare_evaluators`: the metric evaluators trained on the synthetic ground
-   truth (DESIGN §8), cached;
-3. train — every stage of ``experiment=demo_synth`` (``scale/demo.yaml``); resumable, so an
+   truth's evaluator clips (DESIGN §8), cached;
+3. train — every stage of the profile's experiment (``scale/demo.yaml``); resumable, so an
    interrupted demo continues where it stopped;
 4. evaluate — :func:`evaluate`: every metric of the held-out clips into metrics.json and the report;
-5. render — ground truth vs. render of held-out frames, and one clip per emotion driven by the audio of
-   a held-out clip (label control, intensity 3) plus one with the emotion taken from the audio;
+5. render — ground truth vs. render of held-out frames, and clips driven by the audio of a held-out clip
+   with label control (intensity 3; every trained emotion, 3 for ``quick``) plus one with the emotion
+   taken from the audio;
 6. report — ``<out>/report.md`` with timings, metrics, plots (training curves, uncertainty-based fusion
    weights, ablation comparison when ``--ablation-runs`` is given) and the videos.
 """
@@ -31,7 +38,32 @@ from .args import Parser, int_in
 #: the demo's evaluator schedule (``make evaluators`` trains longer: 15 epochs, 300 SyncNet steps)
 DEMO_EVAL_EPOCHS, DEMO_SYNC_STEPS = 8, 150
 
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """What a demo profile runs: the experiment, the evaluators' schedule, how many held-out clips are scored
+    (None = all; also those of the label control) and how many label-controlled videos are rendered besides
+    the audio-driven one (None = every trained emotion)."""
+
+    experiment: str
+    eval_epochs: int
+    sync_steps: int
+    eval_clips: Optional[int]
+    emotion_videos: Optional[int]
+
+
+#: ``quick`` — ``make demo``, the first run (≤ 10 min from a fresh clone on 2 idle cores); ``full`` —
+#: ``make demo-full``, the demo-scale run whose figures the README quotes (about 20 min)
+PROFILES = {
+    "quick": Profile("demo_quick", eval_epochs=4, sync_steps=80, eval_clips=3, emotion_videos=3),
+    "full": Profile("demo_synth", eval_epochs=DEMO_EVAL_EPOCHS, sync_steps=DEMO_SYNC_STEPS, eval_clips=None,
+                    emotion_videos=None),
+}
+
 NO_EVAL_NOTE = "(no held-out evaluation metrics: see the demo log for what was skipped)"
+QUICK_NOTE = ("\n\nThis is the quick first run: 40 % of the demo-scale steps on 2 clips per emotion × intensity, "
+              "evaluators on a short schedule, 3 held-out clips scored. `make demo-full` runs the demo scale whose "
+              "figures the README quotes.")
 
 
 class _Steps:
@@ -89,7 +121,7 @@ def prepare_evaluators(cfg, out: Path, epochs: int = 0, sync_steps: int = 0) -> 
                              sync_steps or DEMO_SYNC_STEPS, tag="demo")
 
 
-def evaluate(cfg, ckpt: Path, evaluators: Optional[Any], out: Path) -> dict[str, Any]:
+def evaluate(cfg, ckpt: Path, evaluators: Optional[Any], out: Path, max_clips: Optional[int] = None) -> dict[str, Any]:
     """Step 4: render every frame of the held-out clips with the checkpoint and score them with the
     evaluators (``ua3dtalk-eval``'s code path, :func:`ua3dtalk.cli.run_eval.evaluate_checkpoint`); returns the
     namespaced metrics (``test/…`` of the held-out clips: ``psnr``, ``ssim``, ``lpips`` when the AlexNet file
@@ -99,7 +131,7 @@ def evaluate(cfg, ckpt: Path, evaluators: Optional[Any], out: Path) -> dict[str,
     and test clips; evaluators trained on a test clip are refused)."""
     from .run_eval import evaluate_checkpoint
 
-    return evaluate_checkpoint(Path(cfg.paths.run_dir), ckpt, evaluators, tag="demo")
+    return evaluate_checkpoint(Path(cfg.paths.run_dir), ckpt, evaluators, max_clips=max_clips, tag="demo")
 
 
 def _seed_stats(per_seed: dict[int, dict]) -> dict[str, dict]:
@@ -273,10 +305,14 @@ def plot_ablation(runs_dir: Path, path: Path, metric: str = "psnr") -> Optional[
 def main(argv=None) -> int:
     ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="outputs/demo")
-    ap.add_argument("--experiment", default="demo_synth")
+    ap.add_argument("--profile", choices=sorted(PROFILES), default="quick",
+                    help="quick: the first run, ≤ 10 min (make demo); full: the demo-scale run (make demo-full)")
+    ap.add_argument("--experiment", default=None, help="experiment (default: the profile's)")
     ap.add_argument("--ablation-runs", default=None, help="runs directory for the ablation plot (optional)")
-    ap.add_argument("--eval-epochs", type=int_in(0), default=0, help="evaluator training epochs (0 = demo default)")
-    ap.add_argument("--sync-steps", type=int_in(0), default=0, help="SyncNet training steps (0 = demo default)")
+    ap.add_argument("--eval-epochs", type=int_in(0), default=0, help="evaluator training epochs (0 = the profile's)")
+    ap.add_argument("--sync-steps", type=int_in(0), default=0, help="SyncNet training steps (0 = the profile's)")
+    ap.add_argument("--eval-clips", type=int_in(0), default=None,
+                    help="held-out clips scored, label control included (0 = all; default: the profile's)")
     ap.add_argument("--seeds", default="",
                     help="comma-separated seeds (e.g. 0,1,2): train and evaluate once per seed; the report and "
                          "metrics.json add mean ± 95 %% t-interval over them (the first seed's run is the one "
@@ -289,6 +325,9 @@ def main(argv=None) -> int:
         ap.error(f"--seeds: expected comma-separated integers, got {a.seeds!r}")
     if len(set(seeds)) != len(seeds):
         ap.error(f"--seeds: each seed once, got {a.seeds!r}")
+    prof = PROFILES[a.profile]
+    experiment = a.experiment or prof.experiment
+    eval_clips = prof.eval_clips if a.eval_clips is None else (a.eval_clips or None)
     import torch
 
     from ..data import read_frame
@@ -301,21 +340,21 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     steps = _Steps(6)
-    base = [f"experiment={a.experiment}", "resume=true", *a.overrides]
+    base = [f"experiment={experiment}", "resume=true", *a.overrides]
     cfg = compose(base + [f"paths.run_dir={out / 'run'}"] + ([f"seed={seeds[0]}"] if seeds else []))
 
     steps.start(f"data: {cfg.data.root}")
     ensure_dataset(cfg)
 
     steps.start("evaluators")
-    evaluators = prepare_evaluators(cfg, out, a.eval_epochs, a.sync_steps)
+    evaluators = prepare_evaluators(cfg, out, a.eval_epochs or prof.eval_epochs, a.sync_steps or prof.sync_steps)
 
     steps.start(f"train: experiment {cfg.name}, stages {list(cfg.stages)}")
     metrics = run(cfg)
     ckpt = Path(metrics["checkpoint"])
 
     steps.start("evaluate")
-    test_metrics = evaluate(cfg, ckpt, evaluators, out)
+    test_metrics = evaluate(cfg, ckpt, evaluators, out, eval_clips)
     protocol = test_metrics.pop("eval_protocol", None)
     checks = _emotion_checks(evaluators)
     if protocol is not None:
@@ -330,7 +369,7 @@ def main(argv=None) -> int:
         print(f"[demo] seed {seed}: train and evaluate", flush=True)
         cfg_s = compose(base + [f"paths.run_dir={out / f'run_seed{seed}'}", f"seed={seed}"])
         ck = Path(run(cfg_s)["checkpoint"])
-        tm = evaluate(cfg_s, ck, evaluators, out)
+        tm = evaluate(cfg_s, ck, evaluators, out, eval_clips)
         tm.pop("eval_protocol", None)
         _merge_json(Path(cfg_s.paths.run_dir) / "metrics.json", tm)
         per_seed[seed] = tm
@@ -363,7 +402,11 @@ def main(argv=None) -> int:
     _png(out / "gt_vs_render.png", _sheet([gt, pred]))
     videos = {}
     trained = {c.emotion_name for c in dm.clips if getattr(c, "emotion_name", None)}
-    emotions = ["audio"] + ([e for e in EMOTIONS if e in trained] if model.emotion_control is not None else [])
+    labels = [e for e in EMOTIONS if e in trained] if model.emotion_control is not None else []
+    if prof.emotion_videos is not None:  # quick: a few labels, spread over the trained emotions
+        labels = [labels[i] for i in np.linspace(0, len(labels) - 1, min(prof.emotion_videos, len(labels))).astype(int)
+                  ] if labels else []
+    emotions = ["audio"] + list(dict.fromkeys(labels))
     for emo in emotions:
         videos[emo] = infer(ckpt, clip.root / "aud.wav", out / f"emotion_{emo}.mp4", emotion=emo,
                             intensity=None if emo == "audio" else 3)
@@ -398,8 +441,9 @@ def main(argv=None) -> int:
     pics = "\n\n".join(f"### {k}\n\n![{k}]({p.name})" for k, p in plots.items() if p is not None)
     report = f"""# ua3dtalk demo
 
-Experiment `{cfg.name}` on `{cfg.data.root}` ({len(dm.clips)} clips, {dm.image_size[1]}×{dm.image_size[0]}),
-stages {list(metrics['stages'])}; run directory `{run_dir}`. Total time {steps.total / 60:.1f} min on this machine.
+Profile `{a.profile}`: experiment `{cfg.name}` on `{cfg.data.root}` ({len(dm.clips)} clips,
+{dm.image_size[1]}×{dm.image_size[0]}), stages {list(metrics['stages'])}; run directory `{run_dir}`. Total time
+{steps.total / 60:.1f} min on this machine.{QUICK_NOTE if a.profile == "quick" else ""}
 
 ## Ground truth (top) vs. render (bottom), held-out clip `{clip.clip_id}`
 

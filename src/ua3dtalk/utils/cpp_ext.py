@@ -129,3 +129,33 @@ class CppExtension:
         """Forget the loaded module and any memoised failure (tests)."""
         with self._lock:
             self._ext, self._error = None, None
+
+
+#: every C++ kernel of the project: (module, attribute) of its :class:`CppExtension`
+KERNELS = (("ua3dtalk.render.cpu_backend", "KERNEL"), ("ua3dtalk.models.deformation.kernels", "KERNEL"))
+
+
+def _status(module: str, attr: str) -> str:
+    import importlib
+
+    return getattr(importlib.import_module(module), attr).status(build=True)
+
+
+def main() -> int:
+    """``python -m ua3dtalk.utils.cpp_ext`` (``make setup``): build every kernel, one process each (two
+    compilers at once on two cores), and print each one's status. Exit 0 also when one cannot be built
+    (its fallback is used, with a warning)."""
+    import subprocess
+    import sys
+
+    procs = [(m, subprocess.Popen([sys.executable, "-c", f"from ua3dtalk.utils.cpp_ext import _status; "
+                                   f"print(_status({m!r}, {a!r}))"], stdout=subprocess.PIPE, text=True))
+             for m, a in KERNELS]
+    for m, p in procs:
+        out, _ = p.communicate()
+        print(f"{m}: {(out or '').strip().splitlines()[-1] if (out or '').strip() else 'unavailable'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
