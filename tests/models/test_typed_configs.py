@@ -88,3 +88,36 @@ def test_experiment_yaml_keys_are_config_fields():
         node = yaml.safe_load(sub.read_text()) or {}
         node = node.get("deformation", node)
         assert _scalar_keys(node) <= {f.name for f in dataclasses.fields(DeformationConfig)}, sub
+
+
+def test_data_and_prior_configs():
+    from ua3dtalk.data.config import DataConfig, EmotionalDataConfig
+    from ua3dtalk.models.prior import PriorConfig
+
+    with pytest.raises(ValueError, match="background must be one of bc, bc\\+torso, white, black, got 'grey'"):
+        DataConfig(background="grey")
+    with pytest.raises(ValueError, match="sampler must be None, 'mouth' or 'blink'"):
+        DataConfig(sampler="lips")
+    with pytest.raises(ValueError, match="predict_cameras needs predict_audio"):
+        DataConfig(predict_cameras="track.json")
+    with pytest.raises(ValueError, match="must be < 1"):
+        EmotionalDataConfig(val_fraction=0.5, test_fraction=0.3, evaluator_fraction=0.3)
+    assert EmotionalDataConfig(holdout_intensities=[3]).holdout_intensities == (3,)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        PriorConfig(temperature=0)
+    assert PriorConfig(recon_dims=[2, 0]).recon_dims == (2, 0) and PriorConfig(recon_dims="auto").recon_dims == "auto"
+    assert PriorConfig(emotional_dims=[True]).emotional_dims == (True,)  # not coerced: the prior names bad values
+
+
+def test_data_and_prior_yaml_keys_are_config_fields():
+    from ua3dtalk.data.config import EmotionalDataConfig
+    from ua3dtalk.models.prior import PriorConfig
+
+    cli_only = {"subject", "dir", "root", "synth"}  # read by the CLI (DATA_CLI_KEYS) or the positional root
+    fields = {f.name for f in dataclasses.fields(EmotionalDataConfig)}
+    for path in sorted((ROOT / "experiments/data").glob("*.yaml")):
+        node = yaml.safe_load(path.read_text()) or {}
+        assert _scalar_keys(node) - cli_only <= fields, (path.name, _scalar_keys(node) - cli_only - fields)
+    prior = yaml.safe_load((ROOT / "experiments/model/prior/learned.yaml").read_text())["prior"]
+    keys = _scalar_keys(prior) - {"in_channels", "expr_dim", "context_channels"}
+    assert keys <= {f.name for f in dataclasses.fields(PriorConfig)}, keys

@@ -11,9 +11,10 @@ They load and check the dataset (:mod:`ua3dtalk.data.loading`), compute missing 
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional
 
 import lightning as L
 import numpy as np
@@ -21,10 +22,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..constants import AUDIO_STAGES, STAGES
+from ..utils.typed_config import make_config
 from .audio import extract_features, read_feature_file
 from .batch import collate_batches
 from .clip import ClipInfo, iter_clips
-from .datasets import BACKGROUNDS, AudioFrameDataset, FrameDataset, all_positions
+from .config import DataConfig, EmotionalDataConfig
+from .datasets import AudioFrameDataset, FrameDataset, all_positions
 from .extractors import EXTRACTOR_FEATURES, make_extractor
 from .features import _check_features, _common_expr
 from .formats import DatasetError, DatasetWarning, Problem
@@ -65,93 +68,47 @@ class TalkingHeadDataModule(L.LightningDataModule):
 
     Args:
         root: the dataset directory.
-        feature: "mel" or "wav2vec2" (extractors: ``prepare_data`` computes and caches
-            ``aud_<name>.npy``), or the name of a stored feature file (``ds``, ``hu``, ``eo``, ``w2v``,
-            ``aud`` or a cache name) — see :data:`EXTRACTOR_FEATURES`.
-        extractor_model: wav2vec2 model (hub id in the local cache, or a directory) for
-            ``feature="wav2vec2"`` (default ``facebook/wav2vec2-base-960h``).
-        extractor_layer: wav2vec2 output, "logits" (default) or a hidden-layer index.
-        neighbours: windows in ``FrameBatch.audio_neighbours`` (TalkingGaussian: 8).
-        background: "bc", "bc+torso", "white", "black" (see :class:`FrameDataset`).
-        batch_size: frames per batch of the rendering stages.
-        audio_batch_size: frames per batch of the prior / emotion stages.
-        num_workers: DataLoader workers (``persistent_workers`` when > 0).
-        cache_size: decoded frames cached per worker (:class:`FrameDataset`).
-        sampler: None (uniform shuffling), "mouth" (:class:`MouthOpenCurriculumSampler`) or "blink"
-            (:class:`BlinkCurriculumSampler`) for the rendering stages' train loader.
-        sampler_power, sampler_uniform_mix: parameters of the curriculum sampler.
-        jaw_column: column of ``expr.npy`` holding the jaw opening, for ``sampler="mouth"`` (default:
-            read from ``synth.json``; else the mouth aspect ratio of the landmarks).
         stage: training stage selecting the loaders; settable (``dm.stage = "prior"``).
-        limit_val_frames: at most this many val frames (evenly spaced), None = all.
-        seed: seed of shuffling and samplers.
-        context: frames of the audio context.
-        segment_seconds: length of ``AudioBatch.waveform``.
-        index: index file of an emotional root (``clips.json`` / ``clips.txt``).
-        pin_memory: DataLoader ``pin_memory``.
-        predict_audio: audio file for ``predict_dataloader`` (default: the first val clip's audio).
-        predict_emotion, predict_intensity, predict_blink: see :class:`PredictDataset`.
-        predict_cameras: a camera track file for ``predict_dataloader`` instead of the first val clip's (then
-            with ``predict_audio``, over a white background; the dataset itself is not needed for predict).
-        context_feature: features of the audio context (``AudioBatch.context`` /
-            ``FrameBatch.audio_context``: what the prior's style encoder and the emotion encoder's
-            ``w2v`` branch read) when they differ from ``feature``, given like ``feature`` ("wav2vec2"
-            uses ``extractor_model`` / ``extractor_layer``); None = ``feature``. The windows
-            (``audio``, ``audio_neighbours``: the audio view, the prior's content encoder) keep ``feature``.
+        config: the typed :class:`~ua3dtalk.data.config.DataConfig` (features, backgrounds, batch sizes, workers,
+            sampler, seed, predict inputs; defaults when None).
+        **options: fields of that configuration set on top of ``config`` (the keys of ``data`` in the
+            experiment yamls).
     """
 
-    def __init__(self, root: str, feature: str = "mel", extractor_model: Optional[str] = None,
-                 neighbours: int = 8, background: str = "bc+torso", batch_size: int = 1, audio_batch_size: int = 128,
-                 num_workers: int = 0, cache_size: int = 256, sampler: Optional[str] = None, stage: str = "face",
-                 limit_val_frames: Optional[int] = None, seed: int = 0, context: int = 50,
-                 segment_seconds: float = 2.0, extractor_layer: Optional[Union[str, int]] = None,
-                 index: Optional[str] = None, pin_memory: bool = False, sampler_power: float = 1.0,
-                 sampler_uniform_mix: float = 0.5, jaw_column: Optional[int] = None,
-                 predict_audio: Optional[str] = None, predict_emotion: Union[str, int] = "audio",
-                 predict_intensity: Optional[int] = None, predict_blink: str = "zeros",
-                 context_feature: Optional[str] = None, predict_cameras: Optional[str] = None):
+    config_class: type[DataConfig] = DataConfig
+
+    def __init__(self, root: str, stage: str = "face", config: Optional[DataConfig] = None, **options: Any):
         super().__init__()
-        self.save_hyperparameters()
-        if background not in BACKGROUNDS:
-            raise ValueError(f"background must be one of {', '.join(BACKGROUNDS)}, got {background!r}")
-        if sampler not in (None, "mouth", "blink"):
-            raise ValueError(f"sampler must be None, 'mouth' or 'blink', got {sampler!r}")
-        if batch_size < 1 or audio_batch_size < 1:
-            raise ValueError("batch_size and audio_batch_size must be ≥ 1")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be ≥ 0, got {num_workers}")
-        if feature == "mel" and context_feature in (None, "mel") and (extractor_model is not None
-                                                                      or extractor_layer is not None):
-            raise ValueError("the mel extractor takes no extractor_model / extractor_layer")
+        cfg = make_config(self.config_class, config, options, type(self).__name__)
+        self.config = cfg
+        self.save_hyperparameters({"root": str(root), "stage": stage, **dataclasses.asdict(cfg)})
         self.root = Path(root)
-        self.feature = str(feature)
-        self.context_feature = None if context_feature in (None, feature) else str(context_feature)
-        self.extractor_model = extractor_model
-        self.extractor_layer = extractor_layer
-        self.neighbours = int(neighbours)
-        self.background = background
-        self.batch_size = int(batch_size)
-        self.audio_batch_size = int(audio_batch_size)
-        self.num_workers = int(num_workers)
-        self.cache_size = int(cache_size)
-        self.sampler = sampler
-        self.sampler_power = float(sampler_power)
-        self.sampler_uniform_mix = float(sampler_uniform_mix)
-        self.jaw_column = jaw_column
+        self.feature = str(cfg.feature)
+        self.context_feature = None if cfg.context_feature in (None, cfg.feature) else str(cfg.context_feature)
+        self.extractor_model = cfg.extractor_model
+        self.extractor_layer = cfg.extractor_layer
+        self.neighbours = int(cfg.neighbours)
+        self.background = cfg.background
+        self.batch_size = int(cfg.batch_size)
+        self.audio_batch_size = int(cfg.audio_batch_size)
+        self.num_workers = int(cfg.num_workers)
+        self.cache_size = int(cfg.cache_size)
+        self.sampler = cfg.sampler
+        self.sampler_power = float(cfg.sampler_power)
+        self.sampler_uniform_mix = float(cfg.sampler_uniform_mix)
+        self.jaw_column = cfg.jaw_column
         self.stage = stage
-        self.limit_val_frames = None if limit_val_frames is None else int(limit_val_frames)
-        self.seed = int(seed)
-        self.context = int(context)
-        self.segment_seconds = float(segment_seconds)
-        self.index = index
-        self.pin_memory = bool(pin_memory)
-        self.predict_audio = predict_audio
-        self.predict_emotion = predict_emotion
-        self.predict_intensity = predict_intensity
-        self.predict_blink = predict_blink
-        self.predict_cameras = predict_cameras
-        if predict_cameras is not None and predict_audio is None:
-            raise ValueError("predict_cameras needs predict_audio (the speech that drives the camera track)")
+        self.limit_val_frames = None if cfg.limit_val_frames is None else int(cfg.limit_val_frames)
+        self.seed = int(cfg.seed)
+        self.context = int(cfg.context)
+        self.segment_seconds = float(cfg.segment_seconds)
+        self.index = cfg.index
+        self.pin_memory = bool(cfg.pin_memory)
+        self.predict_audio = cfg.predict_audio
+        self.predict_emotion = cfg.predict_emotion
+        self.predict_intensity = cfg.predict_intensity
+        self.predict_blink = cfg.predict_blink
+        self.predict_cameras = cfg.predict_cameras
         self._extractor_obj = None
         self._context_extractor_obj = None
         self.clips: Optional[list[ClipInfo]] = None
@@ -416,33 +373,23 @@ class EmotionalTalkingHeadDataModule(TalkingHeadDataModule):
     out, test = val (and a warning says so). Emotion labels come from each clip's ``emotion.json``
     (``FrameBatch.emotion`` / ``AudioBatch.emotion``). :attr:`split_clips` maps each role to its clips.
 
-    Args:
-        root, …: as :class:`TalkingHeadDataModule` (the same arguments, same meaning).
-        val_fraction: fraction of each emotion's clips used for validation.
-        holdout_emotions: emotions (names or ids) used only for testing.
-        holdout_intensities: intensities (1..3) used only for testing.
-        split_seed: seed of the clip split (independent of ``seed``).
-        test_fraction: fraction of each emotion's clips used only for testing.
-        evaluator_fraction: fraction of each emotion's clips reserved for the evaluators.
+    Args: as :class:`TalkingHeadDataModule`, with an :class:`~ua3dtalk.data.config.EmotionalDataConfig`
+    (its options and the clip split: ``val_fraction``, ``test_fraction``, ``evaluator_fraction``,
+    ``holdout_emotions``, ``holdout_intensities``, ``split_seed``).
     """
 
-    def __init__(self, root: str, *args, val_fraction: float = 0.34,
-                 holdout_emotions: Sequence[Union[str, int]] = (), holdout_intensities: Sequence[int] = (),
-                 split_seed: int = 0, test_fraction: float = 0.0, evaluator_fraction: float = 0.0, **kwargs):
-        super().__init__(root, *args, **kwargs)
-        for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction),
-                        ("evaluator_fraction", evaluator_fraction)):
-            if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= float(f) < 1.0:
-                raise ValueError(f"data.{name} must be a number in [0, 1), got {f!r}")
-        if val_fraction + test_fraction + evaluator_fraction >= 1.0:
-            raise ValueError(f"data.val_fraction + data.test_fraction + data.evaluator_fraction must be < 1, got "
-                             f"{val_fraction} + {test_fraction} + {evaluator_fraction}")
-        self.val_fraction = float(val_fraction)
-        self.test_fraction = float(test_fraction)
-        self.evaluator_fraction = float(evaluator_fraction)
-        self.holdout_emotions = tuple(holdout_emotions)
-        self.holdout_intensities = tuple(int(k) for k in holdout_intensities)
-        self.split_seed = int(split_seed)
+    config_class = EmotionalDataConfig
+
+    def __init__(self, root: str, stage: str = "face", config: Optional[EmotionalDataConfig] = None,
+                 **options: Any):
+        super().__init__(root, stage, config, **options)
+        cfg = self.config
+        self.val_fraction = float(cfg.val_fraction)
+        self.test_fraction = float(cfg.test_fraction)
+        self.evaluator_fraction = float(cfg.evaluator_fraction)
+        self.holdout_emotions = tuple(cfg.holdout_emotions)
+        self.holdout_intensities = tuple(int(k) for k in cfg.holdout_intensities)
+        self.split_seed = int(cfg.split_seed)
         self.split_clips: dict[str, list[ClipInfo]] = {}
 
     def _load(self) -> list[ClipInfo]:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import mmap
 import warnings
 from collections import OrderedDict
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, get_args
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ from torch.utils.data import Dataset
 from .audio import SAMPLE_RATE, AudioFeatures, load_wav, read_feature_file
 from .batch import AudioBatch, FrameBatch
 from .clip import ClipInfo
+from .config import Background
 from .features import (
     _check_features,
     _common_expr,
@@ -63,7 +64,7 @@ from .formats import (
 
 Tensor = torch.Tensor
 
-BACKGROUNDS = ("bc", "bc+torso", "white", "black")
+BACKGROUNDS = get_args(Background)  # ("bc", "bc+torso", "white", "black"), data/config.py
 
 
 # --------------------------------------------------------------------------------------------------

@@ -14,10 +14,11 @@ Public API:
 from .encoders import ContentEncoder, FuseNet, StyleEncoder
 from .io import WeightsError, load_checked, read_state_dict, write_state_dict
 from .losses import decorrelation_penalty, emotion_invariance_penalty, info_nce
+from .config import PriorConfig
 from .module import PriorExtraction, PriorOutput, audio_context, frame_features
 
 __all__ = [
-    "ContentEncoder", "StyleEncoder", "FuseNet", "PriorExtraction", "PriorOutput", "frame_features",
+    "ContentEncoder", "StyleEncoder", "FuseNet", "PriorExtraction", "PriorConfig", "PriorOutput", "frame_features",
     "audio_context", "info_nce", "decorrelation_penalty", "emotion_invariance_penalty", "read_state_dict",
     "write_state_dict", "load_checked", "WeightsError",
 ]

@@ -53,7 +53,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...utils.typed_config import make_config
 from .checks import expect
+from .config import PriorConfig
 from .encoders import ContentEncoder, FuseNet, StyleEncoder
 from .io import WeightsError, load_checked, read_state_dict, write_state_dict
 from .losses import decorrelation_penalty, emotion_invariance_penalty, info_nce
@@ -159,63 +161,39 @@ class PriorExtraction(nn.Module):
     Args:
         in_channels: audio feature channels ``C`` of the per-frame windows.
         expr_dim: number ``K`` of expression coefficients.
-        mouth_dims: indices of the mouth coefficients in ``expr`` (default jaw_open, lip_round,
-            lip_spread of the synthetic generator).
-        window: steps per audio window (16).
-        context: frames of the style context (50 ≈ 2 s).
         context_channels: channels ``C'`` of the context features (default ``in_channels``).
-        dim: size of f_content, f_style, f_prior (64).
-        sync_dim: size of the sync embedding space.
-        lip_dim: size ``D_lip`` of the lip target (default 40 = mouth landmarks 48–67 × (x, y)).
-        hidden: width of the hidden layers.
-        temperature: InfoNCE temperature.
-        w_sync, w_mouth, w_recon, w_decor, w_emotion: loss weights in ``total`` (``w_emotion = 0``, the
-            default: the paper's prior, whose style view also encodes the emotion heard in the audio).
-        recon_dims: the coefficients of ``expr`` that L_recon reconstructs: ``"all"`` (the paper, default),
-            ``"non_emotional"`` (all but ``emotional_dims``; an error when those are unknown), ``"auto"``
-            (``non_emotional`` when ``emotional_dims`` is given, else ``all`` — the experiment configs'
-            choice), or an explicit list of column indices. ``expr_pred`` keeps all ``K`` outputs.
-        emotional_dims: the columns of ``expr`` the dataset marks as emotional (facial action units of the
-            emotion prototypes; the synthetic generator lists them, ``data_info.emotional_expr_dims``), or
-            None when unknown (real video / MEAD: the coefficients come from a regressor without that
-            labelling).
-        decor_min_batch: smallest batch for which ``decor`` is computed (default ``2·dim``).
-        pretrained: optional weight file for the content/style encoders, loaded at construction
-            (:meth:`load_pretrained`).
-        freeze_pretrained: freeze the loaded encoders (``requires_grad=False``).
+        config: the typed :class:`~ua3dtalk.models.prior.config.PriorConfig` (sizes, loss weights, L_recon's
+            coefficients, pretrained encoders; defaults when None).
+        **options: fields of that configuration set on top of ``config`` (the keys of ``model.prior``).
     """
 
-    def __init__(self, in_channels: int, expr_dim: int, mouth_dims: Sequence[int] = (0, 1, 2), window: int = 16,
-                 context: int = 50, context_channels: Optional[int] = None, dim: int = 64, sync_dim: int = 64,
-                 lip_dim: int = 40, hidden: int = 128, temperature: float = 0.07, w_sync: float = 1.0,
-                 w_mouth: float = 1.0, w_recon: float = 1.0, w_decor: float = 0.1, w_emotion: float = 0.0,
-                 decor_min_batch: Optional[int] = None, recon_dims: Union[str, Sequence[int]] = "all",
-                 emotional_dims: Optional[Sequence[int]] = None, pretrained: Optional[str] = None,
-                 freeze_pretrained: bool = False):
+    def __init__(self, in_channels: int, expr_dim: int, context_channels: Optional[int] = None,
+                 config: Optional[PriorConfig] = None, **options):
         super().__init__()
-        mouth_dims = tuple(int(i) for i in mouth_dims)
+        cfg = make_config(PriorConfig, config, options, "PriorExtraction")
+        self.config = cfg
+        mouth_dims, dim, hidden = cfg.mouth_dims, cfg.dim, cfg.hidden
+        window, context, sync_dim = cfg.window, cfg.context, cfg.sync_dim
         if any(i >= expr_dim for i in mouth_dims):
             raise ValueError(f"mouth_dims {mouth_dims} out of range for expr_dim={expr_dim}")
-        self.recon_mode, self.recon_dims, self.emotional_dims = resolve_recon_dims(recon_dims, emotional_dims,
+        self.recon_mode, self.recon_dims, self.emotional_dims = resolve_recon_dims(cfg.recon_dims, cfg.emotional_dims,
                                                                                    int(expr_dim))
-        if temperature <= 0:
-            raise ValueError("temperature must be > 0")
         self.in_channels, self.expr_dim, self.mouth_dims = int(in_channels), int(expr_dim), mouth_dims
-        self.window, self.context_len, self.dim, self.lip_dim = int(window), int(context), int(dim), int(lip_dim)
+        self.window, self.context_len, self.dim, self.lip_dim = int(window), int(context), int(dim), int(cfg.lip_dim)
         self.context_channels = int(context_channels or in_channels)
-        self.temperature = float(temperature)
-        self.decor_min_batch = max(2, int(decor_min_batch if decor_min_batch is not None else 2 * dim))
+        self.temperature = float(cfg.temperature)
+        self.decor_min_batch = max(2, int(cfg.decor_min_batch if cfg.decor_min_batch is not None else 2 * dim))
         self._warned_decor = False
-        self.weights = {"sync": float(w_sync), "mouth": float(w_mouth), "recon": float(w_recon),
-                        "decor": float(w_decor), "emotion": float(w_emotion)}
+        self.weights = {"sync": float(cfg.w_sync), "mouth": float(cfg.w_mouth), "recon": float(cfg.w_recon),
+                        "decor": float(cfg.w_decor), "emotion": float(cfg.w_emotion)}
         self.content = ContentEncoder(in_channels, window, dim, mouth_dims, sync_dim, hidden)
         self.style = StyleEncoder(self.context_channels, context, dim, hidden)
         self.fuse = FuseNet(dim, expr_dim, hidden)
         self.lip_proj = nn.Sequential(nn.Linear(self.lip_dim, hidden), nn.LeakyReLU(0.02), nn.Linear(hidden, sync_dim))
         self.register_buffer("_mouth_idx", torch.tensor(mouth_dims, dtype=torch.long), persistent=False)
         self.register_buffer("_recon_idx", torch.tensor(self.recon_dims, dtype=torch.long), persistent=False)
-        if pretrained:
-            self.load_pretrained(pretrained, freeze=freeze_pretrained)
+        if cfg.pretrained:
+            self.load_pretrained(cfg.pretrained, freeze=cfg.freeze_pretrained)
 
     # ------------------------------------------------------------------------------------------
     def forward(self, audio_window: torch.Tensor, audio_context: torch.Tensor) -> PriorOutput:
