@@ -43,10 +43,12 @@ def _complete(d: Path, want: list[str]) -> bool:
     return isinstance(m, dict) and all(k in m.get("evaluators", {}) for k in KINDS) and m.get("clips") == want
 
 
-def ensure_evaluators(data_root, out_dir, split: dict, epochs: int, sync_steps: int, tag: str = "ua3dtalk") -> Path:
+def ensure_evaluators(data_root, out_dir, split: dict, epochs: int, sync_steps: int, tag: str = "ua3dtalk",
+                      threads: int = 1) -> Path:
     """The evaluators of ``data_root``'s evaluator clips in ``out_dir``: reused when a complete set trained on
-    the same clips is there, else trained in ``<out_dir>.staging-<pid>`` and moved into place on success (a
-    set that another job finished meanwhile wins; an incomplete old set is replaced only after success)."""
+    the same clips is there, else trained in ``<out_dir>.staging-<pid>`` (on ``threads`` torch threads: 1 on a
+    shared CPU, more when the caller has the machine to itself) and moved into place on success (a set that
+    another job finished meanwhile wins; an incomplete old set is replaced only after success)."""
     from ..data.loading import load_dataset
     from ..data.splits import clip_key
     from .evaluators import evaluator_split, train_evaluators
@@ -61,7 +63,8 @@ def ensure_evaluators(data_root, out_dir, split: dict, epochs: int, sync_steps: 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     print(f"[{tag}] evaluators: training on the evaluator clips of {data_root} → {out_dir}", flush=True)
     try:
-        train_evaluators(str(data_root), str(staging), epochs=epochs, sync_steps=sync_steps, threads=1, split=split)
+        train_evaluators(str(data_root), str(staging), epochs=epochs, sync_steps=sync_steps, threads=threads,
+                         split=split)
         if _complete(out_dir, want):  # another job finished first: keep its set
             return out_dir
         old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
