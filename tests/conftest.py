@@ -11,6 +11,9 @@ import os
 from pathlib import Path
 from dataclasses import dataclass, field, replace
 
+# imported here so that lightning's log handlers bind to the session's stderr, not to the capture stream of
+# whichever test imports it first (closed after that test: later logs would print "--- Logging error ---")
+import lightning.pytorch  # noqa: F401
 import pytest
 import torch
 
