@@ -219,14 +219,14 @@ def predict_datamodule(data_config: dict, audio, pose: str = "dataset", emotion:
     predict_dataloader`): ``audio`` with the training features (same model *and* layer), along the training
     dataset's camera track (``pose=dataset``; the dataset must be present) or a camera-track file (over white)."""
     from ..data.datamodule import TalkingHeadDataModule
+    from .train import drop_unused_extractor_options
 
     root = data_config.get("root")
     if pose == "dataset" and (not root or not Path(root).exists()):
         raise FileNotFoundError(f"pose=dataset: the training dataset {root!r} is not available; pass pose=FILE")
     kw = {k: data_config[k] for k in PREDICT_DATA_KEYS if data_config.get(k) is not None}
     kw.setdefault("feature", "mel")
-    if kw["feature"] == "mel" and kw.get("context_feature") in (None, "mel"):  # older checkpoints kept them
-        kw.pop("extractor_model", None), kw.pop("extractor_layer", None)
+    kw = drop_unused_extractor_options(kw)  # older checkpoints kept them for log-mel
     dm = TalkingHeadDataModule(str(root or "."), predict_audio=str(audio),
                                predict_cameras=None if pose == "dataset" else str(pose),
                                predict_emotion=emotion, predict_intensity=int(intensity) if intensity else None, **kw)

@@ -152,8 +152,8 @@ def main() -> int:
                                    f"print(_status({m!r}, {a!r}))"], stdout=subprocess.PIPE, text=True))
              for m, a in KERNELS]
     for m, p in procs:
-        out, _ = p.communicate()
-        print(f"{m}: {(out or '').strip().splitlines()[-1] if (out or '').strip() else 'unavailable'}")
+        lines = (p.communicate()[0] or "").strip().splitlines()
+        print(f"{m}: {lines[-1] if lines else 'unavailable'}")
     return 0
 
 

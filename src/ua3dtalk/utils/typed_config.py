@@ -10,13 +10,16 @@ configuration (the keys the experiment yamls write, e.g. ``model.deformation.mem
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from typing import Any, Literal, Optional, TypeVar, get_args, get_origin
 
 C = TypeVar("C")
 
 
+@functools.lru_cache(maxsize=None)
 def _hints(cls) -> dict[str, Any]:
+    """The resolved field types of ``cls`` (once per class: the annotations are strings)."""
     return typing.get_type_hints(cls)
 
 
@@ -33,8 +36,9 @@ def check_config(cfg, owner: Optional[str] = None) -> None:
     """Normalise sequence fields to tuples (Hydra hands over lists) and check every ``Literal`` field.
     Call from ``__post_init__`` of a frozen dataclass."""
     owner = owner or type(cfg).__name__
+    hints = _hints(type(cfg))
     for f in dataclasses.fields(cfg):
-        tp = _hints(type(cfg))[f.name]
+        tp = hints[f.name]
         v = getattr(cfg, f.name)
         if get_origin(tp) is tuple and v is not None and not isinstance(v, tuple):
             if isinstance(v, (str, bytes)):
