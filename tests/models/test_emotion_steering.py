@@ -124,12 +124,12 @@ def test_recompute_over_the_datamodule_and_checkpoints(dm, cfg_factory, tmp_path
     path = tmp_path / "m.ckpt"
     trainer.save_checkpoint(path, weights_only=True)
     ck = read_checkpoint(path)
-    assert bool(ck["state_dict"]["emotion_control.recomputed"])
+    assert bool(ck["state_dict"]["head.emotion_control.recomputed"])
     fresh = build_model(cfg_factory(), "face")
     load_model_checkpoint(fresh, path)
     assert bool(fresh.emotion_control.recomputed)
     torch.testing.assert_close(fresh.emotion_control.prototypes, model.emotion_control.prototypes)
-    del ck["state_dict"]["emotion_control.recomputed"]  # as written before the flag existed
+    del ck["state_dict"]["head.emotion_control.recomputed"]  # as written before the flag existed
     old = tmp_path / "old.ckpt"
     torch.save(ck, old)
     load_model_checkpoint(fresh, old)
@@ -147,15 +147,15 @@ def test_emotion_stage_resumed_after_its_last_step_still_recomputes(synth_emotio
         run(compose(base + [f"paths.run_dir={d}", "interrupt_at={stage: emotion, step: 2}"]))
     last = d / "checkpoints" / "emotion" / "last.ckpt"
     mid = read_checkpoint(last)
-    assert mid["global_step"] == 2 and not bool(mid["state_dict"]["emotion_control.recomputed"])
+    assert mid["global_step"] == 2 and not bool(mid["state_dict"]["head.emotion_control.recomputed"])
     run(compose(base + [f"paths.run_dir={d}", "resume=true"]))
     resumed = read_checkpoint(last)["state_dict"]
-    assert bool(resumed["emotion_control.recomputed"])
+    assert bool(resumed["head.emotion_control.recomputed"])
     run(compose(base + [f"paths.run_dir={tmp_path / 'a'}"]))
     straight = read_checkpoint(tmp_path / "a" / "checkpoints" / "emotion" / "last.ckpt")["state_dict"]
-    assert bool(straight["emotion_control.recomputed"])
-    assert torch.equal(straight["emotion_control.counts"], resumed["emotion_control.counts"])
-    torch.testing.assert_close(straight["emotion_control.prototypes"], resumed["emotion_control.prototypes"])
+    assert bool(straight["head.emotion_control.recomputed"])
+    assert torch.equal(straight["head.emotion_control.counts"], resumed["head.emotion_control.counts"])
+    torch.testing.assert_close(straight["head.emotion_control.prototypes"], resumed["head.emotion_control.prototypes"])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -41,7 +41,8 @@ from ua3dtalk.cli.train import build_datamodule, build_model, compose, fill_data
 from ua3dtalk.data.batch import AudioBatch, collate_batches
 from ua3dtalk.data.batch import FrameBatch
 from ua3dtalk.models.landmarks import landmark_loss, project
-from ua3dtalk.models.module import STAGES, NonFiniteLossError, UA3DTalk, stage_trainable_modules
+from ua3dtalk.models.module import (CHECKPOINT_VERSION, STAGES, NonFiniteLossError, TalkingHead, UA3DTalk,
+                                    HEAD_MODULES, stage_trainable_modules, upgrade_state_dict)
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*does not have many workers:UserWarning",
@@ -142,20 +143,32 @@ def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def named_modules(model: UA3DTalk) -> list[tuple[str, torch.nn.Module]]:
+    """(state-dict prefix, module) of the talking head's modules and of the LightningModule's own."""
+    return [*((f"head.{n}", m) for n, m in model.head.named_children()),
+            *((n, m) for n, m in model.named_children() if m is not model.head)]
+
+
 def module_names(model: UA3DTalk, modules) -> set[str]:
+    """Short names (``face``, ``landmark_anchors``) of ``modules``."""
     ids = {id(m) for m in modules}
-    return {n for n, m in model.named_children() if id(m) in ids}
+    return {n.removeprefix("head.") for n, m in named_modules(model) if id(m) in ids}
 
 
-def differing(before: dict, after: dict, prefix: str) -> list[str]:
+def differing(before: dict, after: dict, prefix: str, require: bool = True) -> list[str]:
+    """State-dict keys under module ``prefix`` (a short name such as ``face`` is looked up under ``head.``)
+    whose value changed; a prefix with no key at all fails (the comparison would be vacuous)."""
+    if prefix in HEAD_MODULES:
+        prefix = f"head.{prefix}"
     keys = sorted(k for k in set(before) | set(after) if k.startswith(prefix + "."))
+    assert keys or not require, f"no state-dict entry under {prefix!r}"
     return [k for k in keys if k not in before or k not in after or before[k].shape != after[k].shape
             or not torch.equal(before[k], after[k])]
 
 
 # Parameters that cannot influence any output, so no gradient can reach them: the attention fusion of
 # the single-branch (wav2vec2-only) emotion student — a softmax over one branch is the constant 1.
-DEAD_PARAMETERS = ("emotion.student.fusion.",)
+DEAD_PARAMETERS = ("head.emotion.student.fusion.",)
 
 
 def assert_stage_updates(model: UA3DTalk, before: dict, changed_ok: set[str] = frozenset()) -> None:
@@ -165,8 +178,8 @@ def assert_stage_updates(model: UA3DTalk, before: dict, changed_ok: set[str] = f
     trainable = module_names(model, stage_trainable_modules(model))
     assert trainable, f"stage {model.stage}: no trainable module"
     problems = []
-    for name, mod in model.named_children():
-        if name in trainable:
+    for name, mod in named_modules(model):
+        if name.removeprefix("head.") in trainable:
             for pn, p in mod.named_parameters():
                 key = f"{name}.{pn}"
                 if key.startswith(DEAD_PARAMETERS):
@@ -183,8 +196,8 @@ def assert_stage_updates(model: UA3DTalk, before: dict, changed_ok: set[str] = f
                     # reach the occluded mouth in a first fuse step it can fall below float resolution)
                     problems.append(f"{key}: not updated (max |grad| {float(p.grad.abs().max()):.2e})")
         else:
-            changed = differing(before, after, name)
-            if changed and name not in changed_ok:
+            changed = differing(before, after, name, require=False)
+            if changed and name.removeprefix("head.") not in changed_ok:
                 problems.append(f"frozen module {name} changed: {changed[:6]}")
             for pn, p in mod.named_parameters():
                 if p.grad is not None and bool((p.grad != 0).any()):
@@ -220,9 +233,9 @@ def test_frozen_modules_give_the_same_conditioning_while_training(dm, cfg_factor
     model = new_model(cfg_factory(), "face")
     batch = val_batch(dm, 2)
     model.eval()
-    ref = model.conditioning(batch)
+    ref = model.head.conditioning(batch)
     model.train()
-    got = model.conditioning(batch)
+    got = model.head.conditioning(batch)
     for name in ("content", "style", "emotion"):
         assert torch.equal(getattr(ref, name), getattr(got, name)), name
 
@@ -239,9 +252,9 @@ def test_emotion_condition_while_training(source, dm, cfg_factory):
     protos = torch.randn(2, ctl.dim)
     ctl.update_prototypes(protos, batch.emotion, batch.intensity)
     model.eval()
-    audio = model.conditioning(batch).emotion
+    audio = model.head.conditioning(batch).emotion
     model.train()
-    got = model.conditioning(batch).emotion
+    got = model.head.conditioning(batch).emotion
     if source == "label":
         torch.testing.assert_close(got, ctl.from_labels(batch.emotion, batch.intensity, audio))
         assert not torch.allclose(got, audio)
@@ -382,13 +395,13 @@ def test_checkpoint_of_another_config_lists_mismatched_keys(dm, cfg_factory, tmp
     missing, unexpected = sorted(own - theirs), sorted(theirs - own)
     assert missing and unexpected
     assert missing[0] in msg and unexpected[0] in msg
-    assert all(k.startswith("deformation.") for k in missing + unexpected)
+    assert all(k.startswith("head.deformation.") for k in missing + unexpected)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing was loaded
 
 
 def test_checkpoint_with_other_sizes_lists_shape_mismatches(default_checkpoint, cfg_factory):
     model = new_model(cfg_factory("model.deformation.field_resolution=8"), "fuse")
-    with pytest.raises(CheckpointError, match=r"shape mismatch: deformation\.position_field"):
+    with pytest.raises(CheckpointError, match=r"shape mismatch: head\.deformation\.position_field"):
         load_model_checkpoint(model, default_checkpoint)
 
 
@@ -403,6 +416,55 @@ def test_checkpoint_of_another_version_is_refused(default_checkpoint, cfg_factor
     torch.save(ck, bad)
     with pytest.raises(CheckpointError, match="not written by ua3dtalk"):
         load_model(bad)
+
+
+def test_format_1_checkpoint_is_upgraded_on_load(default_checkpoint, dm, cfg_factory, tmp_path):
+    """A checkpoint of format 1 (the head's modules at the top level: ``face.means``) loads into the format-2
+    module (``head.face.means``) with the same weights, through the CLI loader and through Lightning's
+    ``load_state_dict``; keys of the LightningModule itself keep their names."""
+    ck = torch.load(default_checkpoint, weights_only=True)
+    assert ck["ua3dtalk"]["version"] == CHECKPOINT_VERSION == 2
+    new_keys = ck["state_dict"]
+    assert "head.face.means" in new_keys and "face.means" not in new_keys
+    old = {k.removeprefix("head."): v for k, v in new_keys.items()}
+    assert "mouth_color_initialised" in old and any(k.startswith("landmark_anchors.") for k in old)
+    ck1 = {**ck, "state_dict": old, "ua3dtalk": {**ck["ua3dtalk"], "version": 1}}
+    path = tmp_path / "format1.ckpt"
+    torch.save(ck1, path)
+    a, b = new_model(cfg_factory(), "face"), new_model(cfg_factory(), "face")
+    load_model_checkpoint(a, default_checkpoint)
+    load_model_checkpoint(b, path)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert set(sa) == set(sb) == set(new_keys)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    c = new_model(cfg_factory(), "face")
+    c.load_state_dict(dict(old))  # Lightning's resume path: the pre-hook renames the keys
+    assert all(torch.equal(sa[k], v) for k, v in c.state_dict().items())
+    assert upgrade_state_dict(new_keys) is new_keys  # format 2 stays as it is
+
+
+def test_talking_head_is_a_plain_module_that_renders_like_the_lightning_module(default_checkpoint, dm, cfg_factory):
+    """The forward model without Lightning: ``model.head`` is an ``nn.Module`` (not a LightningModule), owns
+    every avatar module, and renders a predict batch exactly as ``predict_step``; a head built on its own loads
+    the checkpoint's ``head.*`` weights and renders the same."""
+    model = load_model(default_checkpoint)
+    head = model.head
+    assert isinstance(head, TalkingHead) and isinstance(head, torch.nn.Module)
+    assert not isinstance(head, L.LightningModule)
+    assert {n for n, _ in head.named_children()} >= {"face", "mouth", "deformation", "mouth_deformation"}
+    assert model.face is head.face and model.deformation is head.deformation
+    batch = val_batch(dm, 2)
+    with torch.no_grad():
+        via_head = head(batch, stage="fuse")
+    out = model.predict_step(batch)
+    assert torch.equal(out["images"], via_head) and via_head.std() > 0.01
+    fresh = new_model(cfg_factory(), "face").head.eval()
+    sd = read_checkpoint(default_checkpoint)["state_dict"]
+    fresh.load_state_dict({k.removeprefix("head."): v for k, v in sd.items() if k.startswith("head.")})
+    with torch.no_grad():
+        assert torch.equal(fresh(batch, stage="fuse"), via_head)
+        # the stage decides what is shown: one branch over the background differs from the composite
+        assert not torch.equal(fresh(batch, stage="mouth"), via_head)
 
 
 @pytest.mark.parametrize("stage, expected", [("emotion", False), ("face", True)])
@@ -477,10 +539,10 @@ def test_atomic_checkpoint_io_refuses_nan_and_keeps_the_previous_file(tmp_path):
 
 
 class _InjectNaN(L.Callback):
-    """Before training batch ``at``: remember the weights, then put NaN into ``face.sh`` (or into the
+    """Before training batch ``at``: remember the weights, then put NaN into ``head.face.sh`` (or into the
     parameter ``target`` of the model)."""
 
-    def __init__(self, at: int, target: str = "face.sh"):
+    def __init__(self, at: int, target: str = "head.face.sh"):
         self.at, self.target = at, target
         self.before: dict | None = None
 
@@ -495,7 +557,7 @@ def test_nan_in_a_network_parameter_is_named(dm, cfg_factory):
     """Network parameters are not scanned every step (34 M at paper size); a NaN in one still stops
     the step before the optimizer, naming the parameter (found once the loss is non-finite)."""
     model = new_model(cfg_factory(), "face")
-    target = "deformation.decoder." + next(n for n, _ in model.deformation.decoder.named_parameters())
+    target = "head.deformation.decoder." + next(n for n, _ in model.deformation.decoder.named_parameters())
     trainer = make_trainer(4 * len(model._optimizers_for_stage()), callbacks=[_InjectNaN(0, target)])
     with pytest.raises(NonFiniteLossError) as ei:
         trainer.fit(model, train_dataloaders=train_loader(dm, "face", 1))
@@ -515,10 +577,10 @@ def test_nan_in_a_face_parameter_stops_training_and_keeps_the_checkpoint(dm, cfg
         trainer.fit(model, train_dataloaders=loader)
     msg = str(ei.value)
     assert re.search(r"\bstep 2\b", msg), msg
-    assert "`face.sh`" in msg, msg
+    assert "`head.face.sh`" in msg, msg
     # nothing was stepped after the NaN appeared: every other weight is as before the failing step
     after = model.state_dict()
-    changed = [k for k in inject.before if k != "face.sh" and not torch.equal(inject.before[k], after[k])]
+    changed = [k for k in inject.before if k != "head.face.sh" and not torch.equal(inject.before[k], after[k])]
     assert changed == []
     # the checkpoint written after the last good step is intact, finite and holds those weights
     ck = read_checkpoint(last)
@@ -526,7 +588,7 @@ def test_nan_in_a_face_parameter_stops_training_and_keeps_the_checkpoint(dm, cfg
     assert all(bool(torch.isfinite(v).all()) for v in sd.values() if v.is_floating_point())
     assert all(torch.equal(sd[k], inject.before[k]) for k in inject.before)
     loaded = load_model(last)
-    assert torch.equal(loaded.face.sh, inject.before["face.sh"])
+    assert torch.equal(loaded.face.sh, inject.before["head.face.sh"])
 
 
 def test_non_finite_gradient_stops_before_the_optimizer_step(dm, cfg_factory):
@@ -535,7 +597,7 @@ def test_non_finite_gradient_stops_before_the_optimizer_step(dm, cfg_factory):
     before = snapshot(model)
     model.face.sh.register_hook(lambda g: torch.where(torch.arange(g.numel()).reshape(g.shape) == 7,
                                                       torch.full_like(g, float("inf")), g))
-    with pytest.raises(NonFiniteLossError, match=r"step 0: `gradient of face\.sh` is not finite \(1 of"):
+    with pytest.raises(NonFiniteLossError, match=r"step 0: `gradient of head\.face\.sh` is not finite \(1 of"):
         fit_steps(model, train_loader(dm, "face", 1))
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # nothing was stepped
@@ -721,7 +783,7 @@ def test_landmark_replay_bank(dm, cfg_factory, monkeypatch):
     # growth past the first allocation keeps every row: 5 × 16 frames into a 100-frame bank
     big = new_model(cfg_factory("model.landmark_weight=1.0", "+model.landmark_bank=100"), "face")
     with torch.no_grad():
-        cond = big.conditioning(prime)
+        cond = big.head.conditioning(prime)
     for _ in range(5):
         big._bank_add(prime, cond)
     assert big._bank_n == 80 and big._bank_seen == 80 and len(big._bank["K"]) == 100
@@ -746,11 +808,11 @@ def test_landmark_term_gradient_moves_the_deformation_towards_the_landmarks(dm, 
     def error() -> float:
         x = model.landmark_anchors.anchors()
         model.eval()  # the whole ensemble, no random member
-        cond = model.conditioning(batch)
+        cond = model.head.conditioning(batch)
         with torch.no_grad():
             tot = 0.0
             for i in range(2):
-                r = model.render_face(cond, i, batch.viewmat[i], batch.K[i], 16, 16, anchors=x)
+                r = model.head.render_face(cond, i, batch.viewmat[i], batch.K[i], 16, 16, anchors=x)
                 tot += float(landmark_loss(x, r.anchor_xyz, batch.landmarks[i:i + 1], model.landmark_anchors.indices,
                                            batch.viewmat[i:i + 1], batch.K[i:i + 1], 128, 128))
         model.train()
@@ -767,9 +829,9 @@ def test_optional_opacity_and_colour_heads_reach_the_render(dm, cfg_factory):
     model = new_model(cfg_factory("model.deformation.extra_heads=[opacity,color]"), "face")
     model.eval()
     batch = val_batch(dm, 1)
-    cond = model.conditioning(batch)
+    cond = model.head.conditioning(batch)
     H, W = batch.image.shape[-2:]
-    render = lambda: model.render_face(cond, 0, batch.viewmat[0], batch.K[0], W, H)  # noqa: E731
+    render = lambda: model.head.render_face(cond, 0, batch.viewmat[0], batch.K[0], W, H)  # noqa: E731
     with torch.no_grad():
         base = render()
         dec = model.deformation.decoder
@@ -819,7 +881,7 @@ def test_fuse_stage_trains_the_mouth_colours_on_the_inner_mouth_only(dm, cfg_fac
     opacities, and the face, keep their full gradients."""
     model = new_model(cfg_factory(), "fuse")
     batch = val_batch(dm, 1)
-    cond = model.conditioning(batch)
+    cond = model.head.conditioning(batch)
     H, W = batch.image.shape[-2:]
     bg = batch.background[0].permute(1, 2, 0)
     args = (cond, 0, batch.viewmat[0], batch.K[0], W, H, bg)
@@ -828,7 +890,7 @@ def test_fuse_stage_trains_the_mouth_colours_on_the_inner_mouth_only(dm, cfg_fac
     got = {}
     for name, mask in (("none", None), ("zeros", torch.zeros(H, W, 1)), ("half", half)):
         torch.manual_seed(0)
-        image, alpha, _, _ = model.render_frame(*args, mouth_color_mask=mask)
+        image, alpha, _, _ = model.head.render_frame(*args, mouth_color_mask=mask)
         model.zero_grad(set_to_none=True)
         (image.sum() + alpha.sum()).backward()
         got[name] = {"image": image.detach(), "sh": model.mouth.sh.grad, "means": model.mouth.means.grad.clone(),
@@ -858,9 +920,9 @@ def test_face_stage_random_background(random_bg, dm, cfg_factory, monkeypatch):
     loader = train_loader(dm, "face", 1)
     batch = next(iter(loader))
     with torch.no_grad():
-        cond = model.conditioning(batch)
+        cond = model.head.conditioning(batch)
         H, W = batch.image.shape[-2:]
-        r = model.render_face(cond, 0, batch.viewmat[0], batch.K[0], W, H, deform=False)
+        r = model.head.render_face(cond, 0, batch.viewmat[0], batch.K[0], W, H, deform=False)
     img, bg, m = model._targets(batch, 0)
     mask = torch.clamp(m("face_mask") + m("hair_mask"), 0, 1)
     behind = color.expand_as(bg) if random_bg else bg
@@ -911,7 +973,7 @@ def test_runaway_scale_offsets_do_not_reach_the_renderer_as_zero_scales(dm, cfg_
     H, W = batch.image.shape[-2:]
     g = model.face
     with torch.no_grad():
-        out = model._render(g, g.means, g.quats, g.log_scales - 500.0, batch.viewmat[0], batch.K[0], W, H)
+        out = model.head._render(g, g.means, g.quats, g.log_scales - 500.0, batch.viewmat[0], batch.K[0], W, H)
         assert bool(torch.isfinite(out.image).all())
 
 
@@ -1001,7 +1063,7 @@ def test_emotion_swap_term_teaches_labels_their_expression(dm, cfg_factory, monk
     torch.manual_seed(0)
     model = swap_model(cfg_factory, ds, 1.0, 16)
     with torch.no_grad():
-        model._bank_add(prime := prime_batch(ds), model.conditioning(prime))
+        model._bank_add(prime := prime_batch(ds), model.head.conditioning(prime))
     anchors = model.landmark_anchors
     ready = anchors.cell_offsets()[1]
     offsets = 0.004 * torch.randn(anchors.n_cells, len(anchors.indices), 3, generator=torch.Generator().manual_seed(2))

@@ -13,7 +13,7 @@ class InjectNaN(L.Callback):
     """Before training batch ``at`` of a stage: remember every weight, then set one value of the
     parameter ``param`` (dotted name in the LightningModule) to NaN."""
 
-    def __init__(self, at: int = 2, param: str = "face.sh", key: str = "nan"):
+    def __init__(self, at: int = 2, param: str = "head.face.sh", key: str = "nan"):
         self.at, self.param, self.key = int(at), str(param), str(key)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):

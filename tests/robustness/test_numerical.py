@@ -24,11 +24,11 @@ def test_nan_in_training_stops_cleanly_and_keeps_the_last_good_checkpoint(synth_
     run_dir = tmp_path / "run"
     base = train_overrides(synth_emotional_small, run_dir, "stages=[face]", "stage_steps.face=4", "checkpoint_every=1")
     r = call_main(main, base + ["+callbacks.nan._target_=robustness_faults.InjectNaN", "+callbacks.nan.at=2",
-                                "+callbacks.nan.param=face.sh"])
+                                "+callbacks.nan.param=head.face.sh"])
     torch.set_grad_enabled(True)
     assert r.exc is None, r.tb
     assert r.code == 3, f"exit {r.code}:\n{r.text[-3000:]}"
-    assert re.search(r"\bstep 2\b", r.err) and "face.sh" in r.err, r.err[-2000:]
+    assert re.search(r"\bstep 2\b", r.err) and "head.face.sh" in r.err, r.err[-2000:]
     assert "Traceback" not in r.text
     last = run_dir / "checkpoints" / "face" / "last.ckpt"
     ck = read_checkpoint(last)  # finite (read_checkpoint refuses NaN)

@@ -87,15 +87,17 @@ def read_checkpoint(path, map_location="cpu") -> dict:
 
 def load_model_checkpoint(model, path) -> dict:
     """Load the weights of ``path`` into ``model`` (a :class:`~ua3dtalk.models.module.UA3DTalk`)."""
+    from ..models.module import upgrade_state_dict
+
     ckpt = read_checkpoint(path)
-    state = ckpt["state_dict"]
+    state = upgrade_state_dict(ckpt["state_dict"])  # format 1 → 2 (the head's keys under ``head.``)
     if "mouth_color_initialised" not in state:  # written before the flag existed (2026-11-24): the mouth
         # Gaussians' colours were trained if the mouth stage had run
         done = (ckpt.get("ua3dtalk") or {}).get("stage") in ("mouth", "face", "fuse")
         state = {**state, "mouth_color_initialised": torch.tensor(done)}
-    if "emotion_control.prototypes" in state and "emotion_control.recomputed" not in state:
+    if "head.emotion_control.prototypes" in state and "head.emotion_control.recomputed" not in state:
         # written before the flag existed: the prototypes are the running means of the emotion stage
-        state = {**state, "emotion_control.recomputed": torch.tensor(False)}
+        state = {**state, "head.emotion_control.recomputed": torch.tensor(False)}
     anchors = getattr(model, "landmark_anchors", None)
     if anchors is not None and anchors.n_cells and "landmark_anchors.ata" in state \
             and "landmark_anchors.cell_ata" not in state:  # written before the per-label anchors (2026-11-24):

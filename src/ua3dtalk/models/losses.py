@@ -30,7 +30,7 @@ class RenderLosses:
         if self.stage == "mouth":
             if i == 0:
                 self._init_mouth_color(batch)
-            r = self.render_mouth(cond, i, vm, K, W, H, step=step)
+            r = self.head.render_mouth(cond, i, vm, K, W, H, step=step)
             mask = m("mouth_mask")
             target = img * mask + bg * (1 - mask)
             pred = r.image + (1 - r.alpha) * bg
@@ -49,7 +49,7 @@ class RenderLosses:
             renders.append(("mouth", r))
         elif self.stage == "face":
             deform = step >= self.static_warmup
-            r = self.render_face(cond, i, vm, K, W, H, deform=deform, step=step - self.static_warmup,
+            r = self.head.render_face(cond, i, vm, K, W, H, deform=deform, step=step - self.static_warmup,
                                  anchors=anchors if deform else None)
             mask = torch.clamp(m("face_mask") + m("hair_mask"), 0, 1)
             if self.face_random_background:  # a see-through face shows the random colour: it is penalised
@@ -64,7 +64,7 @@ class RenderLosses:
             renders.append(("face", r))
             face_r = r
         else:  # fuse
-            pred, alpha, rf, rm = self.render_frame(
+            pred, alpha, rf, rm = self.head.render_frame(
                 cond, i, vm, K, W, H, bg, step=step, anchors=anchors,
                 mouth_color_mask=m("mouth_mask") if self.fuse_mouth_grad == "inner" else None)
             mask = torch.clamp(m("face_mask") + m("hair_mask") + m("mouth_mask"), 0, 1)

@@ -54,8 +54,14 @@ from ..constants import RENDER_STAGES, STAGES
 from ..utils.typed_config import make_config
 
 
-class UA3DTalk(HealthMixin, TalkingHead, RenderLosses, LandmarkBank, AudioStages, L.LightningModule):
-    """UA-3DTalk avatar (see the module docstring).
+class UA3DTalk(HealthMixin, RenderLosses, LandmarkBank, AudioStages, L.LightningModule):
+    """UA-3DTalk avatar (see the module docstring): the talking head (:class:`TalkingHead`, an ``nn.Module``:
+    conditioning → deformation → render, held as ``self.head``) plus what training needs — the losses, the
+    optimisers, the stage curriculum's steps, the landmark term and the checkpoint format.
+
+    The head's modules are also reachable as read-only attributes (``model.face`` is ``model.head.face``, …);
+    their state-dict keys are ``head.<module>.…`` (checkpoint format 2; format-1 checkpoints, with the keys
+    at the top level, are upgraded on load).
 
     Args:
         face: canonical Gaussians of the face/head branch.
@@ -92,12 +98,6 @@ class UA3DTalk(HealthMixin, TalkingHead, RenderLosses, LandmarkBank, AudioStages
             raise ValueError(f"UA3DTalk: unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
         cfg = make_config(UA3DTalkConfig, config, options, "UA3DTalk")
         self.config = cfg
-        if "emotion" in deformation.views and (emotion is None or emotion_field is None):
-            raise ValueError("UA3DTalk: the deformation has the 'emotion' view but no emotion encoder/field is "
-                             "configured (use views without 'emotion' for the no-emotion ablation)")
-        if ({"content", "style"} & set(deformation.views)) and prior is None:
-            raise ValueError("UA3DTalk: the deformation has content/style views but no prior is configured")
-        self.emotion_condition = cfg.emotion_condition
         self.landmark_weight = float(cfg.landmark_weight)
         self.landmark_anchors = (landmark_anchors if landmark_anchors is not None else LandmarkAnchors()) \
             if self.landmark_weight > 0 else None
@@ -110,12 +110,8 @@ class UA3DTalk(HealthMixin, TalkingHead, RenderLosses, LandmarkBank, AudioStages
         self.register_buffer("mouth_color_initialised", torch.tensor(False))
         self._bank_seen = self._bank_n = 0  # frames offered to / held by the bank
         self.automatic_optimization = False
-        self.face, self.mouth = face, mouth
-        self.deformation, self.mouth_deformation = deformation, mouth_deformation
-        self.prior, self.emotion = prior, emotion
-        self.emotion_field = emotion_field
-        self.emotion_control = emotion_control if emotion_control is not None else (
-            EmotionControl() if emotion is not None else None)
+        self.head = TalkingHead(face, mouth, deformation, mouth_deformation, prior, emotion, emotion_field,
+                                emotion_control, emotion_condition=cfg.emotion_condition, backend=cfg.backend)
         if self.emotion_swap_weight > 0:
             missing = [what for what, ok in (("landmark_weight > 0", self.landmark_weight > 0),
                                              ("landmark_frames > 0", self.landmark_frames > 0),
@@ -149,18 +145,23 @@ class UA3DTalk(HealthMixin, TalkingHead, RenderLosses, LandmarkBank, AudioStages
         self._lpips_net: list = []  # built on first use; kept out of the state dict (fixed weights)
         if self.lpips_weight > 0:
             self._lpips()  # fail at construction, naming the missing backbone file, not hours into a run
-        self.sh_increase_every, self.backend = cfg.sh_increase_every, cfg.backend
+        self.sh_increase_every = cfg.sh_increase_every
         self.log_images_every = cfg.log_images_every
         self.val_outputs: list[dict] = []
-        self._set_bounds()
+        self._register_load_state_dict_pre_hook(_upgrade_state_dict_hook)
 
-    # ------------------------------------------------------------------ setup
-    def _set_bounds(self) -> None:
-        for g, net in ((self.face, self.deformation), (self.mouth, self.mouth_deformation)):
-            lo, hi = g.bounds[0].tolist(), g.bounds[1].tolist()
-            net.position_field.set_bounds(lo, hi)
-        if self.emotion_field is not None:
-            self.emotion_field.set_bounds(*(self.face.bounds[i].tolist() for i in (0, 1)))
+    # ------------------------------------------------------------------ the talking head's modules
+    # read-only views of ``self.head``'s modules (the LightningModule's code and its users read ``self.face``)
+    face = property(lambda self: self.head.face, doc="face/head-branch Gaussians (``head.face``)")
+    mouth = property(lambda self: self.head.mouth, doc="inside-mouth Gaussians (``head.mouth``)")
+    deformation = property(lambda self: self.head.deformation, doc="face-branch deformation network")
+    mouth_deformation = property(lambda self: self.head.mouth_deformation, doc="mouth-branch deformation network")
+    prior = property(lambda self: self.head.prior, doc="PriorExtraction or None")
+    emotion = property(lambda self: self.head.emotion, doc="EmotionDistillation or None")
+    emotion_field = property(lambda self: self.head.emotion_field, doc="EmotionField or None")
+    emotion_control = property(lambda self: self.head.emotion_control, doc="EmotionControl or None")
+    emotion_condition = property(lambda self: self.head.emotion_condition, doc="``audio`` or ``label``")
+    backend = property(lambda self: self.head.backend, doc="renderer backend")
 
     def stage_step(self) -> int:
         return int(self.global_step) // max(1, len(self._optimizers_for_stage()))
@@ -218,8 +219,18 @@ class UA3DTalk(HealthMixin, TalkingHead, RenderLosses, LandmarkBank, AudioStages
             self.__dict__["_norms"] = [m for m in self.modules() if isinstance(m, RunningStandardize)]
         norms = [(m, m.mean.clone(), m.var.clone(), m.updates.clone()) for m in self.__dict__["_norms"]]
         try:
-            return self._step_render(batch, opts, step)
+            try:
+                return self._step_render(batch, opts, step)
+            except ValueError as e:
+                if self._step_in_progress is None or "NaN or Inf" not in str(e):
+                    raise
+                # the renderer refused non-finite Gaussians: a network parameter went non-finite (they are not
+                # scanned every step): name it
+                check_all_finite(self._trained_parameters(), step)
+                raise NonFiniteLossError(f"step {step}: the deformed Gaussians are not finite ({e}); training "
+                                         "stopped before the optimizer step, the last checkpoint is intact") from None
         except BaseException:
+            self._step_in_progress = None
             with torch.no_grad():
                 for m, mean, var, updates in norms:
                     m.mean.copy_(mean), m.var.copy_(var), m.updates.copy_(updates)
@@ -241,8 +252,8 @@ class UA3DTalk(HealthMixin, TalkingHead, RenderLosses, LandmarkBank, AudioStages
         self._step_in_progress = step
         # the Gaussians every step (they go to the renderer, which would refuse them less helpfully); the
         # networks' parameters (34 M at paper size, 5 ms a pass) only when the loss turns out non-finite
-        check_all_finite([(n, p) for n, p in trained if n.startswith(("face.", "mouth."))], step)
-        cond = self.conditioning(batch)
+        check_all_finite([(n, p) for n, p in trained if n.startswith(("head.face.", "head.mouth."))], step)
+        cond = self.head.conditioning(batch)
         self.face.set_active_sh_degree(step // max(self.sh_increase_every, 1))
         self.mouth.set_active_sh_degree(step // max(self.sh_increase_every, 1))
         total = torch.zeros((), device=self.device)
@@ -317,9 +328,10 @@ class UA3DTalk(HealthMixin, TalkingHead, RenderLosses, LandmarkBank, AudioStages
         return total.detach()
 
     def _trained_parameters(self) -> list[tuple[str, torch.Tensor]]:
-        """(qualified name, parameter) of the current stage's trainable modules."""
+        """(qualified name in the LightningModule, e.g. ``head.face.sh``; parameter) of the current stage's
+        trainable modules."""
         trained = {id(m) for m in stage_trainable_modules(self)}
-        return [(f"{mname}.{pname}", p) for mname, mod in self.named_children() if id(mod) in trained
+        return [(f"head.{mname}.{pname}", p) for mname, mod in self.head.named_children() if id(mod) in trained
                 for pname, p in mod.named_parameters()]
 
     def _opt(self, name, opts):
@@ -346,6 +358,18 @@ class UA3DTalk(HealthMixin, TalkingHead, RenderLosses, LandmarkBank, AudioStages
             self.val_outputs.append({"pred": pred[0].cpu(), "target": target[0].cpu()})
         return psnr
 
+    @torch.no_grad()
+    def render_batch(self, batch, emotion: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Render every frame of a FrameBatch as the current stage shows it (the face stage's static warm-up
+        without the deformation) → ``[B,3,H,W]`` in [0, 1] (:meth:`TalkingHead.forward`)."""
+        return self.head(batch, emotion, stage=self.stage, deform=self.global_step >= self.static_warmup)
+
+    @torch.no_grad()
+    def render_predict(self, batch, emotion: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Render a :class:`~ua3dtalk.data.batch.PredictBatch` (no ground truth) → ``[B,3,H,W]``: the composite of
+        both branches."""
+        return self.head(batch, emotion, stage="fuse")
+
     def predict_step(self, batch, batch_idx: int = 0, dataloader_idx: int = 0) -> dict:
         """Render the frames of a :class:`~ua3dtalk.data.batch.PredictBatch` as ``ua3dtalk-infer`` does
         (:meth:`render_predict`; the emotion from the audio, or the embedding ``predict_emotion`` when one is
@@ -368,7 +392,7 @@ class UA3DTalk(HealthMixin, TalkingHead, RenderLosses, LandmarkBank, AudioStages
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["ua3dtalk"] = {"stage": self.stage, "num_face": len(self.face), "num_mouth": len(self.mouth),
-                                  "version": 1, "model_config": getattr(self, "model_config", None),
+                                  "version": CHECKPOINT_VERSION, "model_config": getattr(self, "model_config", None),
                                   "data_config": getattr(self, "data_config", None)}
         # the landmark term's replay bank (frames seen, frames held, the held rows): resumed bit for bit
         n = self._bank_n
@@ -379,8 +403,11 @@ class UA3DTalk(HealthMixin, TalkingHead, RenderLosses, LandmarkBank, AudioStages
         meta = checkpoint.get("ua3dtalk")
         if meta is None:
             raise ValueError("checkpoint was not written by ua3dtalk (no 'ua3dtalk' entry)")
-        if meta.get("version") != 1:
-            raise ValueError(f"checkpoint format version {meta.get('version')} is not supported (expected 1)")
+        if meta.get("version") not in (1, CHECKPOINT_VERSION):
+            raise ValueError(f"checkpoint format version {meta.get('version')} is not supported (expected 1 or "
+                             f"{CHECKPOINT_VERSION})")
+        if isinstance(checkpoint.get("state_dict"), dict):  # format 1: the head's keys at the top level
+            checkpoint["state_dict"] = upgrade_state_dict(checkpoint["state_dict"])
         bank = checkpoint.get("ua3dtalk_landmark_bank")
         if isinstance(bank, dict):  # checkpoints written before the bank was saved refill it from scratch
             rows = {k: v for k, v in (bank.get("rows") or {}).items() if isinstance(v, torch.Tensor)}
@@ -393,6 +420,7 @@ class UA3DTalk(HealthMixin, TalkingHead, RenderLosses, LandmarkBank, AudioStages
 
     def load_weights(self, state_dict: dict, strict: bool = True, what: str = "checkpoint") -> None:
         """Load a state dict with a clear error listing mismatched keys (checkpoints of another config)."""
+        state_dict = upgrade_state_dict(state_dict)
         own = self.state_dict()
         missing = sorted(k for k in own if k not in state_dict)
         unexpected = sorted(k for k in state_dict if k not in own)
@@ -412,7 +440,35 @@ class UA3DTalk(HealthMixin, TalkingHead, RenderLosses, LandmarkBank, AudioStages
         self.load_state_dict(state_dict, strict=strict)
 
     def trainable_summary(self) -> dict[str, int]:
-        return {n: sum(p.numel() for p in m.parameters()) for n, m in self.named_children()}
+        """Parameter count per module of the head (``face``, ``deformation``, …) and of the LightningModule."""
+        mods = [*self.head.named_children(), *((n, m) for n, m in self.named_children() if m is not self.head)]
+        return {n: sum(p.numel() for p in m.parameters()) for n, m in mods}
+
+
+#: checkpoint format: 1 = the head's modules at the top level of the state dict (``face.means``), 2 = under
+#: ``head.`` (``head.face.means``); format 1 is upgraded on load (:func:`upgrade_state_dict`)
+CHECKPOINT_VERSION = 2
+HEAD_MODULES = ("face", "mouth", "deformation", "mouth_deformation", "prior", "emotion", "emotion_field",
+                "emotion_control")
+
+
+def upgrade_state_dict(state: dict, prefix: str = "") -> dict:
+    """A format-1 state dict (``face.means``, …) with the keys of the format-2 :class:`UA3DTalk`
+    (``head.face.means``); format-2 keys and the LightningModule's own (``landmark_anchors.…``,
+    ``mouth_color_initialised``) stay. Returns a new dict (the same one when nothing changes)."""
+    old = [k for k in state if k.startswith(prefix) and k[len(prefix):].split(".", 1)[0] in HEAD_MODULES
+           and "." in k[len(prefix):]]
+    if not old:
+        return state
+    return {(f"{prefix}head.{k[len(prefix):]}" if k in old else k): v for k, v in state.items()}
+
+
+def _upgrade_state_dict_hook(state_dict, prefix, *args, **kwargs) -> None:
+    """``load_state_dict`` pre-hook of :class:`UA3DTalk`: format-1 keys are renamed in place."""
+    new = upgrade_state_dict(state_dict, prefix)
+    if new is not state_dict:
+        state_dict.clear()
+        state_dict.update(new)
 
 
 def stage_trainable_modules(model: UA3DTalk) -> Sequence[nn.Module]:
@@ -430,5 +486,5 @@ def stage_trainable_modules(model: UA3DTalk) -> Sequence[nn.Module]:
     return mods
 
 
-__all__ = ["UA3DTalk", "NonFiniteLossError", "Conditioning", "BranchRender", "LOG_SCALE_RANGE", "STAGES",
-           "RENDER_STAGES", "stage_trainable_modules"]
+__all__ = ["UA3DTalk", "TalkingHead", "NonFiniteLossError", "Conditioning", "BranchRender", "LOG_SCALE_RANGE",
+           "STAGES", "RENDER_STAGES", "stage_trainable_modules", "upgrade_state_dict", "CHECKPOINT_VERSION"]

@@ -6,9 +6,11 @@ emotion student gives e ∈ R^128 from the audio context; the EmotionField turns
 f_emotion; the DeformationNetwork fuses the views by uncertainty and decodes Δxyz, Δrot, Δscale; the
 deformed Gaussians are rendered with :func:`ua3dtalk.render.rasterize`.
 
-:class:`TalkingHead` is a mixin of the LightningModule: it works on the module's own submodules (``face``,
-``mouth``, ``deformation``, ``mouth_deformation``, ``prior``, ``emotion``, ``emotion_field``,
-``emotion_control``), so the parameters and the ``state_dict`` keys are those of the LightningModule.
+:class:`TalkingHead` is a plain ``nn.Module`` (no Lightning, no losses): it owns the avatar's modules
+(``face``, ``mouth``, ``deformation``, ``mouth_deformation``, ``prior``, ``emotion``, ``emotion_field``,
+``emotion_control``) and renders frames from a batch (:meth:`TalkingHead.forward`). The LightningModule
+:class:`~ua3dtalk.models.module.UA3DTalk` holds it as ``head`` (state-dict keys ``head.face.means``, …) and adds
+the losses, the optimisation and the stage curriculum.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from torch import nn
 
 from ..render import rasterize
 from ..render.sh import C0 as SH_C0  # degree-0 SH basis: RGB = SH_C0·DC + 0.5
-from .finite import NonFiniteLossError, check_all_finite
+from .emotion import EmotionControl
 from .gaussians import GaussianModel
 
 
@@ -72,13 +74,76 @@ def _frame(t: Optional[torch.Tensor], i: int) -> Optional[torch.Tensor]:
     return None if t is None else t[i:i + 1]
 
 
-class TalkingHead:
+class TalkingHead(nn.Module):
     """Conditioning, deformation and rendering of the two Gaussian branches (face over inside mouth).
 
-    A mixin of :class:`~ua3dtalk.models.module.UA3DTalk` (it needs its attributes ``face``, ``mouth``,
-    ``deformation``, ``mouth_deformation``, ``prior``, ``emotion``, ``emotion_field``, ``emotion_control``,
-    ``emotion_condition``, ``stage``, ``static_warmup``, ``backend`` and, for the error messages of a training
-    step, ``_step_in_progress`` and ``_trained_parameters``)."""
+    Args:
+        face, mouth: canonical Gaussians of the face/head and the inside-mouth branch.
+        deformation: the face branch's :class:`~ua3dtalk.models.deformation.DeformationNetwork` (its ``views``
+            decide which of prior / emotion are used).
+        mouth_deformation: the mouth branch's :class:`~ua3dtalk.models.deformation.MouthDeformation`.
+        prior: :class:`~ua3dtalk.models.prior.PriorExtraction` or None (no content/style views).
+        emotion: :class:`~ua3dtalk.models.emotion.EmotionDistillation` or None (no emotion view).
+        emotion_field: :class:`~ua3dtalk.models.emotion.EmotionField` (needed with the emotion view).
+        emotion_control: :class:`~ua3dtalk.models.emotion.EmotionControl` (label prototypes); built with its
+            defaults when an emotion encoder is given and none is.
+        emotion_condition: ``audio`` (the student's embedding of the frame's audio) or ``label`` (training frames
+            take their label's prototype, see :meth:`conditioning`).
+        backend: renderer backend of :func:`ua3dtalk.render.rasterize`.
+
+    Shapes: a :class:`~ua3dtalk.data.batch.FrameBatch` / ``PredictBatch`` of ``B`` frames in, images
+    ``[B,3,H,W]`` in [0, 1] out (:meth:`forward`).
+    """
+
+    def __init__(self, face: GaussianModel, mouth: GaussianModel, deformation: nn.Module, mouth_deformation: nn.Module,
+                 prior: Optional[nn.Module] = None, emotion: Optional[nn.Module] = None,
+                 emotion_field: Optional[nn.Module] = None, emotion_control: Optional[nn.Module] = None,
+                 emotion_condition: str = "audio", backend: str = "auto"):
+        super().__init__()
+        if "emotion" in deformation.views and (emotion is None or emotion_field is None):
+            raise ValueError("UA3DTalk: the deformation has the 'emotion' view but no emotion encoder/field is "
+                             "configured (use views without 'emotion' for the no-emotion ablation)")
+        if ({"content", "style"} & set(deformation.views)) and prior is None:
+            raise ValueError("UA3DTalk: the deformation has content/style views but no prior is configured")
+        if emotion_control is None and emotion is not None:
+            emotion_control = EmotionControl()
+        self.face, self.mouth = face, mouth
+        self.deformation, self.mouth_deformation = deformation, mouth_deformation
+        self.prior, self.emotion = prior, emotion
+        self.emotion_field, self.emotion_control = emotion_field, emotion_control
+        self.emotion_condition, self.backend = emotion_condition, backend
+        self.set_bounds()
+
+    def set_bounds(self) -> None:
+        """Fit the deformation fields' grids to the Gaussians' bounding boxes."""
+        for g, net in ((self.face, self.deformation), (self.mouth, self.mouth_deformation)):
+            lo, hi = g.bounds[0].tolist(), g.bounds[1].tolist()
+            net.position_field.set_bounds(lo, hi)
+        if self.emotion_field is not None:
+            self.emotion_field.set_bounds(*(self.face.bounds[i].tolist() for i in (0, 1)))
+
+    def forward(self, batch, emotion: Optional[torch.Tensor] = None, stage: str = "fuse",
+                deform: bool = True) -> torch.Tensor:
+        """Every frame of ``batch`` as ``stage`` shows it → ``[B,3,H,W]`` in [0, 1]: ``mouth`` / ``face`` one
+        branch over the frame's background, otherwise (``fuse``, inference) face over mouth over background.
+        ``emotion`` ``[128]`` or ``[1,128]`` overrides the audio-derived embedding; ``deform=False`` renders the
+        face's canonical Gaussians (the static warm-up)."""
+        H, W = batch.background.shape[-2:]
+        cond = self.conditioning(batch, emotion)
+        out = []
+        for i in range(batch.background.shape[0]):
+            bg = batch.background[i].permute(1, 2, 0)
+            vm, K = batch.viewmat[i], batch.K[i]
+            if stage == "mouth":
+                r = self.render_mouth(cond, i, vm, K, W, H)
+                img = r.image + (1 - r.alpha) * bg
+            elif stage == "face":
+                r = self.render_face(cond, i, vm, K, W, H, deform=deform)
+                img = r.image + (1 - r.alpha) * bg
+            else:
+                img = self.render_frame(cond, i, vm, K, W, H, bg)[0]
+            out.append(img.clamp(0, 1).permute(2, 0, 1))
+        return torch.stack(out)
 
     def conditioning(self, batch, emotion: Optional[torch.Tensor] = None) -> Conditioning:
         """Prior and emotion features of a :class:`FrameBatch` (frozen modules, no grad).
@@ -108,18 +173,9 @@ class TalkingHead:
         # to 0 (rejected by the renderer) nor overflow (beyond the bound a Gaussian is sub-pixel / covers
         # everything either way, so the clamped gradient loses nothing useful)
         log_scales = log_scales.clamp(LOG_SCALE_RANGE[0], LOG_SCALE_RANGE[1])
-        try:
-            return rasterize(means, quats, torch.exp(log_scales), g.opacities if opacities is None else opacities,
-                             g.colors() if colors is None else colors, viewmat, K, width, height,
-                             sh_degree=g.active_sh_degree, backend=self.backend)
-        except ValueError as e:
-            step = self._step_in_progress
-            if step is None or "NaN or Inf" not in str(e):
-                raise
-            # a network parameter went non-finite (they are not scanned every step): name it
-            check_all_finite(self._trained_parameters(), step)
-            raise NonFiniteLossError(f"step {step}: the deformed Gaussians are not finite ({e}); training stopped "
-                                     "before the optimizer step, the last checkpoint is intact") from None
+        return rasterize(means, quats, torch.exp(log_scales), g.opacities if opacities is None else opacities,
+                         g.colors() if colors is None else colors, viewmat, K, width, height,
+                         sh_degree=g.active_sh_degree, backend=self.backend)
 
     def render_face(self, cond: Conditioning, i: int, viewmat, K, width, height, deform: bool = True,
                     step: Optional[int] = None, anchors: Optional[torch.Tensor] = None) -> BranchRender:
@@ -187,32 +243,3 @@ class TalkingHead:
         image = face.image + (1 - face.alpha) * inner
         alpha = 1 - (1 - face.alpha) * (1 - mouth.alpha)
         return image, alpha, face, mouth
-
-    @torch.no_grad()
-    def render_batch(self, batch, emotion: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Render every frame of a FrameBatch as the current stage would show it → [B,3,H,W] in [0,1]."""
-        return self._render_frames(batch, self.stage, emotion)
-
-    @torch.no_grad()
-    def render_predict(self, batch, emotion: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Render a :class:`~ua3dtalk.data.batch.PredictBatch` (no ground truth) → [B,3,H,W]."""
-        return self._render_frames(batch, "fuse", emotion)
-
-    def _render_frames(self, batch, stage: str, emotion: Optional[torch.Tensor]) -> torch.Tensor:
-        """Every frame of ``batch`` as ``stage`` shows it (one branch over the background, or the composite)."""
-        H, W = batch.background.shape[-2:]
-        cond = self.conditioning(batch, emotion)
-        out = []
-        for i in range(batch.background.shape[0]):
-            bg = batch.background[i].permute(1, 2, 0)
-            vm, K = batch.viewmat[i], batch.K[i]
-            if stage == "mouth":
-                r = self.render_mouth(cond, i, vm, K, W, H)
-                img = r.image + (1 - r.alpha) * bg
-            elif stage == "face":
-                r = self.render_face(cond, i, vm, K, W, H, deform=self.global_step >= self.static_warmup)
-                img = r.image + (1 - r.alpha) * bg
-            else:
-                img = self.render_frame(cond, i, vm, K, W, H, bg)[0]
-            out.append(img.clamp(0, 1).permute(2, 0, 1))
-        return torch.stack(out)
