@@ -121,6 +121,11 @@ def test_wandb_offline_run_has_group_tags_and_summary(synth_emotional_roles, tmp
                      f"paths.run_dir={rd}", f"test.evaluator_dir={tmp_path / 'evaluators'}", "stages=[face]",
                      "stage_steps.face=2"]))
     assert (rd / "logs" / "face" / "metrics.csv").is_file()  # CSV is always on
+    import wandb
+
+    # run.finish() hands the records to wandb's service process, which writes the .wandb file asynchronously (read
+    # too early, the file can still hold only its 8-byte header on a loaded machine); teardown waits for it to exit
+    wandb.teardown()
     files = list((rd / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1, "one offline wandb run per training run"
     raw = files[0].read_bytes()
