@@ -548,6 +548,24 @@ def _memoize_hydra_group_listing() -> None:
     ConfigLoaderImpl.get_group_options = get_group_options
 
 
+def _one_log_stream() -> None:
+    """Lightning's messages once: the ``lightning`` package adds its own console handler and still propagates
+    to the root logger, where Hydra's job logging prints everything again (each line twice, one with an
+    ``INFO:`` prefix). With a root handler in place, Lightning's own handlers go."""
+    import logging
+
+    import lightning  # noqa: F401 (adds the handlers, when first imported)
+
+    if not logging.getLogger().hasHandlers():
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        lg = logging.getLogger(name)
+        for h in list(lg.handlers):
+            if type(h) is logging.StreamHandler:
+                lg.removeHandler(h)
+        lg.propagate = True
+
+
 def main(argv=None) -> int:
     import hydra
 
@@ -560,6 +578,7 @@ def main(argv=None) -> int:
     def _main(cfg):
         from hydra.errors import InstantiationException
 
+        _one_log_stream()
         try:
             run(cfg)
         except SimulatedInterruption as e:
