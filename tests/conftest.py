@@ -11,11 +11,22 @@ import os
 from pathlib import Path
 from dataclasses import dataclass, field, replace
 
+# Under pytest-xdist (`make test`: one worker per core) every worker, and every process its tests start (they
+# inherit the environment), computes on one thread: two workers with a thread per core each would contend.
+# Set before torch is imported, so that its OpenMP runtime starts with one thread too.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if XDIST_WORKER:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+
 # imported here so that lightning's log handlers bind to the session's stderr, not to the capture stream of
 # whichever test imports it first (closed after that test: later logs would print "--- Logging error ---")
-import lightning.pytorch  # noqa: F401
-import pytest
-import torch
+import lightning.pytorch  # noqa: F401,E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if XDIST_WORKER:
+    torch.set_num_threads(1)
 
 # Nothing may reach the network from the test suite (DESIGN §10).
 for _k, _v in {
@@ -40,7 +51,53 @@ except ImportError:  # hypothesis is a dev dependency; the fuzz tests import it 
     pass
 
 
+# Under pytest-xdist (`--dist loadfile --no-loadscope-reorder`, see the Makefile) a worker that runs out of work
+# takes the next file in collection order. These files, the longest first, are collected before all others, so
+# that no long file starts late and leaves the other worker idle at the end (seconds per file, fixtures included,
+# with 2 workers on 2 cores: the whole suite is ≈ 1220 s of work, test_learning alone ≈ 410 s). Only under xdist
+# (a plain run keeps pytest's order), and the same on every worker (xdist requires identical collections).
+SLOW_FILES_FIRST = (
+    "tests/models/test_learning.py",  # 410 s (a module fixture trains the face stage for ≈ 360 s)
+    "tests/robustness/test_interrupted.py",  # 85 s (the kill-and-resume loop)
+    "tests/cli/test_evaluators_cli.py",  # 75 s
+    "tests/models/test_module.py",  # 70 s
+    "tests/preprocess/test_own_video.py",  # 55 s
+    "tests/experiments/test_sweep_table.py",  # 55 s
+    "tests/metrics/test_syncnet_train.py",  # 45 s
+    "tests/cli/test_slurm_launcher.py",  # 35 s
+    "tests/cli/test_cli_demo.py",  # 35 s
+)
+
+
+def _slow_first(items) -> None:
+    rank = {f: i for i, f in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable: files stay whole
+
+
+# Files sharing an expensive session fixture of their directory's conftest form one xdist work unit (so one
+# worker builds it once): the metrics evaluators (synth_emo8 and three trained evaluators, ≈ 60 s).
+SAME_WORKER = dict.fromkeys(("tests/metrics/test_metrics_efid.py", "tests/metrics/test_metrics_evaluators.py",
+                             "tests/metrics/test_metrics_landmarks.py"), "tests/metrics: trained evaluators")
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook, called in the controller; unknown without xdist
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` with the files of :data:`SAME_WORKER` as one unit (other modes: xdist's own)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class _LoadFileSameWorker(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return SAME_WORKER.get(scope, scope)
+
+    return _LoadFileSameWorker(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
+    if XDIST_WORKER:
+        _slow_first(items)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA (torch.cuda.is_available() is False)")

@@ -30,7 +30,7 @@ def _env(tmp_path: Path) -> dict:
     from ua3dtalk.cli.train import config_dir
 
     return {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "UA3DTALK_CONFIG_DIR": str(config_dir()),
-            "OMP_NUM_THREADS": "2"}
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}  # 1 under pytest-xdist (tests/conftest.py)
 
 
 def _run_dir(tmp: Path) -> Path:

@@ -415,7 +415,7 @@ def test_infer_truncated_checkpoint(trained_ckpt, tmp_path, speech):
 
 def test_infer_checkpoint_with_nan(trained_ckpt, tmp_path, speech):
     ck = torch.load(trained_ckpt, weights_only=True)
-    key = next(k for k, v in ck["state_dict"].items() if k.startswith("deformation.") and v.is_floating_point())
+    key = next(k for k, v in ck["state_dict"].items() if k.startswith("head.deformation.") and v.is_floating_point())
     ck["state_dict"][key].view(-1)[0] = float("nan")
     bad = tmp_path / "nan.ckpt"
     torch.save(ck, bad)
