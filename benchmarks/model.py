@@ -91,7 +91,7 @@ def prime_geometric_terms(model, batch, frames: int = 64) -> None:
     model.emotion_control.prototypes.normal_()
     model.emotion_control.counts.fill_(1)
     with torch.no_grad():
-        cond = model.conditioning(batch)
+        cond = model.head.conditioning(batch)
     for _ in range(frames):
         model._bank_add(batch, cond)
 

@@ -40,3 +40,27 @@ def test_cli_reads_an_earlier_demo(tmp_path):
     r = subprocess.run([sys.executable, str(SCRIPT), "--metrics", str(tmp_path / "none.json"), "--total", "1"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "none.json" in r.stderr
+
+
+def _smoke():
+    spec = importlib.util.spec_from_file_location("smoke_bench", ROOT / "benchmarks" / "smoke.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_smoke_table_reads_the_stages_and_judges_the_budget(tmp_path):
+    for stage, sec in (("prior", 5.0), ("emotion", 40.0), ("fuse", 10.0)):
+        (tmp_path / "checkpoints" / stage).mkdir(parents=True)
+        (tmp_path / "checkpoints" / stage / "done.json").write_text(json.dumps({"seconds": sec, "steps": 3}))
+    mod = _smoke()
+    assert mod.stage_seconds(tmp_path) == {"prior": 5.0, "emotion": 40.0, "fuse": 10.0}
+    t = mod.table(mod.stage_seconds(tmp_path), 100.0, data=30.0)
+    assert "| start-up | 45 |" in t and "| total (budget 120) | 100 | within |" in t and "| 30 |" in t
+    assert "| over |" in mod.table({"emotion": 200.0}, 230.0)
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "smoke.py"), "--run-dir", str(tmp_path), "--total",
+                        "90"], capture_output=True, text=True)
+    assert r.returncode == 0 and "| emotion | 40 |" in r.stdout, r.stderr
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "smoke.py"), "--run-dir", str(tmp_path / "none"),
+                        "--total", "1"], capture_output=True, text=True)
+    assert r.returncode == 2 and "no finished stage" in r.stderr and "Traceback" not in r.stderr
