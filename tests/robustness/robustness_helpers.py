@@ -21,8 +21,10 @@ from ua3dtalk.utils.threads import torch_threads as single_thread  # noqa: E402,
 
 def train_overrides(data_root, run_dir, *extra: str) -> list[str]:
     """Hydra overrides of the smallest training run: the smoke experiment at ``scale=tiny`` on an
-    existing dataset (no generation), CSV logger only, no progress bar."""
-    return ["experiment=smoke", "scale=tiny", f"data.root={data_root}", "data.synth=null",
+    existing dataset (no generation), CSV logger only, no progress bar. The audio context is log-mel
+    (``data.context_feature=null``): the smoke experiment's tiny wav2vec2 would be saved on first use under the
+    project's ``data/models`` (``data.synth.wav2vec2``, off here), which a test must not rely on."""
+    return ["experiment=smoke", "scale=tiny", f"data.root={data_root}", "data.synth=null", "data.context_feature=null",
             f"paths.run_dir={run_dir}", "trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false",
             "callbacks=none", *extra]
 
