@@ -406,8 +406,6 @@ class UA3DTalk(HealthMixin, RenderLosses, LandmarkBank, AudioStages, L.Lightning
         if meta.get("version") not in (1, CHECKPOINT_VERSION):
             raise ValueError(f"checkpoint format version {meta.get('version')} is not supported (expected 1 or "
                              f"{CHECKPOINT_VERSION})")
-        if isinstance(checkpoint.get("state_dict"), dict):  # format 1: the head's keys at the top level
-            checkpoint["state_dict"] = upgrade_state_dict(checkpoint["state_dict"])
         bank = checkpoint.get("ua3dtalk_landmark_bank")
         if isinstance(bank, dict):  # checkpoints written before the bank was saved refill it from scratch
             rows = {k: v for k, v in (bank.get("rows") or {}).items() if isinstance(v, torch.Tensor)}
