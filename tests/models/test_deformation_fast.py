@@ -326,9 +326,11 @@ def view_cases(b, n=11, dtype=torch.float64, seed=0):
     }
 
 
-@pytest.mark.parametrize("b", [1, 3])
+@pytest.mark.parametrize("b,chunk", [(1, 4), (3, 4), (5, 25), (4, 64)])
 @pytest.mark.parametrize("case", ["frame+shared", "full+shared", "shared+frame+full"])
-def test_view_input_equals_the_materialised_view(b, case):
+def test_view_input_equals_the_materialised_view(b, chunk, case):
+    """chunk 4: blocks of Gaussians within a frame; 25 and 64 (> N = 11): blocks of 2 (5 frames → 2, 2, 1)
+    and 5 (4 frames → one block) whole frames, as for the landmark term's few anchors on many frames."""
     torch.manual_seed(0)
     segs = view_cases(b)[case]
     for _, t in segs:
@@ -336,7 +338,7 @@ def test_view_input_equals_the_materialised_view(b, case):
     vi = ViewInput(segs)
     x = vi.materialize()
     assert tuple(vi.shape) == tuple(x.shape) == (b, 11, 12)
-    ens = EnsembleMLP(12, hidden=6, out_dim=4, members=5, chunk_rows=4).double()
+    ens = EnsembleMLP(12, hidden=6, out_dim=4, members=5, chunk_rows=chunk).double()
     # all members, pre-activations and outputs
     torch.testing.assert_close(ens.pre_activation(vi), ens.pre_activation(x), **TIGHT)
     for a, r in zip(ens(vi), ref_ensemble(ens, x)):

@@ -135,3 +135,49 @@ def test_plane_field_learns_a_function():
     with torch.no_grad():
         last = float(loss_on(test))
     assert last < first / 100, (first, last)
+
+
+def test_co_sample_gives_the_separate_calls_values_and_gradients_with_one_sampling(monkeypatch):
+    """``co_sample``: the first gradient-enabled call also samples the extra points; a call on them (same
+    storage, e.g. ``.detach()``) reuses those samples. Values and plane gradients equal separate calls,
+    with half the ``grid_sample`` calls (one scatter of the gradient into the planes)."""
+    import ua3dtalk.models.fields as fields
+
+    torch.manual_seed(0)
+    f = PlaneField(resolution=8, scales=(1, 2), channels=4).double()
+    xyz = torch.rand(50, 3, dtype=torch.float64) * 2 - 1
+    anchors = torch.rand(7, 3, dtype=torch.float64) * 2 - 1
+    wa, wb = torch.randn(50, 8, dtype=torch.float64), torch.randn(7, 8, dtype=torch.float64)
+    calls = []
+    real = fields.sample_planes
+    monkeypatch.setattr(fields, "sample_planes", lambda g, grid: calls.append(grid.shape[2]) or real(g, grid))
+
+    a, b = f(xyz), f(anchors)
+    ref = torch.autograd.grad((a * wa).sum() + (b * wb).sum(), list(f.grids))
+    assert len(calls) == 4
+    calls.clear()
+    with f.co_sample(anchors):
+        a2, b2 = f(xyz), f(anchors.detach())
+    got = torch.autograd.grad((a2 * wa).sum() + (b2 * wb).sum(), list(f.grids))
+    assert calls == [57, 57]  # one sampling per scale, of the 50 points and the 7 anchors together
+    torch.testing.assert_close(a2, a, rtol=0, atol=0)
+    torch.testing.assert_close(b2, b, rtol=0, atol=0)
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
+    # outside the block, and after the anchors changed in place, the points are sampled afresh
+    calls.clear()
+    with f.co_sample(anchors):
+        f(xyz)
+        anchors.mul_(0.5)
+        torch.testing.assert_close(f(anchors), real_features(f, anchors))
+    assert f._co is None
+    # a first call without autograd does not co-sample (its samples could not carry a gradient)
+    with f.co_sample(anchors):
+        with torch.no_grad():
+            f(xyz)
+        f(xyz)
+        assert f._co["feats"] is not None
+
+
+def real_features(f, pts):
+    return torch.cat(f._per_scale(pts), dim=-1)

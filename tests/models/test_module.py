@@ -19,6 +19,8 @@ prior / emotion stages). Checked:
 """
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import os
 import re
@@ -1051,6 +1053,37 @@ def test_emotion_swap_term_enters_the_loss_and_matches_its_definition(dm, cfg_fa
         own_cells = cells[plan[0]].tolist()
         assert all(t != o and bool(ready[t]) for t, o in zip(target, own_cells))
         assert set(own_cells) == set(torch.nonzero(ready)[:, 0].tolist())
+
+
+def test_bank_frames_share_the_frames_plane_samples_with_the_same_gradients(dm, cfg_factory, monkeypatch):
+    """The training step samples the plane fields at the landmark anchors together with the frame's
+    Gaussians (``TalkingHead.co_sample``): the same gradients of every trained parameter as sampling them
+    separately, with fewer plane samplings (each costs a zero-filled gradient of every plane)."""
+    import ua3dtalk.models.fields as fields
+
+    dm.stage = "face"
+    ds = dm.dataset("train")
+    real = fields.sample_planes
+    grads, calls = {}, {}
+    for co in (True, False):
+        torch.manual_seed(0)
+        model = swap_model(cfg_factory, ds, 1.0, 8)
+        with torch.no_grad():
+            model._bank_add(prime := prime_batch(ds), model.head.conditioning(prime))
+        if not co:
+            monkeypatch.setattr(type(model.head), "co_sample", lambda self, points: contextlib.nullcontext())
+        n = calls.setdefault(co, [])
+        monkeypatch.setattr(fields, "sample_planes", lambda g, grid, n=n: n.append(1) or real(g, grid))
+        torch.manual_seed(1)
+        fit_steps(model, train_loader(dm, "face"), steps=1)
+        grads[co] = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        monkeypatch.undo()
+    assert grads[True].keys() == grads[False].keys()
+    assert any(k.startswith("head.deformation.position_field.") for k in grads[True])
+    assert any(k.startswith("head.emotion_field.planes.") for k in grads[True])
+    for k in grads[True]:
+        torch.testing.assert_close(grads[True][k], grads[False][k], rtol=1e-4, atol=1e-6, msg=k)
+    assert len(calls[True]) < len(calls[False]), (len(calls[True]), len(calls[False]))
 
 
 def test_emotion_swap_term_teaches_labels_their_expression(dm, cfg_factory, monkeypatch):

@@ -27,7 +27,8 @@ Shapes (``N`` points, ``C = channels``, ``S = len(scales)``)::
 """
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -200,9 +201,44 @@ class PlaneField(nn.Module):
         hi = self.bounds_max.to(xyz.dtype)
         return ((xyz - lo) / (hi - lo) * 2.0 - 1.0).clamp(-1.0, 1.0)
 
+    @contextlib.contextmanager
+    def co_sample(self, points: Optional[Tensor]):
+        """Within the block, the first gradient-enabled call on other points also samples ``points``
+        ``[..., 3]`` (in the same ``grid_sample``), and a later call on ``points`` (the same storage and
+        shape, e.g. its ``.detach()``) returns those features. Values are the same as separate calls;
+        the backward scatters into the planes once instead of twice — each extra sampling of a few points
+        otherwise costs a zero-filled gradient of every plane (17 M values for the paper's position field)
+        and its accumulation. The training step uses it for the landmark term's anchors
+        (:meth:`~ua3dtalk.models.talking_head.TalkingHead.co_sample`). ``points=None``: a no-op."""
+        if points is None:
+            yield
+            return
+        prev, self._co = getattr(self, "_co", None), {"points": points.detach(), "feats": None,
+                                                   "version": points._version}
+        try:
+            yield
+        finally:
+            self._co = prev
+
     def per_scale(self, xyz: Tensor) -> list[Tensor]:
         """Per-scale features: a list (coarsest first) of ``len(scales)`` tensors ``[..., channels]``,
-        each the channel-wise product of the planes' bilinear samples at ``xyz [..., 3]``."""
+        each the channel-wise product of the planes' bilinear samples at ``xyz [..., 3]`` (see
+        :meth:`co_sample`)."""
+        co = getattr(self, "_co", None)
+        if co is not None:
+            pts = co["points"]
+            same = xyz.shape == pts.shape and xyz.dtype == pts.dtype and xyz.device == pts.device and \
+                xyz.data_ptr() == pts.data_ptr() and pts._version == co["version"]
+            if same and co["feats"] is not None:
+                return co["feats"]
+            if not same and co["feats"] is None and torch.is_grad_enabled() and xyz.shape[-1] == 3:
+                m = xyz.numel() // 3
+                both = self._per_scale(torch.cat([xyz.reshape(-1, 3), pts.reshape(-1, 3).to(xyz.dtype)]))
+                co["feats"] = [f[m:].reshape(*pts.shape[:-1], self.channels) for f in both]
+                return [f[:m].reshape(*xyz.shape[:-1], self.channels) for f in both]
+        return self._per_scale(xyz)
+
+    def _per_scale(self, xyz: Tensor) -> list[Tensor]:
         lead = xyz.shape[:-1]
         # computed in the planes' dtype (the output has the parameters' dtype)
         p = self.normalize(xyz.to(self.grids[0].dtype)).reshape(-1, 3)  # [N,3]

@@ -260,14 +260,18 @@ class UA3DTalk(HealthMixin, RenderLosses, LandmarkBank, AudioStages, L.Lightning
         logs = {}
         renders = []
         anchors = self._landmark_anchors(batch)  # of the frames of earlier steps
-        for i in range(batch.image.shape[0]):
-            loss, terms = self._frame_loss(batch, cond, i, step, anchors, renders, W, H)
-            total = total + loss / batch.image.shape[0]
-            for k, v in terms.items():
-                logs[f"train/{k}"] = logs.get(f"train/{k}", 0) + v.detach() / batch.image.shape[0]
-        if anchors is not None and self.landmark_frames > 0:
-            deform_step = step - self.static_warmup if self.stage == "face" else step
-            if self.stage == "fuse" or deform_step >= 0:
+        deform_step = step - self.static_warmup if self.stage == "face" else step
+        use_bank = anchors is not None and self.landmark_frames > 0 and self._bank_n > 0 and \
+            (self.stage == "fuse" or deform_step >= 0)
+        # the bank frames evaluate the deformation at the anchors: their plane samples are taken with the
+        # frames' own (one backward scatter into the planes instead of two)
+        with self.head.co_sample(anchors if use_bank else None):
+            for i in range(batch.image.shape[0]):
+                loss, terms = self._frame_loss(batch, cond, i, step, anchors, renders, W, H)
+                total = total + loss / batch.image.shape[0]
+                for k, v in terms.items():
+                    logs[f"train/{k}"] = logs.get(f"train/{k}", 0) + v.detach() / batch.image.shape[0]
+            if use_bank:
                 bank, swap = self._bank_landmark(anchors, deform_step, W, H)
                 if bank is not None:
                     total = total + self.landmark_weight * bank

@@ -15,7 +15,7 @@ the losses, the optimisation and the stage curriculum.
 from __future__ import annotations
 
 import functools
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
@@ -176,6 +176,22 @@ class TalkingHead(nn.Module):
         return rasterize(means, quats, torch.exp(log_scales), g.opacities if opacities is None else opacities,
                          g.colors() if colors is None else colors, viewmat, K, width, height,
                          sh_degree=g.active_sh_degree, backend=self.backend)
+
+    @contextmanager
+    def co_sample(self, points: Optional[torch.Tensor]):
+        """Within the block, the face deformation's plane fields (position field, emotion field) sample
+        ``points`` ``[L,3]`` together with the first frame's Gaussians, and evaluations at ``points`` reuse
+        those samples (:meth:`~ua3dtalk.models.fields.PlaneField.co_sample`: same values, one scatter of the
+        gradient into the planes). The training step wraps its frames and the landmark term's replay-bank
+        frames, which evaluate the deformation at the landmark anchors. ``None``: a no-op."""
+        with ExitStack() as stack:
+            if points is not None:
+                fields = [self.deformation.position_field]
+                if self.emotion_field is not None:
+                    fields.append(self.emotion_field.planes)
+                for f in fields:
+                    stack.enter_context(f.co_sample(points))
+            yield
 
     def render_face(self, cond: Conditioning, i: int, viewmat, K, width, height, deform: bool = True,
                     step: Optional[int] = None, anchors: Optional[torch.Tensor] = None) -> BranchRender:

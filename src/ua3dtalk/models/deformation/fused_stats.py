@@ -255,15 +255,23 @@ class _EnsembleViewStats(torch.autograd.Function):
         al, ep = torch.empty_like(mu), torch.empty_like(mu)
         keep = any(ctx.needs_input_grad[:5])
         saved = []
-        for f in range(b):
-            xf = xc[f if xc.shape[0] > 1 else 0]
-            for a in range(0, n, chunk):
-                e = min(a + chunk, n)
-                r0, r1 = f * n + a, f * n + e
-                zc = torch.addmm(rc[f], xf[a:e], wc)  # [e−a, T·hidden]; ReLU'd in place → hidden activations
-                jac = _stats_block(zc, head, mu[r0:r1], al[r0:r1], ep[r0:r1], keep, owned=True)
-                if keep:
-                    saved.append((jac, zc))
+        shared = xc.shape[0] == 1
+        blocks = _view_blocks(b, n, chunk)
+        # frames grouped into one block (few Gaussians, many frames: the landmark term's replay bank) share
+        # the Gaussian part of the first layer when the Gaussian-wise features are the same for every frame
+        xw = xc[0] @ wc if shared and blocks[0][1] - blocks[0][0] > 1 else None
+        for f0, f1, a, e in blocks:
+            r0, r1 = f0 * n + a, (f1 - 1) * n + e
+            if f1 - f0 == 1:  # [e−a, T·hidden]; ReLU'd in place → hidden activations
+                zc = torch.addmm(rc[f0], xc[0 if shared else f0, a:e], wc)
+            elif xw is not None:
+                zc = (xw.unsqueeze(0) + rc[f0:f1, None]).view(r1 - r0, -1)
+            else:
+                zc = (xc[f0:f1].reshape(r1 - r0, -1) @ wc).view(f1 - f0, n, -1).add_(rc[f0:f1, None])
+                zc = zc.view(r1 - r0, -1)
+            jac = _stats_block(zc, head, mu[r0:r1], al[r0:r1], ep[r0:r1], keep, owned=True)
+            if keep:
+                saved.append((jac, zc))
         ctx.set_materialize_grads(False)
         if keep:
             ctx.save_for_backward(x, w)
@@ -288,28 +296,26 @@ class _EnsembleViewStats(torch.autograd.Function):
         dw2 = head.b2.new_zeros(head.w2c.shape) if need_w2 else None
         db2 = torch.zeros_like(head.b2) if need_b2 else None
         sl = lambda t, a, e: None if t is None else t[a:e]  # noqa: E731
-        i = 0
-        for f in range(b):
-            fx = f if x.shape[0] > 1 else 0
-            for a in range(0, n, chunk):
-                e = min(a + chunk, n)
-                r0, r1 = f * n + a, f * n + e
-                jac, h = ctx.blocks[i]
-                i += 1
-                g = _grad_out(jac, sl(g_mu, r0, r1), sl(g_al, r0, r1), sl(g_ep, r0, r1), head)
-                gc = g if g.dtype == h.dtype else _WS.get("gc", g.shape, h.dtype, h.device).copy_(g)
-                h3 = h.view(e - a, members, hid)
-                if need_w2:
-                    _accumulate(dw2, h3.transpose(0, 1).transpose(1, 2), gc)
-                if need_b2:
-                    db2.add_(g.sum(dim=1))
-                if not (need_x or need_w or need_rows):
-                    continue
-                dz = _WS.get("dz", h.shape, h.dtype, h.device)  # [e−a, T·hidden], a temporary
-                torch.bmm(gc, w2c_t, out=dz.view(e - a, members, hid).transpose(0, 1))
-                torch.ops.aten.threshold_backward.grad_input(dz, h, 0.0, grad_input=dz)  # ReLU
+        shared = x.shape[0] == 1
+        for i, (f0, f1, a, e) in enumerate(_view_blocks(b, n, chunk)):
+            r0, r1 = f0 * n + a, (f1 - 1) * n + e
+            jac, h = ctx.blocks[i]
+            g = _grad_out(jac, sl(g_mu, r0, r1), sl(g_al, r0, r1), sl(g_ep, r0, r1), head)
+            gc = g if g.dtype == h.dtype else _WS.get("gc", g.shape, h.dtype, h.device).copy_(g)
+            h3 = h.view(r1 - r0, members, hid)
+            if need_w2:
+                _accumulate(dw2, h3.transpose(0, 1).transpose(1, 2), gc)
+            if need_b2:
+                db2.add_(g.sum(dim=1))
+            if not (need_x or need_w or need_rows):
+                continue
+            dz = _WS.get("dz", h.shape, h.dtype, h.device)  # [rows, T·hidden], a temporary
+            torch.bmm(gc, w2c_t, out=dz.view(r1 - r0, members, hid).transpose(0, 1))
+            torch.ops.aten.threshold_backward.grad_input(dz, h, 0.0, grad_input=dz)  # ReLU
+            if f1 - f0 == 1:
+                fx = 0 if shared else f0
                 if need_rows:
-                    drows[f].add_(dz.sum(dim=0).to(drows.dtype))
+                    drows[f0].add_(dz.sum(dim=0).to(drows.dtype))
                 if need_w:
                     _accumulate(dw, xc[fx, a:e].t(), dz)
                 if need_x:
@@ -317,8 +323,34 @@ class _EnsembleViewStats(torch.autograd.Function):
                         dx[fx, a:e].addmm_(dz, wc_t)
                     else:
                         dx[fx, a:e].add_((dz @ wc_t).to(dx.dtype))
+                continue
+            dz3 = dz.view(f1 - f0, n, -1)  # a block of whole frames
+            if need_rows:
+                drows[f0:f1].add_(dz3.sum(dim=1, dtype=drows.dtype))
+            if shared:  # the frames' gradients summed first (in the parameters' dtype), then one product
+                s = dz3.sum(dim=0, dtype=w.dtype)
+                if need_w:
+                    dw.addmm_(x[0].t(), s)
+                if need_x:
+                    dx[0].addmm_(s, w.t())
+            else:
+                if need_w:
+                    _accumulate(dw, xc[f0:f1].reshape(r1 - r0, -1).t(), dz)
+                if need_x:
+                    dx[f0:f1].add_((dz @ wc_t).view(f1 - f0, n, -1).to(dx.dtype))
         dw2, db2 = head.param_grads(dw2, db2)
         return dx, dw, drows, dw2, db2, None, None, None, None, None, None
+
+
+def _view_blocks(b: int, n: int, chunk: int) -> list[tuple[int, int, int, int]]:
+    """The blocks ``(f0, f1, a, e)`` of :class:`_EnsembleViewStats`: frames ``[f0, f1)`` × Gaussians
+    ``[a, e)``, at most about ``chunk`` rows each, in row order (frame-major). Views with ``n ≥ chunk``
+    Gaussians are cut per frame; smaller ones take ``chunk // n`` whole frames a block (few blocks instead
+    of one per frame: the landmark term evaluates ~70 anchors on 32–64 frames)."""
+    if n < chunk:
+        k = max(1, chunk // max(n, 1))
+        return [(f, min(f + k, b), 0, n) for f in range(0, b, k)]
+    return [(f, f + 1, a, min(a + chunk, n)) for f in range(b) for a in range(0, n, chunk)]
 
 
 def _point_form(ens: EnsembleMLP, x: ViewLike) -> tuple[Tensor, Tensor, Tensor]:
