@@ -23,10 +23,14 @@ ABLATIONS = {  # experiment → (component, variant) it changes w.r.t. the full 
     "abl_uncertainty_epistemic": ("uncertainty", "epistemic"),
     "abl_heads_single": ("heads", "single"),
     "abl_fusion_fullcov": ("fusion", "full_cov"),
+    "abl_landmark_none": ("landmark", "off"),  # ★ rows: the project's terms (DESIGN §4.6)
+    "abl_swap_none": ("swap", "off"),
 }
+ALSO_CHANGED = {"abl_landmark_none": {"swap": "off"}, "abl_emotion_none": {"swap": "off"}}  # the swap term needs both
 EXPERIMENTS = {"paper_hdtf", "paper_mead", "demo_synth", "demo_quick", "smoke", "baseline_talkinggaussian", "own_video",
                *ABLATIONS}
-FULL = {"prior": "learned", "emotion": "distilled", "fusion": "diagonal", "uncertainty": "both", "heads": "multi"}
+FULL = {"prior": "learned", "emotion": "distilled", "fusion": "diagonal", "uncertainty": "both", "heads": "multi",
+        "landmark": "on", "swap": "on"}
 
 
 def _instantiate_all(cfg, tmp_path):
@@ -43,7 +47,7 @@ def _instantiate_all(cfg, tmp_path):
 
 def test_experiment_files_are_the_expected_set():
     found = list_experiments()
-    assert len(found) == 15, f"expected 15 experiment files, found {len(found)}: {found}"
+    assert len(found) == 17, f"expected 17 experiment files, found {len(found)}: {found}"
     assert set(found) == EXPERIMENTS
 
 
@@ -64,7 +68,10 @@ def test_every_experiment_instantiates(name, tmp_path, monkeypatch):
     if name in ABLATIONS:
         key, variant = ABLATIONS[name]
         assert comp[key] == variant
-        assert {k: v for k, v in comp.items() if k in FULL and k != key} == {k: v for k, v in FULL.items() if k != key}
+        changed = {key: variant, **ALSO_CHANGED.get(name, {})}
+        assert {k: comp[k] for k in changed} == changed
+        assert {k: v for k, v in comp.items() if k in FULL and k not in changed} == \
+            {k: v for k, v in FULL.items() if k not in changed}
     elif name == "baseline_talkinggaussian":
         assert (comp["prior"], comp["emotion"], comp["fusion"], comp["views"]) == ("none", "none", "concat", "audio")
     else:
@@ -163,7 +170,9 @@ def test_launchers_select_hydra_plugins():
     assert local.hydra.launcher._target_.endswith("BasicLauncher")
     swept = grid.hydra.sweeper.params
     exps = swept.experiment.split(",")
-    assert set(exps) == EXPERIMENTS - {"paper_hdtf", "demo_synth", "demo_quick", "smoke", "own_video"}
+    # the paper's table: every ablation row and the baseline; the ★ rows (the project's terms) are run beside it
+    assert set(exps) == EXPERIMENTS - {"paper_hdtf", "demo_synth", "demo_quick", "smoke", "own_video",
+                                       "abl_landmark_none", "abl_swap_none"}
     assert swept.seed == "0,1,2"
 
 

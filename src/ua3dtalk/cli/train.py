@@ -300,6 +300,8 @@ def components(mcfg: dict) -> dict[str, str]:
             "uncertainty": str(d.get("uncertainty", "both")),
             "heads": "single" if d.get("single_head") else "multi",
             "views": "+".join(d.get("views") or []),
+            "landmark": "on" if float(mcfg.get("landmark_weight") or 0) > 0 else "off",
+            "swap": "on" if float(mcfg.get("emotion_swap_weight") or 0) > 0 else "off",
             "renderer": str(mcfg.get("backend", "auto"))}
 
 

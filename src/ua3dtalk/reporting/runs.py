@@ -116,7 +116,7 @@ class TableSpec:
 
 ABLATION_ORDER = ("paper_mead", "abl_prior_none", "abl_emotion_none", "abl_fusion_uniform", "abl_fusion_concat",
                   "abl_uncertainty_aleatoric", "abl_uncertainty_epistemic", "abl_heads_single",
-                  "abl_fusion_fullcov", "baseline_*")
+                  "abl_fusion_fullcov", "baseline_*", "abl_landmark_none", "abl_swap_none")
 
 TABLES: dict[str, TableSpec] = {
     "paper_t1": TableSpec("Comparison on the regular dataset (HDTF)",
@@ -135,6 +135,7 @@ ABLATION_LABELS = {
     "abl_fusion_concat": "concatenation fusion", "abl_uncertainty_aleatoric": "aleatoric only",
     "abl_uncertainty_epistemic": "epistemic only", "abl_heads_single": "single head",
     "abl_fusion_fullcov": "full-covariance fusion", "baseline_talkinggaussian": "TalkingGaussian-like baseline",
+    "abl_landmark_none": "★ w/o landmark and swap terms", "abl_swap_none": "★ w/o emotion-swap term",
 }
 
 
