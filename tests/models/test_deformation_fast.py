@@ -757,3 +757,15 @@ def test_inference_mode_equals_no_grad(emotion_position):
         got = net(**inp).deltas.as_dict()
     for k in ref:
         torch.testing.assert_close(got[k], ref[k])
+
+
+@pytest.mark.parametrize("b,chunk", [(3, 4), (3, 64)])
+def test_fused_stats_of_a_view_without_gaussians(b, chunk):
+    """No Gaussians (e.g. a branch pruned to nothing): empty statistics and zero gradients, not an error."""
+    ens = EnsembleMLP(12, hidden=6, out_dim=4, members=5, chunk_rows=chunk).double()
+    segs = [("frame", torch.randn(b, 5, dtype=torch.float64, requires_grad=True)),
+            ("shared", torch.randn(0, 7, dtype=torch.float64, requires_grad=True))]
+    mu, al, ep = ens.stats(ViewInput(segs))
+    assert mu.shape == al.shape == ep.shape == (b, 0, 4)
+    grads = torch.autograd.grad((mu.sum() + al.sum() + ep.sum()), [segs[0][1], ens.w1, ens.w2], allow_unused=True)
+    assert all(g is None or float(g.abs().sum()) == 0.0 for g in grads)

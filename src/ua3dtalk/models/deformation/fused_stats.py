@@ -259,7 +259,7 @@ class _EnsembleViewStats(torch.autograd.Function):
         blocks = _view_blocks(b, n, chunk)
         # frames grouped into one block (few Gaussians, many frames: the landmark term's replay bank) share
         # the Gaussian part of the first layer when the Gaussian-wise features are the same for every frame
-        xw = xc[0] @ wc if shared and blocks[0][1] - blocks[0][0] > 1 else None
+        xw = xc[0] @ wc if shared and blocks and blocks[0][1] - blocks[0][0] > 1 else None
         for f0, f1, a, e in blocks:
             r0, r1 = f0 * n + a, (f1 - 1) * n + e
             if f1 - f0 == 1:  # [e−a, T·hidden]; ReLU'd in place → hidden activations
@@ -347,8 +347,10 @@ def _view_blocks(b: int, n: int, chunk: int) -> list[tuple[int, int, int, int]]:
     ``[a, e)``, at most about ``chunk`` rows each, in row order (frame-major). Views with ``n ≥ chunk``
     Gaussians are cut per frame; smaller ones take ``chunk // n`` whole frames a block (few blocks instead
     of one per frame: the landmark term evaluates ~70 anchors on 32–64 frames)."""
+    if n == 0 or b == 0:
+        return []
     if n < chunk:
-        k = max(1, chunk // max(n, 1))
+        k = max(1, chunk // n)
         return [(f, min(f + k, b), 0, n) for f in range(0, b, k)]
     return [(f, f + 1, a, min(a + chunk, n)) for f in range(b) for a in range(0, n, chunk)]
 
