@@ -9,7 +9,8 @@
 #   SCALE=tiny SEEDS=0 scripts/sweep_ablation.sh    # a minutes-long smoke version of the whole sweep
 #
 # Resumable: every run is started with resume=true, so a rerun (after a kill, or in a later session) skips the
-# finished runs and their evaluations and continues the interrupted ones.
+# finished runs and their evaluations and continues the interrupted ones. Locally the seeds run one after the
+# other (all rows of seed 0, then of seed 1, …) and the table is rewritten after each: a one-seed table early.
 # Environment: SCALE (local: demo | tiny; default demo), SEEDS (default 0,1,2), SUBJECTS (slurm),
 # UA3DTALK_ROOT (where outputs/ go; default .), PY (the Python). Extra arguments are Hydra overrides.
 # Runs land in outputs/runs/<scale>/<experiment>[+<variant>]/<subject>/seed<k>/ (and in wandb with
@@ -22,16 +23,29 @@ PY="${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}"
 ROOT="${UA3DTALK_ROOT:-.}"
 export WANDB_MODE="${WANDB_MODE:-offline}" UA3DTALK_ROOT="$ROOT"
 case "$MODE" in
-  local)  SCALE="${SCALE:-demo}"; args=("scale=$SCALE" "seed=$SEEDS" resume=true) ;;
+  local)  SCALE="${SCALE:-demo}"; args=("scale=$SCALE" resume=true) ;;
   slurm)  SCALE=paper; args=(launcher=slurm trainer=gpu "seed=$SEEDS" "data.subject=${SUBJECTS:-M003}" resume=true) ;;
   *) echo "usage: $0 [local|slurm] [hydra overrides...]" >&2; exit 2 ;;
 esac
 case "$SCALE" in tiny|demo|paper) ;; *) echo "$0: SCALE must be tiny or demo, got '$SCALE'" >&2; exit 2 ;; esac
+tables() {
+  mkdir -p "$ROOT/outputs/tables"
+  "$PY" -m ua3dtalk.cli.tables --runs "$ROOT/outputs/runs/$SCALE" --table ablation --out "$ROOT/outputs/tables/ablation.md"
+  "$PY" -m ua3dtalk.cli.tables --runs "$ROOT/outputs/runs/$SCALE" --table ablation --format latex \
+    --out "$ROOT/outputs/tables/ablation.tex"
+}
 start=$(date +%s)
-"$PY" -m ua3dtalk.cli.train -m grid=ablation "${args[@]}" "$@"
-mkdir -p "$ROOT/outputs/tables"
-"$PY" -m ua3dtalk.cli.tables --runs "$ROOT/outputs/runs/$SCALE" --table ablation --out "$ROOT/outputs/tables/ablation.md"
-"$PY" -m ua3dtalk.cli.tables --runs "$ROOT/outputs/runs/$SCALE" --table ablation --format latex \
-  --out "$ROOT/outputs/tables/ablation.tex"
+if [ "$MODE" = local ]; then
+  # one seed after the other (every row, then the next seed): after each seed the table holds every row
+  IFS=, read -ra seed_list <<< "$SEEDS"
+  for s in "${seed_list[@]}"; do
+    "$PY" -m ua3dtalk.cli.train -m grid=ablation "${args[@]}" "seed=$s" "$@"
+    tables
+    echo "sweep_ablation: seed $s done, $(( $(date +%s) - start )) s since the start"
+  done
+else
+  "$PY" -m ua3dtalk.cli.train -m grid=ablation "${args[@]}" "$@"
+  tables
+fi
 cat "$ROOT/outputs/tables/ablation.md"
 echo "sweep_ablation: $(( $(date +%s) - start )) s wall for the sweep and the tables (scale $SCALE, seeds $SEEDS)"

@@ -61,3 +61,28 @@ def test_sweep_script_fills_every_cell_of_the_ablation_table(synth_emotional_rol
     text = _text(nb)
     assert f"{len(ROWS)} runs under" in text and "UA-3DTalk (full)" in text
     assert (tmp_path / "nb" / "ablation.png").is_file()
+
+
+def test_local_sweep_runs_the_seeds_one_after_the_other_with_a_table_after_each(tmp_path):
+    """``scripts/sweep_ablation.sh`` locally: every row of seed 0, then of seed 1 (one multirun per seed), the table
+    written after each seed — a one-seed table early in an hours-long CPU sweep. A stand-in Python records the
+    calls."""
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "py"
+    fake.write_text("#!/usr/bin/env bash\n"
+                    f'echo "$*" >> {log}\n'
+                    'for ((i=1;i<=$#;i++)); do if [ "${!i}" = "--out" ]; then\n'
+                    '  j=$((i+1)); echo "| t |" > "${!j}"\n'
+                    'fi; done\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PY": str(fake), "SEEDS": "0,1", "UA3DTALK_ROOT": str(tmp_path)}
+    p = subprocess.run(["bash", str(REPO / "scripts" / "sweep_ablation.sh"), "local", "x=1"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    calls = log.read_text().splitlines()
+    kinds = ["train" if "ua3dtalk.cli.train" in c else "tables" for c in calls]
+    assert kinds == ["train", "tables", "tables", "train", "tables", "tables"]
+    assert [c.split("seed=")[1].split()[0] for c in calls if "cli.train" in c] == ["0", "1"]
+    assert all("grid=ablation" in c and "scale=demo" in c and "resume=true" in c and c.endswith("x=1")
+               for c in calls if "cli.train" in c)
+    assert "sweep_ablation: seed 0 done" in p.stdout and " s wall" in p.stdout
