@@ -51,6 +51,9 @@ def test_demo_writes_report_pictures_and_videos(synth_emotional_roles, tmp_path)
     assert set(man["clips"]) == roles["evaluator"] and set(man["heldout_clips"]) == roles["test"]
     checks = m["evaluator_emotion_checks"]
     assert 0 <= checks["heldout_acc"] <= 1 and checks["heldout_clips"] == len(roles["test"])
+    sync = m["evaluator_sync_checks"]  # SyncNet on the test clips' ground truth: own audio vs another clip's
+    assert sync["heldout_clips"] == len(roles["test"]) and sync == man["sync_checks"]
+    assert f"Sync-C {sync['heldout_sync_c']:.2f} with their own audio" in report
     assert "Evaluation protocol" in report and "pairwise disjoint" in report
     # two seeds: each its own run, its own test metrics, and mean ± 95 % t-interval over them
     st = m["seed_stats"]["test/psnr"]

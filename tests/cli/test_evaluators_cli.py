@@ -98,3 +98,56 @@ def test_load_evaluators_reports_missing_files(tmp_path):
         warnings.simplefilter("error")  # second evaluation: no second warning
         suite.update(x, x * 0.5, landmarks=lms)
         suite.compute()
+
+
+def test_sync_checks_score_held_out_ground_truth_with_own_and_other_audio(synth_emotional_roles, tmp_path, capsys,
+                                                                          monkeypatch):
+    """Training SyncNet writes ``sync_checks``: the held-out test clips' ground truth scored through the metric
+    suite with their own audio and with the next clip's; ``check`` prints the same numbers for the directory
+    (writing nothing) and refuses a dataset whose evaluator clips are not the directory's."""
+    import shutil
+
+    import numpy as np
+
+    from ua3dtalk.cli import evaluators as cli
+    from ua3dtalk.metrics.suite import MetricSuite
+
+    calls = []
+    real = MetricSuite.update
+
+    def spy(self, pred, gt, *, audio=None, name=None, **kw):
+        calls.append((name, np.asarray(audio).copy()))
+        assert torch.equal(torch.as_tensor(pred), torch.as_tensor(gt))  # ground truth against itself
+        return real(self, pred, gt, audio=audio, name=name, **kw)
+
+    monkeypatch.setattr(MetricSuite, "update", spy)
+    out = tmp_path / "ev"
+    m = cli.train_evaluators(synth_emotional_roles, out, only=("syncnet",), sync_steps=5, sync_batch=4, progress=False)
+    checks = m["sync_checks"]
+    n = len(m["heldout_clips"])
+    assert n >= 2 and checks["heldout_clips"] == n and len(calls) == 2 * n
+    assert all(np.isfinite(v) for v in checks.values()) and 0.0 <= checks["heldout_offset_ok"] <= 1.0
+    own, other = calls[:n], calls[n:]
+    assert [c[0] for c in own] == [c[0] for c in other]
+    for i in range(n):  # each clip with its own audio, then with the next clip's
+        assert np.array_equal(other[i][1], own[(i + 1) % n][1]) and not np.array_equal(other[i][1], own[i][1])
+    assert json.loads((out / "manifest.json").read_text())["sync_checks"] == checks
+
+    monkeypatch.undo()
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir())
+    capsys.readouterr()  # the training's lines
+    assert cli.main(["check", str(out), "--data", str(synth_emotional_roles)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert "emotion_checks" not in printed  # no classifier in this directory
+    for k, v in checks.items():
+        assert printed["sync_checks"][k] == pytest.approx(v, rel=1e-6, abs=1e-9), k
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir()) == before  # nothing written
+
+    other_dir = tmp_path / "other"
+    shutil.copytree(out, other_dir)
+    man = json.loads((other_dir / "manifest.json").read_text())
+    man["clips"] = man["clips"][1:]
+    (other_dir / "manifest.json").write_text(json.dumps(man))
+    assert cli.main(["check", str(other_dir), "--data", str(synth_emotional_roles)]) == 2
+    err = capsys.readouterr().err
+    assert "are not those" in err and "\n" == err[-1] and err.count("\n") == 1

@@ -773,6 +773,28 @@ def test_evaluators_show_without_manifest(tmp_path):
 
     r = call_main(main, ["show", str(tmp_path)])
     assert_user_error(r, "manifest.json")
+    (tmp_path / "manifest.json").write_text("[1, 2")
+    assert_user_error(call_main(main, ["show", str(tmp_path)]), "manifest.json")
+
+
+@pytest.mark.parametrize("case", ["no_manifest", "garbage_manifest", "no_dataset", "not_a_dataset"])
+def test_evaluators_check_bad_inputs(tmp_path, case):
+    """``ua3dtalk-evaluators check``: one line naming the file or argument, exit 2, nothing written."""
+    from ua3dtalk.cli.evaluators import main
+
+    ev, data = tmp_path / "ev", tmp_path / "data"
+    ev.mkdir()
+    data.mkdir()
+    if case != "no_manifest":
+        (ev / "manifest.json").write_text("{not json" if case == "garbage_manifest" else json.dumps(
+            {"clips": ["a/b/c"], "clips_role": "evaluator", "evaluators": {}}))
+    if case == "no_dataset":
+        data = tmp_path / "missing"
+    before = tree(tmp_path)
+    r = call_main(main, ["check", str(ev), "--data", str(data)])
+    assert_user_error(r, {"no_manifest": "manifest.json", "garbage_manifest": "manifest.json",
+                          "no_dataset": "missing", "not_a_dataset": str(data)}[case])
+    assert tree(tmp_path) == before
 
 
 # --------------------------------------------------------------------------------------------------

@@ -161,15 +161,16 @@ def _seeds_md(stats: dict[str, dict]) -> str:
             f"{rows}\n")
 
 
-def _emotion_checks(evaluators: Optional[Path]) -> dict:
-    """``emotion_checks`` of the evaluator manifest (held-out and neutral-face shortcut accuracy)."""
+def _emotion_checks(evaluators: Optional[Path], key: str = "emotion_checks") -> dict:
+    """``emotion_checks`` of the evaluator manifest (held-out and neutral-face shortcut accuracy), or with
+    ``key="sync_checks"`` SyncNet's held-out ground-truth scores."""
     from ..metrics.evaluator_dir import read_manifest
 
     m = read_manifest(evaluators) if evaluators is not None else None
-    return dict((m or {}).get("emotion_checks") or {})
+    return dict((m or {}).get(key) or {})
 
 
-def _protocol_md(protocol: Optional[dict], checks: dict) -> str:
+def _protocol_md(protocol: Optional[dict], checks: dict, sync: Optional[dict] = None) -> str:
     """The report's evaluation-protocol paragraph: clip counts per role, disjointness, classifier checks."""
     if not protocol:
         return "(no held-out evaluation)"
@@ -188,6 +189,10 @@ def _protocol_md(protocol: Optional[dict], checks: dict) -> str:
             lines.append(f"Shortcut check (test clips re-rendered with a neutral face, own pose and speech): "
                          f"{checks['shortcut_acc']:.3f} — "
                          + ("at chance (± 0.05)." if checks.get("shortcut_ok") else "**not at chance**."))
+    if sync:
+        lines.append(f"SyncNet on the test clips' ground truth: Sync-C {sync['heldout_sync_c']:.2f} with their own "
+                     f"audio (the most a render can score with these evaluators), {sync['mismatched_sync_c']:.2f} "
+                     "with another clip's.")
     return "\n\n".join(lines)
 
 
@@ -359,10 +364,13 @@ def main(argv=None) -> int:
     test_metrics = evaluate(cfg, ckpt, evaluators, out, eval_clips)
     protocol = test_metrics.pop("eval_protocol", None)
     checks = _emotion_checks(evaluators)
+    sync_checks = _emotion_checks(evaluators, "sync_checks")
     if protocol is not None:
         metrics["eval_protocol"] = protocol
     if checks:
         metrics["evaluator_emotion_checks"] = checks
+    if sync_checks:
+        metrics["evaluator_sync_checks"] = sync_checks
     if test_metrics:
         metrics.update(test_metrics)
         _merge_json(Path(cfg.paths.run_dir) / "metrics.json", test_metrics)
@@ -482,7 +490,7 @@ least 0.1 % of the Gaussians × frames; below 0.2 the run warns) and each view's
 
 ## Evaluation protocol
 
-{_protocol_md(protocol, checks)}
+{_protocol_md(protocol, checks, sync_checks)}
 
 ## Plots
 

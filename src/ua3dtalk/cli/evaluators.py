@@ -27,8 +27,11 @@ evaluators nor the avatar) — ``emotion_checks.heldout_acc`` — and, on synthe
 re-rendered with a neutral face but their own pose, speech articulation and blinks
 (:func:`~ua3dtalk.data.synth.generate.render_neutral_twin`) — ``emotion_checks.shortcut_acc``, which
 must be at chance (± 0.05) for the classifier to read the face rather than pose or mouth amplitude.
+SyncNet is scored on the same test clips' ground truth with their own audio and with another clip's
+(``sync_checks``: the Sync-C a perfect avatar would get, and that of mismatched audio).
 
     ua3dtalk-evaluators show DIR      print the manifest of an evaluator directory
+    ua3dtalk-evaluators check DIR --data DATASET   the held-out checks of DIR, printed (writes nothing)
 """
 from __future__ import annotations
 
@@ -68,7 +71,38 @@ def _parser(split_options: bool = True) -> argparse.ArgumentParser:
                        help=f"clip split of an emotional dataset (default {v}; as the avatar's data.{k})")
     s = sub.add_parser("show", help="print the manifest of an evaluator directory")
     s.add_argument("dir")
+    c = sub.add_parser("check", help="score an evaluator directory's emotion classifier and SyncNet on the "
+                                     "dataset's held-out test clips (prints JSON; writes nothing)")
+    c.add_argument("dir")
+    c.add_argument("--data", required=True, help="the dataset the evaluators were trained on")
     return p
+
+
+def check_evaluators(directory, data) -> dict:
+    """``emotion_checks`` and ``sync_checks`` of an existing evaluator directory on the held-out (test) clips
+    of ``data``, split as its manifest records (for directories trained before a check existed)."""
+    from ..data.loading import load_dataset
+    from ..data.splits import clip_key
+    from ..metrics.evaluator_dir import load_evaluators, read_manifest
+
+    manifest = read_manifest(directory)
+    if manifest is None:
+        raise FileNotFoundError(f"no manifest.json in {directory}")
+    data = Path(data)
+    if not data.exists():
+        raise FileNotFoundError(f"--data: dataset directory not found: {data}")
+    train, heldout = evaluator_split(load_dataset(data), manifest.get("clips_role") or "evaluator",
+                                     manifest.get("split"))
+    if {clip_key(c) for c in train} != set(manifest.get("clips") or []):
+        raise ValueError(f"--data: the evaluator clips of {data} are not those {directory} was trained on "
+                         "(another dataset or split)")
+    ev = load_evaluators(directory, metrics="acc_emo,sync")
+    out = {}
+    if ev.emotion is not None:
+        out["emotion_checks"] = emotion_checks(ev.emotion, heldout)
+    if ev.syncnet is not None:
+        out["sync_checks"] = sync_checks(ev.syncnet, heldout)
+    return out
 
 
 def _synth_split() -> dict:
@@ -143,6 +177,44 @@ def emotion_checks(classifier, heldout, *, progress: bool = False) -> dict:
         rec.update(shortcut_acc=sc["acc_emo"], shortcut_acc_clip=sc["acc_emo_clip"],
                    shortcut_ok=bool(abs(sc["acc_emo"] - rec["chance"]) <= 0.05))
     return rec
+
+
+def sync_checks(syncnet, heldout) -> dict:
+    """SyncNet on clips neither it nor the avatar saw, through the metric suite (the scoring every run's
+    Sync-C/D gets): their ground-truth frames with their own audio — ``heldout_sync_c``, ``heldout_sync_d``,
+    ``heldout_offset_ok`` (fraction of clips whose offset is within ±1 frame) — what a perfect avatar would
+    score with these evaluators; and with the audio of another held-out clip (each clip with the next one's)
+    — ``mismatched_sync_c``, ``mismatched_sync_d``: a SyncNet that tells sync apart gives the mismatched
+    pairs a lower Sync-C. Empty with fewer than two held-out clips."""
+    import torch
+
+    from ..metrics.evaluator_dir import Evaluators
+    from ..metrics.suite import MetricSuite
+    from ..metrics.syncnet_training import clips_from_dataset
+
+    clips = clips_from_dataset(list(heldout)) if heldout else []
+    if len(clips) < 2:
+        return {}
+
+    def frames(c):
+        return c.frames if isinstance(c.frames, torch.Tensor) else torch.stack([c.frames(i) for i in
+                                                                                 range(c.num_frames)])
+
+    def score(pairs) -> list[dict]:
+        suite = MetricSuite(Evaluators(syncnet=syncnet), metrics="sync", warn=False)
+        out = []
+        for c, audio, sr in pairs:
+            f = frames(c)
+            out.append(suite.update(f, f, landmarks=c.landmarks, audio=audio, sr=sr, name=c.name))
+        return out
+
+    own = score((c, c.audio, c.sr) for c in clips)
+    other = score((c, clips[(i + 1) % len(clips)].audio, clips[(i + 1) % len(clips)].sr)
+                  for i, c in enumerate(clips))
+    mean = lambda rs, k: float(sum(r[k] for r in rs) / len(rs))  # noqa: E731
+    return {"heldout_clips": len(clips), "heldout_sync_c": mean(own, "sync_c"), "heldout_sync_d": mean(own, "sync_d"),
+            "heldout_offset_ok": float(sum(abs(r["sync_offset"]) <= 1 for r in own) / len(own)),
+            "mismatched_sync_c": mean(other, "sync_c"), "mismatched_sync_d": mean(other, "sync_d")}
 
 
 def train_evaluators(data, out, *, only=KINDS, epochs: int = 30, batch_size: int = 64, sync_steps: int = 400,
@@ -225,9 +297,14 @@ def train_evaluators(data, out, *, only=KINDS, epochs: int = 30, batch_size: int
             info.pop("clips", None)
             manifest["evaluators"]["syncnet"] = {"path": SYNCNET_FILES[0], "config": model.config.to_dict(),
                                                  "report": info, "seconds": round(time.time() - t0, 1)}
+            checks = sync_checks(model, heldout)
+            if checks:
+                manifest["sync_checks"] = checks
             atomic_write_json(out / MANIFEST_FILE, manifest)
             print(f"ua3dtalk-evaluators: syncnet: wrote {out / SYNCNET_FILES[0]} (final in-batch accuracy "
-                  f"{info['final_acc']:.2f}, loss {info['final_loss']:.3f})")
+                  f"{info['final_acc']:.2f}, loss {info['final_loss']:.3f})"
+                  + (f"; held-out ground truth: Sync-C {checks['heldout_sync_c']:.2f} with its own audio, "
+                     f"{checks['mismatched_sync_c']:.2f} with another clip's" if checks else ""))
     finally:
         torch.set_num_threads(old_threads)
     atomic_write_json(out / MANIFEST_FILE, manifest)
@@ -239,10 +316,15 @@ def main(argv=None) -> int:
     args = _parser(split_options="train" in argv).parse_args(argv)
     try:
         if args.cmd == "show":
-            p = Path(args.dir) / "manifest.json"
-            if not p.is_file():
+            from ..metrics.evaluator_dir import read_manifest
+
+            m = read_manifest(args.dir)
+            if m is None:
                 raise FileNotFoundError(f"no manifest.json in {args.dir}")
-            print(json.dumps(json.loads(p.read_text()), indent=2))
+            print(json.dumps(m, indent=2))
+            return 0
+        if args.cmd == "check":
+            print(json.dumps(check_evaluators(args.dir, args.data), indent=2))
             return 0
         only = tuple(k.strip() for k in args.only.split(",") if k.strip())
         m = train_evaluators(args.data, args.out, only=only, epochs=args.epochs, batch_size=args.batch_size,

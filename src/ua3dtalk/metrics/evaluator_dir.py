@@ -170,6 +170,15 @@ def load_evaluators(directory: Union[str, Path, None] = None, metrics: Union[str
 
 
 def read_manifest(directory: Union[str, Path]) -> Optional[dict]:
-    """The ``manifest.json`` of an evaluator directory (None when absent)."""
+    """The ``manifest.json`` of an evaluator directory (None when absent). A manifest that is not a JSON
+    object raises :class:`ValueError` naming the file."""
     p = Path(directory) / MANIFEST_FILE
-    return json.loads(p.read_text()) if p.is_file() else None
+    if not p.is_file():
+        return None
+    try:
+        m = json.loads(p.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{p}: not a readable evaluator manifest (JSON): {e}") from None
+    if not isinstance(m, dict):
+        raise ValueError(f"{p}: not an evaluator manifest (expected a JSON object, got {type(m).__name__})")
+    return m
