@@ -151,3 +151,27 @@ def test_sync_checks_score_held_out_ground_truth_with_own_and_other_audio(synth_
     assert cli.main(["check", str(other_dir), "--data", str(synth_emotional_roles)]) == 2
     err = capsys.readouterr().err
     assert "are not those" in err and "\n" == err[-1] and err.count("\n") == 1
+
+
+def test_sync_checks_leave_out_a_held_out_clip_without_audio(synth_emotional_roles, tmp_path):
+    """A held-out clip SyncNet cannot read (here: its aud.wav removed) is left out of the check and named,
+    not an error after the training; fewer than two readable clips give no scores."""
+    import shutil
+
+    from ua3dtalk.cli.evaluators import evaluator_split, sync_checks
+    from ua3dtalk.data.loading import load_dataset
+    from ua3dtalk.metrics.syncnet import SyncNet, SyncNetConfig
+
+    data = tmp_path / "synth0"
+    shutil.copytree(synth_emotional_roles, data)
+    _, heldout = evaluator_split(load_dataset(data))
+    assert len(heldout) >= 3
+    (heldout[0].root / "aud.wav").unlink()
+    torch.manual_seed(0)
+    net = SyncNet(SyncNetConfig.small()).eval()
+    checks = sync_checks(net, heldout)
+    assert checks["heldout_clips"] == len(heldout) - 1
+    assert list(checks["skipped_clips"]) == [str(heldout[0].clip_id)]
+    assert "aud.wav" in next(iter(checks["skipped_clips"].values()))
+    only_one = sync_checks(net, heldout[:2])
+    assert "heldout_sync_c" not in only_one and list(only_one["skipped_clips"]) == [str(heldout[0].clip_id)]

@@ -189,7 +189,7 @@ def _protocol_md(protocol: Optional[dict], checks: dict, sync: Optional[dict] = 
             lines.append(f"Shortcut check (test clips re-rendered with a neutral face, own pose and speech): "
                          f"{checks['shortcut_acc']:.3f} — "
                          + ("at chance (± 0.05)." if checks.get("shortcut_ok") else "**not at chance**."))
-    if sync:
+    if sync and "heldout_sync_c" in sync:
         lines.append(f"SyncNet on the test clips' ground truth: Sync-C {sync['heldout_sync_c']:.2f} with their own "
                      f"audio (the most a render can score with these evaluators), {sync['mismatched_sync_c']:.2f} "
                      "with another clip's.")

@@ -192,9 +192,16 @@ def sync_checks(syncnet, heldout) -> dict:
     from ..metrics.suite import MetricSuite
     from ..metrics.syncnet_training import clips_from_dataset
 
-    clips = clips_from_dataset(list(heldout)) if heldout else []
+    from ..data.formats import DatasetError
+
+    clips, skipped = [], {}
+    for c in heldout or []:  # a clip SyncNet cannot read (no aud.wav, frames with gaps) is left out, named
+        try:
+            clips += clips_from_dataset([c])
+        except DatasetError as e:
+            skipped[str(getattr(c, "clip_id", c))] = str(e).splitlines()[-1].strip()
     if len(clips) < 2:
-        return {}
+        return {"skipped_clips": skipped} if skipped else {}
 
     def frames(c):
         return c.frames if isinstance(c.frames, torch.Tensor) else torch.stack([c.frames(i) for i in
@@ -214,7 +221,8 @@ def sync_checks(syncnet, heldout) -> dict:
     mean = lambda rs, k: float(sum(r[k] for r in rs) / len(rs))  # noqa: E731
     return {"heldout_clips": len(clips), "heldout_sync_c": mean(own, "sync_c"), "heldout_sync_d": mean(own, "sync_d"),
             "heldout_offset_ok": float(sum(abs(r["sync_offset"]) <= 1 for r in own) / len(own)),
-            "mismatched_sync_c": mean(other, "sync_c"), "mismatched_sync_d": mean(other, "sync_d")}
+            "mismatched_sync_c": mean(other, "sync_c"), "mismatched_sync_d": mean(other, "sync_d"),
+            **({"skipped_clips": skipped} if skipped else {})}
 
 
 def train_evaluators(data, out, *, only=KINDS, epochs: int = 30, batch_size: int = 64, sync_steps: int = 400,
@@ -304,7 +312,9 @@ def train_evaluators(data, out, *, only=KINDS, epochs: int = 30, batch_size: int
             print(f"ua3dtalk-evaluators: syncnet: wrote {out / SYNCNET_FILES[0]} (final in-batch accuracy "
                   f"{info['final_acc']:.2f}, loss {info['final_loss']:.3f})"
                   + (f"; held-out ground truth: Sync-C {checks['heldout_sync_c']:.2f} with its own audio, "
-                     f"{checks['mismatched_sync_c']:.2f} with another clip's" if checks else ""))
+                     f"{checks['mismatched_sync_c']:.2f} with another clip's" if "heldout_sync_c" in checks else "")
+                  + (f"; held-out clips left out of the check: {checks['skipped_clips']}"
+                     if checks.get("skipped_clips") else ""))
     finally:
         torch.set_num_threads(old_threads)
     atomic_write_json(out / MANIFEST_FILE, manifest)
