@@ -161,13 +161,13 @@ def _seeds_md(stats: dict[str, dict]) -> str:
             f"{rows}\n")
 
 
-def _emotion_checks(evaluators: Optional[Path], key: str = "emotion_checks") -> dict:
-    """``emotion_checks`` of the evaluator manifest (held-out and neutral-face shortcut accuracy), or with
-    ``key="sync_checks"`` SyncNet's held-out ground-truth scores."""
+def _evaluator_checks(evaluators: Optional[Path]) -> tuple[dict, dict]:
+    """``(emotion_checks, sync_checks)`` of the evaluator manifest: the classifier's held-out and
+    neutral-face shortcut accuracy, SyncNet's held-out ground-truth scores."""
     from ..metrics.evaluator_dir import read_manifest
 
-    m = read_manifest(evaluators) if evaluators is not None else None
-    return dict((m or {}).get(key) or {})
+    m = (read_manifest(evaluators) if evaluators is not None else None) or {}
+    return dict(m.get("emotion_checks") or {}), dict(m.get("sync_checks") or {})
 
 
 def _protocol_md(protocol: Optional[dict], checks: dict, sync: Optional[dict] = None) -> str:
@@ -363,8 +363,7 @@ def main(argv=None) -> int:
     steps.start("evaluate")
     test_metrics = evaluate(cfg, ckpt, evaluators, out, eval_clips)
     protocol = test_metrics.pop("eval_protocol", None)
-    checks = _emotion_checks(evaluators)
-    sync_checks = _emotion_checks(evaluators, "sync_checks")
+    checks, sync_checks = _evaluator_checks(evaluators)
     if protocol is not None:
         metrics["eval_protocol"] = protocol
     if checks:
