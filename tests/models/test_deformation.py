@@ -641,3 +641,85 @@ def test_single_head_ablation_is_a_different_model():
         # the rotation output depends on the hidden units that feed Δxyz only when they are shared
         g = torch.autograd.grad(d.rot.square().sum(), dec.hidden_w)[0][:64]
         assert (float(g.abs().sum()) > 0) == shared
+
+
+# --------------------------------------------------------------------------------------------------
+# frame rows: views evaluated once per distinct frame and gathered (the landmark term's swapped copies)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fusion", ["diagonal", "full_cov", "uniform", "concat"])
+@pytest.mark.parametrize("stage_b", [True, False])
+def test_frame_rows_equal_repeated_frames_in_values_and_gradients(fusion, stage_b):
+    """``frame_rows``: the frame inputs of 2 frames and 5 output rows (frames 0, 1, 1, 0, 1) with their own emotion
+    features give the same offsets and the same gradient of every parameter and every input as repeating the
+    frames' inputs (float64, training mode; stage A draws one member per view and call in both). As the
+    landmark term calls it: without updating the standardisation statistics (an update would see each frame
+    once instead of once per row)."""
+    inp = net_inputs(b=2, n=12)
+    rows = torch.tensor([0, 1, 1, 0, 1])
+    emo = torch.randn(len(rows), 12, 192, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    res = {}
+    for gathered in (True, False):
+        torch.manual_seed(0)
+        net = DeformationNetwork(29, fusion=fusion, single_head=(fusion == "concat"), ensemble_switch=5,
+                                 **SMALL).double().train()
+        x = {k: v.double().clone().requires_grad_(True) for k, v in inp.items() if k != "emotion"}
+        e = emo.clone().requires_grad_(True)
+        frame = {k: x[k] if gathered else x[k][rows] for k in ("audio", "blink", "content", "style")}
+        frame["blink"] = frame["blink"][:, None]
+        torch.manual_seed(1)
+        out = net(x["xyz"], emotion=e, step=10 if stage_b else 0, frame_rows=rows if gathered else None,
+                  update_stats=False, **frame)
+        g = torch.Generator().manual_seed(2)
+        loss = sum((v * torch.randn(v.shape, generator=g, dtype=v.dtype)).sum() for v in out.deltas.as_dict().values())
+        loss.backward()
+        res[gathered] = (out.deltas.as_dict(), {n: p.grad for n, p in net.named_parameters()},
+                         {k: t.grad for k, t in x.items()}, e.grad)
+    for k, v in res[False][0].items():
+        torch.testing.assert_close(res[True][0][k], v, msg=k)
+    assert any(float(g.abs().sum()) > 0 for g in res[True][1].values())
+    for d_true, d_false in ((res[True][1], res[False][1]), (res[True][2], res[False][2])):
+        for k, v in d_false.items():
+            if v is None:
+                assert d_true[k] is None, k
+            else:
+                torch.testing.assert_close(d_true[k], v, msg=k)
+    torch.testing.assert_close(res[True][3], res[False][3])
+
+
+def test_frame_rows_evaluate_the_frame_views_once_per_frame():
+    """With ``frame_rows`` the audio/content/style ensembles see the distinct frames only (2 rows here), the
+    emotion ensemble every output row (5)."""
+    torch.manual_seed(0)
+    net = DeformationNetwork(29, **SMALL).train()
+    seen = {}
+    for name, blk in net.fusion.blocks.items():
+        blk.register_forward_hook(lambda m, a, o, name=name: seen.__setitem__(name, o.mu.shape[0]))
+    inp = net_inputs(b=2, n=12)
+    rows = torch.tensor([0, 1, 1, 0, 1])
+    out = net(inp["xyz"], audio=inp["audio"], blink=inp["blink"][:, None], content=inp["content"],
+              style=inp["style"], emotion=torch.randn(5, 12, 192), step=10, frame_rows=rows)
+    assert out.deltas.xyz.shape == (5, 12, 3)
+    assert seen == {"audio": 2, "content": 2, "style": 2, "emotion": 5}
+
+
+def test_frame_rows_are_checked():
+    torch.manual_seed(0)
+    net = DeformationNetwork(29, **SMALL).train()
+    inp = net_inputs(b=2, n=12)
+    kw = dict(audio=inp["audio"], blink=inp["blink"][:, None], content=inp["content"], style=inp["style"])
+    with pytest.raises(ValueError, match="outside the view's 2 rows"):
+        net(inp["xyz"], emotion=torch.randn(3, 12, 192), frame_rows=torch.tensor([0, 1, 2]), **kw)
+    with pytest.raises(ValueError, match="emotion must be \\[B, N=12"):
+        net(inp["xyz"], emotion=torch.randn(2, 12, 192), frame_rows=torch.tensor([0, 1, 1]), **kw)
+    with pytest.raises(ValueError, match="1-D integer index"):
+        net(inp["xyz"], emotion=torch.randn(3, 12, 192), frame_rows=torch.tensor([0.0, 1.0, 1.0]), **kw)
+    no_emotion = DeformationNetwork(29, views=("audio", "content", "style"), **SMALL)
+    with pytest.raises(ValueError, match="frame_rows needs the 'emotion' view"):
+        no_emotion(inp["xyz"], frame_rows=torch.tensor([0, 1]), **kw)
+    fusion = UncertaintyFusion({"a": 3, "b": 4}, members=2)
+    views = {"a": torch.randn(2, 5, 3), "b": torch.randn(3, 5, 4)}
+    with pytest.raises(ValueError, match="not views of this fusion"):
+        fusion(views, rows={"c": torch.tensor([0, 1, 1])})
+    assert fusion(views, rows={"a": torch.tensor([0, 1, 1])}).mu.shape == (3, 5, 48)

@@ -1086,6 +1086,46 @@ def test_bank_frames_share_the_frames_plane_samples_with_the_same_gradients(dm, 
     assert len(calls[True]) < len(calls[False]), (len(calls[True]), len(calls[False]))
 
 
+def test_swapped_copies_reuse_their_frames_views_with_the_same_gradients(dm, cfg_factory, monkeypatch):
+    """The emotion-swapped copies of the bank frames differ from their frames in the emotion only: the training
+    step evaluates the audio/content/style views once per bank frame (``frame_rows``). Every trained parameter
+    gets the same gradient as with the copies' frame inputs repeated, and the frame views see fewer rows."""
+    from ua3dtalk.models.deformation import DeformationNetwork
+
+    dm.stage = "face"
+    ds = dm.dataset("train")
+    real = DeformationNetwork.forward
+
+    def repeated(self, xyz, audio=None, blink=None, content=None, style=None, emotion=None, frame_rows=None, **kw):
+        if frame_rows is not None:  # the reference: every output row gets its frame's inputs
+            audio, blink, content, style = (None if t is None else t[frame_rows] for t in (audio, blink, content, style))
+        return real(self, xyz, audio=audio, blink=blink, content=content, style=style, emotion=emotion, **kw)
+
+    grads, rows = {}, {}
+    for gathered in (True, False):
+        torch.manual_seed(0)
+        model = swap_model(cfg_factory, ds, 1.0, 8)
+        with torch.no_grad():
+            model._bank_add(prime := prime_batch(ds), model.head.conditioning(prime))
+        if not gathered:
+            monkeypatch.setattr(DeformationNetwork, "forward", repeated)
+        seen = rows.setdefault(gathered, [])
+        model.deformation.fusion.blocks["audio"].register_forward_hook(lambda m, a, o, seen=seen: seen.append(
+            o.mu.shape[0] * o.mu.shape[1]))
+        logged = {}
+        monkeypatch.setattr(model, "log_dict", lambda d, logged=logged, **kw: logged.update(d))
+        torch.manual_seed(1)
+        fit_steps(model, train_loader(dm, "face"), steps=1)
+        assert float(logged["train/emotion_swap"]) > 0
+        grads[gathered] = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        monkeypatch.undo()
+    assert grads[True].keys() == grads[False].keys()
+    assert any(k.startswith("head.deformation.fusion.blocks.audio.") for k in grads[True])
+    for k in grads[True]:
+        torch.testing.assert_close(grads[True][k], grads[False][k], rtol=1e-4, atol=1e-6, msg=k)
+    assert sum(rows[True]) < sum(rows[False]), (rows[True], rows[False])
+
+
 def test_emotion_swap_term_teaches_labels_their_expression(dm, cfg_factory, monkeypatch):
     """Gradient steps on the swap term alone (Adam on the emotion field and the deformation, full ensemble),
     with per-label offsets of a few millimetres (random, fixed): the field's label-swap response moves

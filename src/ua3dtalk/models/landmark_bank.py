@@ -101,11 +101,19 @@ class LandmarkBank:
         if plan is not None:  # one forward over the frames and their label-swapped copies
             rows = torch.cat([rows, plan[0]])
             emo = torch.cat([emo, plan[1].to(emo)])
-        take = lambda t: None if t is None else t[rows]  # noqa: E731
-        f_emo = self.emotion_field(anchors, emo) if "emotion" in self.deformation.views else None
-        d = self.deformation(anchors, audio=take(get("audio")), blink=take(get("blink"))[:, None],
-                             content=take(get("content")), style=take(get("style")), emotion=f_emo, step=step,
-                             update_stats=False)
+        has_emotion = "emotion" in self.deformation.views
+        f_emo = self.emotion_field(anchors, emo) if has_emotion else None
+        # a swapped copy differs from its frame in the emotion only: with the emotion view, the other views are
+        # evaluated once per bank frame and gathered (frame_rows; the same values and gradients)
+        gather = plan is not None and has_emotion
+
+        def frame(k: str) -> Optional[torch.Tensor]:  # a frame input: per bank frame, or per output row
+            t = get(k)
+            return t if gather or t is None else t[rows]
+
+        d = self.deformation(anchors, audio=frame("audio"), blink=frame("blink")[:, None], content=frame("content"),
+                             style=frame("style"), emotion=f_emo, step=step, update_stats=False,
+                             frame_rows=rows if gather else None)
         xyz, B = d.deltas.xyz, len(pick)
         lm = landmark_loss(anchors, xyz[:B], get("landmarks"), self.landmark_anchors.indices, get("viewmat"),
                            get("K"), width, height)

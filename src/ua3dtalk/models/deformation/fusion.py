@@ -320,26 +320,49 @@ class UncertaintyFusion(nn.Module):
         """Whether the fusion needs every member's μ (``full_cov`` with the epistemic covariance)."""
         return self.fusion == "full_cov" and self.uncertainty != "aleatoric"
 
-    def _check_views(self, views: Mapping[str, ViewLike]) -> tuple:
+    def _check_views(self, views: Mapping[str, ViewLike], rows: Optional[Mapping[str, Tensor]] = None) -> tuple:
         missing = [n for n in self.view_dims if n not in views]
         extra = [n for n in views if n not in self.view_dims]
         if missing or extra:
             raise ValueError(f"UncertaintyFusion: views must be exactly {list(self.view_dims)}; missing "
                              f"{missing}, unexpected {extra}")
+        rows = rows or {}
+        bad = [n for n in rows if n not in self.view_dims]
+        if bad:
+            raise ValueError(f"UncertaintyFusion: rows given for {bad}, which are not views of this fusion")
         lead = None
         for n, d in self.view_dims.items():
             x = views[n]
             if x.dim() < 2 or x.shape[-1] != d:
                 raise ValueError(f"UncertaintyFusion: view {n!r} must be [B, N, {d}], got {list(x.shape)}")
+            shape = tuple(x.shape[:-1])
+            if n in rows:  # this view's rows are gathered into the output rows
+                r = rows[n]
+                if r.dim() != 1 or r.dtype not in (torch.int32, torch.int64) or x.dim() < 3:
+                    raise ValueError(f"UncertaintyFusion: rows[{n!r}] must be a 1-D integer index over the "
+                                     f"view's {x.shape[0]} rows, got {r.dtype} {list(r.shape)}")
+                if len(r) and (int(r.min()) < 0 or int(r.max()) >= x.shape[0]):
+                    raise ValueError(f"UncertaintyFusion: rows[{n!r}] indexes outside the view's {x.shape[0]} "
+                                     "rows")
+                shape = (len(r), *shape[1:])
             if lead is None:
-                lead = x.shape[:-1]
-            elif x.shape[:-1] != lead:
-                raise ValueError(f"UncertaintyFusion: view {n!r} has leading shape {list(x.shape[:-1])}, "
+                lead = shape
+            elif shape != lead:
+                raise ValueError(f"UncertaintyFusion: view {n!r} has leading shape {list(shape)}, "
                                  f"other views {list(lead)}")
         return tuple(lead)
 
+    @staticmethod
+    def _gather(est: ViewEstimate, rows: Tensor) -> ViewEstimate:
+        """``est`` with its leading (frame) dimension gathered by ``rows`` (``members_mu``: the dimension after
+        the members')."""
+        return ViewEstimate(mu=est.mu[rows], var=est.var[rows], aleatoric=est.aleatoric[rows],
+                            epistemic=est.epistemic[rows],
+                            members_mu=None if est.members_mu is None else est.members_mu[:, rows],
+                            member=est.member)
+
     def forward(self, views: Mapping[str, ViewLike], step: Optional[int] = None,
-                single_member: Optional[bool] = None) -> FusionOutput:
+                single_member: Optional[bool] = None, rows: Optional[Mapping[str, Tensor]] = None) -> FusionOutput:
         """Fuse the views.
 
         Args:
@@ -347,20 +370,28 @@ class UncertaintyFusion(nn.Module):
             step: global training step (stage A while training and ``step < ensemble_switch``; ``None``
                 → stage B).
             single_member: force stage A (True) / B (False).
+            rows: view → ``[B]`` integer index: that view is given for ``F`` distinct frames (``[F, N, d_v]``)
+                and output row ``b`` uses its frame ``rows[b]``. The view is evaluated once per distinct frame
+                and its estimate gathered — the same values and gradients as repeating its input rows (used
+                by the landmark term's emotion-swapped copies, which differ from their frame in the emotion
+                view only). Views not named are given for every output row.
         Returns:
             :class:`FusionOutput` with ``mu [B, N, out_dim]``.
         """
-        lead = self._check_views(views)
+        lead = self._check_views(views, rows)
+        rows = rows or {}
         names = self.active_views()
         if self.fusion == "concat":
             assert self.concat_mlp is not None
             xs = [views[n].materialize() if isinstance(views[n], ViewInput) else views[n] for n in self.view_names]
+            xs = [x[rows[n]] if n in rows else x for n, x in zip(self.view_names, xs)]
             xs = [x if n in names else torch.zeros_like(x) for n, x in zip(self.view_names, xs)]
             mu = self.concat_mlp(torch.cat(xs, dim=-1))
             return FusionOutput(mu=mu, var=None)
         single = self.is_single_member(step, single_member)
         need = self.needs_members
         ests = {n: self.blocks[n](views[n], single_member=single, need_members=need) for n in names}
+        ests = {n: self._gather(e, rows[n]) if n in rows else e for n, e in ests.items()}
         mus = torch.stack([ests[n].mu for n in names]) if self.fusion != "diagonal" else None  # [V, ..., D]
         cov = None
         if self.fusion == "uniform":

@@ -173,9 +173,10 @@ class DeformationNetwork(InferenceCache, nn.Module):
 
     def _views(self, xyz: Tensor, h: Tensor, audio: Optional[Tensor], blink: Optional[Tensor],
                content: Optional[Tensor], style: Optional[Tensor], emotion: Optional[Tensor],
-               cache: Optional[dict] = None, update: bool = True) -> dict[str, Any]:
+               cache: Optional[dict] = None, update: bool = True, rows: Optional[Tensor] = None) -> dict[str, Any]:
         """The configured views as :class:`ViewInput` segments (emotion: a tensor), validated; each view's
-        own feature standardised per channel (``input_norms``)."""
+        own feature standardised per channel (``input_norms``). ``rows`` (see :meth:`forward`): the frame
+        inputs are given for the distinct frames, the emotion features for every output row."""
         n = xyz.shape[0]
         norm = lambda name, t: self.input_norms[name](t, update=update)  # noqa: E731
         pre = cache["pre"] if cache is not None else {}
@@ -198,6 +199,8 @@ class DeformationNetwork(InferenceCache, nn.Module):
             if emotion is None:
                 raise ValueError("DeformationNetwork: the 'emotion' view is configured but no emotion "
                                  "features were given")
+            if rows is not None:
+                batch = len(rows)
             if emotion.dim() != 3 or emotion.shape[1:] != (n, self.emotion_dim) or \
                     (batch is not None and emotion.shape[0] != batch):
                 raise ValueError(f"DeformationNetwork: emotion must be [B, N={n}, {self.emotion_dim}], got "
@@ -236,6 +239,7 @@ class DeformationNetwork(InferenceCache, nn.Module):
         step: Optional[int] = None,
         single_member: Optional[bool] = None,
         update_stats: bool = True,
+        frame_rows: Optional[Tensor] = None,
     ) -> DeformationOutput:
         """Offsets of the Gaussians for ``B`` frames.
 
@@ -250,6 +254,13 @@ class DeformationNetwork(InferenceCache, nn.Module):
             single_member: force ensemble stage A (True) / B (False).
             update_stats: in training, fold this call's inputs into the stored standardisation statistics
                 (``False`` for calls on a few special points, e.g. landmark anchors).
+            frame_rows: ``[B]`` integer index, or None. The frame inputs (``audio``, ``blink``, ``content``,
+                ``style``) are then given for ``F`` distinct frames and output row ``b`` is frame
+                ``frame_rows[b]`` with its own ``emotion`` features (``[B, N, emotion_dim]``): the views
+                that do not depend on the emotion are evaluated once per distinct frame (exactly the same
+                values and gradients as repeating the frames, with ``update_stats=False`` as the landmark
+                term's emotion-swapped copies call it; a statistics update would count each frame once).
+                Needs the ``emotion`` view.
         Returns:
             :class:`DeformationOutput` (``deltas`` fields ``[B, N, k]``). Without autograd the inference
             cache is used (module docstring); ``h`` is then the cached tensor (do not modify it in place).
@@ -261,11 +272,21 @@ class DeformationNetwork(InferenceCache, nn.Module):
             h = cache["h"]
         else:
             h = self.encode_h(xyz, update=update_stats)  # [N, h_dim]
-        views = self._views(xyz, h, audio, blink, content, style, emotion, cache, update=update_stats)
-        fused = self.fusion(views, step=step, single_member=single_member)
+        rows = None
+        if frame_rows is not None:
+            if "emotion" not in self.views:
+                raise ValueError("DeformationNetwork: frame_rows needs the 'emotion' view (without it every row "
+                                 "of a frame is the same; evaluate the distinct frames instead)")
+            if frame_rows.dim() != 1 or frame_rows.dtype not in (torch.int32, torch.int64):
+                raise ValueError(f"DeformationNetwork: frame_rows must be a 1-D integer index, got "
+                                 f"{frame_rows.dtype} {list(frame_rows.shape)}")
+            rows = {v: frame_rows for v in self.views if v != "emotion"}
+        views = self._views(xyz, h, audio, blink, content, style, emotion, cache, update=update_stats,
+                            rows=frame_rows)
+        fused = self.fusion(views, step=step, single_member=single_member, rows=rows)
         code = self.code_norm(fused.mu, update=update_stats)  # the fused code at unit scale
         deltas = self.decoder(code, h, h_pre=cache["dec"] if cache is not None else None)
-        if self.monitor is not None and not torch.is_grad_enabled():
+        if self.monitor is not None and not torch.is_grad_enabled() and rows is None:
             record_forward(self.monitor, self, h, views, fused, code)
         return DeformationOutput(deltas=deltas, fusion=fused, h=h)
 
