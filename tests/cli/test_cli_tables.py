@@ -266,3 +266,21 @@ def test_nonfinite_values_are_flagged_not_averaged_silently(tmp_path, capsys):
     assert "† some runs" in text
     err = capsys.readouterr().err
     assert "s2" in err and "val/psnr" in err and "nan" in err
+
+
+def test_label_control_columns_on_request(runs_dir, tmp_path):
+    """``--metrics …,acc_emo_label,emo_shift``: the label-control scores of ``ua3dtalk-eval control=true`` get
+    columns of their own (mean ± t-interval like every column); a run without them shows "—"."""
+    for seed, (acc, shift) in enumerate(((0.30, 1.2), (0.40, 1.4))):
+        d = tmp_path / "runs" / "abl_heads_single" / "M003" / f"seed{seed}"
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({"experiment": "abl_heads_single", "subject": "M003", "seed": seed,
+                                                    "data": "/data/mead/M003", "data_kind": "emotional",
+                                                    "test/psnr": 30.0, "test/acc_emo_label": acc,
+                                                    "test/emo_shift": shift}))
+    text = make_table(find_runs([runs_dir]), "ablation", "md", metrics=["psnr", "acc_emo_label", "emo_shift"])
+    header = next(line for line in text.splitlines() if line.startswith("| Method"))
+    assert "Acc_emo by label ↑" in header and "label shift (0–255) ↑" in header
+    # 0.30, 0.40 → 0.350 ± 12.7062·0.0707/√2 = 0.635; 1.2, 1.4 → 1.30 ± 1.27
+    assert _row(text, "single head")[2:4] == ["**0.350 ± 0.635**", "**1.30 ± 1.27**"]
+    assert _row(text, "UA-3DTalk (full)")[2:4] == ["—", "—"]

@@ -56,6 +56,9 @@ METRICS: dict[str, Metric] = {m.id: m for m in (
     # the bare key only (extractor not recorded); ``efid_<extractor>`` keys get a column each (efid_metric)
     Metric("e_fid", "E-FID", False, 3, ("e_fid", "efid")),
     Metric("acc_emo", "Acc_emo", True, 3, ("acc_emo",)),
+    # emotion control by label (``ua3dtalk-eval control=true``; not in the paper's tables, ask with --metrics)
+    Metric("acc_emo_label", "Acc_emo by label", True, 3, ("acc_emo_label",)),
+    Metric("emo_shift", "label shift (0–255)", True, 2, ("emo_shift",)),
     Metric("blink_err", "Blink err.", False, 3, ("blink_err", "blink_error")),
 )}
 LPIPS_RANDOM = Metric("lpips_randbackbone", "LPIPS (random AlexNet†: not comparable to LPIPS)", False, 4,
