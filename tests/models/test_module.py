@@ -996,6 +996,21 @@ def swap_model(cfg_factory, ds, weight: float = 1.0, frames: int = 8, *overrides
     return model
 
 
+def banked_swap_model(cfg_factory, ds) -> UA3DTalk:
+    """:func:`swap_model` (8 bank frames a step) with one primed batch already in the replay bank."""
+    model = swap_model(cfg_factory, ds, 1.0, 8)
+    with torch.no_grad():
+        model._bank_add(prime := prime_batch(ds), model.head.conditioning(prime))
+    return model
+
+
+def one_step_grads(model, dm) -> dict:
+    """The gradient of every parameter after one training step of the face stage (seed 1)."""
+    torch.manual_seed(1)
+    fit_steps(model, train_loader(dm, "face"), steps=1)
+    return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
 def test_emotion_swap_term_enters_the_loss_and_matches_its_definition(dm, cfg_factory, monkeypatch):
     """emotion_swap_weight 1 and 5 from the same state: the logged swap term is the same, > 0, and the losses
     differ by 4 × it; the frames' label cells go to the per-label anchors and the bank. The batched term
@@ -1067,16 +1082,12 @@ def test_bank_frames_share_the_frames_plane_samples_with_the_same_gradients(dm, 
     grads, calls = {}, {}
     for co in (True, False):
         torch.manual_seed(0)
-        model = swap_model(cfg_factory, ds, 1.0, 8)
-        with torch.no_grad():
-            model._bank_add(prime := prime_batch(ds), model.head.conditioning(prime))
+        model = banked_swap_model(cfg_factory, ds)
         if not co:
             monkeypatch.setattr(type(model.head), "co_sample", lambda self, points: contextlib.nullcontext())
         n = calls.setdefault(co, [])
         monkeypatch.setattr(fields, "sample_planes", lambda g, grid, n=n: n.append(1) or real(g, grid))
-        torch.manual_seed(1)
-        fit_steps(model, train_loader(dm, "face"), steps=1)
-        grads[co] = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        grads[co] = one_step_grads(model, dm)
         monkeypatch.undo()
     assert grads[True].keys() == grads[False].keys()
     assert any(k.startswith("head.deformation.position_field.") for k in grads[True])
@@ -1104,9 +1115,7 @@ def test_swapped_copies_reuse_their_frames_views_with_the_same_gradients(dm, cfg
     grads, rows = {}, {}
     for gathered in (True, False):
         torch.manual_seed(0)
-        model = swap_model(cfg_factory, ds, 1.0, 8)
-        with torch.no_grad():
-            model._bank_add(prime := prime_batch(ds), model.head.conditioning(prime))
+        model = banked_swap_model(cfg_factory, ds)
         if not gathered:
             monkeypatch.setattr(DeformationNetwork, "forward", repeated)
         seen = rows.setdefault(gathered, [])
@@ -1114,10 +1123,8 @@ def test_swapped_copies_reuse_their_frames_views_with_the_same_gradients(dm, cfg
             o.mu.shape[0] * o.mu.shape[1]))
         logged = {}
         monkeypatch.setattr(model, "log_dict", lambda d, logged=logged, **kw: logged.update(d))
-        torch.manual_seed(1)
-        fit_steps(model, train_loader(dm, "face"), steps=1)
+        grads[gathered] = one_step_grads(model, dm)
         assert float(logged["train/emotion_swap"]) > 0
-        grads[gathered] = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
         monkeypatch.undo()
     assert grads[True].keys() == grads[False].keys()
     assert any(k.startswith("head.deformation.fusion.blocks.audio.") for k in grads[True])
