@@ -277,16 +277,13 @@ class DeformationNetwork(InferenceCache, nn.Module):
             if "emotion" not in self.views:
                 raise ValueError("DeformationNetwork: frame_rows needs the 'emotion' view (without it every row "
                                  "of a frame is the same; evaluate the distinct frames instead)")
-            if frame_rows.dim() != 1 or frame_rows.dtype not in (torch.int32, torch.int64):
-                raise ValueError(f"DeformationNetwork: frame_rows must be a 1-D integer index, got "
-                                 f"{frame_rows.dtype} {list(frame_rows.shape)}")
             rows = {v: frame_rows for v in self.views if v != "emotion"}
         views = self._views(xyz, h, audio, blink, content, style, emotion, cache, update=update_stats,
                             rows=frame_rows)
         fused = self.fusion(views, step=step, single_member=single_member, rows=rows)
         code = self.code_norm(fused.mu, update=update_stats)  # the fused code at unit scale
         deltas = self.decoder(code, h, h_pre=cache["dec"] if cache is not None else None)
-        if self.monitor is not None and not torch.is_grad_enabled() and rows is None:
+        if self.monitor is not None and not torch.is_grad_enabled() and frame_rows is None:
             record_forward(self.monitor, self, h, views, fused, code)
         return DeformationOutput(deltas=deltas, fusion=fused, h=h)
 
