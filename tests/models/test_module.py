@@ -328,6 +328,35 @@ def test_ablation_builds_and_trains(name, dm, cfg_factory):
     assert img.shape == (1, 3, *dm.image_size) and bool(torch.isfinite(img).all())
 
 
+def test_ensemble_schedule_counts_each_networks_steps_across_stages(dm, cfg_factory, tmp_path):
+    """Stage A of an ensemble lasts ``ensemble_switch`` optimizer steps of *its network*, over all stages: the
+    fuse stage continues the face stage's schedule. (It once restarted at the stage's step 0: at demo and paper
+    scale the whole fuse stage trained single members, the code statistics followed their outputs, and
+    inference — the members' mean — saw the fused code at 0.4 of unit scale.) The count survives a checkpoint."""
+    cfg = cfg_factory("model.deformation.ensemble_switch=2", "model.mouth_deformation.ensemble_switch=2")
+    face = new_model(cfg, "face")
+    fit_steps(face, train_loader(dm, "face", 2), steps=3)
+    assert (int(face.deformation.trained_steps), int(face.mouth_deformation.trained_steps)) == (3, 0)
+    ckpt = tmp_path / "face.ckpt"
+    torch.save({"state_dict": face.state_dict()}, ckpt)
+    fuse = new_model(cfg, "fuse")
+    fuse.load_state_dict(torch.load(ckpt, weights_only=True)["state_dict"])
+    stages = {"face": [], "mouth": []}
+    for name, net in (("face", fuse.deformation), ("mouth", fuse.mouth_deformation)):
+        net.register_forward_pre_hook(
+            lambda mod, args, kw, name=name: stages[name].append(mod.fusion.is_single_member(kw.get("step"))),
+            with_kwargs=True)
+    fit_steps(fuse, train_loader(dm, "fuse", 2), steps=3)
+    assert stages["face"] and not any(stages["face"]), "the face network restarted stage A in the fuse stage"
+    assert stages["mouth"] == [True] * 4 + [False] * 2, stages["mouth"]  # its steps 0, 1 (two frames each): A
+    assert (int(fuse.deformation.trained_steps), int(fuse.mouth_deformation.trained_steps)) == (6, 3)
+    # a checkpoint from before the counter existed loads (the count starts at 0)
+    old = {k: v for k, v in fuse.state_dict().items() if not k.endswith("trained_steps")}
+    fresh = new_model(cfg, "fuse")
+    fresh.load_state_dict(old)
+    assert int(fresh.deformation.trained_steps) == 0
+
+
 def test_prior_and_emotion_stages_need_their_modules(cfg_factory):
     cfg = cfg_factory(*ABLATIONS["no_prior"])
     with pytest.raises(ValueError, match="prior"):

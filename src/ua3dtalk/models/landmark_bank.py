@@ -112,7 +112,8 @@ class LandmarkBank:
             return t if gather or t is None else t[rows]
 
         d = self.deformation(anchors, audio=frame("audio"), blink=frame("blink")[:, None], content=frame("content"),
-                             style=frame("style"), emotion=f_emo, step=step, update_stats=False,
+                             style=frame("style"), emotion=f_emo, step=self.deformation.schedule_step(step),
+                             update_stats=False,
                              frame_rows=rows if gather else None)
         xyz, B = d.deltas.xyz, len(pick)
         lm = landmark_loss(anchors, xyz[:B], get("landmarks"), self.landmark_anchors.indices, get("viewmat"),

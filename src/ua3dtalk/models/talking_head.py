@@ -197,7 +197,9 @@ class TalkingHead(nn.Module):
                     step: Optional[int] = None, anchors: Optional[torch.Tensor] = None) -> BranchRender:
         """Render the face branch of frame ``i``. ``anchors`` ``[L,3]`` (canonical points, e.g. landmark
         anchors): the deformation field is also evaluated there, in the same forward pass (the same ensemble
-        member), and returned as ``anchor_xyz`` ``[1,L,3]``."""
+        member), and returned as ``anchor_xyz`` ``[1,L,3]``. ``step``: set (any int) for a training call, None
+        otherwise; the ensemble stage follows the network's own step count (``DeformationNetwork.schedule_step``).
+        The same for :meth:`render_mouth` and :meth:`render_frame`."""
         g = self.face
         deltas = fusion = anchor_xyz = opacities = colors = None
         means, quats, log_scales = g.means, g.quats, g.log_scales
@@ -209,7 +211,8 @@ class TalkingHead(nn.Module):
                 f_emo = self.emotion_field(xyz.detach(), cond.emotion[i:i + 1])
             sl = functools.partial(_frame, i=i)
             d = self.deformation(xyz, audio=sl(cond.audio), blink=sl(cond.blink)[:, None],
-                                 content=sl(cond.content), style=sl(cond.style), emotion=f_emo, step=step)
+                                 content=sl(cond.content), style=sl(cond.style), emotion=f_emo,
+                                 step=self.deformation.schedule_step(step))
             deltas, fusion = d.deltas, d.fusion
             if anchors is not None:
                 anchor_xyz = deltas.xyz[:, n:]
@@ -237,7 +240,7 @@ class TalkingHead(nn.Module):
         sl = functools.partial(_frame, i=i)
         content = sl(cond.content) if "content" in self.mouth_deformation.views else None
         d = self.mouth_deformation(g.means, audio=sl(cond.audio), blink=sl(cond.blink)[:, None], content=content,
-                                   step=step)
+                                   step=self.mouth_deformation.schedule_step(step))
         means = g.means + d.deltas.xyz[0]
         out = self._render(g, means, g.quats, g.log_scales, viewmat, K, width, height)
         image = out.image

@@ -46,7 +46,8 @@ class DeformationConfig:
     uncertainty: Uncertainty = "both"
     """which variances weigh the views: aleatoric + epistemic (``both``), or one of them."""
     ensemble_switch: int = 15000
-    """training steps of stage A (a single random ensemble member), then all members."""
+    """optimizer steps of stage A (a single random ensemble member), then all members — counted over every stage
+    that trains the network (its ``trained_steps``), so a later stage (fuse) never restarts stage A."""
     heads: tuple[Head, ...] = ("xyz", "rot", "scale")
     extra_heads: tuple[Head, ...] = ()
     single_head: bool = False

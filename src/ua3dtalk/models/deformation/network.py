@@ -125,6 +125,27 @@ class DeformationNetwork(InferenceCache, nn.Module):
         #: a :class:`~ua3dtalk.models.deformation.health.HealthMeter` recording every forward without
         #: autograd (validation, evaluation), or None
         self.monitor: Optional[HealthMeter] = None
+        # optimizer steps this network has taken over all stages (saved in checkpoints): the ensemble
+        # schedule's clock (:meth:`schedule_step`)
+        self.register_buffer("trained_steps", torch.zeros((), dtype=torch.long))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before the step counter existed load with 0 (only a resumed training run reads it)
+        state_dict.setdefault(prefix + "trained_steps", torch.zeros((), dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def schedule_step(self, step: Optional[int]) -> Optional[int]:
+        """The step of the ensemble schedule (stage A while it is below ``ensemble_switch``) for a call made at
+        training step ``step`` of some stage: this network's own count of optimizer steps (``trained_steps``,
+        incremented by the training loop for every step that deformed a render, carried across stages and
+        checkpoints), not the stage's step — the fuse stage continues the face stage's schedule instead of
+        restarting stage A, whose single-member outputs the code statistics would then follow while
+        inference averages the members. ``None`` (not a training call) → ``None`` (stage B)."""
+        return None if step is None else int(self.trained_steps)
+
+    def count_step(self) -> None:
+        """One more optimizer step of this network (the training loop calls it after the step)."""
+        self.trained_steps.add_(1)
 
     # ------------------------------------------------------------------ inference cache
     def _cache_extra(self) -> tuple:
