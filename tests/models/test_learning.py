@@ -35,6 +35,7 @@ import torch
 from ua3dtalk.callbacks.checkpoint import load_model_checkpoint
 from ua3dtalk.cli.train import build_datamodule, build_model, compose, fill_data_info, run
 from ua3dtalk.data.batch import collate_batches
+from ua3dtalk.models.deformation import CODE_RMS_RANGE
 
 pytestmark = [
     pytest.mark.slow,
@@ -325,6 +326,9 @@ def test_deformation_networks_keep_live_units(trained, evaluation, record_proper
     for v in views:
         assert health[f"health/live_{v}"] >= LIVE_VIEW, (v, health)
     assert health["health/live_mouth_decoder"] >= LIVE_DECODER, health
+    # the decoders read their code at unit scale (the stored statistics describe inference's inputs)
+    for k in ("health/code_rms", "health/mouth_code_rms"):
+        assert CODE_RMS_RANGE[0] <= health[k] <= CODE_RMS_RANGE[1], (k, health)
     weights = [health[f"fusion_weight/{v}"] for v in views]
     assert sum(weights) == pytest.approx(1.0, abs=1e-3) and min(weights) > 0.02, weights
 

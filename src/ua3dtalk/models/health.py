@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import warnings
 
-from .deformation import LOW_HEALTH, HealthMeter, low_health
+from .deformation import CODE_RMS_RANGE, LOW_HEALTH, HealthMeter, low_health, off_scale
 
 __all__ = ["HealthMixin"]
 
@@ -30,10 +30,17 @@ class HealthMixin:
         return out
 
     def warn_low_health(self, health: dict[str, float]) -> None:
-        """Warn once per network and run when its live fraction falls below 20 %."""
+        """Warn once per network and run when its live fraction falls below 20 %, or when the code its decoder
+        reads is off unit scale (RMS outside [0.5, 2])."""
         warned = self.__dict__.setdefault("_health_warned", set())
         for k, v in low_health(health).items():
             if k not in warned:
                 warned.add(k)
                 warnings.warn(f"{k} = {v:.2f}: fewer than {LOW_HEALTH:.0%} of the network's ReLU units are active on "
                               "any input (dead units give constant offsets; DESIGN §4.5)", RuntimeWarning, stacklevel=2)
+        for k, v in off_scale(health).items():
+            if k not in warned:
+                warned.add(k)
+                warnings.warn(f"{k} = {v:.2f}: the decoder reads the fused code off unit scale (expected within "
+                              f"{CODE_RMS_RANGE}): the code statistics stored in training do not describe these "
+                              "inputs (DESIGN §4.5)", RuntimeWarning, stacklevel=2)

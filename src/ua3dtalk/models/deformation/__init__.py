@@ -8,7 +8,7 @@ Public API:
   :func:`ensemble_covariance`, :class:`UncertaintyFusion`, :class:`FusionOutput` (``fusion.py``);
 * :class:`MultiHeadDecoder`, :class:`Deltas` (``decoder.py``);
 * :class:`RunningStandardize` — per-channel standardisation with stored statistics (``norm.py``);
-* :class:`HealthMeter`, :func:`low_health` — live units and fusion weights (``health.py``);
+* :class:`HealthMeter`, :func:`low_health`, :func:`off_scale` — live units, fusion weights, code scale (``health.py``);
 * :class:`DeformationNetwork` (face), :class:`MouthDeformation` (inside mouth), :class:`DeformationOutput`
   (``network.py``).
 """
@@ -32,7 +32,7 @@ from .fusion import (
     spd_inverse,
     uniform_fusion,
 )
-from .health import LOW_HEALTH, HealthMeter, low_health
+from .health import CODE_RMS_RANGE, LOW_HEALTH, HealthMeter, low_health, off_scale
 from .norm import RunningStandardize
 from .config import DeformationConfig, MouthDeformationConfig
 from .network import VIEW_NAMES, DeformationNetwork, DeformationOutput, MouthDeformation
@@ -45,5 +45,5 @@ __all__ = [
     "MultiHeadDecoder", "Deltas", "HEAD_DIMS",
     "DeformationNetwork", "MouthDeformation", "DeformationOutput", "VIEW_NAMES", "DeformationConfig",
     "MouthDeformationConfig",
-    "RunningStandardize", "HealthMeter", "low_health", "LOW_HEALTH",
+    "RunningStandardize", "HealthMeter", "low_health", "off_scale", "LOW_HEALTH", "CODE_RMS_RANGE",
 ]

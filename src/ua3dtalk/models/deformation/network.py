@@ -128,10 +128,13 @@ class DeformationNetwork(InferenceCache, nn.Module):
         # optimizer steps this network has taken over all stages (saved in checkpoints): the ensemble
         # schedule's clock (:meth:`schedule_step`)
         self.register_buffer("trained_steps", torch.zeros((), dtype=torch.long))
+        # whether code_norm's statistics have been restarted for stage B (see forward)
+        self.register_buffer("code_stats_stage_b", torch.zeros((), dtype=torch.bool))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints written before the step counter existed load with 0 (only a resumed training run reads it)
         state_dict.setdefault(prefix + "trained_steps", torch.zeros((), dtype=torch.long))
+        state_dict.setdefault(prefix + "code_stats_stage_b", torch.zeros((), dtype=torch.bool))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def schedule_step(self, step: Optional[int]) -> Optional[int]:
@@ -302,6 +305,13 @@ class DeformationNetwork(InferenceCache, nn.Module):
         views = self._views(xyz, h, audio, blink, content, style, emotion, cache, update=update_stats,
                             rows=frame_rows)
         fused = self.fusion(views, step=step, single_member=single_member, rows=rows)
+        if self.training and update_stats and torch.is_grad_enabled() and not bool(self.code_stats_stage_b) \
+                and not self.fusion.is_single_member(step, single_member):
+            # the first training forward of stage B: the code statistics gathered on single members (stage A;
+            # their outputs spread ≈ 3× wider than the members' mean) would shrink the code inference sees
+            # until the moving average forgets them; they restart from the members' mean instead
+            self.code_norm.reset()
+            self.code_stats_stage_b.fill_(True)
         code = self.code_norm(fused.mu, update=update_stats)  # the fused code at unit scale
         deltas = self.decoder(code, h, h_pre=cache["dec"] if cache is not None else None)
         if self.monitor is not None and not torch.is_grad_enabled() and frame_rows is None:

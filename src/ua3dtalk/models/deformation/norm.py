@@ -63,6 +63,11 @@ class RunningStandardize(nn.Module):
         return f"{self.num_channels}, momentum={self.momentum}, eps={self.eps}"
 
     @torch.no_grad()
+    def reset(self) -> None:
+        """Forget the statistics (the next updates start a fresh exact mean; until then the map is the identity)."""
+        self.mean.zero_(), self.var.fill_(1.0), self.updates.zero_()
+
+    @torch.no_grad()
     def update(self, x: Tensor) -> None:
         """Fold the statistics of ``x [..., C]`` (leading dimensions pooled) into the buffers."""
         flat = x.detach().reshape(-1, self.num_channels).to(self.mean.dtype)
