@@ -5,7 +5,9 @@ Default setting: 10k Gaussians, 4 views, code size D=48, ensemble T=10, float32,
 * ``fusion``     — the fusion function alone on given per-view statistics:
                    ``diagonal_fusion(mus, vars)`` vs ``full_cov_fusion(mus, covs)`` (covs [V,N,D,D]);
 * ``fusion+cov`` — from the ensemble members' means and aleatoric variances: the diagonal variance vs
-                   the full covariance (``ensemble_covariance``) followed by the fusion;
+                   the full covariance (``ensemble_covariance``) followed by the fusion, vs the same fusion
+                   by the Woodbury identity (``full_cov_lowrank``: ``full_cov_fusion_lowrank``, a T×T
+                   Cholesky per view instead of a D×D one — what the module uses);
 * ``module``     — the whole ``UncertaintyFusion`` in stage B with the DESIGN view sizes
                    (audio 102, content 128, style 128, emotion 192), ensembles included.
 
@@ -29,6 +31,7 @@ import time
 
 LEVELS = ("fusion", "fusion+cov", "module")
 MODES = ("diagonal", "full_cov")
+LEVEL_MODES = {"fusion": MODES, "fusion+cov": MODES + ("full_cov_lowrank",), "module": MODES}
 
 
 def _best(ts):
@@ -47,6 +50,7 @@ def bench_fusion(mode: str, level: str, n: int = 10000, views: int = 4, dim: int
         diagonal_fusion,
         ensemble_covariance,
         full_cov_fusion,
+        full_cov_fusion_lowrank,
     )
 
     torch.set_num_threads(threads)
@@ -57,6 +61,7 @@ def bench_fusion(mode: str, level: str, n: int = 10000, views: int = 4, dim: int
         sizes = [102, 128, 128, 192, 128, 128, 128, 128][:views]
         names = ["audio", "content", "style", "emotion", "v4", "v5", "v6", "v7"][:views]
         fu = UncertaintyFusion(dict(zip(names, sizes)), out_dim=dim, members=members, fusion=mode).train()
+        # (full_cov: the module's own path, full_cov_fusion_lowrank)
         inputs = {k: torch.randn(1, n, s, generator=g).requires_grad_(True) for k, s in zip(names, sizes)}
 
         def run(grad: bool):
@@ -95,7 +100,11 @@ def bench_fusion(mode: str, level: str, n: int = 10000, views: int = 4, dim: int
             mu = mem.mean(1)
             ep = (mem - mu.unsqueeze(1)).square().mean(1)
             var = alea + ep + floor
-            if mode == "full_cov":
+            if mode == "full_cov_lowrank":
+                w = ((mem - mu.unsqueeze(1)) / members ** 0.5).movedim(1, -1)  # [V, N, D, T]
+                mu_f, cov_f, _ = full_cov_fusion_lowrank(mu, var - ep, w)
+                v_f = cov_f.diagonal(dim1=-2, dim2=-1)
+            elif mode == "full_cov":
                 covs = torch.stack([
                     ensemble_covariance(ViewEstimate(mu=mu[v], var=var[v], aleatoric=alea[v], epistemic=ep[v],
                                                      members_mu=mem[v]))
@@ -144,7 +153,7 @@ def main(argv=None) -> int:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     res: dict = {}
     for level in levels:
-        for mode in MODES:
+        for mode in LEVEL_MODES[level]:
             cmd = [sys.executable, os.path.abspath(__file__), "--one", mode, level]
             for k in ("n", "views", "dim", "members", "threads", "repeats"):
                 cmd += [f"--{k}", str(getattr(args, k))]
@@ -156,13 +165,17 @@ def main(argv=None) -> int:
           f"{args.threads} threads, float32, best of {args.repeats}\n")
     print("| level | fusion | forward s | fwd+bwd s | peak extra RSS MB |\n|---|---|---|---|---|")
     for level in levels:
-        for mode in MODES:
+        for mode in LEVEL_MODES[level]:
             r = res[(level, mode)]
             print(f"| {level} | {mode} | {r['fwd']:.4f} | {r['fwd_bwd']:.4f} | {r['peak_mb']:.0f} |")
     print("\n| level | full_cov/diagonal forward | full_cov/diagonal fwd+bwd |\n|---|---|---|")
     for level in levels:
         d, f = res[(level, "diagonal")], res[(level, "full_cov")]
         print(f"| {level} | {f['fwd'] / d['fwd']:.1f}× | {f['fwd_bwd'] / d['fwd_bwd']:.1f}× |")
+    if "fusion+cov" in levels:
+        f, lr = res[("fusion+cov", "full_cov")], res[("fusion+cov", "full_cov_lowrank")]
+        print("\n| fusion+cov | dense / Woodbury forward | dense / Woodbury fwd+bwd |\n|---|---|---|")
+        print(f"| full_cov | {f['fwd'] / lr['fwd']:.1f}× | {f['fwd_bwd'] / lr['fwd_bwd']:.1f}× |")
     return 0
 
 
