@@ -12,17 +12,16 @@ import torch
 from ua3dtalk.models.deformation import CODE_RMS_RANGE, DeformationNetwork, HealthMeter, low_health, off_scale
 from ua3dtalk.models.health import HealthMixin
 
+from test_deformation import net_inputs  # the network's inputs (same directory)
+
 
 @pytest.fixture(autouse=True)
 def _single_thread(one_thread):
     yield
 
 
-def inputs(b=1, n=60, c=29, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return dict(xyz=torch.rand(n, 3, generator=g) * 2 - 1, audio=torch.randn(b, 8, 16, c, generator=g),
-                blink=torch.rand(b, generator=g), content=torch.randn(b, 64, generator=g),
-                style=torch.randn(b, 64, generator=g), emotion=torch.randn(b, n, 192, generator=g))
+def inputs(seed: int):
+    return net_inputs(n=60, seed=seed)
 
 
 def trained_stats(single_member: bool, frames: int = 30) -> DeformationNetwork:

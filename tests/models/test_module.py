@@ -1138,7 +1138,8 @@ def test_swapped_copies_reuse_their_frames_views_with_the_same_gradients(dm, cfg
 
     def repeated(self, xyz, audio=None, blink=None, content=None, style=None, emotion=None, frame_rows=None, **kw):
         if frame_rows is not None:  # the reference: every output row gets its frame's inputs
-            audio, blink, content, style = (None if t is None else t[frame_rows] for t in (audio, blink, content, style))
+            audio, blink, content, style = (None if t is None else t[frame_rows]
+                                            for t in (audio, blink, content, style))
         return real(self, xyz, audio=audio, blink=blink, content=content, style=style, emotion=emotion, **kw)
 
     grads, rows = {}, {}

@@ -33,14 +33,12 @@ class HealthMixin:
         """Warn once per network and run when its live fraction falls below 20 %, or when the code its decoder
         reads is off unit scale (RMS outside [0.5, 2])."""
         warned = self.__dict__.setdefault("_health_warned", set())
-        for k, v in low_health(health).items():
-            if k not in warned:
-                warned.add(k)
-                warnings.warn(f"{k} = {v:.2f}: fewer than {LOW_HEALTH:.0%} of the network's ReLU units are active on "
-                              "any input (dead units give constant offsets; DESIGN §4.5)", RuntimeWarning, stacklevel=2)
-        for k, v in off_scale(health).items():
-            if k not in warned:
-                warned.add(k)
-                warnings.warn(f"{k} = {v:.2f}: the decoder reads the fused code off unit scale (expected within "
-                              f"{CODE_RMS_RANGE}): the code statistics stored in training do not describe these "
-                              "inputs (DESIGN §4.5)", RuntimeWarning, stacklevel=2)
+        dead = ("fewer than {:.0%} of the network's ReLU units are active on any input (dead units give constant "
+                "offsets; DESIGN §4.5)").format(LOW_HEALTH)
+        scale = (f"the decoder reads the fused code off unit scale (expected within {CODE_RMS_RANGE}): the code "
+                 "statistics stored in training do not describe these inputs (DESIGN §4.5)")
+        for found, why in ((low_health(health), dead), (off_scale(health), scale)):
+            for k, v in found.items():
+                if k not in warned:
+                    warned.add(k)
+                    warnings.warn(f"{k} = {v:.2f}: {why}", RuntimeWarning, stacklevel=2)

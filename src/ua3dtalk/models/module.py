@@ -316,9 +316,8 @@ class UA3DTalk(HealthMixin, RenderLosses, LandmarkBank, AudioStages, L.Lightning
             o.step()
         # the ensemble schedule's clock (DeformationNetwork.schedule_step): each network that deformed a render
         # of this step has taken one more optimizer step (the face network not in the static warm-up)
-        for net in {id(n): n for b, r in renders if r.deltas is not None
-                    for n in [self.deformation if b == "face" else self.mouth_deformation]}.values():
-            net.count_step()
+        for branch in {b for b, r in renders if r.deltas is not None}:
+            (self.deformation if branch == "face" else self.mouth_deformation).count_step()
         self._step_in_progress = None
         # only a step that succeeded adds its frames to the landmark anchors and the replay bank
         if self.landmark_anchors is not None and getattr(batch, "landmarks", None) is not None:

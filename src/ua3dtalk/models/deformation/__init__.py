@@ -4,8 +4,9 @@ Public API:
 
 * :class:`EnsembleMLP`, :class:`UncertaintyBlock`, :class:`ViewEstimate`, :class:`ViewInput` — per-view
   batched ensembles with aleatoric/epistemic variance; decomposed view inputs (``ensemble.py``);
-* :func:`diagonal_fusion`, :func:`full_cov_fusion` (:func:`full_cov_fusion_lowrank`, :func:`lowrank_precision`), :func:`spd_inverse`, :func:`uniform_fusion`,
-  :func:`ensemble_covariance`, :class:`UncertaintyFusion`, :class:`FusionOutput` (``fusion.py``);
+* :func:`diagonal_fusion`, :func:`full_cov_fusion` (:func:`full_cov_fusion_lowrank`, :func:`lowrank_precision`),
+  :func:`spd_inverse`, :func:`uniform_fusion`, :func:`ensemble_covariance`, :class:`UncertaintyFusion`,
+  :class:`FusionOutput` (``fusion.py``);
 * :class:`MultiHeadDecoder`, :class:`Deltas` (``decoder.py``);
 * :class:`RunningStandardize` — per-channel standardisation with stored statistics (``norm.py``);
 * :class:`HealthMeter`, :func:`low_health`, :func:`off_scale` — live units, fusion weights, code scale (``health.py``);
@@ -42,7 +43,8 @@ from .network import VIEW_NAMES, DeformationNetwork, DeformationOutput, MouthDef
 __all__ = [
     "EnsembleMLP", "UncertaintyBlock", "ViewEstimate", "ViewInput", "bound_logvar", "UNCERTAINTY_MODES",
     "COMPUTE_DTYPES",
-    "diagonal_fusion", "full_cov_fusion", "full_cov_fusion_lowrank", "lowrank_precision", "spd_inverse", "uniform_fusion", "ensemble_covariance", "FusionOutput",
+    "diagonal_fusion", "full_cov_fusion", "full_cov_fusion_lowrank", "lowrank_precision", "spd_inverse",
+    "uniform_fusion", "ensemble_covariance", "FusionOutput",
     "UncertaintyFusion", "FUSION_MODES",
     "MultiHeadDecoder", "Deltas", "HEAD_DIMS",
     "DeformationNetwork", "MouthDeformation", "DeformationOutput", "VIEW_NAMES", "DeformationConfig",

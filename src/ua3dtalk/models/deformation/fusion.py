@@ -119,7 +119,12 @@ def full_cov_fusion(mus: Tensor, covs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     if covs.shape != (*mus.shape, d) or mus.dim() < 2:
         raise ValueError(f"full_cov_fusion: expected mus [V, ..., D] and covs [V, ..., D, D], got "
                          f"{list(mus.shape)} and {list(covs.shape)}")
-    prec = spd_inverse(covs)  # [V, ..., D, D]  Σ_v⁻¹
+    return _fuse_precisions(mus, spd_inverse(covs))
+
+
+def _fuse_precisions(mus: Tensor, prec: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The product of Gaussians from the views' means ``[V, ..., D]`` and precisions ``P_v`` ``[V, ..., D, D]``
+    (the common tail of :func:`full_cov_fusion` and :func:`full_cov_fusion_lowrank`)."""
     eta = prec @ mus.unsqueeze(-1)  # [V, ..., D, 1]  Σ_v⁻¹ μ_v
     cov_f = spd_inverse(prec.sum(dim=0))  # (Σ_v P_v)⁻¹
     mu_f = (cov_f @ eta.sum(dim=0)).squeeze(-1)
@@ -159,13 +164,7 @@ def full_cov_fusion_lowrank(mus: Tensor, diag: Tensor, w: Tensor) -> tuple[Tenso
     if diag.shape != mus.shape or w.shape[:-1] != mus.shape or mus.dim() < 2:
         raise ValueError(f"full_cov_fusion_lowrank: expected mus and diag [V, ..., D] and w [V, ..., D, T], got "
                          f"{list(mus.shape)}, {list(diag.shape)} and {list(w.shape)}")
-    prec = lowrank_precision(diag, w)  # [V, ..., D, D]
-    eta = prec @ mus.unsqueeze(-1)
-    cov_f = spd_inverse(prec.sum(dim=0))
-    mu_f = (cov_f @ eta.sum(dim=0)).squeeze(-1)
-    tr = prec.diagonal(dim1=-2, dim2=-1).sum(-1)
-    weights = tr / tr.sum(dim=0, keepdim=True)
-    return mu_f, cov_f, weights
+    return _fuse_precisions(mus, lowrank_precision(diag, w))
 
 
 def uniform_fusion(mus: Tensor) -> Tensor:
@@ -478,5 +477,6 @@ class UncertaintyFusion(nn.Module):
         return FusionOutput(mu=mu, var=var, weights=weights, estimates=ests, cov=cov)
 
 
-__all__ = ["diagonal_fusion", "full_cov_fusion", "full_cov_fusion_lowrank", "lowrank_precision", "spd_inverse", "uniform_fusion", "ensemble_covariance", "FusionOutput",
+__all__ = ["diagonal_fusion", "full_cov_fusion", "full_cov_fusion_lowrank", "lowrank_precision", "spd_inverse",
+           "uniform_fusion", "ensemble_covariance", "FusionOutput",
            "UncertaintyFusion", "FUSION_MODES"]

@@ -12,10 +12,11 @@ every hidden unit of every network is active (pre-activation > 0):
 
 the mean fusion weight of every view, and the root mean square of the standardised fused code the decoder
 reads (``health/code_rms``, ≈ 1 when the code statistics stored in training describe the inputs of inference;
-it read 0.36 while the fuse stage trained single ensemble members and inference averaged them). A unit is *live* when it is active on at least ``min_active``
-(0.1 %) of the inputs (Gaussians × frames). :meth:`HealthMeter.summary` gives ``health/live_<net>`` (the live
-fraction of the network's units) and ``fusion_weight/<view>``, prefixed with ``prefix`` (``mouth_`` for the
-inside-mouth branch). :func:`low_health` lists the networks below a threshold (20 %: a warning),
+it read 0.36 while the fuse stage trained single ensemble members and inference averaged them). A unit is
+*live* when it is active on at least ``min_active`` (0.1 %) of the inputs (Gaussians × frames).
+:meth:`HealthMeter.summary` gives ``health/live_<net>`` (the live fraction of the network's units),
+``fusion_weight/<view>`` and ``health/code_rms``, prefixed with ``prefix`` (``mouth_`` for the inside-mouth
+branch). :func:`low_health` lists the networks below a threshold (20 %: a warning),
 :func:`off_scale` the codes whose RMS is outside [0.5, 2] (a warning).
 
 The meter is attached to a :class:`~ua3dtalk.models.deformation.network.DeformationNetwork` as its
