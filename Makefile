@@ -52,8 +52,8 @@ demo-full: setup  ## the demo-scale run the README's results come from (about 20
 video: setup  ## your own video end to end on a CPU: VIDEO=my.mp4 AUDIO=speech.wav → outputs/video/<name>/report.md
 	VIDEO='$(VIDEO)' AUDIO='$(AUDIO)' NAME='$(NAME)' DATA='$(DATA)' EVALUATORS='$(EVALUATORS)' ARGS='$(ARGS)' scripts/own_video.sh
 
-sweep: setup  ## the ablation table as one sweep (CPU, demo scale; SWEEP=slurm for a cluster; ARGS=hydra overrides)
-	scripts/sweep_ablation.sh $(or $(SWEEP),local) $(ARGS)
+sweep: setup  ## the ablation table as one sweep (CPU, demo scale; JOBS=2: two runs at a time; SWEEP=slurm for a cluster; ARGS=hydra overrides)
+	JOBS='$(JOBS)' SEEDS='$(SEEDS)' scripts/sweep_ablation.sh $(or $(SWEEP),local) $(ARGS)
 
 tables: setup  ## paper/ablation tables from outputs/runs (md + latex) into outputs/tables
 	@mkdir -p outputs/tables

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 ROWS = {"paper_mead": ("fusion", "diagonal"), "abl_prior_none": ("prior", "none"),
@@ -86,3 +87,50 @@ def test_local_sweep_runs_the_seeds_one_after_the_other_with_a_table_after_each(
     assert all("grid=ablation" in c and "scale=demo" in c and "resume=true" in c and c.endswith("x=1")
                for c in calls if "cli.train" in c)
     assert "sweep_ablation: seed 0 done" in p.stdout and " s wall" in p.stdout
+
+
+def _grid_rows() -> list[str]:
+    grid = yaml.safe_load((REPO / "experiments" / "grid" / "ablation.yaml").read_text())
+    return grid["hydra"]["sweeper"]["params"]["experiment"].split(",")
+
+
+def test_local_sweep_with_jobs_runs_every_row_once_as_its_own_process(tmp_path):
+    """``JOBS=2``: the grid's rows are a queue worked by two processes at a time (one single run per row and
+    seed, on nproc/2 threads, its output in outputs/sweep-logs/), the table after each seed; a failing run
+    makes the sweep fail after the others, naming the run and its log."""
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "py"
+    fake.write_text("#!/usr/bin/env bash\n"
+                    f'echo "$* threads=$OMP_NUM_THREADS" >> {log}\n'
+                    'for a in "$@"; do [ "$a" = "experiment=$FAIL_ROW" ] && { echo boom; exit 3; }; done\n'
+                    'for ((i=1;i<=$#;i++)); do if [ "${!i}" = "--out" ]; then\n'
+                    '  j=$((i+1)); echo "| t |" > "${!j}"\n'
+                    'fi; done\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PY": str(fake), "SEEDS": "0,1", "JOBS": "2", "UA3DTALK_ROOT": str(tmp_path), "FAIL_ROW": ""}
+    p = subprocess.run(["bash", str(REPO / "scripts" / "sweep_ablation.sh"), "local", "x=1"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    calls = log.read_text().splitlines()
+    train = [c for c in calls if "ua3dtalk.cli.train" in c]
+    rows = _grid_rows()
+    for s in ("0", "1"):
+        ran = sorted(c.split("experiment=")[1].split()[0] for c in train if f"seed={s} " in c)
+        assert ran == sorted(rows), ran
+    assert all(" -m " not in c and "scale=demo" in c and "resume=true" in c and "x=1 threads=" in c for c in train)
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert all(c.endswith(f"threads={threads}") for c in train)
+    assert sum("cli.tables" in c for c in calls) == 4  # md + tex after each seed
+    assert len(list((tmp_path / "outputs" / "sweep-logs" / "demo" / "seed1").glob("*.log"))) == len(rows)
+    assert "sweep_ablation: seed 1 done" in p.stdout and f"{rows[-1]} seed1 done" in p.stdout
+
+    log.unlink()
+    p = subprocess.run(["bash", str(REPO / "scripts" / "sweep_ablation.sh"), "local"], cwd=tmp_path,
+                       env={**env, "SEEDS": "0", "FAIL_ROW": rows[1]}, capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0
+    assert f"{rows[1]} seed0 FAILED (exit 3" in p.stderr and "boom" in (
+        tmp_path / "outputs" / "sweep-logs" / "demo" / "seed0" / f"{rows[1]}.log").read_text()
+    assert sum("cli.train" in c for c in log.read_text().splitlines()) == len(rows)  # the others still ran
+    bad = subprocess.run(["bash", str(REPO / "scripts" / "sweep_ablation.sh"), "local"], cwd=tmp_path,
+                         env={**env, "JOBS": "two"}, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "JOBS" in bad.stderr
