@@ -31,6 +31,7 @@ def trained_stats(single_member: bool, frames: int = 30) -> DeformationNetwork:
     with torch.enable_grad():
         for k in range(frames):
             net(**inputs(seed=k), single_member=single_member)
+            net.count_step()
     return net.eval()
 
 
@@ -104,6 +105,23 @@ def test_warnings_name_the_key_once_per_run():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         av.warn_low_health(sick)  # the same keys again: silent
+
+
+def test_untrained_networks_are_not_warned_about():
+    """Before a network's first optimizer step (the face network during the mouth stage) its code statistics are
+    the initial ones: no warning, and the key stays free for the trained network's own."""
+    fresh = DeformationNetwork(29, members=10).eval()
+    av = _Avatar(fresh, trained_stats(single_member=False))
+    sick = {"health/live_decoder": 0.05, "health/code_rms": 0.3, "health/mouth_code_rms": 0.2,
+            "health/live_mouth_decoder": 0.1}
+    with pytest.warns(RuntimeWarning) as rec:
+        av.warn_low_health(sick)
+    text = " ".join(str(w.message) for w in rec)
+    assert "mouth_code_rms = 0.20" in text and "live_mouth_decoder = 0.10" in text
+    assert "health/code_rms" not in text and "health/live_decoder" not in text
+    fresh.count_step()
+    with pytest.warns(RuntimeWarning, match=r"health/code_rms = 0\.30"):
+        av.warn_low_health(sick)
 
 
 def test_attach_and_detach_prefix_the_mouth_network():

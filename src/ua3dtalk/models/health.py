@@ -19,6 +19,12 @@ class HealthMixin:
         self.deformation.monitor = HealthMeter()
         self.mouth_deformation.monitor = HealthMeter("mouth_")
 
+    def _health_trained(self, key: str) -> bool:
+        """Whether the network a ``health/*`` key describes has taken an optimizer step (``trained_steps``)."""
+        mouth = key.startswith(("health/live_mouth_", "health/mouth_"))
+        steps = getattr(getattr(self, "mouth_deformation" if mouth else "deformation", None), "trained_steps", None)
+        return steps is None or int(steps) > 0
+
     def detach_health(self) -> dict[str, float]:
         """Detach the meters and return ``health/live_*`` and ``fusion_weight/*`` of what they recorded
         (face keys unprefixed, inside-mouth keys with ``mouth_``); empty when nothing was recorded."""
@@ -31,8 +37,11 @@ class HealthMixin:
 
     def warn_low_health(self, health: dict[str, float]) -> None:
         """Warn once per network and run when its live fraction falls below 20 %, or when the code its decoder
-        reads is off unit scale (RMS outside [0.5, 2])."""
+        reads is off unit scale (RMS outside [0.5, 2]). A network with no optimizer step yet (the face network
+        in the mouth stage's validations) is not judged: its code statistics are the initial ones, and a
+        warning spent on it would silence the one its trained state may need."""
         warned = self.__dict__.setdefault("_health_warned", set())
+        health = {k: v for k, v in health.items() if self._health_trained(k)}
         dead = ("fewer than {:.0%} of the network's ReLU units are active on any input (dead units give constant "
                 "offsets; DESIGN §4.5)").format(LOW_HEALTH)
         scale = (f"the decoder reads the fused code off unit scale (expected within {CODE_RMS_RANGE}): the code "
