@@ -6,8 +6,8 @@ Default setting: 10k Gaussians, 4 views, code size D=48, ensemble T=10, float32,
                    ``diagonal_fusion(mus, vars)`` vs ``full_cov_fusion(mus, covs)`` (covs [V,N,D,D]);
 * ``fusion+cov`` — from the ensemble members' means and aleatoric variances: the diagonal variance vs
                    the full covariance (``ensemble_covariance``) followed by the fusion, vs the same fusion
-                   by the Woodbury identity (``full_cov_lowrank``: ``full_cov_fusion_lowrank``, a T×T
-                   Cholesky per view instead of a D×D one — what the module uses);
+                   without any D×D matrix (``full_cov_lowrank``: ``full_cov_fusion_factors``, the Woodbury
+                   identity twice: T×T inverses per view and one VT×VT inverse — what the module uses);
 * ``module``     — the whole ``UncertaintyFusion`` in stage B with the DESIGN view sizes
                    (audio 102, content 128, style 128, emotion 192), ensembles included.
 
@@ -50,7 +50,7 @@ def bench_fusion(mode: str, level: str, n: int = 10000, views: int = 4, dim: int
         diagonal_fusion,
         ensemble_covariance,
         full_cov_fusion,
-        full_cov_fusion_lowrank,
+        full_cov_fusion_factors,
     )
 
     torch.set_num_threads(threads)
@@ -61,7 +61,7 @@ def bench_fusion(mode: str, level: str, n: int = 10000, views: int = 4, dim: int
         sizes = [102, 128, 128, 192, 128, 128, 128, 128][:views]
         names = ["audio", "content", "style", "emotion", "v4", "v5", "v6", "v7"][:views]
         fu = UncertaintyFusion(dict(zip(names, sizes)), out_dim=dim, members=members, fusion=mode).train()
-        # (full_cov: the module's own path, full_cov_fusion_lowrank)
+        # (full_cov: the module's own path, full_cov_fusion_factors)
         inputs = {k: torch.randn(1, n, s, generator=g).requires_grad_(True) for k, s in zip(names, sizes)}
 
         def run(grad: bool):
@@ -102,8 +102,7 @@ def bench_fusion(mode: str, level: str, n: int = 10000, views: int = 4, dim: int
             var = alea + ep + floor
             if mode == "full_cov_lowrank":
                 w = ((mem - mu.unsqueeze(1)) / members ** 0.5).movedim(1, -1)  # [V, N, D, T]
-                mu_f, cov_f, _ = full_cov_fusion_lowrank(mu, var - ep, w)
-                v_f = cov_f.diagonal(dim1=-2, dim2=-1)
+                mu_f, v_f, _, _ = full_cov_fusion_factors(mu, var - ep, w)
             elif mode == "full_cov":
                 covs = torch.stack([
                     ensemble_covariance(ViewEstimate(mu=mu[v], var=var[v], aleatoric=alea[v], epistemic=ep[v],

@@ -4,9 +4,9 @@ Public API:
 
 * :class:`EnsembleMLP`, :class:`UncertaintyBlock`, :class:`ViewEstimate`, :class:`ViewInput` — per-view
   batched ensembles with aleatoric/epistemic variance; decomposed view inputs (``ensemble.py``);
-* :func:`diagonal_fusion`, :func:`full_cov_fusion` (:func:`full_cov_fusion_lowrank`, :func:`lowrank_precision`),
-  :func:`spd_inverse`, :func:`uniform_fusion`, :func:`ensemble_covariance`, :class:`UncertaintyFusion`,
-  :class:`FusionOutput` (``fusion.py``);
+* :func:`diagonal_fusion`, :func:`full_cov_fusion` (:func:`full_cov_fusion_factors`, :func:`full_cov_fusion_lowrank`,
+  :func:`lowrank_covariance`, :func:`lowrank_precision`), :func:`spd_inverse`, :func:`uniform_fusion`,
+  :func:`ensemble_covariance`, :class:`UncertaintyFusion`, :class:`FusionOutput` (``fusion.py``);
 * :class:`MultiHeadDecoder`, :class:`Deltas` (``decoder.py``);
 * :class:`RunningStandardize` — per-channel standardisation with stored statistics (``norm.py``);
 * :class:`HealthMeter`, :func:`low_health`, :func:`off_scale` — live units, fusion weights, code scale (``health.py``);
@@ -30,7 +30,9 @@ from .fusion import (
     diagonal_fusion,
     ensemble_covariance,
     full_cov_fusion,
+    full_cov_fusion_factors,
     full_cov_fusion_lowrank,
+    lowrank_covariance,
     lowrank_precision,
     spd_inverse,
     uniform_fusion,
@@ -43,7 +45,8 @@ from .network import VIEW_NAMES, DeformationNetwork, DeformationOutput, MouthDef
 __all__ = [
     "EnsembleMLP", "UncertaintyBlock", "ViewEstimate", "ViewInput", "bound_logvar", "UNCERTAINTY_MODES",
     "COMPUTE_DTYPES",
-    "diagonal_fusion", "full_cov_fusion", "full_cov_fusion_lowrank", "lowrank_precision", "spd_inverse",
+    "diagonal_fusion", "full_cov_fusion", "full_cov_fusion_factors", "full_cov_fusion_lowrank", "lowrank_covariance",
+    "lowrank_precision", "spd_inverse",
     "uniform_fusion", "ensemble_covariance", "FusionOutput",
     "UncertaintyFusion", "FUSION_MODES",
     "MultiHeadDecoder", "Deltas", "HEAD_DIMS",

@@ -19,11 +19,15 @@ T−1) plus the diagonal aleatoric variance and the block's ``var_floor`` (so it
 ensemble covariance. With ``uncertainty=aleatoric`` or in stage A (one member, no ensemble) the
 covariance is diagonal and ``full_cov`` reduces to ``diagonal`` (at a much higher cost).
 
-The module's ``full_cov`` path never forms ``Σ_v``: with ``W_v`` = member deviations / √T it is
-``diag(d_v) + W_v W_vᵀ``, so :func:`full_cov_fusion_lowrank` gets ``P_v = Σ_v⁻¹`` by the Woodbury identity
-(:func:`lowrank_precision`: one ``T×T`` Cholesky per view instead of a ``D×D`` one) and only ``Σ_v P_v`` is
-inverted at ``D×D``: the same values and gradients (tested pairwise against :func:`full_cov_fusion`), 1.3×
-faster forward+backward and 17 % less peak memory at 5k Gaussians (``benchmarks/fusion.py``, 2026-12-05).
+The module's ``full_cov`` path never forms a ``D×D`` matrix: with ``W_v`` = member deviations / √T,
+``Σ_v = diag(d_v) + W_v W_vᵀ``, so by the Woodbury identity ``P_v = A_v − A_vW_v C_v W_vᵀA_v`` (``A_v = diag(d_v)⁻¹``,
+``C_v = (I + W_vᵀA_vW_v)⁻¹``, a ``T×T`` inverse; :func:`lowrank_precision`), and ``Σ_v P_v = S − U C Uᵀ`` with
+``S = Σ_v A_v`` (diagonal), ``U = [A_1W_1 … A_VW_V]`` (``D × VT``) and ``C`` block-diagonal. Woodbury once more:
+``Σ_f = S⁻¹ + G M⁻¹ Gᵀ`` with ``G = S⁻¹U`` and ``M = C⁻¹ − UᵀS⁻¹U`` (``VT × VT``; ``M ⪰ I``, so its Cholesky is
+well conditioned). :func:`full_cov_fusion_factors` returns ``μ_f``, the diagonal of ``Σ_f``, the weights and the
+factors ``(S⁻¹, G, M⁻¹)``; :attr:`FusionOutput.cov` forms ``Σ_f`` only when asked. The same values and gradients
+as :func:`full_cov_fusion` on the formed covariances (tested pairwise, float64; ``benchmarks/fusion.py`` row
+``full_cov_lowrank``).
 
 :class:`UncertaintyFusion` wraps one :class:`~ua3dtalk.models.deformation.ensemble.UncertaintyBlock`
 per view and applies the chosen fusion (``diagonal | full_cov | uniform``), or, for ``concat``, the
@@ -149,22 +153,53 @@ def lowrank_precision(diag: Tensor, w: Tensor) -> Tensor:
     return torch.diag_embed(a) - aw @ core @ aw.transpose(-1, -2)
 
 
-def full_cov_fusion_lowrank(mus: Tensor, diag: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def full_cov_fusion_factors(mus: Tensor, diag: Tensor, w: Tensor
+                            ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
     """:func:`full_cov_fusion` for covariances ``Σ_v = diag(d_v) + W_v W_vᵀ`` (an ensemble's: ``d_v`` = aleatoric
-    variance + floor, ``W_v`` = member deviations / √T, :func:`ensemble_covariance`), without forming or
-    factorising the ``D×D`` ``Σ_v``: ``P_v`` by :func:`lowrank_precision` (a ``T×T`` Cholesky per view), then the
-    one ``D×D`` inverse of ``Σ_v P_v``. The same values as ``full_cov_fusion(mus, diag_embed(d) + W Wᵀ)``
-    (tested pairwise).
+    variance + floor, ``W_v`` = member deviations / √T, :func:`ensemble_covariance`) without any ``D×D`` matrix
+    (the module docstring derives it): ``T×T`` inverses per view and one ``VT×VT`` inverse of ``M ⪰ I``.
 
     Args:
         mus: ``[V, ..., D]``; diag: ``[V, ..., D]`` (positive); w: ``[V, ..., D, T]``.
     Returns:
-        as :func:`full_cov_fusion`.
+        ``(mu_f [..., D], var_f [..., D], weights [V, ...], (inv_s [..., D], g [..., D, VT], m_inv [..., VT, VT]))``
+        with ``var_f`` the diagonal of ``Σ_f = diag(inv_s) + g m_inv gᵀ`` and ``weights`` as :func:`full_cov_fusion`'s
+        (``tr P_v / Σ_u tr P_u``).
     """
     if diag.shape != mus.shape or w.shape[:-1] != mus.shape or mus.dim() < 2:
         raise ValueError(f"full_cov_fusion_lowrank: expected mus and diag [V, ..., D] and w [V, ..., D, T], got "
                          f"{list(mus.shape)}, {list(diag.shape)} and {list(w.shape)}")
-    return _fuse_precisions(mus, lowrank_precision(diag, w))
+    v, t = mus.shape[0], w.shape[-1]
+    lead = mus.shape[1:-1]
+    a = diag.reciprocal()  # [V, ..., D]  A_v
+    aw = a.unsqueeze(-1) * w  # [V, ..., D, T]  A_v W_v
+    eye_t = torch.eye(t, dtype=w.dtype, device=w.device)
+    c_inv = eye_t + w.transpose(-1, -2) @ aw  # [V, ..., T, T]  C_v⁻¹ = I + W_vᵀ A_v W_v
+    core = spd_inverse(c_inv)  # C_v
+    inv_s = a.sum(dim=0).reciprocal()  # [..., D]  S⁻¹
+    # Σ_v P_v μ_v = Σ_v A_v μ_v − A_v W_v C_v (W_vᵀ A_v μ_v)
+    eta = (a * mus).sum(dim=0) - (aw @ (core @ (aw.transpose(-1, -2) @ mus.unsqueeze(-1)))).squeeze(-1).sum(dim=0)
+    u = aw.movedim(0, -2).reshape(*lead, mus.shape[-1], v * t)  # [..., D, VT]  (view-major columns)
+    g = inv_s.unsqueeze(-1) * u  # [..., D, VT]  S⁻¹U
+    block = torch.einsum("v...ij,vu->...viuj", c_inv, torch.eye(v, dtype=w.dtype, device=w.device))
+    m = block.reshape(*lead, v * t, v * t) - u.transpose(-1, -2) @ g  # [..., VT, VT]  C⁻¹ − UᵀS⁻¹U
+    m_inv = spd_inverse(m)
+    mu_f = inv_s * eta + (g @ (m_inv @ (g.transpose(-1, -2) @ eta.unsqueeze(-1)))).squeeze(-1)
+    var_f = inv_s + ((g @ m_inv) * g).sum(dim=-1)
+    tr = a.sum(dim=-1) - ((aw @ core) * aw).sum(dim=(-2, -1))  # [V, ...]  tr P_v
+    return mu_f, var_f, tr / tr.sum(dim=0, keepdim=True), (inv_s, g, m_inv)
+
+
+def lowrank_covariance(inv_s: Tensor, g: Tensor, m_inv: Tensor) -> Tensor:
+    """The fused covariance ``diag(inv_s) + g m_inv gᵀ`` ``[..., D, D]`` from :func:`full_cov_fusion_factors`."""
+    return torch.diag_embed(inv_s) + g @ m_inv @ g.transpose(-1, -2)
+
+
+def full_cov_fusion_lowrank(mus: Tensor, diag: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`full_cov_fusion_factors` with the fused covariance formed: ``(mu_f, cov_f [..., D, D], weights)``,
+    the same values as ``full_cov_fusion(mus, diag_embed(diag) + w wᵀ)`` (tested pairwise)."""
+    mu_f, _, weights, factors = full_cov_fusion_factors(mus, diag, w)
+    return mu_f, lowrank_covariance(*factors), weights
 
 
 def uniform_fusion(mus: Tensor) -> Tensor:
@@ -206,14 +241,24 @@ class FusionOutput:
         weights: view name → 0-dim detached tensor, the mean fusion weight of the view (precision share
             for ``diagonal``/``full_cov``, ``1/V`` for ``uniform``; empty for ``concat``) — for logging.
         estimates: view name → :class:`ViewEstimate` (empty for ``concat``).
-        cov: ``[..., D, D]`` fused covariance (``full_cov`` only).
+        dense_cov: ``[..., D, D]`` fused covariance when it was formed (``full_cov`` without the ensembles'
+            low-rank covariances); otherwise ``cov_factors`` ``(inv_s, g, m_inv)`` hold it
+            (:func:`full_cov_fusion_factors`). Read either through :attr:`cov`.
     """
 
     mu: Tensor
     var: Optional[Tensor]
     weights: dict[str, Tensor] = field(default_factory=dict)
     estimates: dict[str, ViewEstimate] = field(default_factory=dict)
-    cov: Optional[Tensor] = None
+    dense_cov: Optional[Tensor] = None
+    cov_factors: Optional[tuple[Tensor, Tensor, Tensor]] = None
+
+    @property
+    def cov(self) -> Optional[Tensor]:
+        """``[..., D, D]`` fused covariance (``full_cov`` only; formed from ``cov_factors`` on each read)."""
+        if self.dense_cov is None and self.cov_factors is not None:
+            return lowrank_covariance(*self.cov_factors)
+        return self.dense_cov
 
     def stats(self) -> dict[str, Tensor]:
         """Detached 0-dim scalars for logging: ``weight/<view>``, ``aleatoric/<view>``,
@@ -438,7 +483,7 @@ class UncertaintyFusion(nn.Module):
         ests = {n: self.blocks[n](views[n], single_member=single, need_members=need) for n in names}
         ests = {n: self._gather(e, rows[n]) if n in rows else e for n, e in ests.items()}
         mus = torch.stack([ests[n].mu for n in names]) if self.fusion != "diagonal" else None  # [V, ..., D]
-        cov = None
+        cov = factors = None
         if self.fusion == "uniform":
             mu, var = uniform_fusion(mus), None
             w = [mus.new_tensor(1.0 / len(names))] * len(names)
@@ -459,24 +504,25 @@ class UncertaintyFusion(nn.Module):
         else:  # full_cov
             inc = self.uncertainty != "aleatoric"
             if inc and all(ests[n].members_mu is not None for n in names):
-                # Σ_v = diag(var − epistemic) + W Wᵀ, W = member deviations / √T (= ensemble_covariance):
-                # a T×T Cholesky per view instead of a D×D one (full_cov_fusion_lowrank)
+                # Σ_v = diag(var − epistemic) + W Wᵀ, W = member deviations / √T (= ensemble_covariance): no D×D
+                # matrix (full_cov_fusion_factors; the covariance is formed only when FusionOutput.cov is read)
                 t = ests[names[0]].members_mu.shape[0]
                 ws = torch.stack([((ests[n].members_mu - ests[n].mu) / math.sqrt(t)).movedim(0, -1) for n in names])
                 ds = torch.stack([ests[n].var - ests[n].epistemic for n in names])
-                mu, cov, wts = full_cov_fusion_lowrank(mus, ds, ws)
+                mu, var, wts, factors = full_cov_fusion_factors(mus, ds, ws)
             else:
                 covs = torch.stack([ensemble_covariance(ests[n], include_epistemic=inc) for n in names])
                 mu, cov, wts = full_cov_fusion(mus, covs)
-            var = cov.diagonal(dim1=-2, dim2=-1)
+                var = cov.diagonal(dim1=-2, dim2=-1)
             w = [wts[i].detach().mean() for i in range(len(names))]
         assert mu.shape == (*lead, self.out_dim), mu.shape
         weights = dict(zip(names, w))
         if len(names) < len(self.view_dims):  # left out by view dropout: weight 0
             weights = {n: weights.get(n, mu.new_zeros(())) for n in self.view_names}
-        return FusionOutput(mu=mu, var=var, weights=weights, estimates=ests, cov=cov)
+        return FusionOutput(mu=mu, var=var, weights=weights, estimates=ests, dense_cov=cov, cov_factors=factors)
 
 
-__all__ = ["diagonal_fusion", "full_cov_fusion", "full_cov_fusion_lowrank", "lowrank_precision", "spd_inverse",
+__all__ = ["diagonal_fusion", "full_cov_fusion", "full_cov_fusion_lowrank", "full_cov_fusion_factors",
+           "lowrank_covariance", "lowrank_precision", "spd_inverse",
            "uniform_fusion", "ensemble_covariance", "FusionOutput",
            "UncertaintyFusion", "FUSION_MODES"]
