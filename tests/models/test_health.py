@@ -108,8 +108,9 @@ def test_warnings_name_the_key_once_per_run():
 
 
 def test_untrained_networks_are_not_warned_about():
-    """Before a network's first optimizer step (the face network during the mouth stage) its code statistics are
-    the initial ones: no warning, and the key stays free for the trained network's own."""
+    """Before a network's first optimizer step (the face network during the mouth stage) nothing is judged, and
+    its code scale only once the statistics come from stage B: no warning, and the keys stay free for the trained
+    network's own."""
     fresh = DeformationNetwork(29, members=10).eval()
     av = _Avatar(fresh, trained_stats(single_member=False))
     sick = {"health/live_decoder": 0.05, "health/code_rms": 0.3, "health/mouth_code_rms": 0.2,
@@ -119,7 +120,12 @@ def test_untrained_networks_are_not_warned_about():
     text = " ".join(str(w.message) for w in rec)
     assert "mouth_code_rms = 0.20" in text and "live_mouth_decoder = 0.10" in text
     assert "health/code_rms" not in text and "health/live_decoder" not in text
-    fresh.count_step()
+    fresh.count_step()  # trained, but its code statistics are still stage A's: the live units are judged only
+    with pytest.warns(RuntimeWarning) as rec:
+        av.warn_low_health(sick)
+    text = " ".join(str(w.message) for w in rec)
+    assert "health/live_decoder = 0.05" in text and "health/code_rms" not in text
+    av.deformation = trained_stats(single_member=False)  # stage B statistics: the code scale is judged
     with pytest.warns(RuntimeWarning, match=r"health/code_rms = 0\.30"):
         av.warn_low_health(sick)
 

@@ -19,10 +19,17 @@ class HealthMixin:
         self.deformation.monitor = HealthMeter()
         self.mouth_deformation.monitor = HealthMeter("mouth_")
 
-    def _health_trained(self, key: str) -> bool:
-        """Whether the network a ``health/*`` key describes has taken an optimizer step (``trained_steps``)."""
+    def _health_judged(self, key: str) -> bool:
+        """Whether the network a ``health/*`` key describes is far enough in its training to be judged: live units
+        after its first optimizer step (``trained_steps``), the code's scale once its statistics come from the
+        ensembles' stage B (``code_stats_stage_b``: in stage A they follow single members while inference
+        averages them, so the code is expectedly off scale until the switch)."""
         mouth = key.startswith(("health/live_mouth_", "health/mouth_"))
-        steps = getattr(getattr(self, "mouth_deformation" if mouth else "deformation", None), "trained_steps", None)
+        net = getattr(self, "mouth_deformation" if mouth else "deformation", None)
+        if key.endswith("code_rms"):
+            flag = getattr(net, "code_stats_stage_b", None)
+            return flag is None or bool(flag)
+        steps = getattr(net, "trained_steps", None)
         return steps is None or int(steps) > 0
 
     def detach_health(self) -> dict[str, float]:
@@ -37,11 +44,11 @@ class HealthMixin:
 
     def warn_low_health(self, health: dict[str, float]) -> None:
         """Warn once per network and run when its live fraction falls below 20 %, or when the code its decoder
-        reads is off unit scale (RMS outside [0.5, 2]). A network with no optimizer step yet (the face network
-        in the mouth stage's validations) is not judged: its code statistics are the initial ones, and a
-        warning spent on it would silence the one its trained state may need."""
+        reads is off unit scale (RMS outside [0.5, 2]). A network is judged only once its state means something
+        (:meth:`_health_judged`: not the face network in the mouth stage's validations, not the code scale in
+        the ensembles' stage A); a warning spent earlier would silence the one its trained state may need."""
         warned = self.__dict__.setdefault("_health_warned", set())
-        health = {k: v for k, v in health.items() if self._health_trained(k)}
+        health = {k: v for k, v in health.items() if self._health_judged(k)}
         dead = ("fewer than {:.0%} of the network's ReLU units are active on any input (dead units give constant "
                 "offsets; DESIGN §4.5)").format(LOW_HEALTH)
         scale = (f"the decoder reads the fused code off unit scale (expected within {CODE_RMS_RANGE}): the code "
