@@ -93,13 +93,18 @@ class _Avatar(HealthMixin):
         self.deformation, self.mouth_deformation = face, mouth
 
 
+def warned(av: _Avatar, health: dict[str, float]) -> str:
+    """The text of the warnings ``av.warn_low_health(health)`` gives (at least one expected)."""
+    with pytest.warns(RuntimeWarning) as rec:
+        av.warn_low_health(health)
+    return " ".join(str(w.message) for w in rec)
+
+
 def test_warnings_name_the_key_once_per_run():
     av = _Avatar(trained_stats(single_member=False), trained_stats(single_member=False))
     sick = {"health/live_decoder": 0.05, "health/live_audio": 0.9, "health/code_rms": 0.3,
             "health/mouth_code_rms": 1.0}
-    with pytest.warns(RuntimeWarning) as rec:
-        av.warn_low_health(sick)
-    text = " ".join(str(w.message) for w in rec)
+    text = warned(av, sick)
     assert "health/live_decoder = 0.05" in text and "health/code_rms = 0.30" in text
     assert "live_audio" not in text and "mouth_code_rms" not in text
     with warnings.catch_warnings():
@@ -115,15 +120,11 @@ def test_untrained_networks_are_not_warned_about():
     av = _Avatar(fresh, trained_stats(single_member=False))
     sick = {"health/live_decoder": 0.05, "health/code_rms": 0.3, "health/mouth_code_rms": 0.2,
             "health/live_mouth_decoder": 0.1}
-    with pytest.warns(RuntimeWarning) as rec:
-        av.warn_low_health(sick)
-    text = " ".join(str(w.message) for w in rec)
+    text = warned(av, sick)
     assert "mouth_code_rms = 0.20" in text and "live_mouth_decoder = 0.10" in text
     assert "health/code_rms" not in text and "health/live_decoder" not in text
     fresh.count_step()  # trained, but its code statistics are still stage A's: the live units are judged only
-    with pytest.warns(RuntimeWarning) as rec:
-        av.warn_low_health(sick)
-    text = " ".join(str(w.message) for w in rec)
+    text = warned(av, sick)
     assert "health/live_decoder = 0.05" in text and "health/code_rms" not in text
     av.deformation = trained_stats(single_member=False)  # stage B statistics: the code scale is judged
     with pytest.warns(RuntimeWarning, match=r"health/code_rms = 0\.30"):
