@@ -123,12 +123,7 @@ def full_cov_fusion(mus: Tensor, covs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     if covs.shape != (*mus.shape, d) or mus.dim() < 2:
         raise ValueError(f"full_cov_fusion: expected mus [V, ..., D] and covs [V, ..., D, D], got "
                          f"{list(mus.shape)} and {list(covs.shape)}")
-    return _fuse_precisions(mus, spd_inverse(covs))
-
-
-def _fuse_precisions(mus: Tensor, prec: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The product of Gaussians from the views' means ``[V, ..., D]`` and precisions ``P_v`` ``[V, ..., D, D]``
-    (the common tail of :func:`full_cov_fusion` and :func:`full_cov_fusion_lowrank`)."""
+    prec = spd_inverse(covs)  # [V, ..., D, D]  Σ_v⁻¹
     eta = prec @ mus.unsqueeze(-1)  # [V, ..., D, 1]  Σ_v⁻¹ μ_v
     cov_f = spd_inverse(prec.sum(dim=0))  # (Σ_v P_v)⁻¹
     mu_f = (cov_f @ eta.sum(dim=0)).squeeze(-1)
@@ -146,11 +141,16 @@ def lowrank_precision(diag: Tensor, w: Tensor) -> Tensor:
     Returns:
         ``[..., D, D]`` precision.
     """
-    a = diag.reciprocal()  # [..., D]
-    aw = a.unsqueeze(-1) * w  # [..., D, T]  D⁻¹W
-    eye = torch.eye(w.shape[-1], dtype=w.dtype, device=w.device)
-    core = spd_inverse(eye + w.transpose(-1, -2) @ aw)  # [..., T, T]
+    a, aw, _, core = _woodbury_parts(diag, w)
     return torch.diag_embed(a) - aw @ core @ aw.transpose(-1, -2)
+
+
+def _woodbury_parts(diag: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(a = 1/d [..., D], aw = a·W [..., D, T], c_inv = I + Wᵀ a W [..., T, T], core = c_inv⁻¹)``."""
+    a = diag.reciprocal()
+    aw = a.unsqueeze(-1) * w
+    c_inv = torch.eye(w.shape[-1], dtype=w.dtype, device=w.device) + w.transpose(-1, -2) @ aw
+    return a, aw, c_inv, spd_inverse(c_inv)
 
 
 def full_cov_fusion_factors(mus: Tensor, diag: Tensor, w: Tensor
@@ -171,11 +171,7 @@ def full_cov_fusion_factors(mus: Tensor, diag: Tensor, w: Tensor
                          f"{list(mus.shape)}, {list(diag.shape)} and {list(w.shape)}")
     v, t = mus.shape[0], w.shape[-1]
     lead = mus.shape[1:-1]
-    a = diag.reciprocal()  # [V, ..., D]  A_v
-    aw = a.unsqueeze(-1) * w  # [V, ..., D, T]  A_v W_v
-    eye_t = torch.eye(t, dtype=w.dtype, device=w.device)
-    c_inv = eye_t + w.transpose(-1, -2) @ aw  # [V, ..., T, T]  C_v⁻¹ = I + W_vᵀ A_v W_v
-    core = spd_inverse(c_inv)  # C_v
+    a, aw, c_inv, core = _woodbury_parts(diag, w)  # A_v, A_v W_v, C_v⁻¹ = I + W_vᵀ A_v W_v, C_v
     inv_s = a.sum(dim=0).reciprocal()  # [..., D]  S⁻¹
     # Σ_v P_v μ_v = Σ_v A_v μ_v − A_v W_v C_v (W_vᵀ A_v μ_v)
     eta = (a * mus).sum(dim=0) - (aw @ (core @ (aw.transpose(-1, -2) @ mus.unsqueeze(-1)))).squeeze(-1).sum(dim=0)
