@@ -11,9 +11,8 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from torchmetrics.functional.image import structural_similarity_index_measure as ssim_fn
-
 from .landmarks import landmark_loss
+from .ssim import ssim as ssim_fn  # torchmetrics' SSIM, with a separable window (faster)
 
 
 class RenderLosses:
