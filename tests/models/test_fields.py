@@ -150,7 +150,7 @@ def test_co_sample_gives_the_separate_calls_values_and_gradients_with_one_sampli
     wa, wb = torch.randn(50, 8, dtype=torch.float64), torch.randn(7, 8, dtype=torch.float64)
     calls = []
     real = fields.sample_planes
-    monkeypatch.setattr(fields, "sample_planes", lambda g, grid: calls.append(grid.shape[2]) or real(g, grid))
+    monkeypatch.setattr(fields, "sample_planes", lambda g, grid, *a: calls.append(grid.shape[2]) or real(g, grid, *a))
 
     a, b = f(xyz), f(anchors)
     ref = torch.autograd.grad((a * wa).sum() + (b * wb).sum(), list(f.grids))
@@ -181,3 +181,33 @@ def test_co_sample_gives_the_separate_calls_values_and_gradients_with_one_sampli
 
 def real_features(f, pts):
     return torch.cat(f._per_scale(pts), dim=-1)
+
+
+def test_kept_gradient_buffers_are_overwritten_with_the_same_gradient():
+    """``keep_grad_buffers``: the next backward writes the planes' gradient into the kept tensor (zeroed first:
+    the old values do not leak in) and gives it as the gradient; a plane that gets no gradient keeps
+    ``grad = None``; a gradient that is a view is not kept."""
+    torch.manual_seed(0)
+    f = PlaneField(resolution=8, scales=(1, 2), channels=3)
+    ref = PlaneField(resolution=8, scales=(1, 2), channels=3)
+    ref.load_state_dict(f.state_dict())
+    x1, x2 = torch.rand(50, 3) * 2 - 1, torch.rand(40, 3) * 2 - 1
+    f(x1).pow(2).sum().backward()
+    old_ptrs = [g.grad.data_ptr() for g in f.grids]
+    assert f.keep_grad_buffers() == 2
+    for g in f.grids:
+        g.grad = None
+    f(x2).sin().sum().backward()
+    ref(x2).sin().sum().backward()
+    for g, r, p in zip(f.grids, ref.grids, old_ptrs):
+        assert g.grad.data_ptr() == p  # the kept buffer
+        torch.testing.assert_close(g.grad, r.grad, rtol=0, atol=0)
+    # nothing sampled this time: no gradient, and the pool is emptied by the next keep
+    assert f.keep_grad_buffers() == 2
+    for g in f.grids:
+        g.grad = None
+    (f.grids[0].sum() * 0).backward()  # only the coarsest plane gets a (direct) gradient
+    assert f.grids[1].grad is None
+    big = torch.zeros(2 * f.grids[0].numel())
+    f.grids[0].grad = big[: f.grids[0].numel()].view_as(f.grids[0])  # a view (as a DDP bucket's)
+    assert f.keep_grad_buffers() == 0

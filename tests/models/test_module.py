@@ -1115,7 +1115,7 @@ def test_bank_frames_share_the_frames_plane_samples_with_the_same_gradients(dm, 
         if not co:
             monkeypatch.setattr(type(model.head), "co_sample", lambda self, points: contextlib.nullcontext())
         n = calls.setdefault(co, [])
-        monkeypatch.setattr(fields, "sample_planes", lambda g, grid, n=n: n.append(1) or real(g, grid))
+        monkeypatch.setattr(fields, "sample_planes", lambda g, grid, *a, n=n: n.append(1) or real(g, grid, *a))
         grads[co] = one_step_grads(model, dm)
         monkeypatch.undo()
     assert grads[True].keys() == grads[False].keys()
@@ -1217,3 +1217,35 @@ def test_emotion_swap_needs_its_inputs_and_old_checkpoints_load(default_checkpoi
     torch.testing.assert_close(model.landmark_anchors.ata, ck["state_dict"]["landmark_anchors.ata"])
 
 
+
+
+def test_plane_gradients_reuse_last_steps_buffers_with_the_same_training(dm, cfg_factory, monkeypatch):
+    """Each step's plane gradients are written into the previous step's buffers
+    (``PlaneField.keep_grad_buffers``; a fresh buffer costs a page fault per 4 kB on a CPU): three steps give
+    bit-for-bit the parameters of three steps with fresh buffers, and from the second step on every plane
+    gradient lives where the previous one did."""
+    from ua3dtalk.models.fields import PlaneField
+
+    dm.stage = "face"
+    ds = dm.dataset("train")
+    states, ptrs = {}, {}
+    for keep in (True, False):
+        torch.manual_seed(0)
+        model = banked_swap_model(cfg_factory, ds)
+        if not keep:
+            monkeypatch.setattr(PlaneField, "keep_grad_buffers", lambda self: 0)
+        planes = {n: p for n, p in model.named_parameters() if ".grids." in n}
+        assert any(n.startswith("head.deformation.position_field.") for n in planes)
+        assert any(n.startswith("head.emotion_field.planes.") for n in planes)
+        seen = ptrs.setdefault(keep, [])
+        monkeypatch.setattr(type(model), "on_train_batch_end", lambda self, *a, seen=seen, planes=planes: seen.append(
+            {n: p.grad.data_ptr() for n, p in planes.items() if p.grad is not None}))
+        torch.manual_seed(1)
+        fit_steps(model, train_loader(dm, "face"), steps=3)
+        states[keep] = snapshot(model)
+        monkeypatch.undo()
+    for k, v in states[True].items():
+        assert torch.equal(v, states[False][k]), k
+    kept = ptrs[True]
+    assert len(kept) == 3 and kept[0].keys() == set(kept[1]) == set(kept[2]) and len(kept[0]) >= 4
+    assert kept[1] == kept[0] and kept[2] == kept[0]

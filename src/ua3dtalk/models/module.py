@@ -40,6 +40,7 @@ from .audio_stages import AudioStages
 from .config import UA3DTalkConfig
 from .deformation import DeformationNetwork, MouthDeformation, RunningStandardize
 from .emotion import EmotionControl, EmotionDistillation, EmotionField
+from .fields import PlaneField
 from .finite import NonFiniteLossError, check_all_finite, check_finite
 from .gaussians import DensityControl, GaussianModel, adam, make_optimizer
 from .health import HealthMixin
@@ -282,6 +283,10 @@ class UA3DTalk(HealthMixin, RenderLosses, LandmarkBank, AudioStages, L.Lightning
         if not bool(torch.isfinite(total.detach())):
             check_all_finite(trained, step)  # name the parameter that made it so, if one did
         check_finite("train/loss", total, step)
+        if "_plane_fields" not in self.__dict__:  # the fields are fixed at construction
+            self.__dict__["_plane_fields"] = [m for m in self.modules() if isinstance(m, PlaneField)]
+        for f in self.__dict__["_plane_fields"]:  # last step's plane gradients: buffers for this backward
+            f.keep_grad_buffers()
         for o in opts:
             o.zero_grad(set_to_none=True)
         for _, r in renders:
