@@ -16,7 +16,10 @@ side by side and prints the ratio (target ≤ 0.76× of ``d689937``).
 Every row is measured for float32 and bfloat16 ensemble matmuls (`compute_dtype`; the experiments use
 `auto` = bfloat16 on CPUs with fast bf16 matmuls) side by side in one run.
 
-    python benchmarks/model.py [--gaussians 10000] [--size 256] [--steps 8] [--frames 40]
+Run with the allocator ``ua3dtalk-train`` uses (``--allocator reuse``, the default; ``system`` for glibc's
+own: ``ua3dtalk.utils.malloc``).
+
+    python benchmarks/model.py [--gaussians 10000] [--size 256] [--steps 8] [--frames 40] [--allocator reuse]
 """
 from __future__ import annotations
 
@@ -162,15 +165,41 @@ def fusion_ratio(n: int, repeats: int = 3):
     return res
 
 
+def ssim_times(size: int, repeats: int = 10) -> tuple[float, float]:
+    """Forward + backward of the training loss's SSIM at ``size``² (3 channels), seconds (median):
+    torchmetrics' grouped 2-D convolution and the separable one of ``ua3dtalk.models.ssim``."""
+    from torchmetrics.functional.image import structural_similarity_index_measure as reference
+
+    from ua3dtalk.models.ssim import ssim
+
+    g = torch.Generator().manual_seed(0)
+    p0, t = torch.rand(1, 3, size, size, generator=g), torch.rand(1, 3, size, size, generator=g)
+    out = []
+    for fn in (lambda p: reference(p, t, data_range=1.0), lambda p: ssim(p, t, data_range=1.0)):
+        ts = []
+        for _ in range(repeats + 1):
+            p = p0.clone().requires_grad_(True)
+            t0 = time.perf_counter()
+            fn(p).backward()
+            ts.append(time.perf_counter() - t0)
+        ts = sorted(ts[1:])
+        out.append(ts[len(ts) // 2])
+    return out[0], out[1]
+
+
 def main(argv=None) -> int:
     from ua3dtalk.models.deformation.ensemble import resolve_compute_dtype
+    from ua3dtalk.utils.malloc import MODES, use_cpu_allocator
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gaussians", type=int, default=10000)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--frames", type=int, default=40)
+    ap.add_argument("--allocator", choices=MODES, default="reuse",
+                    help="the process's cpu_allocator (default reuse, as ua3dtalk-train sets it; system = glibc's)")
     a = ap.parse_args(argv)
+    use_cpu_allocator(a.allocator)
     torch.set_num_threads(2)
     auto = resolve_compute_dtype("auto", "cpu")
     t32 = train_step_time(a.gaussians, a.size, a.steps, compute_dtype="float32")
@@ -182,8 +211,9 @@ def main(argv=None) -> int:
     fbf = inference_fps(a.gaussians, a.size, a.frames, "bfloat16")
     fbf_ref = inference_fps(a.gaussians, a.size, a.frames, "bfloat16", fused=False)
     fr = fusion_ratio(a.gaussians)
+    s_ref, s_sep = ssim_times(a.size)
     k = a.gaussians // 1000
-    print(f"`compute_dtype=auto` resolves to {auto} here\n")
+    print(f"`compute_dtype=auto` resolves to {auto} here; cpu_allocator={a.allocator}\n")
     print("| measurement | float32 | bfloat16 matmuls | ratio | target |\n|---|---|---|---|---|")
     print(f"| training step, face stage, all modules, stage-B ensemble, {a.size}², {k}k | {t32:.3f} s | {tbf:.3f} s | "
           f"{t32 / tbf:.2f}× | |")
@@ -196,6 +226,8 @@ def main(argv=None) -> int:
           f"kernel / reference: {f32 / f32_ref:.2f}× / {fbf / fbf_ref:.2f}× | |")
     print(f"| fusion fwd+bwd, {k}k Gaussians, 4 views: diagonal / full_cov | {fr['diagonal'] * 1e3:.1f} ms / "
           f"{fr['full_cov'] * 1e3:.1f} ms | | {fr['full_cov'] / fr['diagonal']:.1f}× | ≥ 10× |")
+    print(f"| training SSIM fwd+bwd, {a.size}²: torchmetrics / separable (ua3dtalk.models.ssim) | "
+          f"{s_ref * 1e3:.1f} ms / {s_sep * 1e3:.1f} ms | | {s_ref / s_sep:.1f}× | |")
     return 0
 
 

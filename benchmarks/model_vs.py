@@ -8,7 +8,10 @@ commit's ``benchmarks/model.py`` and this tree's one after the other (``--repeat
 median kept) with the same Python, and prints every row of both with the ratio this / baseline. The
 target is a ratio: ``0.35 / 0.461 = 0.76`` for the step with every term the experiments turn on.
 
-    python benchmarks/model_vs.py [--rev d689937] [--repeats 1] [--steps 8] [--frames 40]
+This tree runs with the allocator ``ua3dtalk-train`` sets (``cpu_allocator=reuse``); ``--system-allocator`` adds
+its figures with glibc's own (the earlier commits ran with that).
+
+    python benchmarks/model_vs.py [--rev d689937] [--repeats 1] [--steps 8] [--frames 40] [--system-allocator]
 
 Run it on an idle machine (the load average is printed before and after).
 """
@@ -67,18 +70,25 @@ def run_model_bench(tree: Path, args: list[str]) -> dict[str, tuple[float, float
     return rows
 
 
-def ratio_table(base: dict, cur: dict, rev: str) -> str:
+def ratio_table(base: dict, cur: dict, rev: str, cur_system: dict | None = None) -> str:
     """Markdown rows: each measurement, baseline and current figures (float32 / bfloat16) and the ratio
-    current / baseline of the bfloat16 column (the experiments' ``compute_dtype=auto`` here)."""
-    lines = [f"| measurement (bfloat16 matmuls; float32 in brackets) | {rev} | this tree | this / {rev} | target |",
-             "|---|--:|--:|--:|--:|"]
+    current / baseline of the bfloat16 column (the experiments' ``compute_dtype=auto`` here). ``cur_system``:
+    this tree again with glibc's own allocator (``--allocator system``), as two more columns."""
+    sys_head = " this tree, system allocator | its ratio |" if cur_system is not None else ""
+    lines = [f"| measurement (bfloat16 matmuls; float32 in brackets) | {rev} | this tree | this / {rev} |{sys_head}"
+             " target |", "|---|--:|--:|--:|" + ("--:|--:|" if cur_system is not None else "") + "--:|"]
     for label, _, unit in ROWS:
         if label not in base or label not in cur:
             continue
         (b32, b16), (c32, c16) = base[label], cur[label]
         ratio = c16 / b16
         target = f"≤ {TARGET_RATIO:.2f}" if label.startswith("the same") else ""
-        lines.append(f"| {label} | {b16:g} {unit} ({b32:g}) | {c16:g} {unit} ({c32:g}) | {ratio:.2f}× | {target} |")
+        extra = ""
+        if cur_system is not None:
+            s32, s16 = cur_system.get(label, (float("nan"), float("nan")))
+            extra = f" {s16:g} {unit} ({s32:g}) | {s16 / b16:.2f}× |"
+        lines.append(f"| {label} | {b16:g} {unit} ({b32:g}) | {c16:g} {unit} ({c32:g}) | {ratio:.2f}× |{extra}"
+                     f" {target} |")
     return "\n".join(lines)
 
 
@@ -88,6 +98,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=1, help="alternations of baseline and this tree (median kept)")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--frames", type=int, default=40)
+    ap.add_argument("--system-allocator", action="store_true",
+                    help="also run this tree with glibc's own allocator (benchmarks/model.py --allocator system)")
     a = ap.parse_args(argv)
     if a.repeats < 1:
         ap.error("--repeats must be >= 1")
@@ -103,15 +115,18 @@ def main(argv=None) -> int:
                   file=sys.stderr)
             return 2
         subprocess.run(["tar", "-x", "-C", str(base_tree)], input=archive, check=True)
-        runs: dict[str, list] = {"base": [], "cur": []}
+        runs: dict[str, list] = {"base": [], "cur": [], "sys": []}
         for i in range(a.repeats):
             print(f"[{i + 1}/{a.repeats}] {a.rev} …", flush=True)
             runs["base"].append(run_model_bench(base_tree, bench_args))
             print(f"[{i + 1}/{a.repeats}] this tree …", flush=True)
             runs["cur"].append(run_model_bench(ROOT, bench_args))
+            if a.system_allocator:
+                print(f"[{i + 1}/{a.repeats}] this tree, system allocator …", flush=True)
+                runs["sys"].append(run_model_bench(ROOT, [*bench_args, "--allocator", "system"]))
     med = {k: {label: tuple(statistics.median(r[label][j] for r in v if label in r) for j in (0, 1))
-               for label in v[0]} for k, v in runs.items()}
-    print(ratio_table(med["base"], med["cur"], a.rev))
+               for label in v[0]} for k, v in runs.items() if v}
+    print(ratio_table(med["base"], med["cur"], a.rev, med.get("sys")))
     print(f"\nload average after: {load()}")
     return 0
 

@@ -41,6 +41,11 @@ def test_rows_are_parsed_and_the_ratio_is_this_over_the_baseline():
     assert "0.914 s (1.054)" in lines[2] and "0.457 s (0.527)" in lines[2]
     # a row missing from one side is left out, not made up
     assert len(mod.ratio_table({}, rows, "abc123").splitlines()) == 2
+    # this tree with the system allocator: two more columns, its own ratio
+    sys_rows = {k: (a, 1.5 * b) for k, (a, b) in base.items()}
+    lines = mod.ratio_table(base, rows, "abc123", sys_rows).splitlines()
+    assert "system allocator" in lines[0] and lines[1].count("|") == lines[0].count("|")
+    assert "| 0.50× |" in lines[3] and "| 1.50× |" in lines[3]
 
 
 def test_a_bad_revision_is_refused_in_one_line():

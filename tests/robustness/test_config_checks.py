@@ -15,6 +15,7 @@ BAD = [
     ("data.root=null", "data.root"), ("interrupt_at={stage: x, step: 1}", "interrupt_at.stage"),
     ("interrupt_at={stage: face, step: -2}", "interrupt_at.step"), ("resume=maybe", "resume"),
     ("checkpoint_monitor=psnr", "checkpoint_monitor"), ("model.face.num_points=inf", "model.face.num_points"),
+    ("cpu_allocator=tcmalloc", "cpu_allocator"),
 ]
 
 

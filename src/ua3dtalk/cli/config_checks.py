@@ -29,6 +29,7 @@ class TrainSettings(BaseModel):
     name: str = Field(min_length=1)
     seed: int = Field(ge=0, le=2**31 - 1)
     resume: bool
+    cpu_allocator: Literal["reuse", "system"] = "reuse"
     stages: list[Stage] = Field(min_length=1)
     stage_steps: dict[Stage, int]
     val_every: int = Field(ge=1)

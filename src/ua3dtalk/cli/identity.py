@@ -30,12 +30,12 @@ from typing import Any, Iterable
 NOT_IDENTITY = ("experiment", "name", "seed", "resume", "scale", "scale_label", "launcher", "logger",
                 "callbacks", "paths", "hydra", "trainer", "interrupt_at", "checkpoint_every", "val_every", "tags",
                 "grid", "data.subject", "data.dir", "data.root", "data.num_workers", "variant", "test",
-                "checkpoint_monitor")
+                "checkpoint_monitor", "cpu_allocator")
 """Override keys (and their sub-keys) that are not part of a run's identity: where and how it runs and logs,
 and the keys with a path level of their own (``data.root`` names the subject: :func:`subject_name`)."""
 RESUME_IGNORED = ("resume", "launcher", "logger", "callbacks", "paths", "hydra", "trainer", "interrupt_at",
                   "checkpoint_every", "val_every", "tags", "grid", "data.num_workers", "variant", "scale_label",
-                  "identity_overrides", "test")
+                  "identity_overrides", "test", "cpu_allocator")
 """Config keys that may change between a run and its resume."""
 MAX_VARIANT = 64
 RUN_MARKERS = ("run.json", "config.yaml", "metrics.json", "checkpoints")

@@ -440,6 +440,9 @@ def run(cfg) -> dict:
     if bad:
         raise ValueError(f"stages: unknown stage(s) {bad}; choose from {', '.join(STAGES)}")
     check_train_config(cfg)  # typed, range-checked settings before any work (seed, steps, intervals, rates, …)
+    from ..utils.malloc import use_cpu_allocator
+
+    use_cpu_allocator(str(cfg.get("cpu_allocator", "reuse")))  # freed blocks reused: no page faults each step
     run_dir = Path(cfg.paths.run_dir)
     planned_world = _planned_world(cfg)
     is_main = world_and_rank()[1] == 0  # before the trainer exists: from the launcher's environment
