@@ -228,6 +228,11 @@ def main(argv=None) -> int:
           f"{fr['full_cov'] * 1e3:.1f} ms | | {fr['full_cov'] / fr['diagonal']:.1f}× | ≥ 10× |")
     print(f"| training SSIM fwd+bwd, {a.size}²: torchmetrics / separable (ua3dtalk.models.ssim) | "
           f"{s_ref * 1e3:.1f} ms / {s_sep * 1e3:.1f} ms | | {s_ref / s_sep:.1f}× | |")
+    if sys.platform.startswith("linux"):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+        print(f"\npeak resident memory of this process (every row above): {peak:.0f} MB")
     return 0
 
 
