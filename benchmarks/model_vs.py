@@ -57,6 +57,9 @@ def parse_rows(text: str) -> dict[str, tuple[float, float]]:
     return out
 
 
+_PEAK = re.compile(r"^peak resident memory[^:]*:\s*([0-9.]+)\s*MB", re.M)
+
+
 def run_model_bench(tree: Path, args: list[str]) -> dict[str, tuple[float, float]]:
     """Run ``tree``'s ``benchmarks/model.py`` (its own ``src`` first on the path) and parse its table."""
     env = {**os.environ, "PYTHONPATH": str(tree / "src")}
@@ -67,6 +70,9 @@ def run_model_bench(tree: Path, args: list[str]) -> dict[str, tuple[float, float
     rows = parse_rows(r.stdout)
     if not rows:
         raise SystemExit(f"model_vs: no table rows in the output of benchmarks/model.py in {tree}")
+    peak = _PEAK.search(r.stdout)
+    if peak:  # printed by this tree's benchmarks/model.py (not by older commits')
+        rows["peak resident memory"] = (float(peak.group(1)), float(peak.group(1)))
     return rows
 
 
@@ -127,6 +133,9 @@ def main(argv=None) -> int:
     med = {k: {label: tuple(statistics.median(r[label][j] for r in v if label in r) for j in (0, 1))
                for label in v[0]} for k, v in runs.items() if v}
     print(ratio_table(med["base"], med["cur"], a.rev, med.get("sys")))
+    for k, name in (("cur", "this tree"), ("sys", "this tree, system allocator")):
+        if "peak resident memory" in med.get(k, {}):
+            print(f"peak resident memory, {name}: {med[k]['peak resident memory'][0]:.0f} MB")
     print(f"\nload average after: {load()}")
     return 0
 
