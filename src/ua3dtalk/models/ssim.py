@@ -4,8 +4,9 @@ whole padded-and-filtered image) computed with the window's two 1-D factors.
 
 The 11×11 Gaussian window is the outer product of two normalised 1-D Gaussians, so filtering with it equals
 filtering the rows and then the columns with the 1-D window: 22 multiply-adds per pixel and map instead of
-121. At 256² the training step's SSIM takes ≈ 18 ms forward + backward on one thread against ≈ 75 ms for
-torchmetrics' grouped 2-D convolution (2026-12-05). The values are the same up to float rounding (tested
+121. At 256² the training step's SSIM took 18–21 ms forward + backward on one thread against 76–120 ms for
+torchmetrics' grouped 2-D convolution (2026-12-05, a loaded 2-core host; ``benchmarks/model.py`` prints both
+side by side). The values are the same up to float rounding (tested
 against torchmetrics pairwise, values and gradients, in ``tests/models/test_ssim.py``); the metrics
 (``ua3dtalk.metrics.image``) keep torchmetrics itself.
 """
