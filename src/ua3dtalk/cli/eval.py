@@ -80,7 +80,7 @@ def build_eval_datamodule(model, ckpt: Path, data: Optional[str] = None):
     if run_dir is not None:
         from omegaconf import OmegaConf
 
-        from .train import DATA_CLI_KEYS, drop_unused_extractor_options
+        from .build import DATA_CLI_KEYS, drop_unused_extractor_options
 
         dcfg = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml").data, resolve=False)
         for k in DATA_CLI_KEYS:
