@@ -61,7 +61,7 @@ class _PlaneSample(torch.autograd.Function):
     @staticmethod
     def forward(ctx, planes: Tensor, grid: Tensor, take_buffer=None) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(grid)
-        ctx.plane_shape, ctx.plane_dtype, ctx.take_buffer = planes.shape, planes.dtype, take_buffer
+        ctx.plane_shape, ctx.take_buffer = planes.shape, take_buffer
         return F.grid_sample(planes, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
     @staticmethod
@@ -102,7 +102,6 @@ class _PlaneSample(torch.autograd.Function):
             sc = src[:, :c1 - c0]
             torch.mul(g[:, c0:c1], wts, out=sc)
             out[:, c0:c1].scatter_add_(2, idx.expand(p, c1 - c0, 4 * n), sc.reshape(p, c1 - c0, 4 * n))
-        del out, src
         return full, None, None
 
 

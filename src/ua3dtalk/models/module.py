@@ -216,9 +216,7 @@ class UA3DTalk(HealthMixin, RenderLosses, LandmarkBank, AudioStages, L.Lightning
             return self._step_emotion(batch, opts[0], step)
         # the standardisation statistics are updated inside the forward; a step that fails leaves them as
         # they were (like every parameter), so a resume from the last checkpoint is unaffected
-        if "_norms" not in self.__dict__:  # the networks (and their norms) are fixed at construction
-            self.__dict__["_norms"] = [m for m in self.modules() if isinstance(m, RunningStandardize)]
-        norms = [(m, m.mean.clone(), m.var.clone(), m.updates.clone()) for m in self.__dict__["_norms"]]
+        norms = [(m, m.mean.clone(), m.var.clone(), m.updates.clone()) for m in self._submodules(RunningStandardize)]
         try:
             try:
                 return self._step_render(batch, opts, step)
@@ -236,6 +234,14 @@ class UA3DTalk(HealthMixin, RenderLosses, LandmarkBank, AudioStages, L.Lightning
                 for m, mean, var, updates in norms:
                     m.mean.copy_(mean), m.var.copy_(var), m.updates.copy_(updates)
             raise
+
+    def _submodules(self, cls: type) -> list[nn.Module]:
+        """The submodules of type ``cls``, listed once (the networks are fixed at construction; densification
+        changes parameters, not modules)."""
+        cache = self.__dict__.setdefault("_submodule_lists", {})
+        if cls not in cache:
+            cache[cls] = [m for m in self.modules() if isinstance(m, cls)]
+        return cache[cls]
 
     def on_train_end(self) -> None:
         """End of the emotion stage: the label prototypes become the exact eval-mode means of the final
@@ -283,9 +289,7 @@ class UA3DTalk(HealthMixin, RenderLosses, LandmarkBank, AudioStages, L.Lightning
         if not bool(torch.isfinite(total.detach())):
             check_all_finite(trained, step)  # name the parameter that made it so, if one did
         check_finite("train/loss", total, step)
-        if "_plane_fields" not in self.__dict__:  # the fields are fixed at construction
-            self.__dict__["_plane_fields"] = [m for m in self.modules() if isinstance(m, PlaneField)]
-        for f in self.__dict__["_plane_fields"]:  # last step's plane gradients: buffers for this backward
+        for f in self._submodules(PlaneField):  # last step's plane gradients: buffers for this backward
             f.keep_grad_buffers()
         for o in opts:
             o.zero_grad(set_to_none=True)
