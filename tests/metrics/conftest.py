@@ -42,7 +42,10 @@ def _train(kind: str, gt, out_root):
     fit, cls = {"expression": (tr.fit_expression_regressor, ev.ExpressionRegressor),
                 "landmark": (tr.fit_landmark_regressor, ev.LandmarkRegressor),
                 "emotion": (tr.fit_emotion_classifier, ev.EmotionClassifier)}[kind]
-    model, report = fit(gt, train=tr.TrainConfig(epochs=EVAL_EPOCHS, progress=False, seed=0))
+    from ua3dtalk.utils.threads import torch_threads
+
+    with torch_threads(1):  # the same thread count whichever test asks for it first
+        model, report = fit(gt, train=tr.TrainConfig(epochs=EVAL_EPOCHS, progress=False, seed=0))
     path = model.save(out_root / kind)
     return cls.load(path), report
 
