@@ -88,7 +88,12 @@ def _color_jitter(x: torch.Tensor, amount: float, g: torch.Generator) -> torch.T
 def _train(model: _CropEvaluator, gt: GroundTruth, train_idx: torch.Tensor, loss_fn, tc: TrainConfig, desc: str):
     """Generic loop: random batches of training frames, augmented boxes, ``loss_fn(model, crops, idx,
     boxes)``; AdamW + one-cycle."""
-    with torch_threads(tc.num_threads):
+    # dropout draws from torch's global generator: seed it here (and restore the caller's state after), so a
+    # fit depends on its TrainConfig alone, not on what the process drew before
+    dev = model.device
+    cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    with torch_threads(tc.num_threads), torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(tc.seed + 2)
         return _train_loop(model, gt, train_idx, loss_fn, tc, desc)
 
 
