@@ -46,7 +46,7 @@ test-fast: setup  ## run the test suite without the tests marked slow
 demo: setup  ## the first run: set up, run the main job end to end (quick profile, ≤ 10 min), report with pictures in outputs/demo
 	$(PY) -m ua3dtalk.cli.demo --profile quick --out outputs/demo $(if $(SEEDS),--seeds $(SEEDS))
 
-demo-full: setup  ## the demo-scale run the README's results come from (about 20 min; SEEDS=0,1,2: mean ± 95 % CI) → outputs/demo-full
+demo-full: setup  ## the demo-scale run the README's results come from (3,000 face steps; SEEDS=0,1,2: mean ± 95 % CI) → outputs/demo-full
 	$(PY) -m ua3dtalk.cli.demo --profile full --out outputs/demo-full $(if $(SEEDS),--seeds $(SEEDS))
 
 video: setup  ## your own video end to end on a CPU: VIDEO=my.mp4 AUDIO=speech.wav → outputs/video/<name>/report.md

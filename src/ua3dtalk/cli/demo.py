@@ -54,7 +54,7 @@ class Profile:
 
 
 #: ``quick`` — ``make demo``, the first run (≤ 10 min from a fresh clone on 2 idle cores); ``full`` —
-#: ``make demo-full``, the demo-scale run whose figures the README quotes (about 20 min)
+#: ``make demo-full``, the demo-scale run (3,000 face steps) whose figures the README quotes
 PROFILES = {
     "quick": Profile("demo_quick", eval_epochs=DEMO_EVAL_EPOCHS, sync_steps=100, eval_clips=3, emotion_videos=3),
     "full": Profile("demo_synth", eval_epochs=DEMO_EVAL_EPOCHS, sync_steps=DEMO_SYNC_STEPS, eval_clips=None,
