@@ -1,10 +1,11 @@
 """Held-out PSNR by region of a trained run: full frame, face box, mouth box (boxes from the ground-truth
 landmarks) — where an avatar loses its PSNR (docs/history/2026-12-04-own-video-astronaut.md).
 
-    python scripts/region_psnr.py RUN [val|train] [--frames N]
+    python scripts/region_psnr.py RUN [val|train|test] [--frames N] [--clips N]
 
-Renders the first clip of the split (validation: every held-out frame; train: the first N frames) with the run's
-best checkpoint, in frame order with its own audio, and prints one line of PSNRs.
+Renders the first clip of the split (``--clips N``: N clips, 0 = all; a train clip is cut to its first ``--frames``
+frames) with the run's best checkpoint, in frame order with its own audio, and prints one line of PSNRs (means over
+frames, pooled over the clips).
 """
 from __future__ import annotations
 
@@ -41,21 +42,36 @@ def main() -> None:
     ap.add_argument("run")
     ap.add_argument("split", nargs="?", default="val", choices=("val", "train", "test"))
     ap.add_argument("--frames", type=int, default=45, help="frames of a train split")
+    ap.add_argument("--clips", type=int, default=1, help="clips of the split (0 = all; frames pooled)")
     a = ap.parse_args()
+    if a.clips < 0 or a.frames < 1:
+        ap.error("--clips must be ≥ 0 and --frames ≥ 1")
     ckpt = resolve_checkpoint(Path(a.run), "region_psnr")
     model = load_model(ckpt)
     dm = build_eval_datamodule(model, ckpt)
-    ds, seqs = split_sequences(dm, a.split, max_clips=1, max_frames=None if a.split != "train" else a.frames)
-    with torch.no_grad():
-        pred, gt, lm, _ = render_sequence(model, ds, seqs[0])
-    n, _, h, w = gt.shape
-    mouth = boxes(lm, list(range(48, 68)), 0.15, h, w)
-    face = boxes(lm, list(range(68)), 0.1, h, w)
-    full = torch.ones(n, h, w, dtype=torch.bool)
-    print(f"{a.split}: {n} frames; PSNR dB — full {region_psnr(pred, gt, full):.2f}, face box "
-          f"{region_psnr(pred, gt, face):.2f}, face without mouth {region_psnr(pred, gt, face & ~mouth):.2f}, "
-          f"mouth box {region_psnr(pred, gt, mouth):.2f}, outside the face {region_psnr(pred, gt, ~face):.2f}; "
-          f"mouth box = {100 * float(mouth.float().mean()):.2f} % of the frame")
+    ds, seqs = split_sequences(dm, a.split, max_clips=a.clips or None,
+                               max_frames=None if a.split != "train" else a.frames)
+    rows = {"full": [], "face box": [], "face without mouth": [], "mouth box": [], "outside the face": []}
+    n_frames, mouth_share = 0, []
+    for seq in seqs:
+        with torch.no_grad():
+            pred, gt, lm, _ = render_sequence(model, ds, seq)
+        n, _, h, w = gt.shape
+        mouth = boxes(lm, list(range(48, 68)), 0.15, h, w)
+        face = boxes(lm, list(range(68)), 0.1, h, w)
+        masks = {"full": torch.ones(n, h, w, dtype=torch.bool), "face box": face, "face without mouth": face & ~mouth,
+                 "mouth box": mouth, "outside the face": ~face}
+        for k, m in masks.items():
+            rows[k].append((n, region_psnr(pred, gt, m)))
+        n_frames += n
+        mouth_share.append((n, float(mouth.float().mean())))
+
+    def pooled(v):  # mean over frames (each clip's value is its mean over frames)
+        return sum(n * x for n, x in v) / sum(n for n, _ in v)
+
+    print(f"{a.split}: {len(seqs)} clip(s), {n_frames} frames; PSNR dB — "
+          + ", ".join(f"{k} {pooled(v):.2f}" for k, v in rows.items())
+          + f"; mouth box = {100 * pooled(mouth_share):.2f} % of the frame")
 
 
 if __name__ == "__main__":
