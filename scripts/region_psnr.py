@@ -52,7 +52,7 @@ def main() -> None:
     ds, seqs = split_sequences(dm, a.split, max_clips=a.clips or None,
                                max_frames=None if a.split != "train" else a.frames)
     rows = {"full": [], "face box": [], "face without mouth": [], "mouth box": [], "outside the face": []}
-    n_frames, mouth_share = 0, []
+    mouth_share = []  # (frames, fraction of the frame) per clip
     for seq in seqs:
         with torch.no_grad():
             pred, gt, lm, _ = render_sequence(model, ds, seq)
@@ -63,13 +63,12 @@ def main() -> None:
                  "mouth box": mouth, "outside the face": ~face}
         for k, m in masks.items():
             rows[k].append((n, region_psnr(pred, gt, m)))
-        n_frames += n
         mouth_share.append((n, float(mouth.float().mean())))
 
     def pooled(v):  # mean over frames (each clip's value is its mean over frames)
         return sum(n * x for n, x in v) / sum(n for n, _ in v)
 
-    print(f"{a.split}: {len(seqs)} clip(s), {n_frames} frames; PSNR dB — "
+    print(f"{a.split}: {len(seqs)} clip(s), {sum(n for n, _ in mouth_share)} frames; PSNR dB — "
           + ", ".join(f"{k} {pooled(v):.2f}" for k, v in rows.items())
           + f"; mouth box = {100 * pooled(mouth_share):.2f} % of the frame")
 

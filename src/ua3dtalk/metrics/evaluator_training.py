@@ -47,7 +47,7 @@ class TrainConfig:
     color_jitter random per-crop brightness/contrast change (fraction)
     val_fraction clips held out (see :func:`holdout_mask`); ignored when ``val_clips`` is given
     val_clips    clip ids held out
-    seed         initialisation, sampling and augmentation seed
+    seed         initialisation, sampling, augmentation and dropout seed
     progress     show a tqdm bar
     num_threads  torch intra-op threads while training (restored afterwards); these nets are tiny and one
                  thread is ~10× faster than contended threads on a loaded machine; None keeps the setting
