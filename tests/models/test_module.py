@@ -747,6 +747,59 @@ def test_cover_term_enters_the_loss_with_its_weight(stage, dm, cfg_factory, monk
     assert not torch.equal(means[0.0], means[4.0])  # the term's gradient reaches the mouth Gaussians
 
 
+def test_lip_term_is_the_l1_of_the_lip_box():
+    """The lip box: square around the mouth landmarks (40 % margin), else around the inner-mouth mask, None
+    without either; the lip term is the mean L1 over the box's pixels inside the frame, so an error of the
+    same size inside the box counts the same whatever the box's size, and an error outside it not at all."""
+    H = W = 40
+    inner = torch.zeros(H, W, 1)
+    lms = torch.full((68, 2), float("nan"))
+    lms[48:68] = torch.tensor([[15.0, 18.0], [25.0, 22.0]]).repeat(10, 1)  # box 10 wide → half 7, centre (20, 20)
+    box = UA3DTalk._lip_box(lms, inner, torch.float32)
+    assert box.tolist() == pytest.approx([13.0, 13.0, 27.0, 27.0])
+    inner[30:32, 5:9] = 1  # xs 5..8, ys 30..31 → centre (7, 31), half max(2, 4) → 4
+    assert UA3DTalk._lip_box(None, inner, torch.float32).tolist() == pytest.approx([3.0, 27.0, 11.0, 35.0])
+    assert UA3DTalk._lip_box(None, torch.zeros(H, W, 1), torch.float32) is None
+    target = torch.zeros(H, W, 3)
+    pred = target.clone()
+    pred[13:27, 13:27] = 0.5  # exactly the landmark box
+    pred[0:5, 0:5] = 1.0  # outside the box: not counted
+    model = UA3DTalk.__new__(UA3DTalk)
+    assert float(model._lip(pred, target, lms, inner)) == pytest.approx(0.5)
+    assert float(model._lip(pred, target, None, torch.zeros(H, W, 1))) == 0.0
+    lms[48:68] += 15  # box [28, 42]², partly outside the frame: only its pixels inside count
+    pred = target.clone()
+    pred[28:, 28:] = 0.25
+    pred[:28] = 1.0
+    assert float(model._lip(pred, target, lms, inner)) == pytest.approx(0.25)
+    lms[48:68] += 30  # box wholly outside the frame
+    assert float(model._lip(pred, target, lms, inner)) == 0.0
+
+
+@pytest.mark.parametrize("stage", ["face", "fuse"])
+def test_lip_term_enters_the_loss_with_its_weight(stage, dm, cfg_factory, monkeypatch):
+    """One step with lip_weight 0 and 4 from the same initial state: the logged lip term is > 0 for a fresh
+    model, the other terms are the same, the losses differ by exactly 4 × it, and its gradient changes the
+    deformation network's step; weight 0 (the paper) logs no lip term."""
+    dm.stage = stage
+    loader = DataLoader(Subset(dm.dataset("train"), [0, 5]), batch_size=2, collate_fn=collate_batches)
+    logs, nets = {}, {}
+    for w in (0.0, 4.0):
+        model = new_model(cfg_factory(f"+model.lip_weight={w}"), stage)
+        logged = logs.setdefault(w, {})
+        monkeypatch.setattr(model, "log_dict", lambda d, logged=logged, **kw: logged.update(d))
+        fit_steps(model, loader)
+        nets[w] = torch.cat([p.detach().flatten() for p in model.deformation.parameters()])
+    assert "train/lip" not in logs[0.0]
+    lip = float(logs[4.0]["train/lip"])
+    assert lip > 1e-3
+    rest = {w: float(logs[w]["train/l1"]) + float(logs[w]["train/ssim"]) for w in logs}
+    assert rest[4.0] == pytest.approx(rest[0.0], rel=1e-3)  # same renders
+    gap = float(logs[4.0]["train/loss"]) - float(logs[0.0]["train/loss"])
+    assert gap == pytest.approx(4 * lip, rel=1e-2)
+    assert not torch.equal(nets[0.0], nets[4.0])
+
+
 @pytest.mark.parametrize("stage", ["face", "fuse"])
 def test_landmark_term_enters_the_loss_and_its_anchors_persist(stage, dm, cfg_factory, monkeypatch):
     """landmark_weight 1 and 5 from the same state (anchors primed on 16 training frames): the logged

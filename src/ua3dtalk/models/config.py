@@ -76,6 +76,12 @@ class UA3DTalkConfig:
     signal, the alpha term pushes its Gaussians away from the background, and they drift behind the face where
     nothing is seen: the parted lips then show the background instead of the mouth's interior.
     """
+    lip_weight: float = 0.0
+    """weight of the *lip* term of the face/fuse stages (★, not in the paper; 0 = off): the mean L1 over the lip box
+    (square box around the mouth landmarks 48–67 with a 40 % margin, else around the inside-mouth mask; no term on a
+    frame with neither), normalised by the box's pixel count like the hole term. The lips and the inner mouth are a
+    few per cent of the frame but most of the error of a talking face.
+    """
     lpips_weight: float = 0.0
     """weight of the perceptual term of the last phase (``fuse`` stage, DESIGN §4): LPIPS
     (:class:`ua3dtalk.metrics.image.LPIPSMetric`, AlexNet v0.1) of the lip region (box around the mouth landmarks
@@ -175,6 +181,8 @@ class UA3DTalkConfig:
                 and math.isfinite(self.uncertainty_beta) and 0 <= self.uncertainty_beta <= 1):
             raise ValueError(f"{own}: uncertainty_weight must be ≥ 0 and uncertainty_beta in [0, 1] (got "
                              f"{self.uncertainty_weight}, {self.uncertainty_beta})")
+        if not (math.isfinite(self.lip_weight) and self.lip_weight >= 0):
+            raise ValueError(f"{own}: lip_weight must be a finite number ≥ 0, got {self.lip_weight}")
         if self.lpips_weight < 0 or self.lpips_patches < 0 or self.lpips_patch_size < 32:
             raise ValueError(f"{own}: lpips_weight and lpips_patches must be ≥ 0 and lpips_patch_size ≥ 32 "
                              f"(got {self.lpips_weight}, {self.lpips_patches}, {self.lpips_patch_size})")

@@ -3,8 +3,9 @@
 Per frame (:meth:`RenderLosses._frame_loss`): L1 + ``ssim_weight``·(1 − SSIM) between the render composited
 over the frame's background and the target (the frame where the branch's mask is set, the background
 elsewhere); after ``static_warmup`` steps small L1 regularisers on the offsets and an alpha-vs-mask L1; the
-mouth-hole and mouth-cover terms; optionally the landmark term, LPIPS (``fuse``) and the views' likelihood
-term. The weights are attributes of the LightningModule (see its docstring).
+mouth-hole and mouth-cover terms; optionally the lip-box L1 (``face``/``fuse``), the landmark term, LPIPS
+(``fuse``) and the views' likelihood term. The weights are attributes of the LightningModule (see its
+docstring).
 """
 from __future__ import annotations
 
@@ -80,6 +81,10 @@ class RenderLosses:
             face_r = rf
         loss = (photo["l1"] + self.ssim_weight * photo["ssim"] + self.alpha_weight * alpha_l
                 + self.hole_weight * hole + self.cover_weight * cover + self.reg_weight * reg)
+        if self.lip_weight > 0 and self.stage != "mouth":
+            lm = None if batch.landmarks is None else batch.landmarks[i]
+            photo["lip"] = self._lip(pred, target, lm, m("mouth_mask"))
+            loss = loss + self.lip_weight * photo["lip"]
         if face_r is not None and face_r.anchor_xyz is not None:
             photo["landmark"] = landmark_loss(anchors, face_r.anchor_xyz, batch.landmarks[i:i + 1],
                                               self.landmark_anchors.indices, vm[None], K[None], W, H)
@@ -127,18 +132,9 @@ class RenderLosses:
 
         H, W = pred.shape[:2]
         boxes = []
-        if landmarks is not None and bool(torch.isfinite(landmarks[48:68]).all()):
-            pts = landmarks[48:68]
-            lo, hi = pts.min(0).values, pts.max(0).values
-        elif bool(inner.any()):
-            ys, xs = torch.nonzero(inner[..., 0], as_tuple=True)
-            lo = torch.stack([xs.min(), ys.min()]).to(pred.dtype)
-            hi = torch.stack([xs.max(), ys.max()]).to(pred.dtype) + 1
-        else:
-            lo = hi = None
-        if lo is not None:
-            c, half = (lo + hi) / 2, ((hi - lo).max() / 2 * 1.4).clamp_min(4.0)  # square box, 40 % margin
-            boxes.append(torch.stack([c[0] - half, c[1] - half, c[0] + half, c[1] + half]))
+        lip = self._lip_box(landmarks, inner, pred.dtype)
+        if lip is not None:
+            boxes.append(lip)
         ps = min(self.lpips_patch_size, H, W)
         if self.lpips_patches > 0 and ps >= 32:
             g = torch.Generator().manual_seed(int(step) * 7919 + len(boxes))
@@ -159,6 +155,39 @@ class RenderLosses:
         t_crops = crop_boxes(target.permute(2, 0, 1)[None].expand(len(boxes), -1, -1, -1), b, size)
         net = self._lpips().to(pred.device)  # its `model` is the lpips.LPIPS network (differentiable)
         return net.model(p_crops.clamp(0, 1), t_crops.detach().clamp(0, 1), normalize=True).mean()
+
+    @staticmethod
+    def _lip_box(landmarks: Optional[torch.Tensor], inner: torch.Tensor, dtype) -> Optional[torch.Tensor]:
+        """The square lip box ``[x0, y0, x1, y1]`` (pixels, may extend past the frame): around the mouth landmarks
+        48–67 of ``landmarks`` [68,2] when they are finite, else around the inside-mouth mask ``inner`` [H,W,1],
+        with a 40 % margin and a half-side of at least 4 px; None when neither is available (no landmarks and
+        a closed mouth)."""
+        if landmarks is not None and bool(torch.isfinite(landmarks[48:68]).all()):
+            pts = landmarks[48:68].to(dtype)
+            lo, hi = pts.min(0).values, pts.max(0).values
+        elif bool(inner.any()):
+            ys, xs = torch.nonzero(inner[..., 0], as_tuple=True)
+            lo = torch.stack([xs.min(), ys.min()]).to(dtype)
+            hi = torch.stack([xs.max(), ys.max()]).to(dtype) + 1
+        else:
+            return None
+        c, half = (lo + hi) / 2, ((hi - lo).max() / 2 * 1.4).clamp_min(4.0)  # square box, 40 % margin
+        return torch.stack([c[0] - half, c[1] - half, c[0] + half, c[1] + half])
+
+    def _lip(self, pred: torch.Tensor, target: torch.Tensor, landmarks: Optional[torch.Tensor],
+             inner: torch.Tensor) -> torch.Tensor:
+        """Mean L1 of pred/target [H,W,3] over the pixels of the lip box (:meth:`_lip_box`), normalised by the
+        box's pixel count inside the frame — the lips and inner mouth are ≈ 4 % of a demo frame, so the image-wide
+        L1 gives them ≈ 4 % of its gradient; 0 when there is no box."""
+        box = self._lip_box(landmarks, inner, pred.dtype)
+        if box is None:
+            return pred.new_zeros(())
+        H, W = pred.shape[:2]
+        x0, y0 = int(box[0].floor().clamp(0, W)), int(box[1].floor().clamp(0, H))
+        x1, y1 = int(box[2].ceil().clamp(0, W)), int(box[3].ceil().clamp(0, H))
+        if x1 <= x0 or y1 <= y0:
+            return pred.new_zeros(())
+        return (pred[y0:y1, x0:x1] - target[y0:y1, x0:x1]).abs().mean()
 
     @staticmethod
     def _hole(face_alpha: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:

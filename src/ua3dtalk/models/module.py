@@ -141,6 +141,7 @@ class UA3DTalk(HealthMixin, RenderLosses, LandmarkBank, AudioStages, L.Lightning
         self._step_in_progress: Optional[int] = None  # the render step being trained (error messages)
         self.hole_weight = float(cfg.hole_weight)
         self.cover_weight = float(cfg.cover_weight)
+        self.lip_weight = float(cfg.lip_weight)
         self.lpips_weight, self.lpips_patches = float(cfg.lpips_weight), int(cfg.lpips_patches)
         self.lpips_patch_size, self.lpips_random_backbone = int(cfg.lpips_patch_size), bool(cfg.lpips_random_backbone)
         self._lpips_net: list = []  # built on first use; kept out of the state dict (fixed weights)
