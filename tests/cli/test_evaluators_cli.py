@@ -175,3 +175,43 @@ def test_sync_checks_leave_out_a_held_out_clip_without_audio(synth_emotional_rol
     assert "aud.wav" in next(iter(checks["skipped_clips"].values()))
     only_one = sync_checks(net, heldout[:2])
     assert "heldout_sync_c" not in only_one and list(only_one["skipped_clips"]) == [str(heldout[0].clip_id)]
+
+
+def test_evaluators_of_another_schedule_are_retrained_not_reused(synth_emotional_roles, tmp_path, monkeypatch):
+    """``ensure_evaluators`` (``test.evaluators=auto`` and the demo) reuses a set trained on the same clips with the
+    same schedule, and retrains one of another schedule (other epochs or SyncNet steps: other figures) or of
+    unknown schedule; the old set is replaced only by a finished one."""
+    import ua3dtalk.cli.evaluators as evcli
+    from ua3dtalk.cli.run_eval import _complete, ensure_evaluators
+    from ua3dtalk.data.loading import load_dataset
+    from ua3dtalk.data.splits import clip_key
+
+    calls = []
+
+    def fake_train(data, out, *, epochs, sync_steps, split=None, **kw):
+        calls.append((epochs, sync_steps))
+        want = [clip_key(c) for c in evcli.evaluator_split(load_dataset(data), "evaluator", split)[0]]
+        evs = {k: {"path": k, "epochs": epochs} for k in evcli.KINDS if k != "syncnet"}
+        evs["syncnet"] = {"path": "syncnet.safetensors", "report": {"steps": sync_steps}}
+        Path(out).mkdir(parents=True)
+        (Path(out) / "manifest.json").write_text(json.dumps({"clips": want, "evaluators": evs}))
+
+    monkeypatch.setattr(evcli, "train_evaluators", fake_train)
+    out = tmp_path / "ev"
+    ensure_evaluators(synth_emotional_roles, out, {}, 8, 150)
+    ensure_evaluators(synth_emotional_roles, out, {}, 8, 150)
+    assert calls == [(8, 150)]  # reused
+    ensure_evaluators(synth_emotional_roles, out, {}, 8, 1000)
+    ensure_evaluators(synth_emotional_roles, out, {}, 12, 1000)
+    assert calls == [(8, 150), (8, 1000), (12, 1000)]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["evaluators"]["syncnet"]["report"]["steps"] == 1000 and m["evaluators"]["landmark"]["epochs"] == 12
+    want = m["clips"]
+    assert _complete(out, want) and _complete(out, want, 12, 1000)
+    assert not _complete(out, want, 12, 150) and not _complete(out, want, 8, 1000)
+    assert not _complete(out, want[1:], 12, 1000)  # other clips
+    del m["evaluators"]["syncnet"]["report"]  # a set of unknown schedule is not reused for a given one
+    (out / "manifest.json").write_text(json.dumps(m))
+    assert _complete(out, want) and not _complete(out, want, 12, 1000)
+    (out / "manifest.json").write_text("[1, 2]")
+    assert not _complete(out, want)

@@ -3,8 +3,8 @@
     python -m ua3dtalk.cli.demo --out outputs/demo [--profile quick|full] [--seeds 0,1,2] [hydra overrides...]
 
 Profiles (:data:`PROFILES`): ``quick`` (``make demo``, the first run: ``experiment=demo_quick``, 48 clips,
-58 % of the demo-scale steps, a shorter SyncNet schedule, 3 held-out clips scored, 3 label videos; ≤ 10 min
-from a fresh clone on 2 idle cores) and ``full`` (``make demo-full``: ``experiment=demo_synth``, the demo
+about a third of the demo-scale steps, a shorter SyncNet schedule, 3 held-out clips scored, 3 label videos;
+≤ 10 min from a fresh clone on 2 idle cores) and ``full`` (``make demo-full``: ``experiment=demo_synth``, the demo
 scale whose figures the README quotes).
 
 Steps (each timed, progress shown throughout):
@@ -62,9 +62,9 @@ PROFILES = {
 }
 
 NO_EVAL_NOTE = "(no held-out evaluation metrics: see the demo log for what was skipped)"
-QUICK_NOTE = ("\n\nThis is the quick first run: 58 % of the demo-scale steps on 2 clips per emotion × intensity, "
-              "a shorter SyncNet schedule, 3 held-out clips scored. `make demo-full` runs the demo scale whose "
-              "figures the README quotes.")
+QUICK_NOTE = ("\n\nThis is the quick first run: about a third of the demo-scale steps on 2 clips per "
+              "emotion × intensity, a shorter SyncNet schedule, 3 held-out clips scored. `make demo-full` runs "
+              "the demo scale whose figures the README quotes.")
 
 
 class _Steps:

@@ -31,8 +31,10 @@ def data_split(cfg) -> dict:
     return {k: type(v)(cfg.data.get(k, 0)) for k, v in SYNTH_SPLIT.items()}
 
 
-def _complete(d: Path, want: list[str]) -> bool:
-    """A complete evaluator set (every kind) trained on the clips ``want``; a damaged manifest is not one."""
+def _complete(d: Path, want: list[str], epochs: Optional[int] = None, sync_steps: Optional[int] = None) -> bool:
+    """A complete evaluator set (every kind) trained on the clips ``want`` — and, when given, with ``epochs``
+    epochs and ``sync_steps`` SyncNet steps (another schedule gives other figures: such a set is retrained, not
+    reused); a damaged manifest is not one."""
     from ..metrics.evaluator_dir import read_manifest
     from .evaluators import KINDS
 
@@ -40,22 +42,35 @@ def _complete(d: Path, want: list[str]) -> bool:
         m = read_manifest(d)
     except (OSError, ValueError):
         return False
-    return isinstance(m, dict) and all(k in m.get("evaluators", {}) for k in KINDS) and m.get("clips") == want
+    if not (isinstance(m, dict) and isinstance(m.get("evaluators"), dict)):
+        return False
+    evs = m["evaluators"]
+    if not (all(k in evs for k in KINDS) and m.get("clips") == want):
+        return False
+    if epochs is not None and any(isinstance(evs[k], dict) and evs[k].get("epochs") != int(epochs)
+                                  for k in KINDS if k != "syncnet"):
+        return False
+    if sync_steps is not None:
+        report = evs["syncnet"].get("report") if isinstance(evs["syncnet"], dict) else None
+        if not (isinstance(report, dict) and report.get("steps") == int(sync_steps)):
+            return False
+    return True
 
 
 def ensure_evaluators(data_root, out_dir, split: dict, epochs: int, sync_steps: int, tag: str = "ua3dtalk",
                       threads: int = 1) -> Path:
     """The evaluators of ``data_root``'s evaluator clips in ``out_dir``: reused when a complete set trained on
-    the same clips is there, else trained in ``<out_dir>.staging-<pid>`` (on ``threads`` torch threads: 1 on a
-    shared CPU, more when the caller has the machine to itself) and moved into place on success (a set that
-    another job finished meanwhile wins; an incomplete old set is replaced only after success)."""
+    the same clips with the same schedule (``epochs``, ``sync_steps``) is there, else trained in
+    ``<out_dir>.staging-<pid>`` (on ``threads`` torch threads: 1 on a shared CPU, more when the caller has the
+    machine to itself) and moved into place on success (a set that another job finished meanwhile wins; an
+    incomplete old set is replaced only after success)."""
     from ..data.loading import load_dataset
     from ..data.splits import clip_key
     from .evaluators import evaluator_split, train_evaluators
 
     out_dir = Path(out_dir)
     want = [clip_key(c) for c in evaluator_split(load_dataset(data_root), "evaluator", split)[0]]
-    if _complete(out_dir, want):
+    if _complete(out_dir, want, epochs, sync_steps):
         print(f"[{tag}] evaluators: reusing {out_dir}", flush=True)
         return out_dir
     staging = out_dir.with_name(f"{out_dir.name}.staging-{os.getpid()}")
@@ -65,7 +80,7 @@ def ensure_evaluators(data_root, out_dir, split: dict, epochs: int, sync_steps: 
     try:
         train_evaluators(str(data_root), str(staging), epochs=epochs, sync_steps=sync_steps, threads=threads,
                          split=split)
-        if _complete(out_dir, want):  # another job finished first: keep its set
+        if _complete(out_dir, want, epochs, sync_steps):  # another job finished first: keep its set
             return out_dir
         old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
         if out_dir.exists():
