@@ -5,7 +5,8 @@ landmarks) — where an avatar loses its PSNR (docs/history/2026-12-04-own-video
 
 Renders the first clip of the split (``--clips N``: N clips, 0 = all; a train clip is cut to its first ``--frames``
 frames) with the run's best checkpoint, in frame order with its own audio, and prints one line of PSNRs (means over
-frames, pooled over the clips).
+frames, pooled over the clips). The mouth box is also split into the ground-truth inner mouth (``mouth_mask``;
+frames with an open mouth only) and the rest of the box (lips and skin).
 """
 from __future__ import annotations
 
@@ -29,7 +30,10 @@ def boxes(lm: torch.Tensor, idx: list[int], pad: float, h: int, w: int) -> torch
 def region_psnr(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> float:
     """Mean over frames of 10·log10(1/MSE) inside ``mask`` ([n,3,H,W] images in [0,1], [n,H,W] mask)."""
     err = ((pred - gt) ** 2).mean(1)
-    mse = torch.stack([err[i][mask[i]].mean() for i in range(len(err))])
+    keep = [i for i in range(len(err)) if bool(mask[i].any())]  # frames where the region is empty do not count
+    if not keep:
+        return float("nan")
+    mse = torch.stack([err[i][mask[i]].mean() for i in keep]).clamp_min(1e-10)
     return float((10 * torch.log10(1 / mse)).mean())
 
 
@@ -51,7 +55,8 @@ def main() -> None:
     dm = build_eval_datamodule(model, ckpt)
     ds, seqs = split_sequences(dm, a.split, max_clips=a.clips or None,
                                max_frames=None if a.split != "train" else a.frames)
-    rows = {"full": [], "face box": [], "face without mouth": [], "mouth box": [], "outside the face": []}
+    rows = {"full": [], "face box": [], "face without mouth": [], "mouth box": [], "lips (mouth box without the inner "
+            "mouth)": [], "inner mouth (open frames)": [], "outside the face": []}
     mouth_share = []  # (frames, fraction of the frame) per clip
     for seq in seqs:
         with torch.no_grad():
@@ -59,14 +64,18 @@ def main() -> None:
         n, _, h, w = gt.shape
         mouth = boxes(lm, list(range(48, 68)), 0.15, h, w)
         face = boxes(lm, list(range(68)), 0.1, h, w)
+        inner = torch.stack([ds[int(j)].mouth_mask.reshape(h, w).bool() for j in seq.items])  # ground-truth inner mouth
         masks = {"full": torch.ones(n, h, w, dtype=torch.bool), "face box": face, "face without mouth": face & ~mouth,
-                 "mouth box": mouth, "outside the face": ~face}
+                 "mouth box": mouth, "lips (mouth box without the inner mouth)": mouth & ~inner,
+                 "inner mouth (open frames)": inner, "outside the face": ~face}
         for k, m in masks.items():
-            rows[k].append((n, region_psnr(pred, gt, m)))
+            n_k = int(m.flatten(1).any(1).sum())
+            if n_k:
+                rows[k].append((n_k, region_psnr(pred, gt, m)))
         mouth_share.append((n, float(mouth.float().mean())))
 
-    def pooled(v):  # mean over frames (each clip's value is its mean over frames)
-        return sum(n * x for n, x in v) / sum(n for n, _ in v)
+    def pooled(v):  # mean over frames (each clip's value is its mean over its frames where the region is not empty)
+        return sum(n * x for n, x in v) / sum(n for n, _ in v) if v else float("nan")
 
     print(f"{a.split}: {len(seqs)} clip(s), {sum(n for n, _ in mouth_share)} frames; PSNR dB — "
           + ", ".join(f"{k} {pooled(v):.2f}" for k, v in rows.items())
