@@ -64,6 +64,18 @@ def test_demo_writes_report_pictures_and_videos(synth_emotional_roles, tmp_path)
     assert "## Over seeds" in report
 
 
+def test_full_demo_and_demo_scale_train_the_same_evaluators():
+    """``make demo-full`` and ``ua3dtalk-train … scale=demo`` (``test.evaluators=auto``) train their evaluators with
+    one schedule, so their figures come from equal instruments (the evaluator directory records the schedule and a
+    set of another schedule is retrained)."""
+    from ua3dtalk.cli.train import compose
+
+    cfg = compose(["experiment=paper_mead", "scale=demo"])
+    full = demo.PROFILES["full"]
+    assert (full.eval_epochs, full.sync_steps) == (demo.DEMO_EVAL_EPOCHS, demo.DEMO_SYNC_STEPS)
+    assert (int(cfg.test.evaluator_epochs), int(cfg.test.sync_steps)) == (demo.DEMO_EVAL_EPOCHS, demo.DEMO_SYNC_STEPS)
+
+
 def test_quick_profile_is_the_demo_job_scaled_down():
     """``make demo`` (profile quick) runs the demo-scale job on its own, smaller synthetic set with fewer steps,
     a shorter evaluator schedule and fewer clips scored; ``make demo-full`` is the demo scale itself."""

@@ -35,8 +35,9 @@ import numpy as np
 from .args import Parser, int_in
 
 
-#: the demo's evaluator schedule (``make evaluators`` trains longer: 15 epochs, 300 SyncNet steps)
-DEMO_EVAL_EPOCHS, DEMO_SYNC_STEPS = 8, 150
+#: the demo-scale evaluator schedule, as ``test.evaluator_epochs`` / ``test.sync_steps`` of ``scale=demo`` (a test
+#: keeps them equal, so the demo and ``ua3dtalk-train … scale=demo`` share one evaluator set)
+DEMO_EVAL_EPOCHS, DEMO_SYNC_STEPS = 8, 1000
 
 
 @dataclasses.dataclass(frozen=True)
