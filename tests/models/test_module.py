@@ -785,7 +785,7 @@ def test_lip_term_enters_the_loss_with_its_weight(stage, dm, cfg_factory, monkey
     loader = DataLoader(Subset(dm.dataset("train"), [0, 5]), batch_size=2, collate_fn=collate_batches)
     logs, nets = {}, {}
     for w in (0.0, 4.0):
-        model = new_model(cfg_factory(f"+model.lip_weight={w}"), stage)
+        model = new_model(cfg_factory(f"model.lip_weight={w}"), stage)
         logged = logs.setdefault(w, {})
         monkeypatch.setattr(model, "log_dict", lambda d, logged=logged, **kw: logged.update(d))
         fit_steps(model, loader)
