@@ -695,6 +695,19 @@ def test_mouth_hole_and_cover_terms_are_means_over_the_inner_mouth():
         assert float(term(alpha, torch.zeros_like(inner))) == 0.0  # closed mouth: no term
 
 
+def one_step_per_weight(key: str, stage: str, loader, cfg_factory, monkeypatch, weights=(0.0, 4.0)):
+    """One training step from the same initial state for each value of the model key ``key`` (a hydra override,
+    e.g. ``+model.hole_weight``) → ({weight: the step's logged values}, {weight: the trained model})."""
+    logs, models = {}, {}
+    for w in weights:
+        model = new_model(cfg_factory(f"{key}={w}"), stage)
+        logged = logs.setdefault(w, {})
+        monkeypatch.setattr(model, "log_dict", lambda d, logged=logged, **kw: logged.update(d))
+        fit_steps(model, loader)
+        models[w] = model
+    return logs, models
+
+
 @pytest.mark.parametrize("stage", ["face", "fuse"])
 def test_hole_term_enters_the_loss_with_its_weight(stage, dm, cfg_factory, monkeypatch):
     """One step on open-mouth frames with hole_weight 0 and 4 from the same initial state: the logged
@@ -705,12 +718,7 @@ def test_hole_term_enters_the_loss_with_its_weight(stage, dm, cfg_factory, monke
     opened = sorted(range(0, len(ds), 3), key=lambda i: -float(ds[i].mouth_mask.sum()))[:2]  # widest open
     loader = DataLoader(Subset(ds, opened), batch_size=2, collate_fn=collate_batches)
     assert float(next(iter(loader)).mouth_mask.sum()) > 0, "the batch needs open-mouth frames"
-    logs = {}
-    for w in (0.0, 4.0):
-        model = new_model(cfg_factory(f"+model.hole_weight={w}"), stage)
-        logged = logs.setdefault(w, {})
-        monkeypatch.setattr(model, "log_dict", lambda d, logged=logged, **kw: logged.update(d))
-        fit_steps(model, loader)
+    logs, _ = one_step_per_weight("+model.hole_weight", stage, loader, cfg_factory, monkeypatch)
     hole = float(logs[4.0]["train/hole"])
     assert hole > 0.05 and float(logs[0.0]["train/hole"]) == pytest.approx(hole, rel=1e-3)  # same renders
     others = [k for k in ("train/l1", "train/ssim", "train/alpha") if k in logs[0.0]]
@@ -730,13 +738,8 @@ def test_cover_term_enters_the_loss_with_its_weight(stage, dm, cfg_factory, monk
     opened = sorted(range(0, len(ds), 3), key=lambda i: -float(ds[i].mouth_mask.sum()))[:2]
     loader = DataLoader(Subset(ds, opened), batch_size=2, collate_fn=collate_batches)
     assert float(next(iter(loader)).mouth_mask.sum()) > 0, "the batch needs open-mouth frames"
-    logs, means = {}, {}
-    for w in (0.0, 4.0):
-        model = new_model(cfg_factory(f"+model.cover_weight={w}"), stage)
-        logged = logs.setdefault(w, {})
-        monkeypatch.setattr(model, "log_dict", lambda d, logged=logged, **kw: logged.update(d))
-        fit_steps(model, loader)
-        means[w] = model.mouth.means.detach().clone()
+    logs, models = one_step_per_weight("+model.cover_weight", stage, loader, cfg_factory, monkeypatch)
+    means = {w: m.mouth.means.detach() for w, m in models.items()}
     cover = float(logs[4.0]["train/cover"])
     # a fresh mouth branch leaves most of the inner mouth transparent; in the fuse stage the fresh face
     # still covers it (the hole term parts the lips later), so only a little shows through
@@ -783,13 +786,8 @@ def test_lip_term_enters_the_loss_with_its_weight(stage, dm, cfg_factory, monkey
     deformation network's step; weight 0 (the paper) logs no lip term."""
     dm.stage = stage
     loader = DataLoader(Subset(dm.dataset("train"), [0, 5]), batch_size=2, collate_fn=collate_batches)
-    logs, nets = {}, {}
-    for w in (0.0, 4.0):
-        model = new_model(cfg_factory(f"model.lip_weight={w}"), stage)
-        logged = logs.setdefault(w, {})
-        monkeypatch.setattr(model, "log_dict", lambda d, logged=logged, **kw: logged.update(d))
-        fit_steps(model, loader)
-        nets[w] = torch.cat([p.detach().flatten() for p in model.deformation.parameters()])
+    logs, models = one_step_per_weight("model.lip_weight", stage, loader, cfg_factory, monkeypatch)
+    nets = {w: torch.cat([p.detach().flatten() for p in m.deformation.parameters()]) for w, m in models.items()}
     assert "train/lip" not in logs[0.0]
     lip = float(logs[4.0]["train/lip"])
     assert lip > 1e-3
