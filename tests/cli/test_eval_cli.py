@@ -169,3 +169,44 @@ def test_metrics_callback_refuses_an_overlap_at_setup(synth_emotional_small, tmp
     cb = MetricsCallback(metrics="psnr", evaluators=str(tmp_path / "ev"), allow_overlap=True)
     with pytest.warns(UserWarning, match="optimistic"):
         assert cb.check_protocol(dm)["overlap"] == [val]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_eval_by_label_drives_each_clip_with_its_own_label(short_run, tmp_path, monkeypatch, capsys):
+    """emotion=label: every clip rendered with the prototype of its own label and intensity, scored under
+    ``<split>/label/…`` beside the audio-driven keys (which it leaves alone); refused without prototypes."""
+    from ua3dtalk.callbacks.metrics import render_sequence, split_sequences
+    from ua3dtalk.cli import infer
+    from ua3dtalk.cli.eval import build_eval_datamodule
+    from ua3dtalk.constants import EMOTIONS
+    from ua3dtalk.metrics.image import psnr
+
+    ckpt = short_run / "checkpoints" / "face" / "last.ckpt"
+    assert main([f"ckpt={ckpt}", "split=val", "emotion=sad", "metrics=psnr"]) == 2
+    assert "emotion must be audio or label" in capsys.readouterr().err
+    # a face-stage checkpoint has no label prototypes yet: refused, the cause named, nothing written
+    out = tmp_path / "none"
+    assert main([f"ckpt={ckpt}", "split=val", "emotion=label", "metrics=psnr", f"out={out}", "max_clips=1"]) == 2
+    assert "prototype" in capsys.readouterr().err and not out.exists()
+    model = infer.load_model(ckpt, "torch")
+    ctl = model.emotion_control
+    torch.manual_seed(0)
+    with torch.no_grad():  # distinct prototypes per label and level, large enough to move the deformation
+        ctl.counts.fill_(1)
+        ctl.prototypes.copy_(30 * torch.randn_like(ctl.prototypes))
+    monkeypatch.setattr(infer, "load_model", lambda *a, **k: model)
+    out = tmp_path / "eval"
+    kw = dict(split="val", out=out, metrics="psnr", max_clips=2, max_frames=4, progress=False)
+    audio = evaluate(ckpt, **kw)["val/psnr"]
+    evaluate(ckpt, emotion="label", **kw)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["val/psnr"] == audio and m["eval"]["val/label"]["emotion"] == "label"
+    assert m["val/label/psnr"] != audio
+    dm = build_eval_datamodule(model, ckpt)
+    ds, seqs = split_sequences(dm, "val", 2, 4)
+    assert len({(q.clip.emotion, q.clip.intensity) for q in seqs}) == 2  # two different labels
+    for q in seqs:
+        with torch.no_grad():
+            pred, gt, _, _ = render_sequence(model, ds, q, emotion=ctl.from_label(EMOTIONS[q.clip.emotion],
+                                                                                    int(q.clip.intensity)))
+        assert m["eval"]["val/label"]["per_clip"][q.name]["psnr"] == pytest.approx(psnr(pred, gt), abs=1e-4)

@@ -3,7 +3,7 @@
     ua3dtalk-eval ckpt=RUN|FILE.ckpt [data=DATASET] [evaluators=DIR] [split=test|val]
                   [out=DIR] [metrics=psnr,ssim,...|all] [lpips_random_backbone=true] [syncnet=PATH]
                   [threedmm=PATH] [max_clips=N] [max_frames=N] [backend=auto] [control=true]
-                  [allow_overlap=true]
+                  [emotion=audio|label] [allow_overlap=true]
 
 ``ckpt=RUN`` (a run directory) scores the run's best checkpoint by validation (else its last one; the command
 says which, :func:`ua3dtalk.cli.infer.resolve_checkpoint`). The model is rebuilt from the configuration stored
@@ -27,6 +27,12 @@ the emotion heard in the audio, and the emotion classifier scores each render ag
 label: ``<split>/acc_emo_label`` (frames) and ``<split>/acc_emo_label_clip`` (clip-mean logits), chance
 1/#emotions; ``<split>/emo_shift`` is the mean absolute pixel change (0–255) of those renders against the
 neutral-label render, inside the face box of the ground-truth landmarks.
+
+``emotion=label`` drives each clip with its *own* label's prototype at its own intensity (the emotion chosen, as
+``ua3dtalk-infer emotion=<name>`` does) instead of the emotion the student hears in the audio (``audio``, the
+default and the paper's protocol). The keys are then ``<split>/label/<metric>`` (``test/label/psnr``…), beside
+the audio-driven ones: the difference is what the audio emotion recogniser costs. Needs a checkpoint with emotion
+control and an emotional dataset.
 """
 from __future__ import annotations
 
@@ -35,7 +41,9 @@ from pathlib import Path
 from typing import Optional
 
 KEYS = {"ckpt", "data", "evaluators", "split", "out", "metrics", "lpips_random_backbone", "syncnet", "threedmm",
-        "max_clips", "max_frames", "backend", "control", "allow_overlap"}
+        "max_clips", "max_frames", "backend", "control", "emotion", "allow_overlap"}
+#: where the emotion of the scored renders comes from (``emotion=``)
+EMOTION_SOURCES = ("audio", "label")
 
 
 def parse_kv(argv) -> dict:
@@ -46,6 +54,8 @@ def parse_kv(argv) -> dict:
         raise ValueError("missing required argument ckpt=PATH")
     if args.get("split", "test") not in ("test", "val", "train"):
         raise ValueError(f"split must be test, val or train, got {args['split']!r}")
+    if args.get("emotion", "audio") not in EMOTION_SOURCES:
+        raise ValueError(f"emotion must be {' or '.join(EMOTION_SOURCES)}, got {args['emotion']!r}")
     for k in ("max_clips", "max_frames"):
         if k in args and not (args[k].isdigit() and int(args[k]) >= 1):
             raise ValueError(f"{k} must be a whole number ≥ 1, got {args[k]!r}")
@@ -183,10 +193,12 @@ def emotion_control_scores(model, dataset, seqs, evaluators, emotions, intensity
 def evaluate(ckpt, data=None, evaluators=None, split: str = "test", out=None, metrics="all",
              lpips_random_backbone: bool = False, syncnet=None, threedmm=None, max_clips=None, max_frames=None,
              backend: str = "auto", progress: bool = True, control: bool = False,
-             allow_overlap: bool = False) -> dict:
+             allow_overlap: bool = False, emotion: str = "audio") -> dict:
     """Render and score ``split``; returns what is written to ``out/metrics.json``. ``control``: also the
-    emotion-control scores of :func:`emotion_control_scores` (emotional datasets). Refuses evaluators
-    trained on a scored clip (:func:`~ua3dtalk.data.splits.eval_protocol`) unless ``allow_overlap``."""
+    emotion-control scores of :func:`emotion_control_scores` (emotional datasets). ``emotion``: ``audio`` (the
+    emotion heard in each clip's audio) or ``label`` (each clip's own label and intensity; keys
+    ``<split>/label/<metric>``). Refuses evaluators trained on a scored clip
+    (:func:`~ua3dtalk.data.splits.eval_protocol`) unless ``allow_overlap``."""
     import torch
     from tqdm.auto import tqdm
 
@@ -195,7 +207,7 @@ def evaluate(ckpt, data=None, evaluators=None, split: str = "test", out=None, me
     from ..data.splits import eval_protocol, role_clips
     from ..metrics.evaluator_dir import load_evaluators, parse_metrics
     from ..metrics.suite import MetricSuite
-    from .infer import load_model, resolve_checkpoint
+    from .infer import load_model, resolve_checkpoint, resolve_emotion
 
     ckpt = resolve_checkpoint(ckpt, "ua3dtalk-eval")
     groups = parse_metrics(metrics)
@@ -207,6 +219,15 @@ def evaluate(ckpt, data=None, evaluators=None, split: str = "test", out=None, me
     ds, seqs = split_sequences(dm, split, max_clips, max_frames)
     if not seqs:
         raise ValueError(f"split {split!r} of {dm.root} has no frames")
+    if emotion not in EMOTION_SOURCES:
+        raise ValueError(f"emotion must be {' or '.join(EMOTION_SOURCES)}, got {emotion!r}")
+    by_label = emotion == "label"
+    if by_label:  # refused before any rendering
+        unlabelled = [q.name for q in seqs if not 0 <= int(getattr(q.clip, "emotion", -1)) < len(EMOTIONS)]
+        if model.emotion_control is None or unlabelled:
+            raise ValueError("emotion=label needs a checkpoint with emotion control and clips with emotion labels ("
+                             + (f"clip {unlabelled[0]} has none)" if unlabelled else "this checkpoint has no emotion "
+                                                                                      "control)"))
     emotions = []
     if control:  # refused before any rendering
         emotions = [e for e in EMOTIONS if e in {getattr(c, "emotion_name", None) for c in dm.clips}]
@@ -221,23 +242,29 @@ def evaluate(ckpt, data=None, evaluators=None, split: str = "test", out=None, me
     try:
         with torch.no_grad():
             for seq in tqdm(seqs, desc=f"ua3dtalk-eval {split}", unit="clip", disable=not progress):
-                pred, gt, lms, label = render_sequence(model, ds, seq)
+                e = None
+                if by_label:
+                    e = resolve_emotion(model, EMOTIONS[int(seq.clip.emotion)], int(seq.clip.intensity) or None,
+                                        None)
+                pred, gt, lms, label = render_sequence(model, ds, seq, emotion=e)
                 suite.update(pred, gt, landmarks=lms, audio=seq.audio() if "sync" in groups else None,
                              emotion=label, au45=seq.au45(), name=seq.name)
     finally:
         health = model.detach_health()
     model.warn_low_health(health)
     values = suite.compute()
-    res = {f"{split}/{k}": float(v) for k, v in values.items()}
-    res.update(health)
+    ns = f"{split}/label" if by_label else split  # the namespace of this evaluation's keys
+    res = {f"{ns}/{k}": float(v) for k, v in values.items()}
+    if not by_label:  # the run's health is that of the frames it is scored on (its own audio's emotion)
+        res.update(health)
     ctrl = None
     if control:
         ctrl = emotion_control_scores(model, ds, seqs, ev, emotions, progress=progress)
         res.update({f"{split}/{k}": v for k, v in ctrl.items() if isinstance(v, float)})
     out_dir = Path(out) if out is not None else (run_dir_of(ckpt) or ckpt.parent)
     record = {**res, "eval_protocol": protocol,
-              "metrics_evaluators": {f"{split}/{k}": v for k, v in suite.provenance(list(values)).items()},
-              "eval": {split: {"checkpoint": str(ckpt), "checkpoint_mtime_ns": ckpt.stat().st_mtime_ns,
+              "metrics_evaluators": {f"{ns}/{k}": v for k, v in suite.provenance(list(values)).items()},
+              "eval": {ns: {"emotion": emotion, "checkpoint": str(ckpt), "checkpoint_mtime_ns": ckpt.stat().st_mtime_ns,
                                "dataset": str(dm.root), "clips": len(seqs),
                                "frames": int(suite.num_frames), "seconds": round(time.perf_counter() - t0, 2),
                                "skipped": suite.skipped, "per_clip": suite.clips,
@@ -262,7 +289,7 @@ def _run(argv: list) -> int:
                    a.get("threedmm"), int(a["max_clips"]) if "max_clips" in a else None,
                    int(a["max_frames"]) if "max_frames" in a else None, a.get("backend", "auto"),
                    control=_bool(a.get("control", "false")),
-                   allow_overlap=_bool(a.get("allow_overlap", "false")))
+                   allow_overlap=_bool(a.get("allow_overlap", "false")), emotion=a.get("emotion", "audio"))
     if rec["eval_protocol"]["overlap_allowed"]:
         print(f"ua3dtalk-eval: warning: allow_overlap=true — the evaluators were trained on "
               f"{len(rec['eval_protocol']['overlap'])} of the scored clips; these metrics are optimistic")
