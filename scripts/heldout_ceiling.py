@@ -21,6 +21,9 @@ the stored ground-truth frames (JPEG, as the evaluation reads them):
 - ``exact expression``: the clip's own coefficients, re-rendered (only the JPEG coding of the ground truth
   differs): the ceiling of a perfect model.
 
+``--emotion unknown`` draws the emotion and intensity as well (uniformly over the set's 24 cells): the ceiling of
+a model that hears no emotion in the audio. Between the two lies a model that hears some of it.
+
     python scripts/heldout_ceiling.py --run outputs/runs/demo/paper_mead/synth0/seed0 \
         --evaluators outputs/evaluators/demo/synth0 [--samples 16] [--clips 4]
 
@@ -41,10 +44,13 @@ import numpy as np
 WANDER = ("brow_inner_up", "brow_outer_up", "cheek_raise", "smile")
 
 
-def draw_expressions(clip_dir: Path, samples: int, rng: np.random.Generator) -> np.ndarray:
+def draw_expressions(clip_dir: Path, samples: int, rng: np.random.Generator, label: bool = True) -> np.ndarray:
     """``[samples, N, K]`` expression tracks of a generated clip with idle wanders and emotion envelopes drawn
     from ``rng`` (articulation, blinks, emotion and intensity of the clip; the generator's clipping to the
-    coefficient bounds). Given the clip's own expression stream, the first draw is the clip's ``expr.npy``."""
+    coefficient bounds). Given the clip's own expression stream, the first draw is the clip's ``expr.npy``.
+    ``label=False``: the emotion and intensity are not known either; draw ``s`` takes cell ``s mod 24`` of the
+    set's 8 emotions × 3 intensities (its uniform distribution, stratified)."""
+    from ua3dtalk.constants import EMOTIONS
     from ua3dtalk.data.synth.head import EXPR_NAMES
     from ua3dtalk.data.synth.speech import EXPR_MAX, EXPR_MIN, emotion_envelope, emotion_prototype, idle_track
 
@@ -54,10 +60,13 @@ def draw_expressions(clip_dir: Path, samples: int, rng: np.random.Generator) -> 
     neutral = expr - (np.load(emo_path) if emo_path.is_file() else 0.0)  # clip(articulation + idle)
     n = len(expr)
     emotion, intensity = meta.get("emotion", "neutral"), int(meta.get("intensity", 1))
-    proto = emotion_prototype(emotion, intensity) if emotion != "neutral" else np.zeros(len(EXPR_NAMES))
+    cells = [(e, k) for e in EMOTIONS for k in (1, 2, 3)]
     cols = [EXPR_NAMES.index(k) for k in WANDER]
     out = np.empty((samples, n, len(EXPR_NAMES)), np.float32)
     for s in range(samples):
+        if not label:
+            emotion, intensity = cells[s % len(cells)]
+        proto = emotion_prototype(emotion, intensity) if emotion != "neutral" else np.zeros(len(EXPR_NAMES))
         idle = idle_track(n, rng)  # the generator's draw order: idle wander, then the envelope
         env = emotion_envelope(n, rng)
         base = neutral.copy()
@@ -71,7 +80,7 @@ def _psnr(mse: np.ndarray) -> np.ndarray:
     return -10.0 * np.log10(np.maximum(mse, 1e-12))
 
 
-def clip_ceiling(clip, samples: int, seed: int = 0) -> dict:
+def clip_ceiling(clip, samples: int, seed: int = 0, label: bool = True) -> dict:
     """The three predictions of one clip (``ClipInfo`` of a generated clip): float frames ``[N,3,H,W]`` in
     [0,1] in the clip's frame order, and the per-frame PSNR of the posterior mean corrected for the finite
     number of draws."""
@@ -83,7 +92,7 @@ def clip_ceiling(clip, samples: int, seed: int = 0) -> dict:
     d = Path(clip.root)
     ids = np.asarray(clip.img_ids)
     gt = np.stack([read_image_array(clip.image_path(j), "RGB") for j in range(len(clip))]).astype(np.float64) / 255
-    draws = draw_expressions(d, samples, np.random.default_rng(seed))
+    draws = draw_expressions(d, samples, np.random.default_rng(seed), label)
     acc = acc2 = None
     for ex in draws:
         f = render_clip(d, ex)[0][ids].astype(np.float64) / 255
@@ -135,6 +144,9 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=16, help="draws per clip (default 16, ≥ 2)")
     ap.add_argument("--clips", type=int, default=0, help="only the first N test clips (default all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--emotion", choices=("label", "unknown"), default="label",
+                    help="label (default): each clip's own emotion and intensity are known; unknown: drawn from the "
+                         "set's 24 cells as well (a model that hears no emotion in the audio)")
     a = ap.parse_args(argv)
     if a.run is None and a.data is None:
         ap.error("give --run RUN or --data DIR")
@@ -164,9 +176,9 @@ def main(argv=None) -> int:
         suites = {k: MetricSuite(ev, "lmd", warn=False) for k in ("mean", "sharp", "exact")}
     psnr = {k: [] for k in ("mean", "mean_corrected", "sharp", "exact")}
     spread = []
-    print(f"{len(clips)} test clips, {a.samples} draws each", flush=True)
+    print(f"{len(clips)} test clips, {a.samples} draws each, emotion {a.emotion}", flush=True)
     for i, c in enumerate(clips):
-        r = clip_ceiling(c, a.samples, a.seed + i)
+        r = clip_ceiling(c, a.samples, a.seed + i, a.emotion == "label")
         lms = torch.from_numpy(np.stack([c.landmarks(j) for j in range(len(c))])).float()
         for k in ("mean", "sharp", "exact"):
             psnr[k].append(psnr_per_frame(r[k], r["gt"]).numpy())

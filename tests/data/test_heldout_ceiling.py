@@ -52,6 +52,12 @@ def test_the_clips_own_stream_gives_back_its_expression(ceiling, synth_emotional
     wander = [EXPR_NAMES.index(k) for k in ceiling.WANDER]
     assert np.abs(other[:, :, wander] - expr[None, :, wander]).mean() > 0.01
     assert not np.allclose(other[0], other[1])
+    # label unknown: the draws cover the set's emotions, whose coefficients the known label keeps at the clip's
+    frown = EXPR_NAMES.index("frown")
+    unknown = ceiling.draw_expressions(d, 24, np.random.default_rng(5), label=False)
+    assert np.abs(unknown[:, :, frown] - expr[None, :, frown]).max() > 0.2
+    if emotion == "neutral":
+        assert (other[:, :, frown] == expr[None, :, frown]).all()
 
 
 def test_ceiling_ranks_the_exact_expression_first(ceiling, synth_emotional_roles, one_thread):
