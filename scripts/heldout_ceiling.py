@@ -66,7 +66,7 @@ def draw_expressions(clip_dir: Path, samples: int, rng: np.random.Generator, lab
     for s in range(samples):
         if not label:
             emotion, intensity = cells[s % len(cells)]
-        proto = emotion_prototype(emotion, intensity) if emotion != "neutral" else np.zeros(len(EXPR_NAMES))
+        proto = emotion_prototype(emotion, intensity)  # zeros for neutral
         idle = idle_track(n, rng)  # the generator's draw order: idle wander, then the envelope
         env = emotion_envelope(n, rng)
         base = neutral.copy()

@@ -54,8 +54,6 @@ def parse_kv(argv) -> dict:
         raise ValueError("missing required argument ckpt=PATH")
     if args.get("split", "test") not in ("test", "val", "train"):
         raise ValueError(f"split must be test, val or train, got {args['split']!r}")
-    if args.get("emotion", "audio") not in EMOTION_SOURCES:
-        raise ValueError(f"emotion must be {' or '.join(EMOTION_SOURCES)}, got {args['emotion']!r}")
     for k in ("max_clips", "max_frames"):
         if k in args and not (args[k].isdigit() and int(args[k]) >= 1):
             raise ValueError(f"{k} must be a whole number ≥ 1, got {args[k]!r}")
@@ -209,6 +207,9 @@ def evaluate(ckpt, data=None, evaluators=None, split: str = "test", out=None, me
     from ..metrics.suite import MetricSuite
     from .infer import load_model, resolve_checkpoint, resolve_emotion
 
+    if emotion not in EMOTION_SOURCES:
+        raise ValueError(f"emotion must be {' or '.join(EMOTION_SOURCES)}, got {emotion!r}")
+    by_label = emotion == "label"
     ckpt = resolve_checkpoint(ckpt, "ua3dtalk-eval")
     groups = parse_metrics(metrics)
     ev = load_evaluators(evaluators, tuple(groups) + (("acc_emo",) if control else ()),
@@ -219,15 +220,12 @@ def evaluate(ckpt, data=None, evaluators=None, split: str = "test", out=None, me
     ds, seqs = split_sequences(dm, split, max_clips, max_frames)
     if not seqs:
         raise ValueError(f"split {split!r} of {dm.root} has no frames")
-    if emotion not in EMOTION_SOURCES:
-        raise ValueError(f"emotion must be {' or '.join(EMOTION_SOURCES)}, got {emotion!r}")
-    by_label = emotion == "label"
     if by_label:  # refused before any rendering
+        if model.emotion_control is None:
+            raise ValueError("emotion=label needs a checkpoint with emotion control (an emotion module)")
         unlabelled = [q.name for q in seqs if not 0 <= int(getattr(q.clip, "emotion", -1)) < len(EMOTIONS)]
-        if model.emotion_control is None or unlabelled:
-            raise ValueError("emotion=label needs a checkpoint with emotion control and clips with emotion labels ("
-                             + (f"clip {unlabelled[0]} has none)" if unlabelled else "this checkpoint has no emotion "
-                                                                                      "control)"))
+        if unlabelled:
+            raise ValueError(f"emotion=label needs clips with emotion labels: clip {unlabelled[0]} has none")
     emotions = []
     if control:  # refused before any rendering
         emotions = [e for e in EMOTIONS if e in {getattr(c, "emotion_name", None) for c in dm.clips}]
@@ -264,11 +262,11 @@ def evaluate(ckpt, data=None, evaluators=None, split: str = "test", out=None, me
     out_dir = Path(out) if out is not None else (run_dir_of(ckpt) or ckpt.parent)
     record = {**res, "eval_protocol": protocol,
               "metrics_evaluators": {f"{ns}/{k}": v for k, v in suite.provenance(list(values)).items()},
-              "eval": {ns: {"emotion": emotion, "checkpoint": str(ckpt), "checkpoint_mtime_ns": ckpt.stat().st_mtime_ns,
-                               "dataset": str(dm.root), "clips": len(seqs),
-                               "frames": int(suite.num_frames), "seconds": round(time.perf_counter() - t0, 2),
-                               "skipped": suite.skipped, "per_clip": suite.clips,
-                               **({"control_per_emotion": ctrl["per_emotion"]} if ctrl else {})}}}
+              "eval": {ns: {"emotion": emotion, "checkpoint": str(ckpt),
+                            "checkpoint_mtime_ns": ckpt.stat().st_mtime_ns, "dataset": str(dm.root), "clips": len(seqs),
+                            "frames": int(suite.num_frames), "seconds": round(time.perf_counter() - t0, 2),
+                            "skipped": suite.skipped, "per_clip": suite.clips,
+                            **({"control_per_emotion": ctrl["per_emotion"]} if ctrl else {})}}}
     update_metrics_json(out_dir / "metrics.json", record)
     record["path"] = str(out_dir / "metrics.json")
     return record
