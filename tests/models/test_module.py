@@ -957,6 +957,61 @@ def test_mouth_colour_is_initialised_from_the_inner_mouth_pixels(dm, cfg_factory
     assert not bool(fresh.mouth_color_initialised)
 
 
+def _static_head_psnr(model, batch) -> float:
+    """PSNR over the face ∪ hair pixels of frame 0 of the face branch's canonical (undeformed) render."""
+    cond = model.head.conditioning(batch)
+    H, W = batch.image.shape[-2:]
+    with torch.no_grad():
+        r = model.head.render_face(cond, 0, batch.viewmat[0], batch.K[0], W, H, deform=False)
+    bg = batch.background[0].permute(1, 2, 0)
+    pred, gt = r.image + (1 - r.alpha) * bg, batch.image[0].permute(1, 2, 0)
+    m = (batch.face_mask[0, 0] | batch.hair_mask[0, 0]) & ~batch.mouth_mask[0, 0]
+    return float(10 * torch.log10(1 / ((pred - gt)[m] ** 2).mean()))
+
+
+def test_init_from_frame_puts_each_branch_on_its_frames_pixels_once(dm, cfg_factory):
+    """init_from_frame: the first face-stage frame places the face Gaussians on its face ∪ hair pixels (their
+    colours), so the canonical face renders that frame far better than the random initialisation; the mouth waits
+    for a frame that shows the inner mouth and takes its dark colours; once per branch (flags in the checkpoint);
+    off, nothing changes and the flags are not in the state dict."""
+    dm.stage = "face"
+    ds = dm.dataset("train")
+    loader = DataLoader(Subset(ds, [0]), batch_size=1, collate_fn=collate_batches)
+    batch = next(iter(loader))
+    on, off = (new_model(cfg_factory(*ov), "face") for ov in (["model.init_from_frame=true"], []))
+    random_psnr = _static_head_psnr(on, batch)
+    fit_steps(on, loader)  # the real training step initialises, then steps once
+    assert bool(on.face_points_initialised) and not bool(on.mouth_points_initialised)
+    assert "face_points_initialised" in on.state_dict() and "face_points_initialised" not in off.state_dict()
+    fresh = new_model(cfg_factory("model.init_from_frame=true"), "face")
+    fresh._init_points_from_frame(batch, "face")
+    placed = _static_head_psnr(fresh, batch)
+    assert placed > random_psnr + 3.0, (placed, random_psnr)
+    means = fresh.face.means.detach().clone()
+    fresh._init_points_from_frame(next(iter(DataLoader(Subset(ds, [5]), batch_size=1, collate_fn=collate_batches))),
+                                  "face")
+    assert torch.equal(fresh.face.means, means)  # once only
+    fit_steps(off, loader)
+    assert _static_head_psnr(off, batch) < placed - 3.0
+    dm.stage = "mouth"
+    ds = dm.dataset("train")
+    order = sorted(range(0, len(ds), 3), key=lambda i: float(ds[i].mouth_mask.sum()))
+    closed = collate_batches([ds[order[0]]])
+    opened = collate_batches([ds[order[-1]]])
+    assert float(closed.mouth_mask.sum()) < 16 <= float(opened.mouth_mask.sum())
+    mouth = new_model(cfg_factory("model.init_from_frame=true"), "mouth")
+    mouth._init_points_from_frame(closed, "mouth")
+    assert not bool(mouth.mouth_points_initialised)
+    mouth._init_points_from_frame(opened, "mouth")
+    assert bool(mouth.mouth_points_initialised) and bool(mouth.mouth_color_initialised)
+    rgb = mouth.mouth.sh[:, 0].detach() * 0.28209479177387814 + 0.5
+    m = opened.mouth_mask[0, 0]
+    inner = opened.image[0].permute(1, 2, 0)[m]
+    assert abs(float(rgb.mean()) - float(inner.mean())) < 0.05 and float(rgb.mean()) < 0.35  # the dark inner mouth
+    with pytest.raises(Exception, match="init_from_frame_opacity must be in"):
+        build_model(cfg_factory("model.init_from_frame_opacity=1.5"), "face")
+
+
 def test_fuse_stage_trains_the_mouth_colours_on_the_inner_mouth_only(dm, cfg_factory):
     """render_frame(mouth_color_mask=M): the same composite, but the mouth branch's colours get gradients
     only from the pixels of M (fuse_mouth_grad=inner passes the ground-truth inner mouth); its positions and

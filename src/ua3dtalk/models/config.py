@@ -134,6 +134,17 @@ class UA3DTalkConfig:
     grey, and the SH learning rate moves them by at most ≈ 0.2 (RGB) in the 250 steps of the demo's mouth stage: the
     inner mouth rendered grey, then, in the fuse stage, lip-red — never dark.
     """
+    init_from_frame: bool = False
+    """★ place each branch's Gaussians on the pixels of its first training frame instead of at random in its box
+    (:mod:`ua3dtalk.models.frame_init`): the face's on the face ∪ hair pixels of the first ``face``-stage frame, the
+    mouth's on the inner-mouth pixels of the first ``mouth``-stage frame that shows some (with their colours, cast
+    onto the ellipsoid of the branch's box, scaled to tile the mask; opacity ``init_from_frame_opacity``). Once per
+    branch; the flags are in the checkpoint. Off by default (the paper initialises at random); ``own_video`` turns
+    it on: on a real video at 512² the CPU schedule otherwise spends its first few hundred steps finding the colours
+    and renders the teeth of a smile as one pink patch.
+    """
+    init_from_frame_opacity: float = 0.5
+    """opacity of the Gaussians placed by ``init_from_frame`` (in (0, 1))."""
     fuse_mouth_grad: FuseMouthGrad = "all"
     """which pixels of the ``fuse`` stage's composite train the inside-mouth branch's *colours*: ``all`` (default)
     every pixel; ``inner`` (★) the ground-truth inner mouth only (its positions and opacities learn from every
@@ -169,6 +180,8 @@ class UA3DTalkConfig:
         if self.landmark_frames < 0 or self.landmark_bank < 1:
             raise ValueError(f"{own}: landmark_frames must be ≥ 0 and landmark_bank ≥ 1 (got {self.landmark_frames}, "
                              f"{self.landmark_bank})")
+        if not (isinstance(self.init_from_frame_opacity, (int, float)) and 0 < self.init_from_frame_opacity < 1):
+            raise ValueError(f"{own}: init_from_frame_opacity must be in (0, 1), got {self.init_from_frame_opacity!r}")
         if self.emotion_swap_weight < 0:
             raise ValueError(f"{own}: emotion_swap_weight must be ≥ 0, got {self.emotion_swap_weight}")
         for key in ("lr_net", "lr_grid", "net_lr_final"):

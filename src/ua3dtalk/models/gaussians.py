@@ -107,6 +107,27 @@ class GaussianModel(nn.Module):
         self.sh[:, 0] = rgb_to_sh0(rgb.expand(len(self), 3))
         self.sh[:, 1:] = 0
 
+    @torch.no_grad()
+    def reinitialise(self, points: torch.Tensor, rgb: torch.Tensor, scales: torch.Tensor,
+                     opacity: Optional[float] = None) -> None:
+        """Put the N Gaussians at ``points`` [N,3] with colours ``rgb`` [N,3] (view-independent) and isotropic
+        ``scales`` [N], identity rotations and, when given, opacity ``opacity`` (e.g. from
+        :func:`ua3dtalk.models.frame_init.frame_points`). In place, keeping N: an optimizer holding these
+        parameters stays valid (call it before its first step: Adam's moments are not reset)."""
+        n = len(self)
+        if points.shape != (n, 3) or rgb.shape != (n, 3) or scales.shape != (n,):
+            raise ValueError(f"GaussianModel.reinitialise: expected points/rgb [{n},3] and scales [{n}], got "
+                             f"{list(points.shape)}, {list(rgb.shape)}, {list(scales.shape)}")
+        dev, dt = self.means.device, self.means.dtype
+        self.means.copy_(points.to(dev, dt))
+        self.quats.zero_()
+        self.quats[:, 0] = 1
+        self.log_scales.copy_(scales.to(dev, dt).clamp_min(1e-8).log()[:, None].expand(n, 3))
+        self.sh.zero_()
+        self.sh[:, 0] = rgb_to_sh0(rgb.to(dev, dt))
+        if opacity is not None:
+            self.opacity_logits.fill_(float(_inverse_sigmoid(torch.tensor(float(opacity)))))
+
     def set_active_sh_degree(self, d: int) -> None:
         self.active_sh_degree = max(0, min(int(d), self.sh_degree))
 

@@ -29,6 +29,7 @@ class RenderLosses:
         face_r = None  # this frame's face-branch render (landmark term)
         if self.stage == "mouth":
             if i == 0:
+                self._init_points_from_frame(batch, "mouth")
                 self._init_mouth_color(batch)
             r = self.head.render_mouth(cond, i, vm, K, W, H, step=step)
             mask = m("mouth_mask")
@@ -48,6 +49,8 @@ class RenderLosses:
             reg = self._reg(r.deltas)
             renders.append(("mouth", r))
         elif self.stage == "face":
+            if i == 0:
+                self._init_points_from_frame(batch, "face")
             deform = step >= self.static_warmup
             r = self.head.render_face(cond, i, vm, K, W, H, deform=deform, step=step - self.static_warmup,
                                  anchors=anchors if deform else None)
@@ -214,6 +217,29 @@ class RenderLosses:
     def _random_color(like: torch.Tensor) -> torch.Tensor:
         """A uniform random RGB colour [3] (``face_random_background``)."""
         return torch.rand(3, device=like.device, dtype=like.dtype)
+
+    def _init_points_from_frame(self, batch, branch: str) -> None:
+        """``init_from_frame``: put the ``branch`` Gaussians on the pixels of the batch's first frame that the branch
+        renders (face ∪ hair for the face, the inner mouth for the mouth; :mod:`ua3dtalk.models.frame_init`), once;
+        a mouth waits for a frame with at least 16 inner-mouth pixels."""
+        if not self.init_from_frame or bool(getattr(self, f"{branch}_points_initialised")):
+            return
+        from .frame_init import frame_points
+
+        if branch == "face":
+            mask = (batch.face_mask[0, 0] | batch.hair_mask[0, 0]) & ~batch.mouth_mask[0, 0]
+        else:
+            mask = batch.mouth_mask[0, 0]
+        if int(mask.sum()) < 16:
+            return
+        g = getattr(self, branch)
+        gen = torch.Generator().manual_seed(int(self.global_step) * 2 + (branch == "mouth"))
+        points, rgb, scales = frame_points(mask, batch.image[0].permute(1, 2, 0), batch.viewmat[0], batch.K[0],
+                                           g.bounds, len(g), generator=gen)
+        g.reinitialise(points, rgb, scales, opacity=self.init_from_frame_opacity)
+        getattr(self, f"{branch}_points_initialised").fill_(True)
+        if branch == "mouth":
+            self.mouth_color_initialised.fill_(True)  # the colours are the pixels': no mean colour over them
 
     def _init_mouth_color(self, batch) -> None:
         """``init_mouth_color``: the mouth Gaussians take the mean colour of the batch's inner-mouth pixels

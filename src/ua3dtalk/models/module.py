@@ -109,6 +109,11 @@ class UA3DTalk(HealthMixin, RenderLosses, LandmarkBank, AudioStages, L.Lightning
         self.fuse_mouth_grad = cfg.fuse_mouth_grad
         self.face_random_background = bool(cfg.face_random_background)
         self.register_buffer("mouth_color_initialised", torch.tensor(False))
+        self.init_from_frame = bool(cfg.init_from_frame)
+        self.init_from_frame_opacity = float(cfg.init_from_frame_opacity)
+        if self.init_from_frame:  # once per branch (frame_init), remembered in the checkpoint
+            self.register_buffer("face_points_initialised", torch.tensor(False))
+            self.register_buffer("mouth_points_initialised", torch.tensor(False))
         self._bank_seen = self._bank_n = 0  # frames offered to / held by the bank
         self.automatic_optimization = False
         self.head = TalkingHead(face, mouth, deformation, mouth_deformation, prior, emotion, emotion_field,

@@ -1,0 +1,72 @@
+"""Initialising a branch's Gaussians from a training frame (``model.init_from_frame``, DESIGN §4.1).
+
+A branch's Gaussians start random in its bounding box with mid-grey colours (:class:`GaussianModel`); on a real
+video at 512² the CPU schedule then spends its first few hundred steps finding the head's colours and never
+resolves small structures such as the teeth of a smile. :func:`frame_points` instead places the N Gaussians on
+the pixels of one frame that the branch renders (face ∪ hair for the face, the inner mouth for the mouth):
+
+* each sampled pixel (uniform over the mask, jittered inside the pixel; pixel (r, c) has its centre at
+  (c + 0.5, r + 0.5) as everywhere in the project) is cast as a ray from the frame's camera
+  (``viewmat`` world→camera, OpenCV axes; ``K`` intrinsics) and put where the ray enters the ellipsoid
+  inscribed in the branch's ``bounds`` (a head is roughly such an ellipsoid, and the mouth sits in the front of
+  its own box); a ray that misses it takes the point nearest to the ellipsoid's centre;
+* its colour is the pixel's;
+* its scale is the sampling spacing at that depth: ``depth / fx · sqrt(mask pixels / N)`` (isotropic), so the
+  splats tile the mask without holes.
+
+The frame is reproduced at once up to the depth error of the ellipsoid; training refines geometry, colours and
+opacities as usual. Shapes: ``mask`` [H,W] bool, ``image`` [H,W,3] in [0,1], ``viewmat`` [4,4], ``K`` [3,3] →
+points [N,3], colors [N,3], scales [N] (world units).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def ray_ellipsoid(origin: torch.Tensor, dirs: torch.Tensor, centre: torch.Tensor, axes: torch.Tensor) -> torch.Tensor:
+    """Points where rays ``origin`` [3] + t·``dirs`` [N,3] first enter the axis-aligned ellipsoid (``centre`` [3],
+    semi-axes ``axes`` [3]); rays that miss it (or start inside it) take the point of the ray nearest to the centre
+    in the ellipsoid's metric → [N,3]."""
+    o = (origin - centre) / axes  # the ellipsoid becomes the unit sphere
+    d = dirs / axes
+    a = (d * d).sum(-1)
+    b = 2 * (d * o).sum(-1)
+    c = (o * o).sum() - 1
+    disc = b * b - 4 * a * c
+    t_near = -b / (2 * a)  # nearest approach to the centre
+    t_hit = (-b - disc.clamp_min(0).sqrt()) / (2 * a)
+    t = torch.where((disc > 0) & (t_hit > 0), t_hit, t_near)
+    return origin + t[:, None] * dirs
+
+
+def frame_points(mask: torch.Tensor, image: torch.Tensor, viewmat: torch.Tensor, K: torch.Tensor,
+                 bounds: torch.Tensor, n: int, generator: torch.Generator | None = None):
+    """``n`` Gaussians on the pixels of ``mask`` (see the module docstring) → (points [n,3], colors [n,3],
+    scales [n]). ``bounds`` [2,3] is the branch's box (min, max). Raises ``ValueError`` when the mask is empty."""
+    rows, cols = torch.nonzero(mask.to(torch.bool), as_tuple=True)
+    m = rows.numel()
+    if m == 0:
+        raise ValueError("frame_points: the mask has no pixels")
+    if n <= 0:
+        raise ValueError(f"frame_points: n must be ≥ 1, got {n}")
+    dev = mask.device
+    pick = (torch.randperm(m, generator=generator)[:n] if m >= n
+            else torch.randint(m, (n,), generator=generator)).to(dev)
+    jitter = torch.rand(n, 2, generator=generator).to(dev)
+    r, c = rows[pick], cols[pick]
+    u = c.to(torch.float32) + jitter[:, 0]  # pixel (r, c) spans [c, c+1) × [r, r+1): its centre is (c+.5, r+.5)
+    v = r.to(torch.float32) + jitter[:, 1]
+    colors = image[r, c].to(torch.float32).clamp(0, 1)
+    vm = viewmat.to(torch.float32)
+    R, t = vm[:3, :3], vm[:3, 3]
+    Kf = K.to(torch.float32)
+    x_cam = torch.stack([(u - Kf[0, 2]) / Kf[0, 0], (v - Kf[1, 2]) / Kf[1, 1], torch.ones_like(u)], -1)
+    origin = -R.T @ t
+    dirs = x_cam @ R  # R^T x for each row
+    b = bounds.to(dev, torch.float32)
+    centre, axes = (b[0] + b[1]) / 2, (b[1] - b[0]).abs() / 2
+    points = ray_ellipsoid(origin, dirs, centre, axes.clamp_min(1e-6))
+    depth = ((points - origin) @ R.T)[:, 2].clamp_min(1e-6)  # camera z of each point
+    spacing = (m / n) ** 0.5  # pixels between samples
+    scales = depth / Kf[0, 0] * spacing
+    return points, colors, scales

@@ -1,0 +1,87 @@
+"""Gaussians placed on a frame's pixels (ua3dtalk.models.frame_init, GaussianModel.reinitialise): each point lies on
+its pixel's ray, where the ray enters the branch's ellipsoid, with the pixel's colour and a scale that tiles the
+mask."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ua3dtalk.models.frame_init import frame_points, ray_ellipsoid
+from ua3dtalk.models.gaussians import GaussianModel
+from ua3dtalk.render.sh import C0
+
+BOUNDS = torch.tensor([[-0.1, -0.13, -0.11], [0.1, 0.13, 0.11]])
+
+
+def camera(yaw_deg: float = 10.0, dist: float = 0.6, f: float = 300.0, size: int = 96):
+    """world→camera [4,4] looking at the origin from −z (OpenCV axes, the face looks towards −z), K [3,3]."""
+    a = math.radians(yaw_deg)
+    R = torch.tensor([[math.cos(a), 0.0, math.sin(a)], [0.0, 1.0, 0.0], [-math.sin(a), 0.0, math.cos(a)]])
+    vm = torch.eye(4)
+    vm[:3, :3] = R
+    vm[:3, 3] = torch.tensor([0.0, 0.0, dist])
+    K = torch.tensor([[f, 0.0, size / 2], [0.0, f, size / 2], [0.0, 0.0, 1.0]])
+    return vm, K
+
+
+def project(points, vm, K):
+    cam = points @ vm[:3, :3].T + vm[:3, 3]
+    uv = cam[:, :2] / cam[:, 2:3] * torch.stack([K[0, 0], K[1, 1]]) + torch.stack([K[0, 2], K[1, 2]])
+    return uv, cam[:, 2]
+
+
+def test_points_lie_on_their_pixels_rays_at_the_front_of_the_ellipsoid_with_the_pixels_colours():
+    size = 96
+    vm, K = camera(size=size)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    mask = (xx - 48) ** 2 + (yy - 44) ** 2 < 20 ** 2  # inside the head's silhouette (≈ 50 px across here)
+    image = torch.rand(size, size, 3, generator=torch.Generator().manual_seed(1))
+    n = 500
+    pts, rgb, scales = frame_points(mask, image, vm, K, BOUNDS, n, generator=torch.Generator().manual_seed(0))
+    assert pts.shape == (n, 3) and rgb.shape == (n, 3) and scales.shape == (n,)
+    uv, depth = project(pts, vm, K)
+    col, row = uv[:, 0].floor().long(), uv[:, 1].floor().long()
+    assert bool(mask[row, col].all())  # each point projects into a mask pixel …
+    torch.testing.assert_close(rgb, image[row, col])  # … and has that pixel's colour
+    centre, axes = BOUNDS.mean(0), (BOUNDS[1] - BOUNDS[0]) / 2
+    on = (((pts - centre) / axes) ** 2).sum(-1)
+    torch.testing.assert_close(on, torch.ones(n), atol=1e-4, rtol=0)  # on the ellipsoid
+    _, centre_depth = project(centre[None], vm, K)
+    assert bool((depth < centre_depth).all())  # its near side
+    m = int(mask.sum())
+    torch.testing.assert_close(scales, depth / K[0, 0] * math.sqrt(m / n))
+    assert len({(int(r), int(c)) for r, c in zip(row, col)}) == n  # n ≤ mask pixels: no pixel twice
+
+
+def test_rays_that_miss_take_the_point_nearest_to_the_centre_and_small_masks_are_sampled_with_replacement():
+    o = torch.tensor([0.0, 0.0, -2.0])
+    d = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # the first misses the unit sphere, the second hits it
+    p = ray_ellipsoid(o, d, torch.zeros(3), torch.ones(3))
+    torch.testing.assert_close(p, torch.tensor([[0.0, 0.0, -2.0], [0.0, 0.0, -1.0]]))
+    p = ray_ellipsoid(torch.tensor([0.0, 2.0, -1.0]), torch.tensor([[0.0, 0.0, 1.0]]), torch.zeros(3), torch.ones(3))
+    torch.testing.assert_close(p, torch.tensor([[0.0, 2.0, 0.0]]))  # misses: the nearest approach
+    vm, K = camera()
+    mask = torch.zeros(96, 96, dtype=torch.bool)
+    mask[40:42, 40:43] = True  # 6 pixels for 50 Gaussians
+    pts, rgb, _ = frame_points(mask, torch.full((96, 96, 3), 0.25), vm, K, BOUNDS, 50)
+    uv, _ = project(pts, vm, K)
+    assert pts.shape == (50, 3) and bool(mask[uv[:, 1].floor().long(), uv[:, 0].floor().long()].all())
+    with pytest.raises(ValueError, match="no pixels"):
+        frame_points(torch.zeros(96, 96, dtype=torch.bool), torch.zeros(96, 96, 3), vm, K, BOUNDS, 10)
+
+
+def test_reinitialise_sets_positions_colours_scales_and_opacity_in_place():
+    g = GaussianModel(num_points=40, seed=0)
+    params = {n: p for n, p in g.named_parameters()}
+    pts, rgb, s = torch.randn(40, 3) * 0.01, torch.rand(40, 3), torch.rand(40) * 0.01 + 1e-3
+    g.reinitialise(pts, rgb, s, opacity=0.5)
+    assert all(p is params[n] for n, p in g.named_parameters())  # the optimizer's tensors stay
+    torch.testing.assert_close(g.means.data, pts)
+    torch.testing.assert_close(g.sh.data[:, 0] * C0 + 0.5, rgb)
+    assert float(g.sh.data[:, 1:].abs().max()) == 0.0
+    torch.testing.assert_close(g.scales.data, s[:, None].expand(40, 3))
+    torch.testing.assert_close(g.opacities.data, torch.full((40,), 0.5))
+    with pytest.raises(ValueError, match=r"expected points/rgb \[40,3\]"):
+        g.reinitialise(pts[:5], rgb[:5], s[:5])
