@@ -15,6 +15,10 @@ scikit-image wheel). Each frame applies, in photo coordinates,
 then crops the square (96, 0)–(352, 256) and resizes it to ``size``. Backward warping (fixed-point
 inversion of the head motion, exact inversion of the mouth warp) with bilinear sampling.
 
+Optionally (``hand=(a, b)``) a hand rests on the subject's right cheek and jaw in frames a … b−1: a skin-coloured
+palm and four fingers drawn over the frame, sliding in from the side over 4 frames and out again, covering the jaw
+line and reaching the corner of the mouth — the occluder of a real recording (``AnimationTruth.hand``).
+
 Motion: yaw/pitch/roll = sinusoids of amplitude ``rot_amp`` × (8°, 5°, 6°), translations
 ± ``shift_amp`` × (6, 4) px of the photo, mouth opening following the syllable envelope of the
 synthetic audio (``max_open`` px); all returned in :class:`AnimationTruth`.
@@ -58,6 +62,7 @@ class AnimationTruth:
     mouth_open         [N] lip gap at the mouth centre (output pixels)
     eyes               [N,2,2] eye centres (output pixels), mouth [N,2] centre of the opening
     size               output side; audio [S] float32 16 kHz (None when not generated)
+    hand               [N] float in [0,1]: how far the hand has slid over the face (0 = not in the frame)
     """
 
     yaw: np.ndarray
@@ -70,6 +75,7 @@ class AnimationTruth:
     mouth: np.ndarray
     size: int
     audio: Optional[np.ndarray] = None
+    hand: Optional[np.ndarray] = None
 
 
 def astronaut() -> np.ndarray:
@@ -185,6 +191,41 @@ class PhotoAnimator:
         return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
+HAND_RGB = np.array([222.0, 170.0, 138.0])
+HAND_PALM = (np.array([178.0, 168.0]), np.array([26.0, 34.0]), 0.35)  # centre, semi-axes, angle (rad), photo px
+HAND_FINGERS = [(np.array([192.0 + 7.0 * k, 130.0 + 3.0 * k]), np.array([5.5, 20.0]), -0.25 + 0.08 * k)
+                for k in range(4)]
+
+
+def hand_coverage(gx: np.ndarray, gy: np.ndarray, amount: float) -> np.ndarray:
+    """Coverage in [0,1] of photo points (gx, gy) by the hand slid ``amount`` ∈ [0,1] of the way in (from the left:
+    the subject's right), with a 1-px soft edge."""
+    if amount <= 0:
+        return np.zeros_like(gx)
+    dx = -70.0 * (1.0 - amount)
+    cov = np.zeros_like(gx)
+    for c, ax, ang in (HAND_PALM, *HAND_FINGERS):
+        ca, sa = math.cos(ang), math.sin(ang)
+        x, y = gx - (c[0] + dx), gy - c[1]
+        u, v = (ca * x + sa * y) / ax[0], (-sa * x + ca * y) / ax[1]
+        r = np.sqrt(u * u + v * v)
+        cov = np.maximum(cov, np.clip((1.0 - r) * min(ax) + 0.5, 0, 1))
+    return cov
+
+
+def hand_amounts(n_frames: int, hand: Optional[tuple[int, int]], ramp: int = 4) -> np.ndarray:
+    """[N] how far the hand is in, per frame: 0 outside [a, b), ramping over ``ramp`` frames at both ends."""
+    out = np.zeros(n_frames)
+    if hand is None:
+        return out
+    a, b = int(hand[0]), int(hand[1])
+    if not 0 <= a < b <= n_frames:
+        raise ValueError(f"hand=({a}, {b}) must satisfy 0 ≤ a < b ≤ n_frames={n_frames}")
+    i = np.arange(n_frames)
+    up, down = (i - a + 1) / ramp, (b - i) / ramp
+    return np.where((i >= a) & (i < b), np.clip(np.minimum(up, down), 0, 1), 0.0)
+
+
 def motion(n_frames: int, rot_amp: float = 1.0, shift_amp: float = 1.0, max_open: float = 7.0, seed: int = 0,
            fps: int = 25) -> dict:
     """The per-frame motion parameters (degrees, photo pixels) and the speech envelope."""
@@ -202,10 +243,13 @@ def motion(n_frames: int, rot_amp: float = 1.0, shift_amp: float = 1.0, max_open
 
 
 def animate(n_frames: int = 75, size: int = 256, *, rot_amp: float = 1.0, shift_amp: float = 1.0,
-            max_open: float = 7.0, seed: int = 0, photo: Optional[np.ndarray] = None):
-    """Frames (a generator of uint8 [size,size,3]) and the :class:`AnimationTruth` of a clip."""
+            max_open: float = 7.0, seed: int = 0, photo: Optional[np.ndarray] = None,
+            hand: Optional[tuple[int, int]] = None):
+    """Frames (a generator of uint8 [size,size,3]) and the :class:`AnimationTruth` of a clip; ``hand=(a, b)``: a
+    hand over the face in frames a … b−1 (module doc)."""
     an = PhotoAnimator(photo, size)
     mo = motion(n_frames, rot_amp, shift_amp, max_open, seed)
+    hands = hand_amounts(n_frames, hand)
     Rs = np.stack([rot(a, b, c) for a, b, c in zip(mo["yaw"], mo["pitch"], mo["roll"])])
     T = np.stack([mo["tx"], mo["ty"]], -1)
     eyes, mouth = [], []
@@ -219,11 +263,16 @@ def animate(n_frames: int = 75, size: int = 256, *, rot_amp: float = 1.0, shift_
         mouth.append(np.stack([(x + dx + 0.5 - x0) / an.scale, (y + dy + 0.5 - y0) / an.scale], -1)[0])
     truth = AnimationTruth(yaw=mo["yaw"], pitch=mo["pitch"], roll=mo["roll"], rotations=Rs, shift=T / an.scale,
                            mouth_open=mo["open"] / an.scale, eyes=np.stack(eyes), mouth=np.stack(mouth), size=size,
-                           audio=synth_audio(mo["envelope"], seed=seed))
+                           audio=synth_audio(mo["envelope"], seed=seed), hand=hands)
 
     def frames():
         for i in range(n_frames):
-            yield an.render(Rs[i], T[i], mo["open"][i])
+            img = an.render(Rs[i], T[i], mo["open"][i])
+            if hands[i] > 0:  # drawn over the frame, moving with the head's translation
+                cov = hand_coverage(an.gx - T[i][0], an.gy - T[i][1], float(hands[i]))[..., None]
+                shade = 0.85 + 0.15 * np.clip((an.gy - 120.0) / 90.0, 0, 1)[..., None]
+                img = np.clip(img * (1 - cov) + HAND_RGB * shade * cov + 0.5, 0, 255).astype(np.uint8)
+            yield img
 
     return frames(), truth
 
