@@ -45,7 +45,10 @@ def add_common_arguments(p: argparse.ArgumentParser, focal_default: str = "searc
     p.add_argument("--max-gap", type=int_in(0), default=5,
                    help="longest run of frames without a face to interpolate [5]")
     p.add_argument("--min-frames", type=int_in(1), default=25, help="reject shorter videos [25 = 1 s]")
-    p.add_argument("--pose-smooth", type=float_in(0.0, 100.0), default=1.5, help="camera smoothing σ in frames [1.5]")
+    p.add_argument("--pose-smooth", type=float_in(0.0, 100.0), default=1.5,
+                   help="camera smoothing σ in frames when the cameras come from the landmarks alone [1.5]")
+    p.add_argument("--track-points", type=int_in(0, 5000), default=300,
+                   help="head points tracked to refine the cameras by bundle adjustment, 0 = landmarks only [300]")
     p.add_argument("--no-refine-template", action="store_true", help="keep the generic 3-D landmark template")
     p.add_argument("--parsing-model", default=None, help="BiSeNet face-parsing checkpoint (19 classes) instead of the "
                    "landmark/background parsing")
@@ -68,7 +71,8 @@ def config_from_args(a: argparse.Namespace, **over):
 
     feats = tuple(x.strip() for x in (a.features or "").split(",") if x.strip())
     kw = dict(size=a.size, crop=a.crop, backend=a.backend, smooth=a.smooth, max_gap=a.max_gap,
-              min_frames=a.min_frames, pose_smooth=a.pose_smooth, refine_template=not a.no_refine_template,
+              min_frames=a.min_frames, pose_smooth=a.pose_smooth, track_points=a.track_points,
+              refine_template=not a.no_refine_template,
               parsing_model=a.parsing_model, features=feats, w2v_model=a.w2v_model, jpeg_quality=a.jpeg_quality,
               threads=a.threads, progress=not a.no_progress and sys.stderr.isatty())
     kw.update(over)

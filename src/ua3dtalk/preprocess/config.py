@@ -79,7 +79,10 @@ class PreprocessConfig:
     focal           focal length in pixels; None: searched over the clip [--focal]
     template        [68,3] 3-D landmark template (metres); None: the generic one refined on the clip
     refine_template adapt the template to the subject [--no-refine-template]
-    pose_smooth     σ (frames) of the camera smoothing [--pose-smooth 1.5]
+    pose_smooth     σ (frames) of the camera smoothing when the cameras come from the landmarks alone
+                    [--pose-smooth 1.5]
+    track_points    head points tracked to refine the cameras (0: landmarks only; ``tracks`` module)
+                    [--track-points 300]
     parsing_model   BiSeNet checkpoint (face-parsing.PyTorch, 19 classes) [--parsing-model]
     features        audio feature extractors to cache ("mel", "wav2vec2") [--features mel]
     w2v_model       wav2vec2 checkpoint (path or cached hub id) for the "wav2vec2" features [--extractor-model]
@@ -100,6 +103,7 @@ class PreprocessConfig:
     template: Optional[list] = None
     refine_template: bool = True
     pose_smooth: float = 1.5
+    track_points: int = 300
     parsing_model: Optional[str] = None
     features: tuple = ("mel",)
     w2v_model: Optional[str] = None
@@ -115,7 +119,7 @@ class PreprocessConfig:
             "landmarks": ("backend", "landmarks", "smooth", "max_gap"),
             "parsing": ("parsing_model",),
             "background": ("jpeg_quality",),
-            "pose": ("focal", "template", "refine_template", "pose_smooth"),
+            "pose": ("focal", "template", "refine_template", "pose_smooth", "track_points"),
             "blink": (),
             "expr": (),
             "features": ("features", "w2v_model"),

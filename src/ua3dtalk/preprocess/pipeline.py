@@ -12,7 +12,8 @@ Steps (in order; ``--steps`` runs a subset):
 ``background``  ``bc.jpg`` from the pixels never covered by the person; ``gt_imgs/<i>.jpg`` (person
                 over ``bc.jpg``), ``torso_imgs/<i>.png`` (RGBA neck + torso layer)
 ``pose``        per-frame cameras → ``transforms_train.json`` / ``transforms_val.json`` (written last
-                among the required files: a directory is a dataset only once this step is done);
+                among the required files: a directory is a dataset only once this step is done): the
+                landmark fit refined by head points tracked through the clip (``track_points``);
                 per-frame reprojection errors in ``preprocess/reprojection.csv``
 ``blink``       eye aspect ratio → ``au.csv`` (OpenFace header, column ``AU45_r``)
 ``expr``        landmark expression coefficients → ``expr.npy`` [N, K] (the E-FID extractor)
@@ -416,15 +417,23 @@ class Preprocessor:
         if template is None and cfg.template is not None:
             template = np.asarray(cfg.template, np.float64)
         X = template
+        tracks = self._track_head(lms) if cfg.track_points > 0 else None
         bar = _Bar(cfg.progress, 1, "pose")
         try:
             fit = PO.fit_clip(lms, W, H, focal=f, template=X, refine_template_=cfg.refine_template,
-                              smooth_sigma=cfg.pose_smooth)
+                              smooth_sigma=cfg.pose_smooth, tracks=tracks)
         except ValueError as e:
             raise PreprocessError(f"head pose fit failed: {e}", self.out, step="pose") from None
         finally:
             bar(1)
             bar.close()
+        ti = fit.info.get("tracks")
+        if ti is not None and "skipped" in ti:
+            self.log(f"cameras: not refined by tracked points ({ti['skipped']}); landmark cameras smoothed with "
+                     f"σ {cfg.pose_smooth}")
+        elif ti is not None:
+            self.log(f"cameras: refined by {ti['points']} tracked head points (track residual "
+                     f"{ti['residual_before_px']:.2f} → {ti['residual_after_px']:.2f} px)")
         with atomic_path(self.state / "pose.npz", suffix=".npz") as tmp:
             np.savez(tmp, R=fit.R, t=fit.t, focal=fit.focal, cx=fit.cx, cy=fit.cy, template=fit.template,
                      errors=fit.errors, rigid_errors=fit.rigid_errors)
@@ -439,6 +448,25 @@ class Preprocessor:
         self._finish("pose", n, focal=fit.focal, mean_error_px=float(fit.errors.mean()),
                      max_error_px=float(fit.errors.max()), worst_frame=int(fit.errors.argmax()),
                      mean_rigid_error_px=float(fit.rigid_errors.mean()), **fit.info)
+
+    def _track_head(self, lms: np.ndarray):
+        """Head points tracked through the clip for the camera refinement (:mod:`ua3dtalk.preprocess.tracks`); the
+        reference frame is a training frame (not among the last N // 11, the validation split)."""
+        from ..data.formats import read_parsing
+        from . import tracks as TR
+
+        n = len(lms)
+        n_train = n - max(1, n // 11)
+        ref = TR.reference_frame(lms[:max(n_train, 1)])
+        radius = 6
+        labels = read_parsing(self.out / "parsing" / f"{ref}.png").numpy()
+        mask = TR.head_mask(labels, lms[ref], radius)
+        bar = _Bar(self.cfg.progress, n - 1, "tracks")
+        try:
+            return TR.track_points(self.frame, lms, mask, ref, n_points=self.cfg.track_points, radius=radius,
+                                   progress=bar)
+        finally:
+            bar.close()
 
     def step_blink(self) -> None:
         from ..metrics.landmarks import ear_to_au45, eye_aspect_ratio

@@ -27,6 +27,8 @@ Fit (:func:`fit_clip`):
    re-fitted; then the focal search is repeated.
 5. **Smoothing** (zero-phase Gaussian, σ = ``smooth_sigma`` frames) of the rotation vectors relative
    to the clip's mean rotation and of the translations.
+6. With tracked head points (``tracks=``, :mod:`ua3dtalk.preprocess.tracks`, the pipeline's default), the cameras
+   of 2. are refined by bundle adjustment on those points before 5., which is then skipped.
 
 Per-frame reprojection errors (mean pixel distance over the 68 points, and over the rigid points
 only) are returned and written by the pipeline.
@@ -348,11 +350,15 @@ def estimate_camera(lms: np.ndarray | Sequence[np.ndarray], width: int, height: 
 
 def fit_clip(lms: np.ndarray, width: int, height: int, *, focal: Optional[float] = None,
              template: Optional[np.ndarray] = None, refine_template_: bool = True, smooth_sigma: float = 1.5,
-             weights: Optional[np.ndarray] = None, search_frames: int = 150) -> PoseFit:
+             weights: Optional[np.ndarray] = None, search_frames: int = 150, tracks=None) -> PoseFit:
     """Fit per-frame cameras to landmarks [N,68,2] of a ``width``×``height`` clip (see module doc).
 
     ``focal``/``template`` given → used as they are (a camera shared by several clips, see
-    :func:`estimate_camera`); otherwise searched / refined on this clip.
+    :func:`estimate_camera`); otherwise searched / refined on this clip. ``tracks``
+    (:class:`~ua3dtalk.preprocess.tracks.Tracks`): the cameras are then refined by bundle adjustment on the
+    tracked head points (:func:`~ua3dtalk.preprocess.tracks.bundle_adjust`) and not smoothed (the tracks leave
+    no jitter to smooth; on the animated astronaut clip smoothing with σ 1.5 raises the error of the refined
+    cameras against the known motion from 0.23 to 0.26 px), unless the adjustment found too few points.
     """
     lms = np.asarray(lms, np.float64)
     if lms.ndim != 3 or lms.shape[1:] != (68, 2):
@@ -371,6 +377,14 @@ def fit_clip(lms: np.ndarray, width: int, height: int, *, focal: Optional[float]
     huber = 0.04 * float(np.median(np.ptp(lms[..., 0], axis=1)))
     R, t, _ = fit_poses(X, lms, w, f, c, iters=15, huber=huber)
     raw_err = np.linalg.norm(project(X, R, t, f, c)[0] - lms, axis=-1)
+    info = {}
+    if tracks is not None:
+        from .tracks import bundle_adjust
+
+        adj = bundle_adjust(tracks, R, t, f, c, X, lms, w)
+        info["tracks"] = {**tracks.info, **adj.info}
+        if "skipped" not in adj.info:
+            R, t, smooth_sigma = adj.R, adj.t, 0.0
     R, t = smooth_poses(R, t, smooth_sigma)
     px, p = project(X, R, t, f, c)
     err = np.linalg.norm(px - lms, axis=-1)
@@ -379,7 +393,7 @@ def fit_clip(lms: np.ndarray, width: int, height: int, *, focal: Optional[float]
     return PoseFit(R=R, t=t, focal=f, cx=float(c[0]), cy=float(c[1]), template=X, errors=err.mean(1),
                    rigid_errors=err[:, RIGID].mean(1),
                    info={"raw_mean_error_px": float(raw_err.mean()), "smooth_sigma": smooth_sigma,
-                         "focal_over_size": f / max(width, height)})
+                         "focal_over_size": f / max(width, height), **info})
 
 
 def write_transforms(out_dir: Path, fit: PoseFit, width: int, height: int, *, n_val: Optional[int] = None,
