@@ -98,7 +98,7 @@ def sample(stack: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     ax, ay = (fx - x0).astype(np.float32), (fy - y0).astype(np.float32)
     flat = stack.reshape(stack.shape[0], -1)
     i00 = y0 * w + x0
-    v00, v01, v10, v11 = flat[:, i00], flat[:, i00 + 1], flat[:, i00 + w], flat[:, i00 + w + 1]
+    v00, v01, v10, v11 = (np.take(flat, i, axis=1) for i in (i00, i00 + 1, i00 + w, i00 + w + 1))
     return (v00 * (1 - ax) + v01 * ax) * (1 - ay) + (v10 * (1 - ax) + v11 * ax) * ay
 
 
@@ -178,16 +178,19 @@ def similarity_2d(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def _lk(levels, tmpl, offs, L, u, iters: int):
-    """Lucas–Kanade on the translation of every point (vectorised): ``tmpl`` per level [P,K] zero-mean reference
-    patches, ``offs`` [K,2] patch offsets mapped by ``L`` [2,2], start ``u`` [P,2] → (u, ncc [P], step [P])."""
+    """Lucas–Kanade on the translation of every point (vectorised; a point stops iterating once its step is below
+    0.005 px): ``tmpl`` per level [P,K] zero-mean reference patches, ``offs`` [K,2] patch offsets mapped by ``L``
+    [2,2], start ``u`` [P,2] → (u, ncc [P], last step [P])."""
     d = offs @ L.T  # [K,2]
+    u = u.copy()
     step = np.full(len(u), np.inf)
     for lv, T in zip(levels, tmpl):
+        act = np.arange(len(u))
         for _ in range(iters):
-            x = u[:, None, 0] + d[None, :, 0]
-            y = u[:, None, 1] + d[None, :, 1]
-            I, gx, gy = sample(lv, x, y)  # [P,K] each
-            r = (I - I.mean(1, keepdims=True)) - T
+            x = u[act, None, 0] + d[None, :, 0]
+            y = u[act, None, 1] + d[None, :, 1]
+            I, gx, gy = sample(lv, x, y)  # [A,K] each
+            r = (I - I.mean(1, keepdims=True)) - T[act]
             gx = gx - gx.mean(1, keepdims=True)
             gy = gy - gy.mean(1, keepdims=True)
             a, b, c = (gx * gx).sum(1), (gx * gy).sum(1), (gy * gy).sum(1)
@@ -195,14 +198,13 @@ def _lk(levels, tmpl, offs, L, u, iters: int):
             det = a * c - b * b
             ok = det > 1e-12
             det = np.where(ok, det, 1.0)
-            dx = np.where(ok, -(c * e - b * f) / det, 0.0)
-            dy = np.where(ok, -(a * f - b * e) / det, 0.0)
-            delta = np.stack([dx, dy], -1)
-            n = np.linalg.norm(delta, axis=-1, keepdims=True)
-            delta = delta * np.minimum(1.0, 2.0 / np.maximum(n, 1e-12))  # at most 2 px per iteration
-            u = u + delta
-            step = n[:, 0]
-            if float(step.max(initial=0.0)) < 0.005:
+            delta = np.stack([np.where(ok, -(c * e - b * f) / det, 0.0), np.where(ok, -(a * f - b * e) / det, 0.0)], -1)
+            n = np.linalg.norm(delta, axis=-1)
+            delta = delta * np.minimum(1.0, 2.0 / np.maximum(n, 1e-12))[:, None]  # at most 2 px per iteration
+            u[act] += delta
+            step[act] = n
+            act = act[n >= 0.005]
+            if not len(act):
                 break
     x = u[:, None, 0] + d[None, :, 0]
     y = u[:, None, 1] + d[None, :, 1]
