@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from ua3dtalk.models.frame_init import frame_points, ray_ellipsoid
+from ua3dtalk.models.frame_init import frame_points, mouth_back_layer, ray_ellipsoid
 from ua3dtalk.models.gaussians import GaussianModel
 from ua3dtalk.render.sh import C0
 
@@ -85,3 +85,28 @@ def test_reinitialise_sets_positions_colours_scales_and_opacity_in_place():
     torch.testing.assert_close(g.opacities.data, torch.full((40,), 0.5))
     with pytest.raises(ValueError, match=r"expected points/rgb \[40,3\]"):
         g.reinitialise(pts[:5], rgb[:5], s[:5])
+
+
+def test_mouth_back_layer_moves_a_fraction_behind_on_the_same_pixels_with_the_dark_colour():
+    """``init_mouth_back``: the last 30 % of the points go 2 cm further along their rays (they still project into
+    the same pixels) and take the mean of the darkest fifth of the mouth pixels; the rest is untouched."""
+    size = 96
+    vm, K = camera(size=size)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    mask = (xx - 48) ** 2 + (yy - 60) ** 2 < 8 ** 2
+    image = torch.rand(size, size, 3, generator=torch.Generator().manual_seed(2))
+    pts, rgb, _ = frame_points(mask, image, vm, K, BOUNDS, 100, generator=torch.Generator().manual_seed(0))
+    pix = image[mask]
+    p2, c2 = mouth_back_layer(pts, rgb, pix, vm, 0.3)
+    assert torch.equal(p2[:70], pts[:70]) and torch.equal(c2[:70], rgb[:70])
+    uv0, d0 = project(pts[70:], vm, K)
+    uv1, d1 = project(p2[70:], vm, K)
+    torch.testing.assert_close(uv1, uv0, atol=1e-3, rtol=0)
+    torch.testing.assert_close((p2[70:] - pts[70:]).norm(dim=-1), torch.full((30,), 0.02), atol=1e-6, rtol=0)
+    assert bool((d1 > d0).all())
+    lum = pix @ torch.tensor([0.299, 0.587, 0.114])
+    dark = pix[lum <= torch.quantile(lum, 0.2)].mean(0)
+    torch.testing.assert_close(c2[70:], dark.expand(30, 3))
+    assert float(dark @ torch.tensor([0.299, 0.587, 0.114])) < float(lum.mean()) - 0.1
+    p0, c0 = mouth_back_layer(pts, rgb, pix, vm, 0.0)
+    assert p0 is pts and c0 is rgb

@@ -1010,6 +1010,20 @@ def test_init_from_frame_puts_each_branch_on_its_frames_pixels_once(dm, cfg_fact
     assert abs(float(rgb.mean()) - float(inner.mean())) < 0.05 and float(rgb.mean()) < 0.35  # the dark inner mouth
     with pytest.raises(Exception, match="init_from_frame_opacity must be in"):
         build_model(cfg_factory("model.init_from_frame_opacity=1.5"), "face")
+    # init_mouth_back: a third of the mouth goes behind the teeth with the darkest fifth's colour, through the hook
+    back = new_model(cfg_factory("model.init_from_frame=true", "model.init_mouth_back=0.3"), "mouth")
+    back._init_points_from_frame(opened, "mouth")
+    k = round(0.3 * len(back.mouth))
+    rgb_b = back.mouth.sh[:, 0].detach() * 0.28209479177387814 + 0.5
+    lum = inner @ torch.tensor([0.299, 0.587, 0.114])
+    dark = inner[lum <= torch.quantile(lum, 0.2)].mean(0)
+    torch.testing.assert_close(rgb_b[-k:], dark.expand(k, 3), atol=1e-5, rtol=0)
+    cam = -opened.viewmat[0, :3, :3].T @ opened.viewmat[0, :3, 3]
+    far = (back.mouth.means[-k:].detach() - cam).norm(dim=-1).mean()
+    near = (mouth.mouth.means[-k:].detach() - cam).norm(dim=-1).mean()
+    assert float(far - near) > 0.015  # the same rays, 2 cm deeper (same seed, same pixels)
+    with pytest.raises(Exception, match="init_mouth_back must be in"):
+        build_model(cfg_factory("model.init_mouth_back=1.0"), "face")
 
 
 def test_fuse_stage_trains_the_mouth_colours_on_the_inner_mouth_only(dm, cfg_factory):

@@ -145,6 +145,11 @@ class UA3DTalkConfig:
     """
     init_from_frame_opacity: float = 0.5
     """opacity of the Gaussians placed by ``init_from_frame`` (in (0, 1))."""
+    init_mouth_back: float = 0.0
+    """★ with ``init_from_frame``: this fraction of the inside-mouth Gaussians goes 2 cm further along their pixels'
+    rays, behind the teeth, with the mean colour of the darkest fifth of the frame's inner-mouth pixels — the dark
+    inside of the mouth that an opening reveals when the lower teeth move down (in [0, 1); 0 = all on the frame's
+    surface)."""
     fuse_mouth_grad: FuseMouthGrad = "all"
     """which pixels of the ``fuse`` stage's composite train the inside-mouth branch's *colours*: ``all`` (default)
     every pixel; ``inner`` (★) the ground-truth inner mouth only (its positions and opacities learn from every
@@ -182,6 +187,8 @@ class UA3DTalkConfig:
                              f"{self.landmark_bank})")
         if not (isinstance(self.init_from_frame_opacity, (int, float)) and 0 < self.init_from_frame_opacity < 1):
             raise ValueError(f"{own}: init_from_frame_opacity must be in (0, 1), got {self.init_from_frame_opacity!r}")
+        if not (isinstance(self.init_mouth_back, (int, float)) and 0 <= self.init_mouth_back < 1):
+            raise ValueError(f"{own}: init_mouth_back must be in [0, 1), got {self.init_mouth_back!r}")
         if self.emotion_swap_weight < 0:
             raise ValueError(f"{own}: emotion_swap_weight must be ≥ 0, got {self.emotion_swap_weight}")
         for key in ("lr_net", "lr_grid", "net_lr_final"):

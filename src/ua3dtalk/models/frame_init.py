@@ -70,3 +70,27 @@ def frame_points(mask: torch.Tensor, image: torch.Tensor, viewmat: torch.Tensor,
     spacing = (m / n) ** 0.5  # pixels between samples
     scales = depth / Kf[0, 0] * spacing
     return points, colors, scales
+
+
+def mouth_back_layer(points: torch.Tensor, colors: torch.Tensor, mouth_pixels: torch.Tensor, viewmat: torch.Tensor,
+                     fraction: float, depth: float = 0.02) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inside of the mouth behind the teeth (``model.init_mouth_back``): the last ``round(fraction · N)`` of the
+    placed points [N,3] move ``depth`` (world units, 2 cm) further along their camera rays and take the mean colour
+    of the darkest fifth of ``mouth_pixels`` [M,3] (the frame's inner-mouth pixels). A mouth that opens past the
+    frame's opening then shows a dark cavity rather than whatever is behind the branch. Returns new (points,
+    colors); the inputs are not changed."""
+    n = points.shape[0]
+    k = int(round(float(fraction) * n))
+    if k <= 0 or mouth_pixels.shape[0] == 0:
+        return points, colors
+    vm = viewmat.to(points.dtype)
+    R, t = vm[:3, :3], vm[:3, 3]
+    origin = -R.T @ t
+    d = points[n - k:] - origin
+    d = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    lum = mouth_pixels.to(torch.float32) @ torch.tensor([0.299, 0.587, 0.114], device=mouth_pixels.device)
+    dark = mouth_pixels[lum <= torch.quantile(lum, 0.2)].to(colors.dtype).mean(0)
+    points, colors = points.clone(), colors.clone()
+    points[n - k:] = points[n - k:] + depth * d
+    colors[n - k:] = dark
+    return points, colors

@@ -221,10 +221,11 @@ class RenderLosses:
     def _init_points_from_frame(self, batch, branch: str) -> None:
         """``init_from_frame``: put the ``branch`` Gaussians on the pixels of the batch's first frame that the branch
         renders (face ∪ hair for the face, the inner mouth for the mouth; :mod:`ua3dtalk.models.frame_init`), once;
-        a mouth waits for a frame with at least 16 inner-mouth pixels."""
+        a mouth waits for a frame with at least 16 inner-mouth pixels; ``init_mouth_back`` of its Gaussians go
+        behind the teeth (:func:`~ua3dtalk.models.frame_init.mouth_back_layer`)."""
         if not self.init_from_frame or bool(getattr(self, f"{branch}_points_initialised")):
             return
-        from .frame_init import frame_points
+        from .frame_init import frame_points, mouth_back_layer
 
         if branch == "face":
             mask = (batch.face_mask[0, 0] | batch.hair_mask[0, 0]) & ~batch.mouth_mask[0, 0]
@@ -234,8 +235,10 @@ class RenderLosses:
             return
         g = getattr(self, branch)
         gen = torch.Generator().manual_seed(int(self.global_step) * 2 + (branch == "mouth"))
-        points, rgb, scales = frame_points(mask, batch.image[0].permute(1, 2, 0), batch.viewmat[0], batch.K[0],
-                                           g.bounds, len(g), generator=gen)
+        img = batch.image[0].permute(1, 2, 0)
+        points, rgb, scales = frame_points(mask, img, batch.viewmat[0], batch.K[0], g.bounds, len(g), generator=gen)
+        if branch == "mouth" and self.init_mouth_back > 0:
+            points, rgb = mouth_back_layer(points, rgb, img[mask], batch.viewmat[0], self.init_mouth_back)
         g.reinitialise(points, rgb, scales, opacity=self.init_from_frame_opacity)
         getattr(self, f"{branch}_points_initialised").fill_(True)
         if branch == "mouth":

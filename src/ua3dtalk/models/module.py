@@ -111,6 +111,7 @@ class UA3DTalk(HealthMixin, RenderLosses, LandmarkBank, AudioStages, L.Lightning
         self.register_buffer("mouth_color_initialised", torch.tensor(False))
         self.init_from_frame = bool(cfg.init_from_frame)
         self.init_from_frame_opacity = float(cfg.init_from_frame_opacity)
+        self.init_mouth_back = float(cfg.init_mouth_back)
         if self.init_from_frame:  # once per branch (frame_init), remembered in the checkpoint
             self.register_buffer("face_points_initialised", torch.tensor(False))
             self.register_buffer("mouth_points_initialised", torch.tensor(False))
