@@ -222,16 +222,16 @@ def search_focal(X: np.ndarray, x: np.ndarray, w: np.ndarray, c: np.ndarray, siz
 
 def umeyama(src: np.ndarray, dst: np.ndarray, w: Optional[np.ndarray] = None, scale: bool = True
             ) -> tuple[float, np.ndarray, np.ndarray]:
-    """Similarity (s, Q, d) minimising Σ w‖s Q src + d − dst‖² (Umeyama 1991). src, dst [M,3]."""
+    """Similarity (s, Q, d) minimising Σ w‖s Q src + d − dst‖² (Umeyama 1991). src, dst [M,D] (D = 2 or 3)."""
     w = np.ones(len(src)) if w is None else np.asarray(w, np.float64)
     ws = w / w.sum()
     ms, md = ws @ src, ws @ dst
     S, D = src - ms, dst - md
     C = (D * ws[:, None]).T @ S
     U, sig, Vt = np.linalg.svd(C)
-    E = np.eye(3)
+    E = np.eye(src.shape[1])
     if np.linalg.det(U) * np.linalg.det(Vt) < 0:
-        E[2, 2] = -1
+        E[-1, -1] = -1
     Q = U @ E @ Vt
     var = (ws * (S**2).sum(1)).sum()
     s = float(np.trace(np.diag(sig) @ E) / var) if scale else 1.0

@@ -37,7 +37,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .pose import RIGID, project, projection_jacobian, refine_poses
+from .pose import RIGID, project, projection_jacobian, refine_poses, umeyama
 
 EYES = np.arange(36, 48)
 NOSE_BOTTOM = np.arange(31, 36)
@@ -166,15 +166,10 @@ def select_points(g: np.ndarray, mask: np.ndarray, n_points: int, spacing: int =
 
 
 def similarity_2d(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(L [2,2], d [2]) of the 2-D similarity x ↦ L x + d closest to mapping ``src`` [M,2] onto ``dst``."""
-    ms, md = src.mean(0), dst.mean(0)
-    S, D = src - ms, dst - md
-    U, sig, Vt = np.linalg.svd(D.T @ S)
-    E = np.diag([1.0, np.sign(np.linalg.det(U @ Vt))])
-    Q = U @ E @ Vt
-    s = float(np.trace(np.diag(sig) @ E) / max((S**2).sum(), 1e-12))
-    L = s * Q
-    return L, md - L @ ms
+    """(L [2,2], d [2]) of the 2-D similarity x ↦ L x + d closest to mapping ``src`` [M,2] onto ``dst``
+    (:func:`~ua3dtalk.preprocess.pose.umeyama`)."""
+    s, Q, d = umeyama(src, dst)
+    return s * Q, d
 
 
 def _lk(levels, tmpl, offs, L, u, iters: int):
