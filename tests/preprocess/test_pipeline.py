@@ -139,8 +139,14 @@ def test_interrupted_step_resumes_and_never_looks_valid(astro, tmp_path, monkeyp
     assert rep["skipped"][:2] == ["decode", "landmarks"] and "parsing" in rep["ran"]
     _, problems = inspect_clip(out, level="full")
     assert not errors(problems)
-    # rerunning an early step removes the dataset's transforms until the pose step runs again
-    Preprocessor(astro[0], out, cfg, log=lambda m: None).run(["landmarks"], force=True)
-    assert not (out / "transforms_train.json").exists() and not (out / "au.csv").exists()
-    with pytest.raises(PreprocessError, match="needs the outputs of"):
+    # rerunning one step reruns the complete steps that read its outputs: the dataset stays whole
+    said = []
+    rep = Preprocessor(astro[0], out, cfg, log=said.append).run(["parsing"], force=True)
+    assert rep["ran"] == ["parsing", "background", "pose"] and not rep["skipped"]
+    assert any("pose: run again as well" in m for m in said)
+    _, problems = inspect_clip(out, level="full")
+    assert not errors(problems)
+    # a step whose inputs are out of date is refused, naming them
+    Preprocessor(astro[0], out, cfg, log=lambda m: None).record_path("landmarks").unlink()
+    with pytest.raises(PreprocessError, match="needs the outputs of landmarks"):
         Preprocessor(astro[0], out, cfg, log=lambda m: None).run(["pose"])

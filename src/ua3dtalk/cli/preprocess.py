@@ -58,7 +58,8 @@ def add_common_arguments(p: argparse.ArgumentParser, focal_default: str = "searc
                    help="wav2vec2 checkpoint (local dir or cached hub id)")
     p.add_argument("--jpeg-quality", type=int_in(1, 100), default=95)
     p.add_argument("--threads", type=int_in(1, 256), default=2, help="worker threads [2]")
-    p.add_argument("--steps", default=None, help="comma-separated subset of the steps to run")
+    p.add_argument("--steps", default=None, help="comma-separated subset of the steps to run (complete steps "
+                   "that read what they rewrite run again too)")
     p.add_argument("--force", action="store_true",
                    help="rerun the selected steps even when their outputs are valid; into a non-empty --out that is "
                         "not this video's preprocessing: build anew and replace it only when complete")

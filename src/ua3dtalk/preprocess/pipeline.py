@@ -196,8 +196,15 @@ class Preprocessor:
         self.out.mkdir(parents=True, exist_ok=True)
         self.state.mkdir(parents=True, exist_ok=True)
         ran, skipped = [], []
-        for step in [s for s in STEPS if s in steps]:
-            if not force and self.is_done(step):
+        # a step outside ``steps`` that was complete and is invalidated by a rerun of one it reads runs again too,
+        # so that ``--steps parsing`` leaves a complete dataset, not one without its cameras
+        was_done = {s: self.is_done(s) for s in STEPS if s not in steps}
+        for step in STEPS:
+            if step not in steps:
+                if not (was_done[step] and not self.is_done(step)):
+                    continue
+                self.log(f"{step}: run again as well (it reads what {', '.join(ran)} rewrote)")
+            elif not force and self.is_done(step):
                 skipped.append(step)
                 continue
             missing = [d for d in DEPS[step] if not self.is_done(d)]
