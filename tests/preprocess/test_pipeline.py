@@ -85,6 +85,35 @@ def test_parsing_covers_the_face_and_background_is_the_wall(astro, astro_out):
     np.testing.assert_array_equal(torso[..., 3] == 255, np.isin(lab0, (4, 5)))  # alpha = neck ∪ torso
 
 
+def test_inside_mouth_covers_the_opening(astro, astro_out):
+    """The parsing's inside mouth takes the whole dark gap of an opening, where the detector's inner-lip polygon
+    takes about half of it, and adds nothing else of note (the gap is known from the animation)."""
+    from scipy import ndimage as ndi
+
+    from ua3dtalk.preprocess.animate import PhotoAnimator, motion
+    from ua3dtalk.preprocess.parsing import polygon_mask
+
+    _, truth = astro
+    out = astro_out[0]
+    clip = load_clip(out)
+    an = PhotoAnimator(size=truth.size)
+    opening = motion(len(truth.mouth_open))["open"]
+    covered, polygon, stray = [], [], []
+    for i in np.nonzero(truth.mouth_open > 3.5)[0][::2]:
+        gap = an.opening(truth.rotations[i], truth.shift[i] * an.scale, opening[i])
+        core = ndi.binary_erosion(gap)  # the gap without its anti-aliased edge
+        mouth = read_parsing(out / "parsing" / f"{i}.png").numpy() == 2
+        inner = polygon_mask(clip.landmarks(i)[60:68], truth.size, truth.size)
+        covered.append(mouth[core].mean())
+        polygon.append(inner[core].mean())
+        added = mouth & ~inner
+        stray.append((added & ~ndi.binary_dilation(gap, iterations=2)).sum() / gap.sum())
+    assert len(covered) >= 3
+    assert np.mean(polygon) < 0.8  # what the landmarks alone give (the test's premise)
+    assert min(covered) > 0.9, covered
+    assert max(stray) < 0.3, stray  # beyond the gap only the smile's dark corners may join, not lips or skin
+
+
 def test_blink_and_expression_files(astro_out):
     from ua3dtalk.data.formats import read_au_csv
     from ua3dtalk.metrics.landmarks import LANDMARK_EXPR_NAMES

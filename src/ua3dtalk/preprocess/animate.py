@@ -170,15 +170,25 @@ class PhotoAnimator:
         x0, y0, _ = CROP
         return np.stack([(qx + 0.5 - x0) / self.scale, (qy + 0.5 - y0) / self.scale], -1)
 
-    def render(self, R: np.ndarray, T: np.ndarray, open_px: float) -> np.ndarray:
-        """One frame uint8 [size,size,3]."""
-        from scipy.ndimage import map_coordinates
-
+    def _unwarp_head(self, R: np.ndarray, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Photo coordinates (x, y) [size,size] of every output pixel before the head motion."""
         qx, qy = self.gx, self.gy
         px, py = qx.copy(), qy.copy()
         for _ in range(6):  # fixed point: p = q − u(p)
             dx, dy = self._head_disp(px, py, R, T)
             px, py = qx - dx, qy - dy
+        return px, py
+
+    def opening(self, R: np.ndarray, T: np.ndarray, open_px: float) -> np.ndarray:
+        """bool [size,size]: the output pixels of the frame that show the dark gap of the opened mouth."""
+        px, py = self._unwarp_head(R, T)
+        return self._mouth_inverse(px, py, open_px)[1]
+
+    def render(self, R: np.ndarray, T: np.ndarray, open_px: float) -> np.ndarray:
+        """One frame uint8 [size,size,3]."""
+        from scipy.ndimage import map_coordinates
+
+        px, py = self._unwarp_head(R, T)
         sy, gap = self._mouth_inverse(px, py, open_px)
         out = np.empty((self.size, self.size, 3), np.float32)
         for c in range(3):

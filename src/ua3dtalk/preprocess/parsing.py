@@ -18,7 +18,9 @@ How a frame is parsed (:func:`parse_frame`), with the face frame of :class:`Face
 * **face** — the polygon of the jaw contour (0–16) closed over the forehead: the brows (17–26)
   raised by 0.45 × the brow–chin distance (less at the temples). Forehead pixels whose colour is far
   from the skin (a colour model of the cheeks and nose, YCbCr) are hair (fringe).
-* **inside mouth** — the inner-lip polygon (60–67).
+* **inside mouth** — the inner-lip polygon (60–67) grown by the dark pixels of the opening
+  (:func:`inside_mouth_mask`): a detector's inner-lip points on an open mouth often sit in the middle
+  of the dark gap, and the part of the gap outside their polygon would otherwise be face.
 * **hair** — person pixels above the chin inside the head ellipse that are not face.
 * **neck** — person pixels in a band under the chin (±0.32 jaw widths, down to 0.6 eye–chin
   distances); **torso** — every other person pixel.
@@ -271,6 +273,7 @@ def parse_frame(img: np.ndarray, lms: np.ndarray, bg: Optional[BackgroundModel] 
     x0, x1 = int(max(0, np.floor(poly[:, 0].min()))), int(min(W, np.ceil(poly[:, 0].max()) + 1))
     y0, y1 = int(max(0, np.floor(poly[:, 1].min()))), int(min(H, np.ceil(poly[:, 1].max()) + 1))
     out[face] = LABEL["face"]
+    skin_y = None
     if x1 > x0 and y1 > y0:
         skin = np.zeros((H, W), bool)
         for p in skin_mask_polys(lms):
@@ -280,13 +283,56 @@ def parse_frame(img: np.ndarray, lms: np.ndarray, bg: Optional[BackgroundModel] 
         sk = ycc[skin[box]] if skin[box].sum() >= 20 else ycc[face[box]]
         if len(sk):
             med = np.median(sk, 0)
+            skin_y = float(med[0])
             spread = np.maximum(1.4826 * np.median(np.abs(sk - med), 0), np.array([12.0, 4.0, 4.0]))
             dist = np.sqrt((((ycc - med) / (spread * np.array([2.5, 1.0, 1.0]))) ** 2).sum(-1))
             _, v_full = _coords_box(g, y0, y1, x0, x1)
             fringe = face[box] & (v_full < brow_v) & (dist > 3.5)
             sub = out[box]
             sub[fringe] = LABEL["hair"]
-    out[polygon_mask(lms[60:68], H, W)] = LABEL["mouth"]
+    out[inside_mouth_mask(img, lms, skin_y)] = LABEL["mouth"]
+    return out
+
+
+def inside_mouth_mask(img: np.ndarray, lms: np.ndarray, skin_y: Optional[float] = None, *,
+                      dark: float = 0.55, grow: float = 0.06) -> np.ndarray:
+    """Inside of the mouth bool [H,W] of one frame (uint8 [H,W,3]) from its 68 landmarks: the inner-lip polygon
+    (60–67) plus the dark pixels of the opening — luma below ``dark`` × the skin's median luma ``skin_y`` (the
+    cheeks' when None) inside the outer-lip polygon (48–59) grown by ``grow`` × the mouth width, connected to
+    the inner-lip polygon or to each other across it, and grown by one pixel to take the gap's anti-aliased
+    edge. Teeth stay where the polygon puts them; only the cavity, which is what an opening reveals, is
+    added."""
+    H, W = img.shape[:2]
+    inner = polygon_mask(lms[60:68], H, W)
+    outer_pts = lms[48:60]
+    width = float(np.linalg.norm(lms[54] - lms[48]))
+    if not np.isfinite(width) or width < 4:
+        return inner
+    pad = max(1.0, grow * width) + 2
+    x0, x1 = int(max(0, np.floor(outer_pts[:, 0].min() - pad))), int(min(W, np.ceil(outer_pts[:, 0].max() + pad)))
+    y0, y1 = int(max(0, np.floor(outer_pts[:, 1].min() - pad))), int(min(H, np.ceil(outer_pts[:, 1].max() + pad)))
+    if x1 <= x0 or y1 <= y0:
+        return inner
+    box = (slice(y0, y1), slice(x0, x1))
+    if skin_y is None:
+        skin = np.zeros((H, W), bool)
+        for p in skin_mask_polys(lms):
+            skin |= polygon_mask(p, H, W)
+        if skin.sum() < 20:
+            return inner
+        skin_y = float(np.median(_ycbcr(img[skin])[:, 0]))
+    outer = polygon_mask(outer_pts - np.array([x0, y0]), y1 - y0, x1 - x0)
+    outer = ndi.binary_dilation(outer, iterations=max(1, int(round(grow * width))))
+    cavity = outer & (_ycbcr(img[box])[..., 0] < dark * skin_y)
+    seed = inner[box]
+    lab, n = ndi.label(cavity | seed)
+    if n == 0:
+        return inner
+    keep = np.unique(lab[seed])
+    grown = np.isin(lab, keep[keep > 0]) & cavity
+    grown = ndi.binary_dilation(grown) & outer
+    out = inner.copy()
+    out[box] |= grown
     return out
 
 
