@@ -110,3 +110,73 @@ def test_mouth_back_layer_moves_a_fraction_behind_on_the_same_pixels_with_the_da
     assert float(dark @ torch.tensor([0.299, 0.587, 0.114])) < float(lum.mean()) - 0.1
     p0, c0 = mouth_back_layer(pts, rgb, pix, vm, 0.0)
     assert p0 is pts and c0 is rgb
+
+
+def test_polygon_mask_matches_the_preprocessings_rasteriser():
+    """The torch even–odd rasteriser (pixel centres) against the preprocessing's PIL one on random polygons: they
+    (which also fills its outline) may differ only on pixels whose centres lie within a pixel's diagonal of an edge;
+    a rectangle is exactly the pixels whose centres it holds."""
+    import numpy as np
+
+    from ua3dtalk.models.frame_init import polygon_mask
+    from ua3dtalk.preprocess.parsing import polygon_mask as pil_polygon_mask
+
+    rect = polygon_mask(torch.tensor([[2.0, 2.0], [8.0, 2.0], [8.0, 6.0], [2.0, 6.0]]), 10, 10)
+    expect = torch.zeros(10, 10, dtype=torch.bool)
+    expect[2:6, 2:8] = True
+    assert torch.equal(rect, expect)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(5):
+        ang = torch.sort(torch.rand(12, generator=g) * 2 * math.pi).values
+        rad = 10 + 12 * torch.rand(12, generator=g)
+        poly = torch.stack([40 + rad * ang.cos(), 30 + 0.6 * rad * ang.sin()], -1)
+        ours = polygon_mask(poly, 64, 80)
+        ref = torch.from_numpy(pil_polygon_mask(poly.numpy().astype(np.float64), 64, 80))
+        differ = ours != ref
+        assert int(ours.sum()) > 100 and int(differ.sum()) <= 0.2 * int(ref.sum())
+        yy, xx = torch.meshgrid(torch.arange(64) + 0.5, torch.arange(80) + 0.5, indexing="ij")
+        pts = torch.stack([xx[differ], yy[differ]], -1)
+        a, b = poly, poly.roll(-1, 0)
+        ab = b - a
+        t = (((pts[:, None] - a) * ab).sum(-1) / (ab * ab).sum(-1)).clamp(0, 1)
+        dist = (pts[:, None] - (a + t[..., None] * ab)).norm(dim=-1).min(-1).values
+        assert bool((dist <= 1.5).all()), float(dist.max())
+
+
+def test_mouth_points_put_the_cavity_behind_the_whole_lip_polygon():
+    """``init_mouth_back`` with the frame's outer-lip polygon: the front points stay on the inner-mouth pixels with
+    their colours; the back layer is spread over the lips' polygon (also below the teeth, where an opening
+    appears), 2 cm behind where the ray enters the ellipsoid, with the dark colour."""
+    from ua3dtalk.models.frame_init import mouth_points, polygon_mask
+
+    size = 96
+    vm, K = camera(size=size)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    teeth = ((xx - 48).abs() < 12) & (yy >= 56) & (yy < 60)
+    lips = torch.tensor([[32.0, 55.0], [48.0, 51.0], [64.0, 55.0], [60.0, 66.0], [48.0, 70.0], [36.0, 66.0]])
+    image = torch.rand(size, size, 3, generator=torch.Generator().manual_seed(4))
+    n = 200
+    pts, rgb, scales = mouth_points(teeth, image, vm, K, BOUNDS, n, 0.4, lips=lips,
+                                    generator=torch.Generator().manual_seed(0))
+    assert pts.shape == (n, 3) and rgb.shape == (n, 3) and scales.shape == (n,)
+    uv, d = project(pts, vm, K)
+    col, row = uv[:, 0].floor().long(), uv[:, 1].floor().long()
+    front, back = slice(0, 120), slice(120, n)
+    assert bool(teeth[row[front], col[front]].all())
+    torch.testing.assert_close(rgb[front], image[row[front], col[front]])
+    region = polygon_mask(lips, size, size) | teeth
+    assert bool(region[row[back], col[back]].all())
+    below = row[back] >= 60  # under the teeth: where the lower lip is in this frame
+    assert int(below.sum()) > 0.4 * 80
+    pix = image[teeth]
+    lum = pix @ torch.tensor([0.299, 0.587, 0.114])
+    torch.testing.assert_close(rgb[back], pix[lum <= torch.quantile(lum, 0.2)].mean(0).expand(80, 3))
+    assert float(d[back].min()) > float(d[front].max())  # every back point is behind the teeth
+    # without the polygon it is the same-pixel back layer of mouth_back_layer; without a back layer frame_points
+    p1, _, _ = mouth_points(teeth, image, vm, K, BOUNDS, n, 0.4, generator=torch.Generator().manual_seed(0))
+    uv1, _ = project(p1, vm, K)
+    assert bool(teeth[uv1[:, 1].floor().long(), uv1[:, 0].floor().long()].all())
+    p0, c0, s0 = mouth_points(teeth, image, vm, K, BOUNDS, n, 0.0, lips=lips,
+                              generator=torch.Generator().manual_seed(0))
+    p_ref, c_ref, s_ref = frame_points(teeth, image, vm, K, BOUNDS, n, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(p0, p_ref) and torch.equal(c0, c_ref) and torch.equal(s0, s_ref)

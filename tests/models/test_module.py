@@ -695,6 +695,34 @@ def test_mouth_hole_and_cover_terms_are_means_over_the_inner_mouth():
         assert float(term(alpha, torch.zeros_like(inner))) == 0.0  # closed mouth: no term
 
 
+@pytest.mark.parametrize("mode", ["frame", "region"])
+def test_mouth_stage_l1_is_averaged_as_mouth_photo_says(mode, dm, cfg_factory):
+    """``mouth_photo``: ``frame`` averages the mouth stage's L1 over the inner mouth ∪ the outside of the head
+    together; ``region`` (★) is the mean over the inner mouth plus the mean over the outside of the head, so a few
+    hundred inner-mouth pixels weigh as much as the mouth-cover term."""
+    dm.stage = "mouth"
+    ds = dm.dataset("train")
+    i = max(range(0, len(ds), 3), key=lambda j: float(ds[j].mouth_mask.sum()))
+    batch = collate_batches([ds[i]])
+    model = new_model(cfg_factory(f"model.mouth_photo={mode}"), "mouth")
+    cond = model.head.conditioning(batch)
+    H, W = batch.image.shape[-2:]
+    with torch.no_grad():
+        _, terms = model._frame_loss(batch, cond, 0, 0, None, [], W, H)
+        r = model.head.render_mouth(cond, 0, batch.viewmat[0], batch.K[0], W, H, step=0)
+    img, bg = batch.image[0].permute(1, 2, 0), batch.background[0].permute(1, 2, 0)
+    inner = batch.mouth_mask[0, 0][..., None].float()
+    head = (batch.face_mask[0, 0] | batch.hair_mask[0, 0])[..., None].float() * (1 - inner)
+    err = (r.image + (1 - r.alpha) * bg - (img * inner + bg * (1 - inner))).abs()
+    outside = 1 - head - inner
+    assert float(inner.sum()) > 20 and float(outside.sum()) > 20
+    if mode == "frame":
+        expect = (err * (1 - head)).sum() / (3 * (1 - head).sum())
+    else:
+        expect = (err * inner).sum() / (3 * inner.sum()) + (err * outside).sum() / (3 * outside.sum())
+    torch.testing.assert_close(terms["l1"], expect, rtol=5e-3, atol=0)  # (the two modes differ by ~30×)
+
+
 def one_step_per_weight(key: str, stage: str, loader, cfg_factory, monkeypatch, weights=(0.0, 4.0)):
     """One training step from the same initial state for each value of the model key ``key`` (a hydra override,
     e.g. ``+model.hole_weight``) → ({weight: the step's logged values}, {weight: the trained model})."""
@@ -1010,7 +1038,7 @@ def test_init_from_frame_puts_each_branch_on_its_frames_pixels_once(dm, cfg_fact
     assert abs(float(rgb.mean()) - float(inner.mean())) < 0.05 and float(rgb.mean()) < 0.35  # the dark inner mouth
     with pytest.raises(Exception, match="init_from_frame_opacity must be in"):
         build_model(cfg_factory("model.init_from_frame_opacity=1.5"), "face")
-    # init_mouth_back: a third of the mouth goes behind the teeth with the darkest fifth's colour, through the hook
+    # init_mouth_back: a third of the mouth forms the cavity behind the lips with the darkest fifth's colour (hook)
     back = new_model(cfg_factory("model.init_from_frame=true", "model.init_mouth_back=0.3"), "mouth")
     back._init_points_from_frame(opened, "mouth")
     k = round(0.3 * len(back.mouth))
@@ -1021,7 +1049,7 @@ def test_init_from_frame_puts_each_branch_on_its_frames_pixels_once(dm, cfg_fact
     cam = -opened.viewmat[0, :3, :3].T @ opened.viewmat[0, :3, 3]
     far = (back.mouth.means[-k:].detach() - cam).norm(dim=-1).mean()
     near = (mouth.mouth.means[-k:].detach() - cam).norm(dim=-1).mean()
-    assert float(far - near) > 0.015  # the same rays, 2 cm deeper (same seed, same pixels)
+    assert float(far - near) > 0.015  # 2 cm deeper than where their rays enter the mouth's ellipsoid
     with pytest.raises(Exception, match="init_mouth_back must be in"):
         build_model(cfg_factory("model.init_mouth_back=1.0"), "face")
 

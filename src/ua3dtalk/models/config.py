@@ -16,6 +16,7 @@ from ..utils.typed_config import check_config
 
 EmotionCondition = Literal["audio", "label"]
 FuseMouthGrad = Literal["all", "inner"]
+MouthPhoto = Literal["frame", "region"]
 
 
 @dataclass(frozen=True)
@@ -146,10 +147,10 @@ class UA3DTalkConfig:
     init_from_frame_opacity: float = 0.5
     """opacity of the Gaussians placed by ``init_from_frame`` (in (0, 1))."""
     init_mouth_back: float = 0.0
-    """★ with ``init_from_frame``: this fraction of the inside-mouth Gaussians goes 2 cm further along their pixels'
-    rays, behind the teeth, with the mean colour of the darkest fifth of the frame's inner-mouth pixels — the dark
-    inside of the mouth that an opening reveals when the lower teeth move down (in [0, 1); 0 = all on the frame's
-    surface)."""
+    """★ with ``init_from_frame``: this fraction of the inside-mouth Gaussians is the cavity — sampled over the frame's
+    outer-lip polygon (landmarks 48–59) ∪ its inner mouth, 2 cm further along their rays, with the mean colour of the
+    darkest fifth of the frame's inner-mouth pixels: the dark inside that an opening reveals when the lower lip moves
+    down (:func:`~ua3dtalk.models.frame_init.mouth_points`; in [0, 1); 0 = all on the frame's surface)."""
     fuse_mouth_grad: FuseMouthGrad = "all"
     """which pixels of the ``fuse`` stage's composite train the inside-mouth branch's *colours*: ``all`` (default)
     every pixel; ``inner`` (★) the ground-truth inner mouth only (its positions and opacities learn from every
@@ -158,6 +159,12 @@ class UA3DTalkConfig:
     so open mouths look red; with ``inner`` they stay dark, but the dark mouth shows through those lips (−1.6 dB at
     demo scale). (Blocking the mouth's opacity and position gradients as well let it spread over the chin: −3 dB.)
     """
+    mouth_photo: MouthPhoto = "frame"
+    """how the ``mouth`` stage averages its L1: ``frame`` (default) over the inner mouth ∪ the pixels outside the
+    head together, so at 512² the inner mouth's ~1,700 pixels weigh ~1 % of a term whose other part is the empty
+    background, and the mouth-cover term (normalised by the inner mouth alone) dominates the branch: it grows into
+    an opaque blur instead of fitting the teeth and the cavity; ``region`` (★) the mean over the inner mouth plus the
+    mean over the outside of the head, each normalised by its own pixel count."""
     face_random_background: bool = False
     """the ``face`` stage composites the face branch (and its target) over a random uniform colour per frame instead of
     the frame's background (★, the random-background trick of 3DGS; off by default). Over the real background a

@@ -72,6 +72,19 @@ def frame_points(mask: torch.Tensor, image: torch.Tensor, viewmat: torch.Tensor,
     return points, colors, scales
 
 
+def polygon_mask(poly: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """bool [H,W]: the pixels whose centres (c + 0.5, r + 0.5) lie inside the polygon ``poly`` [P,2] (x, y pixels;
+    even–odd rule)."""
+    poly = poly.to(torch.float32)
+    ys = torch.arange(height, dtype=torch.float32, device=poly.device)[:, None, None] + 0.5
+    xs = torch.arange(width, dtype=torch.float32, device=poly.device)[None, :, None] + 0.5
+    x0, y0 = poly[:, 0], poly[:, 1]
+    x1, y1 = poly.roll(-1, 0)[:, 0], poly.roll(-1, 0)[:, 1]
+    straddles = (y0 > ys) != (y1 > ys)  # [H,1,P]
+    x_cross = x0 + (ys - y0) * (x1 - x0) / torch.where(y1 == y0, torch.ones_like(y1), y1 - y0)
+    return ((straddles & (xs < x_cross)).sum(-1) % 2).bool()
+
+
 def mouth_back_layer(points: torch.Tensor, colors: torch.Tensor, mouth_pixels: torch.Tensor, viewmat: torch.Tensor,
                      fraction: float, depth: float = 0.02) -> tuple[torch.Tensor, torch.Tensor]:
     """The inside of the mouth behind the teeth (``model.init_mouth_back``): the last ``round(fraction · N)`` of the
@@ -94,3 +107,28 @@ def mouth_back_layer(points: torch.Tensor, colors: torch.Tensor, mouth_pixels: t
     points[n - k:] = points[n - k:] + depth * d
     colors[n - k:] = dark
     return points, colors
+
+
+def mouth_points(mask: torch.Tensor, image: torch.Tensor, viewmat: torch.Tensor, K: torch.Tensor,
+                 bounds: torch.Tensor, n: int, back_fraction: float = 0.0, lips: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None):
+    """The inside-mouth branch's ``n`` Gaussians from one frame → (points [n,3], colors [n,3], scales [n]).
+
+    Without a back layer (``back_fraction`` 0) these are :func:`frame_points` of the inner-mouth ``mask``. With
+    one, ``round(back_fraction · n)`` of them form the cavity (:func:`mouth_back_layer`): sampled over the whole
+    outer-lip polygon ``lips`` [12,2] (landmarks 48–59, pixels) ∪ ``mask`` rather than over the teeth alone —
+    the cavity that a lower lip reveals when it moves down lies behind the lips of this frame, not behind its
+    teeth — then 2 cm further along their rays, with the darkest fifth's mean colour of the inner-mouth pixels.
+    ``lips`` None: the back layer is taken from the inner-mouth samples themselves."""
+    if back_fraction <= 0:
+        return frame_points(mask, image, viewmat, K, bounds, n, generator=generator)
+    k = min(int(round(float(back_fraction) * n)), n - 1)
+    if lips is None or k <= 0:
+        points, colors, scales = frame_points(mask, image, viewmat, K, bounds, n, generator=generator)
+        points, colors = mouth_back_layer(points, colors, image[mask.bool()], viewmat, back_fraction)
+        return points, colors, scales
+    front = frame_points(mask, image, viewmat, K, bounds, n - k, generator=generator)
+    cavity = mask.bool() | polygon_mask(lips, mask.shape[0], mask.shape[1]).to(mask.device)
+    back = frame_points(cavity, image, viewmat, K, bounds, k, generator=generator)
+    bp, bc = mouth_back_layer(back[0], back[1], image[mask.bool()], viewmat, 1.0)
+    return torch.cat([front[0], bp]), torch.cat([front[1], bc]), torch.cat([front[2], back[2]])

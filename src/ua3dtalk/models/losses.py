@@ -38,7 +38,13 @@ class RenderLosses:
             # only the inside-mouth region and the region outside the head count for the mouth branch
             head = torch.clamp(m("face_mask") + m("hair_mask"), 0, 1) * (1 - mask)
             w = 1 - head
-            photo = {"l1": ((pred - target).abs() * w).sum() / (w.sum() * 3).clamp_min(1)}
+            err = (pred - target).abs()
+            if self.mouth_photo == "region":  # the inner mouth and the outside of the head, each by its own size
+                out = w * (1 - mask)
+                photo = {"l1": (err * mask).sum() / (mask.sum() * 3).clamp_min(1)
+                         + (err * out).sum() / (out.sum() * 3).clamp_min(1)}
+            else:
+                photo = {"l1": (err * w).sum() / (w.sum() * 3).clamp_min(1)}
             photo["ssim"] = self._photometric(pred * w + target * (1 - w), target)["ssim"]
             # mouth alpha outside the inner mouth: penalised fully over the background, lightly behind
             # the head (hidden by the face there, but a mouth branch spread behind the whole face
@@ -221,11 +227,11 @@ class RenderLosses:
     def _init_points_from_frame(self, batch, branch: str) -> None:
         """``init_from_frame``: put the ``branch`` Gaussians on the pixels of the batch's first frame that the branch
         renders (face ∪ hair for the face, the inner mouth for the mouth; :mod:`ua3dtalk.models.frame_init`), once;
-        a mouth waits for a frame with at least 16 inner-mouth pixels; ``init_mouth_back`` of its Gaussians go
-        behind the teeth (:func:`~ua3dtalk.models.frame_init.mouth_back_layer`)."""
+        a mouth waits for a frame with at least 16 inner-mouth pixels; ``init_mouth_back`` of its Gaussians form the
+        cavity behind the frame's lips (:func:`~ua3dtalk.models.frame_init.mouth_points`)."""
         if not self.init_from_frame or bool(getattr(self, f"{branch}_points_initialised")):
             return
-        from .frame_init import frame_points, mouth_back_layer
+        from .frame_init import frame_points, mouth_points
 
         if branch == "face":
             mask = (batch.face_mask[0, 0] | batch.hair_mask[0, 0]) & ~batch.mouth_mask[0, 0]
@@ -236,9 +242,13 @@ class RenderLosses:
         g = getattr(self, branch)
         gen = torch.Generator().manual_seed(int(self.global_step) * 2 + (branch == "mouth"))
         img = batch.image[0].permute(1, 2, 0)
-        points, rgb, scales = frame_points(mask, img, batch.viewmat[0], batch.K[0], g.bounds, len(g), generator=gen)
-        if branch == "mouth" and self.init_mouth_back > 0:
-            points, rgb = mouth_back_layer(points, rgb, img[mask], batch.viewmat[0], self.init_mouth_back)
+        if branch == "mouth":
+            lips = None if batch.landmarks is None else batch.landmarks[0, 48:60]
+            points, rgb, scales = mouth_points(mask, img, batch.viewmat[0], batch.K[0], g.bounds, len(g),
+                                               self.init_mouth_back, lips=lips, generator=gen)
+        else:
+            points, rgb, scales = frame_points(mask, img, batch.viewmat[0], batch.K[0], g.bounds, len(g),
+                                               generator=gen)
         g.reinitialise(points, rgb, scales, opacity=self.init_from_frame_opacity)
         getattr(self, f"{branch}_points_initialised").fill_(True)
         if branch == "mouth":

@@ -107,6 +107,7 @@ class UA3DTalk(HealthMixin, RenderLosses, LandmarkBank, AudioStages, L.Lightning
         self.emotion_swap_weight = float(cfg.emotion_swap_weight)
         self.init_mouth_color = bool(cfg.init_mouth_color)
         self.fuse_mouth_grad = cfg.fuse_mouth_grad
+        self.mouth_photo = cfg.mouth_photo
         self.face_random_background = bool(cfg.face_random_background)
         self.register_buffer("mouth_color_initialised", torch.tensor(False))
         self.init_from_frame = bool(cfg.init_from_frame)
