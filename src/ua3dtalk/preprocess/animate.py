@@ -19,6 +19,14 @@ Optionally (``hand=(a, b)``) a hand rests on the subject's right cheek and jaw i
 palm and four fingers drawn over the frame, sliding in from the side over 4 frames and out again, covering the jaw
 line and reaching the corner of the mouth — the occluder of a real recording (``AnimationTruth.hand``).
 
+Optionally (``expressive=True``) the face changes expression independently of the speech: a track
+``expression [N,2]`` = (brows, lip corners) in [−1, 1] holds one of five expressions for 1–3 s at a time (neutral,
+happy = corners up, surprised = brows up, sad = brows a little up and corners down, angry = brows down and corners
+a little down), with smooth 8-frame transitions. Brows move by up to ``BROW_PX`` and the lip corners by up to
+``CORNER_PX`` (up and outwards), smooth Gaussian displacements applied in the photo before the mouth opening
+(inverted by fixed-point iteration). Test material for whether an avatar reproduces expressions the audio does
+not predict (docs/history/2026-12-06-expressive-face.md).
+
 Motion: yaw/pitch/roll = sinusoids of amplitude ``rot_amp`` × (8°, 5°, 6°), translations
 ± ``shift_amp`` × (6, 4) px of the photo, mouth opening following the syllable envelope of the
 synthetic audio (``max_open`` px); all returned in :class:`AnimationTruth`.
@@ -50,6 +58,16 @@ NOSE_HEIGHT, NOSE_SIGMA = 16.0, 9.0
 CROP = (96, 0, 256)  # x, y, side in photo pixels
 MOUTH_BOTTOM = 200.0
 INSIDE_MOUTH_RGB = np.array([60.0, 22.0, 28.0])
+BROWS = np.array([[201.0, 89.0], [249.0, 90.0]])  # brow centres, photo px
+BROW_SIGMA = np.array([15.0, 7.0])
+BROW_PX = 6.0
+CORNERS = np.array([[PHOTO_MOUTH_X - PHOTO_MOUTH_HALF_WIDTH, PHOTO_LIP_LINE],
+                    [PHOTO_MOUTH_X + PHOTO_MOUTH_HALF_WIDTH, PHOTO_LIP_LINE]])
+CORNER_SIGMA = 7.0
+CORNER_PX = 5.0
+EXPRESSIONS = {"neutral": (0.0, 0.0), "happy": (0.2, 1.0), "surprised": (1.0, 0.0), "sad": (0.4, -1.0),
+               "angry": (-1.0, -0.4)}
+"""(brows, lip corners) of each expression of an expressive clip; +1 = raised by BROW_PX / CORNER_PX."""
 
 
 @dataclass
@@ -63,6 +81,7 @@ class AnimationTruth:
     eyes               [N,2,2] eye centres (output pixels), mouth [N,2] centre of the opening
     size               output side; audio [S] float32 16 kHz (None when not generated)
     hand               [N] float in [0,1]: how far the hand has slid over the face (0 = not in the frame)
+    expression         [N,2] (brows, lip corners) in [−1,1] (zeros unless ``expressive``); expression_names [N]
     """
 
     yaw: np.ndarray
@@ -76,6 +95,8 @@ class AnimationTruth:
     size: int
     audio: Optional[np.ndarray] = None
     hand: Optional[np.ndarray] = None
+    expression: Optional[np.ndarray] = None
+    expression_names: Optional[list] = None
 
 
 def astronaut() -> np.ndarray:
@@ -142,6 +163,32 @@ class PhotoAnimator:
         return m * (Q[..., 0] - P[..., 0] + T[0]), m * (Q[..., 1] - P[..., 1] + T[1])
 
     @staticmethod
+    def _expr_disp(x, y, expr):
+        """Forward expression displacement of photo points (x, y) → (dx, dy) for ``expr`` = (brows, corners)."""
+        b, c = float(expr[0]), float(expr[1])
+        dx, dy = np.zeros_like(x), np.zeros_like(y)
+        if b:
+            for bx, by in BROWS:
+                g = np.exp(-0.5 * (((x - bx) / BROW_SIGMA[0]) ** 2 + ((y - by) / BROW_SIGMA[1]) ** 2))
+                dy = dy - b * BROW_PX * g
+        if c:
+            for k, (cx, cy) in enumerate(CORNERS):
+                g = np.exp(-0.5 * ((x - cx) ** 2 + (y - cy) ** 2) / CORNER_SIGMA**2)
+                dx = dx + (1 if k else -1) * 0.4 * c * CORNER_PX * g
+                dy = dy - c * CORNER_PX * g
+        return dx, dy
+
+    def _expr_inverse(self, x, y, expr):
+        """Backward expression warp: expressed photo points → neutral photo points (fixed point p = q − u(p))."""
+        if expr is None or not np.any(expr):
+            return x, y
+        px, py = x.copy(), y.copy()
+        for _ in range(8):
+            dx, dy = self._expr_disp(px, py, expr)
+            px, py = x - dx, y - dy
+        return px, py
+
+    @staticmethod
     def _mouth_profile(x):
         return np.clip(1 - ((x - PHOTO_MOUTH_X) / PHOTO_MOUTH_HALF_WIDTH) ** 2, 0, 1)
 
@@ -161,9 +208,13 @@ class PhotoAnimator:
         dy = np.where((y >= PHOTO_LIP_LINE) & (y <= MOUTH_BOTTOM), a * (MOUTH_BOTTOM - y) / L, 0.0)
         return y + dy
 
-    def forward(self, pts: np.ndarray, R: np.ndarray, T: np.ndarray, open_px: float) -> np.ndarray:
-        """Photo points [K,2] → output pixels [K,2] (mouth warp, head motion, crop and resize)."""
+    def forward(self, pts: np.ndarray, R: np.ndarray, T: np.ndarray, open_px: float,
+                expr: Optional[np.ndarray] = None) -> np.ndarray:
+        """Photo points [K,2] → output pixels [K,2] (expression, mouth warp, head motion, crop and resize)."""
         x, y = pts[:, 0].astype(np.float64), pts[:, 1].astype(np.float64)
+        if expr is not None:
+            ex, ey = self._expr_disp(x, y, expr)
+            x, y = x + ex, y + ey
         y = self.mouth_forward(x, y, open_px)
         dx, dy = self._head_disp(x, y, R, T)
         qx, qy = x + dx, y + dy
@@ -184,15 +235,16 @@ class PhotoAnimator:
         px, py = self._unwarp_head(R, T)
         return self._mouth_inverse(px, py, open_px)[1]
 
-    def render(self, R: np.ndarray, T: np.ndarray, open_px: float) -> np.ndarray:
-        """One frame uint8 [size,size,3]."""
+    def render(self, R: np.ndarray, T: np.ndarray, open_px: float, expr: Optional[np.ndarray] = None) -> np.ndarray:
+        """One frame uint8 [size,size,3]; ``expr`` = (brows, lip corners) in [−1,1] or None (neutral)."""
         from scipy.ndimage import map_coordinates
 
         px, py = self._unwarp_head(R, T)
         sy, gap = self._mouth_inverse(px, py, open_px)
+        sx, sy = self._expr_inverse(px, sy, expr)
         out = np.empty((self.size, self.size, 3), np.float32)
         for c in range(3):
-            out[..., c] = map_coordinates(self.photo[..., c].astype(np.float32), [sy, px], order=1, mode="nearest")
+            out[..., c] = map_coordinates(self.photo[..., c].astype(np.float32), [sy, sx], order=1, mode="nearest")
         if gap.any():
             depth = np.clip((py - PHOTO_LIP_LINE) / np.maximum(open_px * self._mouth_profile(px), 1e-6), 0, 1)
             shade = (0.35 + 0.65 * np.sin(np.pi * depth))[..., None]
@@ -236,6 +288,31 @@ def hand_amounts(n_frames: int, hand: Optional[tuple[int, int]], ramp: int = 4) 
     return np.where((i >= a) & (i < b), np.clip(np.minimum(up, down), 0, 1), 0.0)
 
 
+def expression_track(n_frames: int, seed: int = 0, fps: int = 25, ramp: int = 8) -> tuple[np.ndarray, list]:
+    """[N,2] (brows, lip corners) and the expression name per frame: :data:`EXPRESSIONS` held for 1–3 s each
+    (a random order in which consecutive expressions differ), blended over ``ramp`` frames (cosine)."""
+    rng = np.random.default_rng(seed + 1000)
+    names = list(EXPRESSIONS)
+    seq, lab, cur = [], [], None
+    while len(seq) < n_frames:
+        nxt = str(rng.choice([k for k in names if k != cur]))
+        hold = int(rng.integers(fps, 3 * fps + 1))
+        seq += [EXPRESSIONS[nxt]] * hold
+        lab += [nxt] * hold
+        cur = nxt
+    target = np.asarray(seq[:n_frames], np.float64)
+    out = target.copy()
+    for i in range(1, n_frames):  # cosine blend from the previous expression at each change
+        if lab[i] != lab[i - 1]:
+            prev = out[i - 1].copy()
+            for k in range(min(ramp, n_frames - i)):
+                if lab[i + k] != lab[i]:
+                    break
+                w = 0.5 - 0.5 * math.cos(math.pi * (k + 1) / ramp)
+                out[i + k] = (1 - w) * prev + w * target[i + k]
+    return out, lab[:n_frames]
+
+
 def motion(n_frames: int, rot_amp: float = 1.0, shift_amp: float = 1.0, max_open: float = 7.0, seed: int = 0,
            fps: int = 25) -> dict:
     """The per-frame motion parameters (degrees, photo pixels) and the speech envelope."""
@@ -254,17 +331,21 @@ def motion(n_frames: int, rot_amp: float = 1.0, shift_amp: float = 1.0, max_open
 
 def animate(n_frames: int = 75, size: int = 256, *, rot_amp: float = 1.0, shift_amp: float = 1.0,
             max_open: float = 7.0, seed: int = 0, photo: Optional[np.ndarray] = None,
-            hand: Optional[tuple[int, int]] = None):
+            hand: Optional[tuple[int, int]] = None, expressive: bool = False):
     """Frames (a generator of uint8 [size,size,3]) and the :class:`AnimationTruth` of a clip; ``hand=(a, b)``: a
-    hand over the face in frames a … b−1 (module doc)."""
+    hand over the face in frames a … b−1; ``expressive``: expressions independent of the speech (module doc)."""
     an = PhotoAnimator(photo, size)
     mo = motion(n_frames, rot_amp, shift_amp, max_open, seed)
+    if expressive:
+        ex, ex_names = expression_track(n_frames, seed)
+    else:
+        ex, ex_names = np.zeros((n_frames, 2)), ["neutral"] * n_frames
     hands = hand_amounts(n_frames, hand)
     Rs = np.stack([rot(a, b, c) for a, b, c in zip(mo["yaw"], mo["pitch"], mo["roll"])])
     T = np.stack([mo["tx"], mo["ty"]], -1)
     eyes, mouth = [], []
     for i in range(n_frames):
-        eyes.append(an.forward(PHOTO_EYES, Rs[i], T[i], mo["open"][i]))
+        eyes.append(an.forward(PHOTO_EYES, Rs[i], T[i], mo["open"][i], ex[i]))
         centre = np.array([[PHOTO_MOUTH_X, PHOTO_LIP_LINE + 0.5 * mo["open"][i]]])
         # the centre of the opening moves with the head only (it is not part of the mouth warp)
         x, y = centre[:, 0], centre[:, 1]
@@ -273,11 +354,12 @@ def animate(n_frames: int = 75, size: int = 256, *, rot_amp: float = 1.0, shift_
         mouth.append(np.stack([(x + dx + 0.5 - x0) / an.scale, (y + dy + 0.5 - y0) / an.scale], -1)[0])
     truth = AnimationTruth(yaw=mo["yaw"], pitch=mo["pitch"], roll=mo["roll"], rotations=Rs, shift=T / an.scale,
                            mouth_open=mo["open"] / an.scale, eyes=np.stack(eyes), mouth=np.stack(mouth), size=size,
-                           audio=synth_audio(mo["envelope"], seed=seed), hand=hands)
+                           audio=synth_audio(mo["envelope"], seed=seed), hand=hands, expression=ex,
+                           expression_names=ex_names)
 
     def frames():
         for i in range(n_frames):
-            img = an.render(Rs[i], T[i], mo["open"][i])
+            img = an.render(Rs[i], T[i], mo["open"][i], ex[i] if expressive else None)
             if hands[i] > 0:  # drawn over the frame, moving with the head's translation
                 cov = hand_coverage(an.gx - T[i][0], an.gy - T[i][1], float(hands[i]))[..., None]
                 shade = 0.85 + 0.15 * np.clip((an.gy - 120.0) / 90.0, 0, 1)[..., None]
