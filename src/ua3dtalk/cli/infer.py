@@ -2,13 +2,15 @@
 
     ua3dtalk-infer ckpt=RUN audio=speech.wav out=out.mp4        # RUN's best checkpoint (or a .ckpt file)
                    [emotion=audio | emotion=happy intensity=2 | emotion=happy blend=sad:0.3]
-                   [pose=dataset | pose=poses.npy | pose=transforms_val.json] [backend=auto]
+                   [pose=dataset | pose=poses.npy | pose=transforms_val.json] [expression=expr.npy] [backend=auto]
 
 ``emotion=audio`` (default) takes the emotion from the speech (the distilled wav2vec2 student);
 a label uses the class/intensity prototypes learned in the emotion stage; ``blend=<emotion>:<w>``
 blends linearly towards a second emotion. ``pose=dataset`` loops the training subject's camera
 track; a ``.npy`` holds [N,4,4] OpenCV world→camera matrices, a ``.json`` is a TalkingGaussian
-``transforms_*.json``.
+``transforms_*.json``. ``expression=`` (a checkpoint trained with ``model.frame_code=expression``): an ``expr.npy``
+[frames, 11] — e.g. of a video preprocessed by ``ua3dtalk-preprocess`` — whose brows, eyes and lip corners the
+avatar follows (looped like the camera track); without it the face keeps its training video's average expression.
 
 ``ckpt=`` is a checkpoint file or a run directory; a run directory stands for its best checkpoint by validation
 (``checkpoints/<last stage>/best.ckpt``, recorded in its ``metrics.json``), else its last one; the command
@@ -19,7 +21,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-KEYS = {"ckpt", "audio", "out", "emotion", "intensity", "blend", "pose", "backend"}
+KEYS = {"ckpt", "audio", "out", "emotion", "intensity", "blend", "pose", "expression", "backend"}
 
 
 def parse_key_values(argv, keys) -> dict:
@@ -214,7 +216,8 @@ def resolve_emotion(model, emotion: str, intensity, blend):
 PREDICT_DATA_KEYS = ("feature", "context_feature", "extractor_model", "extractor_layer", "neighbours", "background")
 
 
-def predict_datamodule(data_config: dict, audio, pose: str = "dataset", emotion: str = "audio", intensity=None):
+def predict_datamodule(data_config: dict, audio, pose: str = "dataset", emotion: str = "audio", intensity=None,
+                       expression=None):
     """The training DataModule set up for ``predict`` (:meth:`~ua3dtalk.data.datamodule.TalkingHeadDataModule.
     predict_dataloader`): ``audio`` with the training features (same model *and* layer), along the training
     dataset's camera track (``pose=dataset``; the dataset must be present) or a camera-track file (over white)."""
@@ -229,12 +232,35 @@ def predict_datamodule(data_config: dict, audio, pose: str = "dataset", emotion:
     kw = drop_unused_extractor_options(kw)  # older checkpoints kept them for log-mel
     dm = TalkingHeadDataModule(str(root or "."), predict_audio=str(audio),
                                predict_cameras=None if pose == "dataset" else str(pose),
-                               predict_emotion=emotion, predict_intensity=int(intensity) if intensity else None, **kw)
+                               predict_emotion=emotion, predict_intensity=int(intensity) if intensity else None,
+                               predict_expression=None if expression is None else str(expression), **kw)
     dm.setup("predict")
     return dm
 
 
-def infer(ckpt, audio, out, emotion="audio", intensity=None, blend=None, pose="dataset", backend="auto") -> dict:
+def check_expression(model, expression) -> None:
+    """``expression=`` only for a checkpoint trained with ``model.frame_code=expression`` (a readable ``expr.npy`` of
+    the landmark expression's columns); without it such a checkpoint keeps the average expression (one line)."""
+    from ..data.predict import read_expression_track
+    from ..metrics.landmarks import LANDMARK_EXPR_NAMES
+
+    code = getattr(model.head, "frame_code", "blink")
+    if expression is None:
+        if code == "expression":
+            print("ua3dtalk-infer: expression: the training video's average (pass expression=expr.npy to drive the "
+                  "brows, eyes and lip corners)")
+        return
+    if code != "expression":
+        raise ValueError(f"expression={expression}: this checkpoint was trained with model.frame_code={code}; only a "
+                         "model trained with model.frame_code=expression follows an expression track")
+    e = read_expression_track(expression)
+    if e.shape[1] != len(LANDMARK_EXPR_NAMES):
+        raise ValueError(f"expression={expression}: expected the {len(LANDMARK_EXPR_NAMES)} landmark expression "
+                         f"coefficients of ua3dtalk-preprocess's expr.npy per frame, got {e.shape[1]}")
+
+
+def infer(ckpt, audio, out, emotion="audio", intensity=None, blend=None, pose="dataset", backend="auto",
+          expression=None) -> dict:
     import torch
     from tqdm import tqdm
 
@@ -243,11 +269,12 @@ def infer(ckpt, audio, out, emotion="audio", intensity=None, blend=None, pose="d
     from ..utils.io import check_output
 
     ckpt_path = resolve_checkpoint(ckpt, "ua3dtalk-infer")
-    check_output(out, "out", {"audio": audio, "ckpt": ckpt_path, "pose": pose if str(pose) != "dataset" else None},
-                 min_free_bytes=64 << 20)
+    check_output(out, "out", {"audio": audio, "ckpt": ckpt_path, "pose": pose if str(pose) != "dataset" else None,
+                              "expression": expression}, min_free_bytes=64 << 20)
     model = load_model(ckpt_path, backend)
     model.predict_emotion = resolve_emotion(model, emotion, intensity, blend)  # read by predict_step
-    dm = predict_datamodule(model.data_config, audio, pose, emotion, intensity)
+    check_expression(model, expression)
+    dm = predict_datamodule(model.data_config, audio, pose, emotion, intensity, expression)
     n, t0 = [0], time.perf_counter()
 
     def frames():  # rendered while the encoder consumes them: memory does not grow with the audio length
@@ -268,7 +295,7 @@ def infer(ckpt, audio, out, emotion="audio", intensity=None, blend=None, pose="d
 def _run(argv: list) -> int:
     a = parse_kv(argv)
     infer(a["ckpt"], a["audio"], Path(a["out"]), a.get("emotion", "audio"), a.get("intensity"), a.get("blend"),
-          a.get("pose", "dataset"), a.get("backend", "auto"))
+          a.get("pose", "dataset"), a.get("backend", "auto"), a.get("expression"))
     return 0
 
 

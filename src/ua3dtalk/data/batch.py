@@ -357,6 +357,7 @@ _PREDICT_SPEC: dict[str, tuple[tuple, str]] = {
     "emotion": ((), "long"),
     "intensity": ((), "long"),
     "waveform": ((None,), "float"),
+    "expr": ((None,), "float"),
 }
 
 
@@ -379,6 +380,7 @@ class PredictBatch(_BatchOps, _ImageSize):
     emotion           [B]                 int64    requested emotion id, -1 = from the audio
     intensity         [B]                 int64    requested intensity 1..3, 0 = unspecified
     waveform          [B,S] | None        float32  16 kHz segment centred on the frame
+    expr              [B,K] | None        float32  expression coefficients driving ``frame_code=expression``
     ================  ==================  =======  ==================================================
     """
 
@@ -393,12 +395,13 @@ class PredictBatch(_BatchOps, _ImageSize):
     audio_neighbours: Optional[Tensor] = None
     audio_context: Optional[Tensor] = None
     waveform: Optional[Tensor] = None
+    expr: Optional[Tensor] = None
 
     _SIZE_FIELD = "background"
 
     def __post_init__(self) -> None:
         b = self.frame_index.shape[0] if isinstance(self.frame_index, torch.Tensor) and self.frame_index.dim() else -1
-        _check_batch(self, _PREDICT_SPEC, ("audio_neighbours", "audio_context", "waveform"), b, "PredictBatch")
+        _check_batch(self, _PREDICT_SPEC, ("audio_neighbours", "audio_context", "waveform", "expr"), b, "PredictBatch")
 
     def __len__(self) -> int:
         return int(self.frame_index.shape[0])

@@ -70,7 +70,10 @@ class DataConfig:
     predict_emotion: Union[str, int] = "audio"
     predict_intensity: Optional[int] = None
     predict_blink: str = "zeros"
-    """(predict_emotion, predict_intensity, predict_blink) see :class:`~ua3dtalk.data.predict.PredictDataset`."""
+    predict_expression: Optional[str] = None
+    """(predict_emotion, predict_intensity, predict_blink) see :class:`~ua3dtalk.data.predict.PredictDataset`;
+    ``predict_expression``: an ``expr.npy`` ``[M, K]`` whose rows drive ``model.frame_code=expression`` (looped like the
+    camera track; ``ua3dtalk-infer expression=FILE``)."""
 
     def __post_init__(self) -> None:
         own = type(self).__name__

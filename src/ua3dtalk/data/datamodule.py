@@ -32,7 +32,7 @@ from .extractors import EXTRACTOR_FEATURES, make_extractor
 from .features import _check_features, _common_expr
 from .formats import DatasetError, DatasetWarning, Problem
 from .loading import list_clip_dirs, load_dataset, load_emotional
-from .predict import PredictDataset
+from .predict import PredictDataset, read_expression_track
 from .samplers import BlinkCurriculumSampler, MouthOpenCurriculumSampler, mouth_openness
 from .splits import split_emotional_clips
 
@@ -108,6 +108,7 @@ class TalkingHeadDataModule(L.LightningDataModule):
         self.predict_emotion = cfg.predict_emotion
         self.predict_intensity = cfg.predict_intensity
         self.predict_blink = cfg.predict_blink
+        self.predict_expression = cfg.predict_expression
         self.predict_cameras = cfg.predict_cameras
         self._extractor_obj = None
         self._context_extractor_obj = None
@@ -242,6 +243,16 @@ class TalkingHeadDataModule(L.LightningDataModule):
         self._require_setup()
         return int(self._expr_dim)
 
+    def train_expr(self) -> Optional[np.ndarray]:
+        """float64 ``[M, K]``: the ``expr.npy`` rows of the M training frames (after setup; None when the dataset has
+        no common ``expr.npy``) — the statistics of ``model.frame_code=expression`` (held-out frames excluded)."""
+        clips = self._require_setup()
+        if not self._expr_dim:
+            return None
+        rows = [np.asarray(clips[ci].expr()[clips[ci].frame(pos).img_id], np.float64)
+                for ci, pos in self.split_index["train"]]
+        return np.stack(rows) if rows else None
+
     @property
     def image_size(self) -> tuple[int, int]:
         """(height, width) of the frames (after :meth:`setup`)."""
@@ -285,6 +296,8 @@ class TalkingHeadDataModule(L.LightningDataModule):
             common = dict(emotion=self.predict_emotion, intensity=self.predict_intensity, neighbours=self.neighbours,
                           context=self.context, blink=self.predict_blink, segment_seconds=self.segment_seconds,
                           blink_seed=self.seed)
+            if self.predict_expression is not None:
+                common["expression"] = read_expression_track(self.predict_expression)
             if self.predict_cameras is not None:
                 clip, bg = Path(self.predict_cameras), "white"
             else:

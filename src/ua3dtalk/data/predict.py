@@ -80,6 +80,23 @@ def load_camera_track(path: Union[str, Path]) -> tuple[np.ndarray, Optional[np.n
             None if width is None else int(width), None if height is None else int(height))
 
 
+def read_expression_track(path: Union[str, Path]) -> np.ndarray:
+    """float32 ``[M, K]`` expression track from an ``.npy`` (e.g. a preprocessed video's ``expr.npy``); a clear
+    ``ValueError`` naming the file otherwise."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"expression={p}: no such file (an expr.npy [frames, coefficients], e.g. of a video "
+                         "preprocessed by ua3dtalk-preprocess)")
+    try:
+        e = np.load(p, allow_pickle=False)
+    except Exception as err:  # not an .npy
+        raise ValueError(f"expression={p}: not a readable .npy file ({err})") from None
+    if e.ndim != 2 or e.shape[0] < 1 or not np.issubdtype(e.dtype, np.number) or not np.isfinite(e).all():
+        raise ValueError(f"expression={p}: expected a finite numeric [frames, coefficients] array, got shape "
+                         f"{list(e.shape)} of {e.dtype}")
+    return e.astype(np.float32)
+
+
 def _loop_index(j: np.ndarray, n: int, mode: str) -> np.ndarray:
     if mode == "mirror":  # ping-pong, RAD-NeRF / ER-NeRF `mirror_index`
         turn, res = j // n, j % n
@@ -139,6 +156,8 @@ class PredictDataset(Dataset):
             extractor name is "wav2vec2".
         neighbours, context: as for :class:`FrameDataset`.
         blink: "zeros", "synthetic" (:func:`synthetic_blinks` with ``blink_seed``) or an array [N].
+        expression: ``[M, K]`` expression coefficients per frame (rows of an ``expr.npy``), extended to the N
+            frames like the camera track (``loop``), or None (the batches carry no ``expr``).
         loop: how a shorter camera track is extended: "mirror" (ping-pong, as ER-NeRF), "repeat", "hold".
         segment_seconds: length of the ``waveform`` segments (0 → None).
         context_features: features of ``audio_context`` when they differ from ``features`` (the
@@ -153,7 +172,8 @@ class PredictDataset(Dataset):
                  neighbours: int = 8, context: int = 50, blink: Union[str, np.ndarray] = "zeros",
                  blink_seed: int = 0, loop: str = "mirror", segment_seconds: float = 2.0,
                  extractor_layer: Optional[Union[str, int]] = None,
-                 context_features: Union[AudioFeatures, str, Any, None] = None):
+                 context_features: Union[AudioFeatures, str, Any, None] = None,
+                 expression: Optional[np.ndarray] = None):
         self.audio_path = None if audio_path is None else Path(audio_path)
         wav = load_wav(self.audio_path) if self.audio_path is not None else None
 
@@ -257,6 +277,12 @@ class PredictDataset(Dataset):
             if b.shape[0] != self.num_frames:
                 raise ValueError(f"blink array has {b.shape[0]} values for {self.num_frames} frames")
             self.blink = np.clip(b, 0.0, 1.0)
+        self.expr: Optional[np.ndarray] = None
+        if expression is not None:
+            e = np.asarray(expression, dtype=np.float32)
+            if e.ndim != 2 or e.shape[0] < 1 or not np.isfinite(e).all():
+                raise ValueError(f"expression must be a finite [M, K] array with M ≥ 1, got {list(e.shape)}")
+            self.expr = np.ascontiguousarray(e[_loop_index(np.arange(self.num_frames), e.shape[0], loop)])
 
     def __len__(self) -> int:
         return self.num_frames
@@ -277,4 +303,5 @@ class PredictDataset(Dataset):
             blink=torch.tensor([float(self.blink[j])], dtype=torch.float32), background=self.background.clone()[None],
             frame_index=torch.tensor([j], dtype=torch.long), emotion=torch.tensor([self.emotion], dtype=torch.long),
             intensity=torch.tensor([self.intensity], dtype=torch.long), waveform=wav,
+            expr=None if self.expr is None else torch.from_numpy(self.expr[j].copy())[None],
         )

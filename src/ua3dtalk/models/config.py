@@ -17,6 +17,7 @@ from ..utils.typed_config import check_config
 EmotionCondition = Literal["audio", "label"]
 FuseMouthGrad = Literal["all", "inner"]
 MouthPhoto = Literal["frame", "region"]
+FrameCode = Literal["blink", "expression"]
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,15 @@ class UA3DTalkConfig:
     background, and the mouth-cover term (normalised by the inner mouth alone) dominates the branch: it grows into
     an opaque blur instead of fitting the teeth and the cavity; ``region`` (★) the mean over the inner mouth plus the
     mean over the outside of the head, each normalised by its own pixel count."""
+    frame_code: FrameCode = "blink"
+    """the per-frame input of the face deformation's eye channel (the audio view's ``E``, DESIGN §4.2): ``blink``
+    (default; AU45, as TalkingGaussian) or ``expression`` (★) — the brow, eye and lip-corner coefficients of the
+    dataset's ``expr.npy`` (``EXPRESSION_CODE``: the landmark expression that ``ua3dtalk-preprocess`` writes),
+    standardised with the training frames' statistics; needs ``deformation.blink_dim`` = 6. Speech does not say
+    which expression a face shows: with audio and blink alone, an expressive video is fitted with one average
+    expression (docs/history/2026-12-06-expressive-face.md). The mouth opening stays audio-driven (the code has no
+    mouth-opening coefficient). At inference the code is the training average unless ``ua3dtalk-infer
+    expression=FILE`` gives a track."""
     face_random_background: bool = False
     """the ``face`` stage composites the face branch (and its target) over a random uniform colour per frame instead of
     the frame's background (★, the random-background trick of 3DGS; off by default). Over the real background a

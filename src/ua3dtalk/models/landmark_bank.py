@@ -29,7 +29,7 @@ class LandmarkBank:
     def _bank_add(self, batch, cond: Conditioning) -> None:
         """Store the conditioning, landmarks and cameras of the batch's frames in the replay bank
         (reservoir sampling once it holds ``landmark_bank`` frames)."""
-        rows = {"audio": cond.audio, "blink": cond.blink, "content": cond.content, "style": cond.style,
+        rows = {"audio": cond.audio, "eye": cond.face_eye(), "content": cond.content, "style": cond.style,
                 "emotion": cond.emotion, "landmarks": batch.landmarks, "viewmat": batch.viewmat, "K": batch.K,
                 "cell": self._cells(batch)}
         rows = {k: v.detach() for k, v in rows.items() if v is not None}
@@ -111,7 +111,7 @@ class LandmarkBank:
             t = get(k)
             return t if gather or t is None else t[rows]
 
-        d = self.deformation(anchors, audio=frame("audio"), blink=frame("blink")[:, None], content=frame("content"),
+        d = self.deformation(anchors, audio=frame("audio"), blink=frame("eye"), content=frame("content"),
                              style=frame("style"), emotion=f_emo, step=self.deformation.schedule_step(step),
                              update_stats=False,
                              frame_rows=rows if gather else None)

@@ -119,7 +119,8 @@ class UA3DTalk(HealthMixin, RenderLosses, LandmarkBank, AudioStages, L.Lightning
         self._bank_seen = self._bank_n = 0  # frames offered to / held by the bank
         self.automatic_optimization = False
         self.head = TalkingHead(face, mouth, deformation, mouth_deformation, prior, emotion, emotion_field,
-                                emotion_control, emotion_condition=cfg.emotion_condition, backend=cfg.backend)
+                                emotion_control, emotion_condition=cfg.emotion_condition, backend=cfg.backend,
+                                frame_code=cfg.frame_code)
         if self.emotion_swap_weight > 0:
             missing = [what for what, ok in (("landmark_weight > 0", self.landmark_weight > 0),
                                              ("landmark_frames > 0", self.landmark_frames > 0),
@@ -171,6 +172,17 @@ class UA3DTalk(HealthMixin, RenderLosses, LandmarkBank, AudioStages, L.Lightning
     emotion_control = property(lambda self: self.head.emotion_control, doc="EmotionControl or None")
     emotion_condition = property(lambda self: self.head.emotion_condition, doc="``audio`` or ``label``")
     backend = property(lambda self: self.head.backend, doc="renderer backend")
+
+    def on_fit_start(self) -> None:
+        """``frame_code=expression``: the code's statistics from the training frames' ``expr.npy`` (once; saved)."""
+        if self.head.frame_code != "expression" or bool(self.head.code_ready):
+            return
+        dm = getattr(self.trainer, "datamodule", None)
+        rows = dm.train_expr() if dm is not None and hasattr(dm, "train_expr") else None
+        if rows is None:
+            raise ValueError("model.frame_code=expression needs expr.npy in the dataset (ua3dtalk-preprocess writes "
+                             "it; or set model.frame_code=blink)")
+        self.head.set_code_statistics(torch.as_tensor(rows))
 
     def stage_step(self) -> int:
         return int(self.global_step) // max(1, len(self._optimizers_for_stage()))
@@ -434,6 +446,8 @@ class UA3DTalk(HealthMixin, RenderLosses, LandmarkBank, AudioStages, L.Lightning
         bank = checkpoint.get("ua3dtalk_landmark_bank")
         if isinstance(bank, dict):  # checkpoints written before the bank was saved refill it from scratch
             rows = {k: v for k, v in (bank.get("rows") or {}).items() if isinstance(v, torch.Tensor)}
+            if "blink" in rows and "eye" not in rows:  # banks written before frame_code held the blink [n]
+                rows["eye"] = rows.pop("blink")[:, None]
             n = int(bank.get("n", 0))
             if any(len(v) != n for v in rows.values()) or (n and not rows):
                 raise ValueError(f"the landmark replay bank in the checkpoint is inconsistent ({n} frames held)")

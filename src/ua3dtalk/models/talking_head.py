@@ -37,6 +37,11 @@ class Conditioning:
     content: Optional[torch.Tensor]  # [B,64]
     style: Optional[torch.Tensor]  # [B,64]
     emotion: Optional[torch.Tensor]  # [B,128] emotion embedding e
+    code: Optional[torch.Tensor] = None  # [B,6] standardised expression code (frame_code=expression) or None
+
+    def face_eye(self) -> torch.Tensor:
+        """The face deformation's eye input ``[B, blink_dim]``: the expression code, else the blink ``[B,1]``."""
+        return self.code if self.code is not None else self.blink[:, None]
 
 
 @dataclass
@@ -69,6 +74,21 @@ def eval_mode(*modules: Optional[nn.Module]):
 LOG_SCALE_RANGE = (-20.0, 3.0)
 
 
+EXPRESSION_CODE = ("lip_corner_raise", "lip_corner_asym", "brow_raise", "brow_inner_raise", "brow_furrow",
+                   "eye_open")
+"""The coefficients of the landmark expression (:data:`~ua3dtalk.metrics.landmarks.LANDMARK_EXPR_NAMES`, the
+columns of a preprocessed video's ``expr.npy``) that ``frame_code=expression`` feeds the face deformation: brows,
+eyes and lip corners — what an expression changes and speech does not predict; the mouth opening is left to the
+audio."""
+
+
+def expression_columns() -> list[int]:
+    """Column indices of :data:`EXPRESSION_CODE` in ``expr.npy``."""
+    from ..metrics.landmarks import LANDMARK_EXPR_NAMES
+
+    return [LANDMARK_EXPR_NAMES.index(n) for n in EXPRESSION_CODE]
+
+
 def _frame(t: Optional[torch.Tensor], i: int) -> Optional[torch.Tensor]:
     """Frame ``i`` of a per-frame tensor, keeping the batch dim (``[1, ...]``); None stays None."""
     return None if t is None else t[i:i + 1]
@@ -98,8 +118,22 @@ class TalkingHead(nn.Module):
     def __init__(self, face: GaussianModel, mouth: GaussianModel, deformation: nn.Module, mouth_deformation: nn.Module,
                  prior: Optional[nn.Module] = None, emotion: Optional[nn.Module] = None,
                  emotion_field: Optional[nn.Module] = None, emotion_control: Optional[nn.Module] = None,
-                 emotion_condition: str = "audio", backend: str = "auto"):
+                 emotion_condition: str = "audio", backend: str = "auto", frame_code: str = "blink"):
         super().__init__()
+        if frame_code not in ("blink", "expression"):
+            raise ValueError(f"model.frame_code must be 'blink' or 'expression', got {frame_code!r}")
+        self.frame_code = frame_code
+        if frame_code == "expression":
+            bd = getattr(getattr(deformation, "audio_view", None), "blink_dim", None)
+            if bd != len(EXPRESSION_CODE) or getattr(deformation.audio_view, "eye_dim", 0) < 1:
+                raise ValueError(f"model.frame_code=expression feeds {len(EXPRESSION_CODE)} expression coefficients "
+                                 "to the face deformation's eye input: it needs the 'audio' view with "
+                                 f"model.deformation.blink_dim={len(EXPRESSION_CODE)} and eye_dim > 0 "
+                                 f"(blink_dim is {bd})")
+        # the expression code's statistics over the training frames (set_code_statistics; saved in checkpoints)
+        self.register_buffer("code_mean", torch.zeros(len(EXPRESSION_CODE)))
+        self.register_buffer("code_std", torch.ones(len(EXPRESSION_CODE)))
+        self.register_buffer("code_ready", torch.tensor(False))
         if "emotion" in deformation.views and (emotion is None or emotion_field is None):
             raise ValueError("UA3DTalk: the deformation has the 'emotion' view but no emotion encoder/field is "
                              "configured (use views without 'emotion' for the no-emotion ablation)")
@@ -145,6 +179,42 @@ class TalkingHead(nn.Module):
             out.append(img.clamp(0, 1).permute(2, 0, 1))
         return torch.stack(out)
 
+    @torch.no_grad()
+    def set_code_statistics(self, expr: torch.Tensor) -> None:
+        """Mean and std of the expression code from ``expr [M, K]`` (``expr.npy`` rows of the training frames)."""
+        from ..metrics.landmarks import LANDMARK_EXPR_NAMES
+
+        expr = torch.as_tensor(expr, dtype=torch.float64)
+        if expr.dim() != 2 or expr.shape[1] != len(LANDMARK_EXPR_NAMES) or expr.shape[0] < 2:
+            raise ValueError(f"model.frame_code=expression needs expr.npy with the {len(LANDMARK_EXPR_NAMES)} landmark "
+                             f"expression coefficients of ua3dtalk-preprocess ({', '.join(LANDMARK_EXPR_NAMES)}) on at "
+                             f"least 2 training frames, got {list(expr.shape)}")
+        code = expr[:, expression_columns()]
+        if not bool(torch.isfinite(code).all()):
+            raise ValueError("model.frame_code=expression: expr.npy has non-finite values in the training frames")
+        std = code.std(0)
+        # a coefficient that never changes in the video maps to 0 (a floor of 1e-3 of the coefficients' scale)
+        floor = 1e-3 * code.abs().mean().clamp_min(1e-6)
+        self.code_mean.copy_(code.mean(0).to(self.code_mean))
+        self.code_std.copy_(torch.maximum(std, floor).to(self.code_std))
+        self.code_ready.fill_(True)
+
+    def expression_code(self, expr: Optional[torch.Tensor], batch: int, like: torch.Tensor) -> Optional[torch.Tensor]:
+        """``[B, 6]`` standardised code of ``expr [B, K]`` (frame_code=expression), zeros (the training average) when
+        ``expr`` is None outside training; None with ``frame_code=blink``."""
+        if self.frame_code != "expression":
+            return None
+        if expr is None:
+            if self.training:
+                raise ValueError("model.frame_code=expression needs the expression coefficients of every training "
+                                 "frame (expr.npy, written by ua3dtalk-preprocess)")
+            return like.new_zeros(batch, len(EXPRESSION_CODE))
+        if not bool(self.code_ready):
+            raise RuntimeError("model.frame_code=expression: the code statistics are not set "
+                               "(TalkingHead.set_code_statistics, done at the start of training)")
+        code = expr[:, expression_columns()].to(like.dtype)
+        return (code - self.code_mean.to(like.dtype)) / self.code_std.to(like.dtype)
+
     def conditioning(self, batch, emotion: Optional[torch.Tensor] = None) -> Conditioning:
         """Prior and emotion features of a :class:`FrameBatch` (frozen modules, no grad).
 
@@ -165,7 +235,8 @@ class TalkingHead(nn.Module):
                 if (self.training and self.emotion_condition == "label" and self.emotion_control is not None
                         and getattr(batch, "emotion", None) is not None):
                     e = self.emotion_control.from_labels(batch.emotion, batch.intensity, e)
-        return Conditioning(audio=audio, blink=batch.blink, content=content, style=style, emotion=e)
+        code = self.expression_code(getattr(batch, "expr", None), batch.audio.shape[0], batch.audio)
+        return Conditioning(audio=audio, blink=batch.blink, content=content, style=style, emotion=e, code=code)
 
     def _render(self, g: GaussianModel, means, quats, log_scales, viewmat, K, width, height, opacities=None,
                 colors=None):
@@ -210,7 +281,7 @@ class TalkingHead(nn.Module):
             if "emotion" in self.deformation.views:
                 f_emo = self.emotion_field(xyz.detach(), cond.emotion[i:i + 1])
             sl = functools.partial(_frame, i=i)
-            d = self.deformation(xyz, audio=sl(cond.audio), blink=sl(cond.blink)[:, None],
+            d = self.deformation(xyz, audio=sl(cond.audio), blink=sl(cond.face_eye()),
                                  content=sl(cond.content), style=sl(cond.style), emotion=f_emo,
                                  step=self.deformation.schedule_step(step))
             deltas, fusion = d.deltas, d.fusion
