@@ -50,7 +50,8 @@ demo-full: setup  ## the demo-scale run the README's results come from (3,000 fa
 	$(PY) -m ua3dtalk.cli.demo --profile full --out outputs/demo-full $(if $(SEEDS),--seeds $(SEEDS))
 
 video: setup  ## your own video end to end on a CPU: VIDEO=my.mp4 AUDIO=speech.wav → outputs/video/<name>/report.md
-	VIDEO='$(VIDEO)' AUDIO='$(AUDIO)' NAME='$(NAME)' DATA='$(DATA)' EVALUATORS='$(EVALUATORS)' ARGS='$(ARGS)' scripts/own_video.sh
+	VIDEO='$(VIDEO)' AUDIO='$(AUDIO)' NAME='$(NAME)' DATA='$(DATA)' EVALUATORS='$(EVALUATORS)' \
+	  EXPRESSION='$(EXPRESSION)' ARGS='$(ARGS)' scripts/own_video.sh
 
 sweep: setup  ## the ablation table as one sweep (CPU, demo scale; JOBS=2: two runs at a time; SWEEP=slurm for a cluster; ARGS=hydra overrides)
 	JOBS='$(JOBS)' SEEDS='$(SEEDS)' scripts/sweep_ablation.sh $(or $(SWEEP),local) $(ARGS)

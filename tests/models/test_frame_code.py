@@ -165,3 +165,14 @@ def test_misuse_is_refused_naming_the_key(dm, synth_emotional_small, tmp_path):
             np.save(bad, np.zeros(7))
         with pytest.raises(ValueError, match=msg):
             read_expression_track(bad)
+
+
+def test_a_blink_model_keeps_its_state_dict_keys(dm, synth_emotional_small, tmp_path):
+    """Checkpoints written before frame_code existed load: a ``blink`` model has no code buffers."""
+    blink = model_of(dm, synth_emotional_small, tmp_path)
+    assert not [k for k in blink.state_dict() if k.startswith("head.code_")]
+    with pytest.raises(ValueError, match="frame_code=blink"):
+        blink.head.set_code_statistics(rows(10))
+    code = model_of(dm, synth_emotional_small, tmp_path, *CODE)
+    assert {k for k in code.state_dict() if k.startswith("head.code_")} == {"head.code_mean", "head.code_std",
+                                                                             "head.code_ready"}

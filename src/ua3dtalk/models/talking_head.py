@@ -130,10 +130,14 @@ class TalkingHead(nn.Module):
                                  "to the face deformation's eye input: it needs the 'audio' view with "
                                  f"model.deformation.blink_dim={len(EXPRESSION_CODE)} and eye_dim > 0 "
                                  f"(blink_dim is {bd})")
-        # the expression code's statistics over the training frames (set_code_statistics; saved in checkpoints)
-        self.register_buffer("code_mean", torch.zeros(len(EXPRESSION_CODE)))
-        self.register_buffer("code_std", torch.ones(len(EXPRESSION_CODE)))
-        self.register_buffer("code_ready", torch.tensor(False))
+        # the expression code's statistics over the training frames (set_code_statistics; saved in checkpoints; only
+        # with frame_code=expression, so a blink model's checkpoint keeps the keys it always had)
+        if frame_code == "expression":
+            self.register_buffer("code_mean", torch.zeros(len(EXPRESSION_CODE)))
+            self.register_buffer("code_std", torch.ones(len(EXPRESSION_CODE)))
+            self.register_buffer("code_ready", torch.tensor(False))
+        else:
+            self.code_ready = self.code_mean = self.code_std = None
         if "emotion" in deformation.views and (emotion is None or emotion_field is None):
             raise ValueError("UA3DTalk: the deformation has the 'emotion' view but no emotion encoder/field is "
                              "configured (use views without 'emotion' for the no-emotion ablation)")
@@ -184,6 +188,8 @@ class TalkingHead(nn.Module):
         """Mean and std of the expression code from ``expr [M, K]`` (``expr.npy`` rows of the training frames)."""
         from ..metrics.landmarks import LANDMARK_EXPR_NAMES
 
+        if self.frame_code != "expression":
+            raise ValueError(f"set_code_statistics: the model was built with frame_code={self.frame_code}")
         expr = torch.as_tensor(expr, dtype=torch.float64)
         if expr.dim() != 2 or expr.shape[1] != len(LANDMARK_EXPR_NAMES) or expr.shape[0] < 2:
             raise ValueError(f"model.frame_code=expression needs expr.npy with the {len(LANDMARK_EXPR_NAMES)} landmark "
