@@ -176,3 +176,15 @@ def test_a_blink_model_keeps_its_state_dict_keys(dm, synth_emotional_small, tmp_
     code = model_of(dm, synth_emotional_small, tmp_path, *CODE)
     assert {k for k in code.state_dict() if k.startswith("head.code_")} == {"head.code_mean", "head.code_std",
                                                                              "head.code_ready"}
+
+
+def test_a_landmark_bank_of_an_older_checkpoint_is_upgraded(dm, synth_emotional_small, tmp_path):
+    """The replay bank stores the face's eye input (``eye [n, blink_dim]``); banks saved before held ``blink [n]``."""
+    from ua3dtalk.models.module import CHECKPOINT_VERSION
+
+    model = model_of(dm, synth_emotional_small, tmp_path)
+    blink = torch.tensor([0.0, 0.5, 1.0])
+    ck = {"ua3dtalk": {"version": CHECKPOINT_VERSION},
+          "ua3dtalk_landmark_bank": {"seen": 3, "n": 3, "rows": {"blink": blink, "K": torch.eye(3).repeat(3, 1, 1)}}}
+    model.on_load_checkpoint(ck)
+    assert set(model._bank) == {"eye", "K"} and torch.equal(model._bank["eye"], blink[:, None])

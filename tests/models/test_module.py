@@ -885,7 +885,7 @@ def test_landmark_replay_bank(dm, cfg_factory, monkeypatch):
         assert swap is None  # no emotion prototypes yet
         b = model._bank
         f = model.emotion_field(x, b["emotion"])
-        d = model.deformation(x, audio=b["audio"], blink=b["blink"][:, None], content=b["content"], style=b["style"],
+        d = model.deformation(x, audio=b["audio"], blink=b["eye"], content=b["content"], style=b["style"],
                               emotion=f)
         ref = landmark_loss(x, d.deltas.xyz, b["landmarks"], model.landmark_anchors.indices, b["viewmat"], b["K"],
                             128, 128)
@@ -1227,7 +1227,7 @@ def test_emotion_swap_term_enters_the_loss_and_matches_its_definition(dm, cfg_fa
 
         def field(emotion, r):
             f = model.emotion_field(x, emotion)
-            return model.deformation(x, audio=b["audio"][pick][r], blink=b["blink"][pick][r][:, None],
+            return model.deformation(x, audio=b["audio"][pick][r], blink=b["eye"][pick][r],
                                      content=b["content"][pick][r], style=b["style"][pick][r], emotion=f).deltas.xyz
 
         own = field(b["emotion"][pick][rows], rows)
