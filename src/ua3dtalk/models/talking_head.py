@@ -17,13 +17,14 @@ from __future__ import annotations
 import functools
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, get_args
 
 import torch
 from torch import nn
 
 from ..render import rasterize
 from ..render.sh import C0 as SH_C0  # degree-0 SH basis: RGB = SH_C0·DC + 0.5
+from .config import FrameCode
 from .emotion import EmotionControl
 from .gaussians import GaussianModel
 
@@ -120,8 +121,8 @@ class TalkingHead(nn.Module):
                  emotion_field: Optional[nn.Module] = None, emotion_control: Optional[nn.Module] = None,
                  emotion_condition: str = "audio", backend: str = "auto", frame_code: str = "blink"):
         super().__init__()
-        if frame_code not in ("blink", "expression"):
-            raise ValueError(f"model.frame_code must be 'blink' or 'expression', got {frame_code!r}")
+        if frame_code not in get_args(FrameCode):
+            raise ValueError(f"model.frame_code must be one of {', '.join(get_args(FrameCode))}, got {frame_code!r}")
         self.frame_code = frame_code
         if frame_code == "expression":
             bd = getattr(getattr(deformation, "audio_view", None), "blink_dim", None)
@@ -130,9 +131,8 @@ class TalkingHead(nn.Module):
                                  "to the face deformation's eye input: it needs the 'audio' view with "
                                  f"model.deformation.blink_dim={len(EXPRESSION_CODE)} and eye_dim > 0 "
                                  f"(blink_dim is {bd})")
-        # the expression code's statistics over the training frames (set_code_statistics; saved in checkpoints; only
-        # with frame_code=expression, so a blink model's checkpoint keeps the keys it always had)
-        if frame_code == "expression":
+            # the code's statistics over the training frames (set_code_statistics; saved in checkpoints; only with
+            # frame_code=expression, so a blink model's checkpoint keeps the keys it always had)
             self.register_buffer("code_mean", torch.zeros(len(EXPRESSION_CODE)))
             self.register_buffer("code_std", torch.ones(len(EXPRESSION_CODE)))
             self.register_buffer("code_ready", torch.tensor(False))

@@ -178,15 +178,20 @@ class PhotoAnimator:
                 dy = dy - c * CORNER_PX * g
         return dx, dy
 
+    @staticmethod
+    def _invert(disp, qx, qy, iterations: int):
+        """Points p with p + disp(p) = q, by the fixed point p = q − disp(p) (smooth, small displacements)."""
+        px, py = qx.copy(), qy.copy()
+        for _ in range(iterations):
+            dx, dy = disp(px, py)
+            px, py = qx - dx, qy - dy
+        return px, py
+
     def _expr_inverse(self, x, y, expr):
-        """Backward expression warp: expressed photo points → neutral photo points (fixed point p = q − u(p))."""
+        """Backward expression warp: expressed photo points → neutral photo points."""
         if expr is None or not np.any(expr):
             return x, y
-        px, py = x.copy(), y.copy()
-        for _ in range(8):
-            dx, dy = self._expr_disp(px, py, expr)
-            px, py = x - dx, y - dy
-        return px, py
+        return self._invert(lambda px, py: self._expr_disp(px, py, expr), x, y, 8)
 
     @staticmethod
     def _mouth_profile(x):
@@ -223,12 +228,7 @@ class PhotoAnimator:
 
     def _unwarp_head(self, R: np.ndarray, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Photo coordinates (x, y) [size,size] of every output pixel before the head motion."""
-        qx, qy = self.gx, self.gy
-        px, py = qx.copy(), qy.copy()
-        for _ in range(6):  # fixed point: p = q − u(p)
-            dx, dy = self._head_disp(px, py, R, T)
-            px, py = qx - dx, qy - dy
-        return px, py
+        return self._invert(lambda px, py: self._head_disp(px, py, R, T), self.gx, self.gy, 6)
 
     def opening(self, R: np.ndarray, T: np.ndarray, open_px: float) -> np.ndarray:
         """bool [size,size]: the output pixels of the frame that show the dark gap of the opened mouth."""
@@ -359,7 +359,7 @@ def animate(n_frames: int = 75, size: int = 256, *, rot_amp: float = 1.0, shift_
 
     def frames():
         for i in range(n_frames):
-            img = an.render(Rs[i], T[i], mo["open"][i], ex[i] if expressive else None)
+            img = an.render(Rs[i], T[i], mo["open"][i], ex[i])
             if hands[i] > 0:  # drawn over the frame, moving with the head's translation
                 cov = hand_coverage(an.gx - T[i][0], an.gy - T[i][1], float(hands[i]))[..., None]
                 shade = 0.85 + 0.15 * np.clip((an.gy - 120.0) / 90.0, 0, 1)[..., None]
