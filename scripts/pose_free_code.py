@@ -1,0 +1,79 @@
+"""Is it the head pose and the speech in the expression code that spoils held-out frames? An oracle experiment
+(docs/history/2026-12-06-pose-free-code.md).
+
+    python scripts/pose_free_code.py DATASET OUT --seed 0 [--frames 500] [--size 256]
+
+DATASET is the ``ua3dtalk-preprocess`` output of an animated clip written by
+``ua3dtalk.preprocess.animate.write_animated_video(path, FRAMES, SIZE, seed=SEED, expressive=True)``, whose head pose
+(yaw, pitch, roll) and mouth opening are known exactly: the animation is regenerated from the same arguments. OUT (new)
+becomes a copy of DATASET in which the columns of ``expr.npy`` that ``model.frame_code=expression`` reads
+(``EXPRESSION_CODE``) are replaced by their residual after a least-squares fit on those four known signals, fitted on
+the training frames (``transforms_train.json``) only, the columns' training mean kept. The other columns and every other
+file are copied unchanged. The landmark expression itself cannot do this: a real video's pose is only estimated, and the
+fit uses the animation's ground truth — so the copy answers what a pose- and speech-free code would give, not how to
+compute one.
+
+Prints the share of each code column's variance the fit removes (R² over the training frames).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("dataset", type=Path)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--seed", type=int, required=True, help="seed the clip was animated with")
+    ap.add_argument("--frames", type=int, default=500)
+    ap.add_argument("--size", type=int, default=256)
+    a = ap.parse_args(argv)
+
+    from ua3dtalk.metrics.landmarks import LANDMARK_EXPR_NAMES
+    from ua3dtalk.models.talking_head import EXPRESSION_CODE, expression_columns
+    from ua3dtalk.preprocess.animate import animate
+
+    if a.out.exists():
+        print(f"pose_free_code: {a.out} exists; give a new directory", file=sys.stderr)
+        return 2
+    try:
+        expr = np.load(a.dataset / "expr.npy").astype(np.float64)
+        train = [int(f["img_id"]) for f in json.loads((a.dataset / "transforms_train.json").read_text())["frames"]]
+    except (OSError, ValueError, KeyError) as e:
+        print(f"pose_free_code: {a.dataset} is not a preprocessed dataset with expr.npy ({e})", file=sys.stderr)
+        return 2
+    if expr.shape != (a.frames, len(LANDMARK_EXPR_NAMES)):
+        print(f"pose_free_code: {a.dataset}/expr.npy is {expr.shape}, expected ({a.frames}, "
+              f"{len(LANDMARK_EXPR_NAMES)}) for --frames {a.frames}", file=sys.stderr)
+        return 2
+
+    _, truth = animate(a.frames, a.size, seed=a.seed, expressive=True)
+    x = np.stack([np.ones(a.frames), truth.yaw, truth.pitch, truth.roll, truth.mouth_open], 1)
+    cols = expression_columns()
+    coef, *_ = np.linalg.lstsq(x[train], expr[np.ix_(train, cols)], rcond=None)
+    nuisance = x[:, 1:] @ coef[1:]  # [N, 6]: the part the pose and the mouth opening explain (no intercept)
+    out = expr.copy()
+    out[:, cols] = expr[:, cols] - (nuisance - nuisance[train].mean(0))
+    r2 = 1 - ((expr[np.ix_(train, cols)] - x[train] @ coef) ** 2).sum(0) / \
+        ((expr[np.ix_(train, cols)] - expr[np.ix_(train, cols)].mean(0)) ** 2).sum(0)
+
+    staging = a.out.with_name(a.out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(a.dataset, staging)
+    np.save(staging / "expr.npy", out.astype(np.float32))
+    staging.rename(a.out)
+    print("| code column | R² of pose + mouth opening (training frames) |\n|---|--:|")
+    for name, r in zip(EXPRESSION_CODE, r2):
+        print(f"| {name} | {r:.2f} |")
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""scripts/pose_free_code.py: the oracle copy of an animated clip's dataset whose expression-code columns have the
+known head pose and mouth opening regressed out (docs/history/2026-12-06-pose-free-code.md)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ua3dtalk.metrics.landmarks import LANDMARK_EXPR_NAMES
+from ua3dtalk.models.talking_head import expression_columns
+from ua3dtalk.preprocess.animate import animate
+
+ROOT = Path(__file__).resolve().parents[2]
+N, SIZE, SEED = 100, 64, 3
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("pose_free_code", ROOT / "scripts" / "pose_free_code.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def truth():
+    return animate(N, SIZE, seed=SEED, expressive=True)[1]
+
+
+def _dataset(root: Path, truth) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A dataset whose code columns are an expression signal plus a known mix of pose and mouth opening."""
+    rng = np.random.default_rng(0)
+    k = len(LANDMARK_EXPR_NAMES)
+    signal = rng.normal(size=(N, k))
+    nuisance = np.stack([truth.yaw, truth.pitch, truth.roll, truth.mouth_open], 1) @ rng.normal(size=(4, k))
+    expr = signal + nuisance
+    d = root / "ds"
+    d.mkdir()
+    np.save(d / "expr.npy", expr.astype(np.float32))
+    (d / "transforms_train.json").write_text(json.dumps({"frames": [{"img_id": i} for i in range(N - 8)]}))
+    (d / "transforms_val.json").write_text(json.dumps({"frames": [{"img_id": i} for i in range(N - 8, N)]}))
+    (d / "gt_imgs").mkdir()
+    (d / "gt_imgs" / "0.jpg").write_bytes(b"frame")
+    return d, signal, expr
+
+
+def test_the_code_columns_lose_the_pose_and_keep_the_rest(tmp_path, truth, capsys):
+    d, signal, expr = _dataset(tmp_path, truth)
+    out = tmp_path / "oracle"
+    assert _script().main([str(d), str(out), "--seed", str(SEED), "--frames", str(N), "--size", str(SIZE)]) == 0
+    new = np.load(out / "expr.npy").astype(np.float64)
+    cols = expression_columns()
+    rest = [c for c in range(expr.shape[1]) if c not in cols]
+    np.testing.assert_array_equal(new[:, rest], expr[:, rest].astype(np.float32))  # other columns unchanged
+    train = np.arange(N - 8)
+    x = np.stack([np.ones(N), truth.yaw, truth.pitch, truth.roll, truth.mouth_open], 1)[train]
+    for c in cols:  # nothing of the pose is left in the training frames, the expression signal is kept
+        coef, *_ = np.linalg.lstsq(x, new[train, c], rcond=None)
+        assert np.abs(coef[1:]).max() < 1e-4, c
+        assert np.corrcoef(new[:, c], signal[:, c])[0, 1] > 0.9
+        assert np.corrcoef(expr[:, c], signal[:, c])[0, 1] < np.corrcoef(new[:, c], signal[:, c])[0, 1]
+        assert new[train, c].mean() == pytest.approx(expr[train, c].mean(), abs=1e-5)
+    assert (out / "gt_imgs" / "0.jpg").read_bytes() == b"frame"  # everything else copied
+    assert "brow_inner_raise" in capsys.readouterr().out
+
+
+def test_refuses_an_existing_output_and_a_wrong_frame_count(tmp_path, truth, capsys):
+    d, _, _ = _dataset(tmp_path, truth)
+    script = _script()
+    assert script.main([str(d), str(d), "--seed", str(SEED), "--frames", str(N), "--size", str(SIZE)]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert script.main([str(d), str(tmp_path / "o"), "--seed", str(SEED), "--frames", str(N + 1)]) == 2
+    assert "expr.npy" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert script.main([str(tmp_path / "missing"), str(tmp_path / "o"), "--seed", "0"]) == 2
