@@ -48,16 +48,17 @@ def main(argv=None) -> int:
     from ua3dtalk.metrics.landmarks import LANDMARK_EXPR_NAMES
     from ua3dtalk.models.talking_head import EXPRESSION_CODE, expression_columns
     from ua3dtalk.preprocess.animate import animate
+    from ua3dtalk.utils.io import atomic_directory
 
     if a.out.exists():
         print(f"pose_free_code: {a.out} exists; give a new directory", file=sys.stderr)
         return 2
     try:
         expr = np.load(a.dataset / "expr.npy").astype(np.float64)
-        frames = [f for s in ("train", "val")
-                  for f in json.loads((a.dataset / f"transforms_{s}.json").read_text())["frames"]]
-        train = [int(f["img_id"]) for f in json.loads((a.dataset / "transforms_train.json").read_text())["frames"]]
-        c2w = {int(f["img_id"]): np.asarray(f["transform_matrix"], np.float64) for f in frames} if a.estimated else {}
+        split = {s: json.loads((a.dataset / f"transforms_{s}.json").read_text())["frames"] for s in ("train", "val")}
+        train = [int(f["img_id"]) for f in split["train"]]
+        c2w = {int(f["img_id"]): np.asarray(f["transform_matrix"], np.float64)
+               for f in split["train"] + split["val"]} if a.estimated else {}
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"pose_free_code: {a.dataset} is not a preprocessed dataset with expr.npy ({e})", file=sys.stderr)
         return 2
@@ -81,18 +82,16 @@ def main(argv=None) -> int:
         _, truth = animate(a.frames, a.size, seed=a.seed, expressive=True)
         x = np.stack([np.ones(a.frames), truth.yaw, truth.pitch, truth.roll, truth.mouth_open], 1)
     cols = expression_columns()
-    coef, *_ = np.linalg.lstsq(x[train], expr[np.ix_(train, cols)], rcond=None)
+    y = expr[np.ix_(train, cols)]  # [M, 6]: the code columns of the training frames
+    coef, *_ = np.linalg.lstsq(x[train], y, rcond=None)
     nuisance = x[:, 1:] @ coef[1:]  # [N, 6]: the part the pose and the mouth opening explain (no intercept)
     out = expr.copy()
     out[:, cols] = expr[:, cols] - (nuisance - nuisance[train].mean(0))
-    r2 = 1 - ((expr[np.ix_(train, cols)] - x[train] @ coef) ** 2).sum(0) / \
-        ((expr[np.ix_(train, cols)] - expr[np.ix_(train, cols)].mean(0)) ** 2).sum(0)
+    r2 = 1 - ((y - x[train] @ coef) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)
 
-    staging = a.out.with_name(a.out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(a.dataset, staging)
-    np.save(staging / "expr.npy", out.astype(np.float32))
-    staging.rename(a.out)
+    with atomic_directory(a.out) as stage:  # OUT appears only once complete
+        shutil.copytree(a.dataset, stage, dirs_exist_ok=True)
+        np.save(stage / "expr.npy", out.astype(np.float32))
     which = "estimated" if a.estimated else "true"
     print(f"| code column | R² of {which} pose + mouth opening (training frames) |\n|---|--:|")
     for name, r in zip(EXPRESSION_CODE, r2):
