@@ -2,7 +2,7 @@
 
 Issue 15's quality floor (``test/psnr`` ≥ 33.5 dB, ``test/lmd`` ≤ 1.0 px, ``test/sync_c`` ≥ 3.0: "no loss of
 quality") is the demo figure of ``d689937`` (2026-11-24). That figure came from the synthetic set of its day (faint
-emotions, test = val clips, split seed = run seed) and from evaluators that had seen half of the scored clips. The
+emotions, test = val clips) and from evaluators that had seen half of the scored clips. The
 set and the protocol have changed since, so a figure of today's set cannot be held against it. This script puts
 both models on the same footing, in ``WORK``:
 
@@ -11,10 +11,11 @@ both models on the same footing, in ``WORK``:
    was scored on); ``data_ev/synth0``: two more clips of every emotion × intensity from the same generator (other
    utterances and streams, never scored) for the evaluators;
 3. ``evaluators/``: this tree's evaluators trained on ``data_ev`` only (``--clips all``);
-4. per seed: ``base_runs/seedS`` (``--rev``'s ``demo_synth``, its own split) and its test clips rendered by
-   ``--rev``'s code into ``pred/seedS/*.npz``; ``runs/seedS``: this tree's ``--experiment`` at ``scale=demo`` on the
-   same data with ``--rev``'s split (``val_fraction`` of its data config, no test or evaluator roles, so test = val,
-   split seed = S);
+4. per seed S: ``base_runs/seedS`` (``--rev``'s ``demo_synth``, its own split with split seed S; ``d689937``'s
+   demo always used split seed 0) and its test clips rendered by ``--rev``'s code into ``pred/seedS/*.npz``;
+   ``runs/seedS``: this tree's ``--experiment`` at ``scale=demo`` on the same data with the same split
+   (``val_fraction`` of ``--rev``'s data config, no test or evaluator roles, so test = val, split seed S). Each seed
+   thus scores both models on the same 8 clips, and the seeds together on more of the set;
 5. both scored by this tree's :class:`~ua3dtalk.metrics.suite.MetricSuite` with the same evaluators on the same
    frames (each prediction file is checked against the ground truth frame for frame); ``WORK/quality_vs.json``
    and a table: each model's mean ± 95 % t-interval over the seeds and the paired difference.
@@ -182,7 +183,8 @@ def train_pair(work: Path, base: Path, seed: int, experiment: str, args: Sequenc
     brun = work / "base_runs" / f"seed{seed}"
     if not _done(brun):
         _sh([sys.executable, "-m", "ua3dtalk.cli.train", "experiment=demo_synth", f"seed={seed}", f"data.root={data}",
-             f"paths.run_dir={brun}", "logger=csv", "resume=true"], work / "logs" / f"base_seed{seed}.log",
+             f"++data.split_seed={seed}", f"paths.run_dir={brun}", "logger=csv", "resume=true"],
+            work / "logs" / f"base_seed{seed}.log",
             _env(base, work, threads), base)
     pred = work / "pred" / f"seed{seed}"
     if not (pred / "clips.json").is_file():
