@@ -347,6 +347,22 @@ def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, 
     assert err <= tol, f"{what}: max abs error {err:.3e} > tol {tol:.3e} (reference max-abs {scale:.3e})"
 
 
+@pytest.fixture(scope="session")
+def load_script():
+    """``load_script(name)``: the module ``scripts/<name>.py`` (the scripts are not a package)."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, root / "scripts" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load
+
+
 @pytest.fixture
 def helpers():
     """Namespace with the comparison helpers, for test modules."""

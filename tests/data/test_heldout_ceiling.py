@@ -3,22 +3,17 @@ predict). The decomposition must reproduce a clip exactly from its own random st
 exact > sharp prediction."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def ceiling():
-    spec = importlib.util.spec_from_file_location("heldout_ceiling", ROOT / "scripts" / "heldout_ceiling.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def ceiling(load_script):
+    return load_script("heldout_ceiling")
 
 
 def _expression_stream(clip_dir: Path) -> np.random.Generator:

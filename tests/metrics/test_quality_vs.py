@@ -3,7 +3,6 @@ tree rendered must score exactly like this tree's own renders of them, a changed
 and predictions of other clips or frames must be refused, not scored."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,11 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def qv():
-    spec = importlib.util.spec_from_file_location("quality_vs", ROOT / "scripts" / "quality_vs.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def qv(load_script):
+    return load_script("quality_vs")
 
 
 @pytest.fixture(scope="module")

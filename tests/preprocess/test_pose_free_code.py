@@ -2,7 +2,6 @@
 known head pose and mouth opening regressed out (docs/history/2026-12-06-pose-free-code.md)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,15 +13,12 @@ from ua3dtalk.metrics.landmarks import LANDMARK_EXPR_NAMES
 from ua3dtalk.models.talking_head import expression_columns
 from ua3dtalk.preprocess.animate import animate
 
-ROOT = Path(__file__).resolve().parents[2]
 N, SIZE, SEED = 100, 64, 3
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("pose_free_code", ROOT / "scripts" / "pose_free_code.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+@pytest.fixture(scope="module")
+def script(load_script):
+    return load_script("pose_free_code")
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +50,10 @@ def _dataset(root: Path, truth, true_mouth: bool = True) -> tuple[Path, np.ndarr
     return d, signal, expr
 
 
-def test_the_code_columns_lose_the_pose_and_keep_the_rest(tmp_path, truth, capsys):
+def test_the_code_columns_lose_the_pose_and_keep_the_rest(tmp_path, truth, capsys, script):
     d, signal, expr = _dataset(tmp_path, truth)
     out = tmp_path / "oracle"
-    assert _script().main([str(d), str(out), "--seed", str(SEED), "--frames", str(N), "--size", str(SIZE)]) == 0
+    assert script.main([str(d), str(out), "--seed", str(SEED), "--frames", str(N), "--size", str(SIZE)]) == 0
     new = np.load(out / "expr.npy").astype(np.float64)
     cols = expression_columns()
     rest = [c for c in range(expr.shape[1]) if c not in cols]
@@ -74,7 +70,7 @@ def test_the_code_columns_lose_the_pose_and_keep_the_rest(tmp_path, truth, capsy
     assert "brow_inner_raise" in capsys.readouterr().out
 
 
-def test_estimated_fits_the_cameras_angles_and_the_mouth_columns(tmp_path, truth):
+def test_estimated_fits_the_cameras_angles_and_the_mouth_columns(tmp_path, truth, script):
     """--estimated: the residual is free of the cameras' yaw/pitch/roll and of expr.npy's mouth_open and jaw_drop."""
     d, signal, expr = _dataset(tmp_path, truth, true_mouth=False)
     mouth = [LANDMARK_EXPR_NAMES.index(k) for k in ("mouth_open", "jaw_drop")]
@@ -82,7 +78,7 @@ def test_estimated_fits_the_cameras_angles_and_the_mouth_columns(tmp_path, truth
     expr[:, cols] += expr[:, mouth] @ np.random.default_rng(1).normal(size=(2, len(cols)))  # speech leaking in
     np.save(d / "expr.npy", expr.astype(np.float32))
     out = tmp_path / "est"
-    assert _script().main([str(d), str(out), "--estimated", "--frames", str(N)]) == 0
+    assert script.main([str(d), str(out), "--estimated", "--frames", str(N)]) == 0
     new = np.load(out / "expr.npy").astype(np.float64)
     train = np.arange(N - 8)
     x = np.c_[np.ones(N), truth.yaw, truth.pitch, truth.roll, expr[:, mouth]][train]
@@ -92,9 +88,8 @@ def test_estimated_fits_the_cameras_angles_and_the_mouth_columns(tmp_path, truth
         assert np.corrcoef(new[:, c], signal[:, c])[0, 1] > 0.9
 
 
-def test_refuses_an_existing_output_and_a_wrong_frame_count(tmp_path, truth, capsys):
+def test_refuses_an_existing_output_and_a_wrong_frame_count(tmp_path, truth, capsys, script):
     d, _, _ = _dataset(tmp_path, truth)
-    script = _script()
     assert script.main([str(d), str(d), "--seed", str(SEED), "--frames", str(N), "--size", str(SIZE)]) == 2
     assert "exists" in capsys.readouterr().err
     assert script.main([str(d), str(tmp_path / "o"), "--seed", str(SEED), "--frames", str(N + 1)]) == 2
