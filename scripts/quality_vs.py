@@ -137,11 +137,11 @@ def baseline_split(base: Path) -> float:
 
 
 def _done(run: Path) -> bool:
-    mf = run / "metrics.json"
     try:
-        return bool(json.loads(mf.read_text()).get("checkpoint"))
-    except (OSError, ValueError):
+        final_checkpoint(run)
+    except FileNotFoundError:
         return False
+    return True
 
 
 def prepare(work: Path, rev: str, preset: str = "small", seed: int = 0, threads: int = 2) -> Path:
@@ -165,14 +165,12 @@ def prepare(work: Path, rev: str, preset: str = "small", seed: int = 0, threads:
     ev = work / "evaluators"
     if not (ev / "manifest.json").is_file():
         from ua3dtalk.cli.evaluators import train_evaluators
+        from ua3dtalk.utils.io import atomic_directory
 
-        stage = work / "evaluators.partial"
-        import shutil
-        shutil.rmtree(stage, ignore_errors=True)
-        # the demo's schedule (scale=demo: 8 epochs, SyncNet 1000 steps) on clips no scored clip shares
-        train_evaluators(str(work / "data_ev" / f"synth{seed}"), str(stage), epochs=8, sync_steps=1000,
-                         threads=threads, clips="all")
-        stage.rename(ev)
+        with atomic_directory(ev) as stage:
+            # the demo's schedule (scale=demo: 8 epochs, SyncNet 1000 steps) on clips no scored clip shares
+            train_evaluators(str(work / "data_ev" / f"synth{seed}"), str(stage), epochs=8, sync_steps=1000,
+                             threads=threads, clips="all")
     return base
 
 
